@@ -1,0 +1,166 @@
+"""The ``recloop`` command line (Typer). Every command reads the one settings object."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="recloop: a closed-loop recommendation platform.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
+ingest_app = typer.Typer(help="Load a data source into the warehouse and event log.",
+                         no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(ingest_app, name="ingest")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings():
+    from recloop.settings import load_settings
+
+    try:
+        return load_settings()
+    except Exception as error:  # settings errors name the field; show them without a trace
+        err.print(f"[red]invalid settings:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+@config_app.command("show")
+def config_show(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Print the effective settings (environment, recloop.yaml, defaults), secrets masked."""
+    values = _settings().masked()
+    if as_json:
+        out.print_json(json.dumps(values))
+        return
+    table = Table("setting", "value", title="recloop settings")
+    for key, value in _flatten(values):
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            rows.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+@app.command()
+def init() -> None:
+    """Create the state folder and the warehouse (idempotent)."""
+    from recloop import warehouse
+
+    settings = _settings()
+    settings.ensure_home()
+    warehouse.init_warehouse(settings)
+    out.print(f"initialised {settings.home} (profile {settings.profile})")
+
+
+@ingest_app.command("movielens")
+def ingest_movielens(
+    path: Path = typer.Argument(..., help="Folder of an ml-100k, ml-1m or ml-latest-small set."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Ingest a MovieLens folder: users, items, rating events; bad rows go to quarantine."""
+    from recloop.eventlog import EventLogError
+    from recloop.ingest import ingest_movielens as run
+    from recloop.sources.movielens import SourceError
+
+    settings = _settings()
+    try:
+        report = run(settings, path, show_progress=not as_json)
+    except (SourceError, EventLogError) as error:
+        _fail(str(error))
+    _print_report(report.to_dict(), as_json)
+
+
+@app.command()
+def simulate(
+    users: int | None = typer.Option(None, help="Users in the world (default from settings)."),
+    items: int | None = typer.Option(None, help="Items in the catalogue."),
+    days: int | None = typer.Option(None, help="Days of traffic."),
+    seed: int | None = typer.Option(None, help="Seed; the same seed gives the same data."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Generate the simulated world and its logged traffic (the embedded default data set)."""
+    from recloop.ingest import ingest_simulation
+    from recloop.sources.simulator import WorldConfig
+
+    settings = _settings()
+    defaults = settings.simulator
+    config = WorldConfig(
+        users=users or defaults.users, items=items or defaults.items, days=days or defaults.days,
+        seed=defaults.seed if seed is None else seed, start=defaults.start,
+    )
+    report = ingest_simulation(settings, config, show_progress=not as_json)
+    _print_report(report.to_dict(), as_json)
+
+
+@app.command()
+def summary(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Summarise what the warehouse and event log hold."""
+    from recloop import warehouse
+
+    try:
+        values = warehouse.summary(_settings())
+    except warehouse.WarehouseUnavailable as error:
+        _fail(str(error))
+    if as_json:
+        out.print_json(json.dumps(values))
+        return
+    table = Table("what", "count", title="warehouse")
+    table.add_row("users", str(values["users"]))
+    table.add_row("items", str(values["items"]))
+    for kind, count in values["events_by_type"].items():
+        table.add_row(f"events: {kind}", str(count))
+    table.add_row("first event", str(values["first_event_at"]))
+    table.add_row("last event", str(values["last_event_at"]))
+    out.print(table)
+    if values["ctr_by_position"]:
+        ctr = Table("slot", "shown", "clicked", "CTR", title="click-through by slot")
+        for row in values["ctr_by_position"]:
+            ctr.add_row(str(row["position"]), str(row["shown"]), str(row["clicked"]),
+                        f"{row['ctr']:.3f}")
+        out.print(ctr)
+    top = Table("item", "title", "clicks + ratings", title="most engaged items")
+    for row in values["top_items"]:
+        top.add_row(row["item_id"], row["title"], str(row["interactions"]))
+    out.print(top)
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report))
+        return
+    table = Table("what", "count", title=f"ingested: {report['source']}")
+    for key in ("users", "items", "events", "events_appended", "events_duplicate", "rejected"):
+        table.add_row(key, str(report[key]))
+    out.print(table)
+    if report.get("quarantine_file"):
+        out.print(f"rejected rows and reasons: {report['quarantine_file']}")
+
+
+if __name__ == "__main__":
+    app()

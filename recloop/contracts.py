@@ -1,0 +1,294 @@
+"""Data contracts for users, items and events: one definition used everywhere.
+
+The pydantic models below are the source of truth. The API validates with them, and the Arrow
+schema (files), the DuckDB column types (readers) and the column-name tuples are all derived
+from their fields, so a column is named and typed once.
+
+``validate_rows`` splits a batch into valid rows and rejected rows, each rejection naming the
+field and the reason, so that pipelines can quarantine instead of dropping.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Union, get_args, get_origin
+
+import pyarrow as pa
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+RATING_MIN = 0.5  # ml-latest-small rates in half stars from 0.5; ml-100k and ml-1m from 1
+RATING_MAX = 5.0
+MAX_ID_LENGTH = 128
+MAX_TEXT_LENGTH = 10_000
+
+
+def _utc(value: datetime) -> datetime:
+    # A naive timestamp is ambiguous (whose local time?), so it breaks the contract rather
+    # than being guessed at.
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("must carry a time zone (UTC expected), got a naive timestamp")
+    return value.astimezone(UTC)
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^\S(.*\S)?$")]
+ShortText = Annotated[str, Field(max_length=256)]
+LongText = Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
+FiniteFloat = Annotated[float, AfterValidator(_finite)]
+
+
+class EventType(StrEnum):
+    """What happened. Impressions come from the serving policy, the rest from users."""
+
+    impression = "impression"
+    click = "click"
+    rating = "rating"
+    purchase = "purchase"
+    dismiss = "dismiss"
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class User(_Contract):
+    """A user. Attributes are optional; zip codes are deliberately not part of the contract."""
+
+    user_id: Id = Field(description="Stable user key.")
+    age: int | None = Field(None, ge=0, le=130, description="Age in years (or bucket start).")
+    gender: ShortText | None = Field(None, description="Self-reported gender, free text.")
+    occupation: ShortText | None = Field(None, description="Occupation, free text.")
+    profile_text: LongText | None = Field(None, description="Free text about the user.")
+    created_at: UtcDatetime = Field(description="When the user entered the system, UTC.")
+
+
+class Item(_Contract):
+    """A catalogue item with the text the cold-start encoders read."""
+
+    item_id: Id = Field(description="Stable item key.")
+    title: Annotated[str, Field(min_length=1, max_length=1000)] = Field(
+        description="Display title."
+    )
+    text: LongText = Field("", description="Description used by text encoders.")
+    categories: list[ShortText] = Field(default_factory=list, description="Genres or topics.")
+    created_at: UtcDatetime = Field(description="When the item entered the catalogue, UTC.")
+
+
+class Event(_Contract):
+    """One row of the append-only event log."""
+
+    event_id: uuid.UUID = Field(description="Idempotency key: a retried event adds nothing.")
+    ts: UtcDatetime = Field(description="When it happened, UTC.")
+    user_id: Id = Field(description="Who.")
+    item_id: Id = Field(description="Which item.")
+    event_type: EventType = Field(description="impression, click, rating, purchase or dismiss.")
+    value: FiniteFloat | None = Field(None, description="The rating, the price, ...")
+    request_id: Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None = Field(
+        None, description="The recommendation request this event answers."
+    )
+    position: int | None = Field(None, ge=0, le=10_000, description="Slot, 0 = top.")
+    propensity: FiniteFloat | None = Field(
+        None, gt=0, le=1, description="Probability the logging policy showed this item here."
+    )
+    model_version: ShortText | None = Field(None, description="Model that produced the slate.")
+    policy: ShortText | None = Field(None, description="Policy that produced the slate.")
+    context: dict[str, Any] = Field(
+        default_factory=dict, description="Request context (hour, weekday, device, ...)."
+    )
+
+    @model_validator(mode="after")
+    def _type_rules(self) -> Event:
+        if self.event_type is EventType.rating:
+            if self.value is None:
+                raise ValueError("value: a rating event needs a value")
+            if not RATING_MIN <= self.value <= RATING_MAX:
+                raise ValueError(
+                    f"value: rating {self.value} is outside [{RATING_MIN}, {RATING_MAX}]"
+                )
+        if self.event_type is EventType.impression and self.position is None:
+            raise ValueError("position: an impression needs the slot it was shown in")
+        return self
+
+
+CONTRACTS: dict[str, type[_Contract]] = {"users": User, "items": Item, "events": Event}
+USER_COLUMNS = tuple(User.model_fields)
+ITEM_COLUMNS = tuple(Item.model_fields)
+EVENT_COLUMNS = tuple(Event.model_fields)
+# Not part of the contract: when the event log accepted the event. dbt's incremental models
+# read new events by this column, so late events are never missed.
+LOGGED_AT = "logged_at"
+
+
+# ---------------------------------------------------------------------------------------------
+# Derived schemas
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """(inner type, nullable) of an annotation such as ``Annotated[str, ...] | None``."""
+    nullable = False
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            args = [arg for arg in get_args(annotation) if arg is not type(None)]
+            nullable = nullable or len(args) < len(get_args(annotation))
+            annotation = args[0]
+        else:
+            return annotation, nullable
+
+
+def _arrow_type(annotation: Any) -> pa.DataType:
+    if get_origin(annotation) is list:
+        (inner,) = get_args(annotation)
+        return pa.list_(_arrow_type(_unwrap(inner)[0]))
+    if get_origin(annotation) is dict:
+        return pa.string()  # JSON text: an open-ended context has no fixed Arrow schema
+    mapping: dict[Any, pa.DataType] = {
+        str: pa.string(),
+        int: pa.int64(),
+        float: pa.float64(),
+        bool: pa.bool_(),
+        datetime: pa.timestamp("us", tz="UTC"),
+        uuid.UUID: pa.string(),
+    }
+    if isinstance(annotation, type) and issubclass(annotation, StrEnum):
+        return pa.string()
+    return mapping[annotation]
+
+
+_DUCKDB_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+    pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+    pa.list_(pa.string()): "VARCHAR[]",
+}
+
+
+def arrow_schema(contract: type[_Contract]) -> pa.Schema:
+    """The Arrow schema of a contract, field for field; non-optional fields are not null."""
+    fields = []
+    for name, info in contract.model_fields.items():
+        inner, nullable = _unwrap(info.annotation)
+        fields.append(
+            pa.field(
+                name,
+                _arrow_type(inner),
+                nullable=nullable,
+                metadata={"description": info.description or ""},
+            )
+        )
+    return pa.schema(fields)
+
+
+def duckdb_columns(contract: type[_Contract]) -> dict[str, str]:
+    """Column name -> DuckDB type, for ``read_json(columns=...)`` and ``CREATE TABLE``."""
+    columns = {}
+    for name, info in contract.model_fields.items():
+        inner, _ = _unwrap(info.annotation)
+        columns[name] = "JSON" if get_origin(inner) is dict else _DUCKDB_TYPES[_arrow_type(inner)]
+    return columns
+
+
+def to_record(row: _Contract) -> dict[str, Any]:
+    """A validated row as plain data matching ``arrow_schema`` (context as JSON text)."""
+    record = row.model_dump(mode="python")
+    for name, value in record.items():
+        if isinstance(value, uuid.UUID):
+            record[name] = str(value)
+        elif isinstance(value, dict):
+            record[name] = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        elif isinstance(value, StrEnum):
+            record[name] = value.value
+    return record
+
+
+def to_table(contract: type[_Contract], rows: Iterable[_Contract]) -> pa.Table:
+    """Validated rows as an Arrow table with the contract's schema."""
+    return pa.Table.from_pylist([to_record(row) for row in rows], schema=arrow_schema(contract))
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A row that broke the contract, with every field that failed and why."""
+
+    index: int
+    row: Mapping[str, Any]
+    errors: tuple[FieldError, ...]
+
+    @property
+    def field(self) -> str:
+        return self.errors[0].field
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(f"{error.field}: {error.reason}" for error in self.errors)
+
+
+@dataclass
+class ValidationResult:
+    valid: list[Any] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def field_errors(error: ValidationError) -> tuple[FieldError, ...]:
+    """Name the field behind each pydantic error; model-level rules name it in the message."""
+    found = []
+    for detail in error.errors(include_url=False):
+        location = [str(part) for part in detail["loc"]]
+        message = str(detail["msg"]).removeprefix("Value error, ")
+        if not location and ": " in message:
+            name, message = message.split(": ", 1)
+            location = [name]
+        found.append(FieldError(".".join(location) or "<row>", message))
+    return tuple(found)
+
+
+def validate_rows(contract: type[_Contract], rows: Iterable[Mapping[str, Any]]) -> ValidationResult:
+    """Validate a batch: valid rows as contract models, rejected rows with field and reason."""
+    result = ValidationResult()
+    for index, row in enumerate(rows):
+        if isinstance(row, contract):
+            result.valid.append(row)
+            continue
+        try:
+            result.valid.append(contract.model_validate(row))
+        except ValidationError as error:
+            result.rejected.append(Rejection(index, dict(row), field_errors(error)))
+    return result
+
+
+def new_event_id() -> uuid.UUID:
+    return uuid.uuid4()

@@ -1,0 +1,43 @@
+"""The append-only event log: one interface, a backend per profile.
+
+``open_event_log(settings)`` is the only way code gets a log; the profile picks the backend
+(local files under ``<home>/events`` or a Postgres table), nothing else does.
+"""
+
+from __future__ import annotations
+
+from recloop.eventlog.base import (
+    AppendResult,
+    EventLog,
+    EventLogBusy,
+    EventLogError,
+    InvalidEvents,
+)
+from recloop.settings import Settings
+
+__all__ = [
+    "AppendResult",
+    "EventLog",
+    "EventLogBusy",
+    "EventLogError",
+    "InvalidEvents",
+    "open_event_log",
+]
+
+
+def open_event_log(settings: Settings, **options: object) -> EventLog:
+    """Open the profile's event log for writing and reading."""
+    if settings.profile == "production":
+        from recloop.eventlog.postgres import PostgresEventLog
+
+        return PostgresEventLog(settings.postgres_url.get_secret_value(), **options)  # type: ignore[arg-type]
+    from recloop.eventlog.local import LocalEventLog
+
+    config = settings.event_log
+    return LocalEventLog(
+        settings.events_dir,
+        seal_seconds=config.seal_seconds,
+        segment_max_bytes=config.segment_max_bytes,
+        fsync=config.fsync,
+        **options,  # type: ignore[arg-type]
+    )

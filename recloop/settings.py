@@ -1,0 +1,193 @@
+"""The one typed settings object.
+
+Read, in order of precedence, from: keyword arguments, environment variables ``RECLOOP_*``
+(nested fields with ``__``, e.g. ``RECLOOP_EVENT_LOG__SEAL_SECONDS``), a YAML file
+(``RECLOOP_CONFIG_FILE``, default ``./recloop.yaml`` when it exists), a secrets directory
+(``RECLOOP_SECRETS_DIR``, one file per field as in Docker secrets), and the defaults below.
+
+``profile`` is the only switch that selects backends: ``local`` keeps every piece of state under
+``home`` (no services), ``production`` talks to Postgres and Redis. Nothing here touches the disk
+until a caller asks (``Settings.ensure_home``): importing this module has no side effects.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+Profile = Literal["local", "production"]
+
+DEFAULT_CONFIG_FILE = "recloop.yaml"
+MASK = "***"
+
+
+class EventLogSettings(BaseModel):
+    """How the local event log groups, seals and syncs its files."""
+
+    seal_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="An open segment is sealed (made visible to readers) at most this long "
+        "after its first event; readers never see the open segment, so this is the "
+        "visibility lag of an idle writer.",
+    )
+    segment_max_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="An open segment is sealed once it reaches this size."
+    )
+    fsync: bool = Field(
+        True,
+        description="fsync before an append returns. Turning it off loses acknowledged events "
+        "on power loss; only the benchmark's reference run does that.",
+    )
+
+
+class IngestSettings(BaseModel):
+    """Limits that decide when a source file is too broken to ingest."""
+
+    max_rejected_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Ingest fails when a file's rejected rows exceed this share of its rows.",
+    )
+
+
+class SimulatorSettings(BaseModel):
+    """Defaults of the world simulator that produces the embedded default data set."""
+
+    users: int = Field(500, gt=0, description="Users in the world (some arrive later).")
+    items: int = Field(300, gt=0, description="Items in the catalogue (some arrive later).")
+    days: int = Field(14, gt=0, description="Days of traffic to simulate.")
+    seed: int = Field(42, description="Seed: the same seed gives the same world and log.")
+    start: datetime = Field(
+        datetime(2026, 1, 5, tzinfo=UTC), description="UTC start of the simulated traffic."
+    )
+
+
+class Settings(BaseSettings):
+    """Everything recloop reads from its environment, in one place."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECLOOP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    profile: Profile = Field("local", description="Backends: local (embedded) or production.")
+    home: Path = Field(
+        Path("var"),
+        description="Folder that holds every piece of local state; two homes never share state.",
+    )
+    postgres_url: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/recloop"),
+        description="Postgres for the production profile (event log, warehouse, registries).",
+    )
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis for the production profile (Feast online store, Celery broker).",
+    )
+    seed: int = Field(42, description="Global seed for splits and training.")
+    event_log: EventLogSettings = Field(default_factory=EventLogSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        # Resolved once, so that a process that changes directory keeps the same state folder.
+        return value.expanduser().resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        from pydantic_settings import SecretsSettingsSource
+
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = Path(os.environ.get("RECLOOP_CONFIG_FILE", DEFAULT_CONFIG_FILE))
+        if "RECLOOP_CONFIG_FILE" in os.environ and not config_file.is_file():
+            raise FileNotFoundError(f"RECLOOP_CONFIG_FILE={config_file} does not exist")
+        if config_file.is_file():
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        secrets_dir = os.environ.get("RECLOOP_SECRETS_DIR")
+        if secrets_dir:
+            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
+        return tuple(sources)
+
+    # Where local state lives. Every path derives from `home`, so a test run or a second
+    # checkout with its own home never shares a file with another.
+    @property
+    def warehouse_path(self) -> Path:
+        return self.home / "warehouse.duckdb"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.home / "events"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def simulator_state_path(self) -> Path:
+        return self.home / "simulator.json"
+
+    def ensure_home(self) -> Path:
+        """Create the local state folders; the only place settings touch the disk."""
+        for path in (self.home, self.events_dir, self.quarantine_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        return self.home
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data, with secrets and URL passwords masked."""
+        return _mask(self.model_dump(mode="python"))
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return mask_url(value.get_secret_value())
+    if isinstance(value, dict):
+        return {key: _mask(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def mask_url(value: str) -> str:
+    """Mask the password of a URL; a secret that is not a URL is masked whole."""
+    parts = urlsplit(value)
+    if not parts.scheme or not parts.netloc:
+        return MASK
+    if parts.password is None:
+        return value
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:{MASK}@{host}" if parts.username else f"{MASK}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings now (environment, YAML file, secrets); overrides win."""
+    return Settings(**overrides)

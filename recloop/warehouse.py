@@ -1,0 +1,130 @@
+"""The warehouse that ingest lands raw users and items in, and that dbt reads.
+
+``local``: a DuckDB file under the settings' home, schema ``raw``, tables ``users`` and
+``items`` keyed by their ids (re-ingesting replaces a row, never duplicates it), and a view
+``raw.events`` over the event log's sealed files. DuckDB admits one writing process per file:
+only ingest and dbt write it, the serving process never does.
+
+The production warehouse (Postgres, through dbt-postgres) belongs to the production-profile
+issue; asking for it here fails with that reason rather than writing somewhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+
+from recloop.contracts import Item, User, duckdb_columns, to_table
+from recloop.eventlog.local import events_sql
+from recloop.settings import Settings
+
+RAW_SCHEMA = "raw"
+TABLES: dict[str, Any] = {"users": User, "items": Item}
+KEYS = {"users": "user_id", "items": "item_id"}
+
+
+class WarehouseUnavailable(RuntimeError):
+    pass
+
+
+def connect(settings: Settings, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    if settings.profile != "local":
+        raise WarehouseUnavailable(
+            "profile 'production': the Postgres warehouse is built by the production-profile "
+            "issue; this build lands raw data in the local DuckDB warehouse only"
+        )
+    if read_only and not settings.warehouse_path.exists():
+        raise WarehouseUnavailable(
+            f"no warehouse at {settings.warehouse_path}: run `recloop init` and ingest first"
+        )
+    settings.ensure_home()
+    con = duckdb.connect(str(settings.warehouse_path), read_only=read_only)
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def init_warehouse(settings: Settings) -> None:
+    """Create the raw schema and tables (idempotent)."""
+    with connect(settings) as con:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {RAW_SCHEMA}")
+        for table, contract in TABLES.items():
+            columns = ", ".join(f"{name} {kind}" for name, kind in duckdb_columns(contract).items())
+            con.execute(
+                f"CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{table} "
+                f"({columns}, PRIMARY KEY ({KEYS[table]}))"
+            )
+        refresh_events_view(con, settings)
+
+
+def refresh_events_view(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    # The view is re-created after every write: read_json expands its glob when the view is
+    # defined, and an empty log has no files to glob yet.
+    con.execute(
+        f"CREATE OR REPLACE VIEW {RAW_SCHEMA}.events AS SELECT * FROM {events_sql(settings.events_dir)}"
+    )
+
+
+def upsert(settings: Settings, table: str, rows: Sequence[Any]) -> int:
+    """Insert or replace contract rows by key; returns the number of rows written."""
+    if not rows:
+        return 0
+    batch = to_table(TABLES[table], rows)
+    with connect(settings) as con:
+        con.register("batch", batch)
+        con.execute(f"INSERT OR REPLACE INTO {RAW_SCHEMA}.{table} SELECT * FROM batch")
+        con.unregister("batch")
+    return len(rows)
+
+
+def summary(settings: Settings) -> dict[str, Any]:
+    """Counts and a few telling figures of what the warehouse and event log hold."""
+    with connect(settings) as con:
+        refresh_events_view(con, settings)
+        counts = {
+            table: con.execute(f"SELECT count(*) FROM {RAW_SCHEMA}.{table}").fetchone()[0]
+            for table in TABLES
+        }
+        by_type = dict(
+            con.execute(
+                f"SELECT event_type, count(*) FROM {RAW_SCHEMA}.events GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+        )
+        span = con.execute(f"SELECT min(ts), max(ts) FROM {RAW_SCHEMA}.events").fetchone()
+        # Click-through by slot, for logs that have impressions: position bias at a glance.
+        ctr_by_position = con.execute(
+            f"""
+            WITH impressions AS (
+                SELECT request_id, item_id, position FROM {RAW_SCHEMA}.events
+                WHERE event_type = 'impression'
+            ),
+            clicks AS (
+                SELECT DISTINCT request_id, item_id FROM {RAW_SCHEMA}.events
+                WHERE event_type = 'click'
+            )
+            SELECT impressions.position, count(*) AS shown, count(clicks.item_id) AS clicked
+            FROM impressions LEFT JOIN clicks USING (request_id, item_id)
+            GROUP BY 1 ORDER BY 1
+            """
+        ).fetchall()
+        top_items = con.execute(
+            f"""
+            SELECT items.item_id, items.title, count(*) AS interactions
+            FROM {RAW_SCHEMA}.events AS events JOIN {RAW_SCHEMA}.items AS items USING (item_id)
+            WHERE events.event_type IN ('click', 'rating')
+            GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT 5
+            """
+        ).fetchall()
+    return {
+        "users": counts["users"],
+        "items": counts["items"],
+        "events": sum(by_type.values()),
+        "events_by_type": by_type,
+        "first_event_at": span[0].isoformat() if span[0] else None,
+        "last_event_at": span[1].isoformat() if span[1] else None,
+        "ctr_by_position": [
+            {"position": p, "shown": s, "clicked": c, "ctr": c / s} for p, s, c in ctr_by_position
+        ],
+        "top_items": [{"item_id": i, "title": t, "interactions": n} for i, t, n in top_items],
+    }
