@@ -128,7 +128,11 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         secrets_dir = os.environ.get("RECLOOP_SECRETS_DIR")
         if secrets_dir:
-            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
+            # One file per field, named as the field (postgres_url), as Docker and Kubernetes
+            # secrets are mounted.
+            sources.append(
+                SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir, env_prefix="")
+            )
         return tuple(sources)
 
     # Where local state lives. Every path derives from `home`, so a test run or a second

@@ -96,9 +96,8 @@ def read_events(
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
-        return con.execute(
-            f"SELECT * FROM {events_sql(root)} {clause} ORDER BY ts, event_id", params
-        ).fetch_arrow_table()
+        query = f"SELECT * FROM {events_sql(root)} {clause} ORDER BY ts, event_id"
+        return con.sql(query, params=params).to_arrow_table()
 
 
 def _fsync_dir(path: Path) -> None:

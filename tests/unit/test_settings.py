@@ -1,0 +1,85 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from recloop.settings import MASK, Settings, load_settings, mask_url
+
+
+def test_defaults_are_the_local_profile_under_var(tmp_path: Path) -> None:
+    settings = load_settings()
+    assert settings.profile == "local"
+    assert settings.home == tmp_path / "var"  # resolved against the working directory
+    assert settings.warehouse_path.parent == settings.home
+    assert settings.events_dir.parent == settings.home
+
+
+def test_environment_overrides_including_nested(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RECLOOP_PROFILE", "production")
+    monkeypatch.setenv("RECLOOP_HOME", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("RECLOOP_EVENT_LOG__SEAL_SECONDS", "2.5")
+    settings = load_settings()
+    assert settings.profile == "production"
+    assert settings.home == tmp_path / "elsewhere"
+    assert settings.event_log.seal_seconds == 2.5
+
+
+def test_yaml_file_is_read_and_environment_wins(monkeypatch, tmp_path: Path) -> None:
+    (tmp_path / "recloop.yaml").write_text("seed: 7\nsimulator:\n  users: 12\n")
+    assert load_settings().seed == 7
+    assert load_settings().simulator.users == 12
+    monkeypatch.setenv("RECLOOP_SEED", "8")
+    assert load_settings().seed == 8
+
+
+def test_named_config_file_must_exist(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RECLOOP_CONFIG_FILE", str(tmp_path / "missing.yaml"))
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_settings()
+
+
+def test_secrets_directory(monkeypatch, tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "postgres_url").write_text("postgresql://app:s3cret@db:5432/recloop")
+    monkeypatch.setenv("RECLOOP_SECRETS_DIR", str(secrets))
+    settings = load_settings()
+    assert settings.postgres_url.get_secret_value().endswith("@db:5432/recloop")
+
+
+def test_invalid_values_name_the_field() -> None:
+    with pytest.raises(ValidationError, match="profile"):
+        Settings(profile="staging")
+    with pytest.raises(ValidationError, match="seal_seconds"):
+        Settings(event_log={"seal_seconds": 0})
+    with pytest.raises(ValidationError, match="unknown_setting"):
+        Settings(unknown_setting=1)
+
+
+def test_masked_hides_passwords_but_keeps_the_rest() -> None:
+    settings = Settings(postgres_url="postgresql://app:s3cret@db:5432/recloop")
+    masked = settings.masked()
+    assert masked["postgres_url"] == f"postgresql://app:{MASK}@db:5432/recloop"
+    assert "s3cret" not in repr(masked)
+    assert "s3cret" not in repr(settings)
+    assert masked["redis_url"] == "redis://127.0.0.1:6379/0"  # no password, nothing to hide
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://:pw@host:6379/0", f"redis://{MASK}@host:6379/0"),
+        ("postgresql://user@host/db", "postgresql://user@host/db"),
+        ("not a url", MASK),
+    ],
+)
+def test_mask_url(url: str, expected: str) -> None:
+    assert mask_url(url) == expected
+
+
+def test_importing_does_nothing_on_disk(tmp_path: Path) -> None:
+    code = "import recloop.settings, recloop.cli, recloop.eventlog; recloop.settings.load_settings()"
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+    assert list(tmp_path.iterdir()) == []
