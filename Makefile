@@ -26,7 +26,7 @@ demo: setup
 	$(BIN)/recloop simulate
 	$(BIN)/recloop summary
 
-test: setup
+test: lint
 	$(BIN)/pytest
 
 test-fast: setup

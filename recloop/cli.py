@@ -16,8 +16,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
-ingest_app = typer.Typer(help="Load a data source into the warehouse and event log.",
-                         no_args_is_help=True)
+ingest_app = typer.Typer(
+    help="Load a data source into the warehouse and event log.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 app.add_typer(ingest_app, name="ingest")
 
@@ -109,8 +110,11 @@ def simulate(
     settings = _settings()
     defaults = settings.simulator
     config = WorldConfig(
-        users=users or defaults.users, items=items or defaults.items, days=days or defaults.days,
-        seed=defaults.seed if seed is None else seed, start=defaults.start,
+        users=users or defaults.users,
+        items=items or defaults.items,
+        days=days or defaults.days,
+        seed=defaults.seed if seed is None else seed,
+        start=defaults.start,
     )
     report = ingest_simulation(settings, config, show_progress=not as_json)
     _print_report(report.to_dict(), as_json)
@@ -141,8 +145,9 @@ def summary(
     if values["ctr_by_position"]:
         ctr = Table("slot", "shown", "clicked", "CTR", title="click-through by slot")
         for row in values["ctr_by_position"]:
-            ctr.add_row(str(row["position"]), str(row["shown"]), str(row["clicked"]),
-                        f"{row['ctr']:.3f}")
+            ctr.add_row(
+                str(row["position"]), str(row["shown"]), str(row["clicked"]), f"{row['ctr']:.3f}"
+            )
         out.print(ctr)
     top = Table("item", "title", "clicks + ratings", title="most engaged items")
     for row in values["top_items"]:

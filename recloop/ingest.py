@@ -83,12 +83,15 @@ def land(settings: Settings, dataset: Dataset, *, show_progress: bool = False) -
     return report
 
 
-def append_events(settings: Settings, events: list, report: IngestReport, *,
-                  show_progress: bool = False) -> None:
+def append_events(
+    settings: Settings, events: list, report: IngestReport, *, show_progress: bool = False
+) -> None:
     from rich.progress import Progress
 
-    with open_event_log(settings) as log, Progress(disable=not show_progress,
-                                                   transient=True) as progress:
+    with (
+        open_event_log(settings) as log,
+        Progress(disable=not show_progress, transient=True) as progress,
+    ):
         task = progress.add_task("appending events", total=len(events))
         for start in range(0, len(events), EVENT_BATCH):
             result = log.append(events[start : start + EVENT_BATCH])
@@ -97,13 +100,16 @@ def append_events(settings: Settings, events: list, report: IngestReport, *,
             progress.advance(task, min(EVENT_BATCH, len(events) - start))
 
 
-def ingest_movielens(settings: Settings, path: Path | str, *,
-                     show_progress: bool = False) -> IngestReport:
+def ingest_movielens(
+    settings: Settings, path: Path | str, *, show_progress: bool = False
+) -> IngestReport:
     """Load a MovieLens folder (any of the three formats) and land it."""
     return land(settings, load_movielens(path), show_progress=show_progress)
 
 
-def ingest_simulation(settings: Settings, config: Any, *, show_progress: bool = False) -> IngestReport:
+def ingest_simulation(
+    settings: Settings, config: Any, *, show_progress: bool = False
+) -> IngestReport:
     """Build the simulated world, land its users and items, and log its traffic day by day.
 
     The world's config is saved beside the data (``simulator.json``) so that later steps can

@@ -61,9 +61,8 @@ def init_warehouse(settings: Settings) -> None:
 def refresh_events_view(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     # The view is re-created after every write: read_json expands its glob when the view is
     # defined, and an empty log has no files to glob yet.
-    con.execute(
-        f"CREATE OR REPLACE VIEW {RAW_SCHEMA}.events AS SELECT * FROM {events_sql(settings.events_dir)}"
-    )
+    source = events_sql(settings.events_dir)
+    con.execute(f"CREATE OR REPLACE VIEW {RAW_SCHEMA}.events AS SELECT * FROM {source}")
 
 
 def upsert(settings: Settings, table: str, rows: Sequence[Any]) -> int:

@@ -54,7 +54,8 @@ CORRUPT_DIR = "_corrupt"
 
 
 def partition_of(ts: datetime) -> str:
-    return f"event_date={ts:%Y-%m-%d}/event_hour={ts:%H}"
+    # Integer formatting, not strftime: this runs once per appended event.
+    return f"event_date={ts.year:04d}-{ts.month:02d}-{ts.day:02d}/event_hour={ts.hour:02d}"
 
 
 def reader_columns() -> dict[str, str]:

@@ -73,9 +73,18 @@ class PostgresEventLog:
             raise InvalidEvents(checked.rejected)
         rows = [
             (
-                event.event_id, event.ts, event.user_id, event.item_id, event.event_type.value,
-                event.value, event.request_id, event.position, event.propensity,
-                event.model_version, event.policy, json.dumps(event.context),
+                event.event_id,
+                event.ts,
+                event.user_id,
+                event.item_id,
+                event.event_type.value,
+                event.value,
+                event.request_id,
+                event.position,
+                event.propensity,
+                event.model_version,
+                event.policy,
+                json.dumps(event.context),
             )
             for event in checked.valid
         ]
@@ -111,7 +120,9 @@ class PostgresEventLog:
             f"{name}::text" if name in ("event_id", "context") else name for name in columns
         )
         with self._conn.transaction(), self._conn.cursor() as cursor:
-            cursor.execute(f"SELECT {select} FROM {self.table} {clause} ORDER BY ts, event_id", params)
+            cursor.execute(
+                f"SELECT {select} FROM {self.table} {clause} ORDER BY ts, event_id", params
+            )
             rows = cursor.fetchall()
         return pa.Table.from_pylist([dict(zip(columns, row, strict=True)) for row in rows])
 

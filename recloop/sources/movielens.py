@@ -169,8 +169,13 @@ class _Collector:
             try:
                 yield number, raw.decode(encoding)
             except UnicodeDecodeError as error:
-                self.reject(name, number, "<line>", f"not valid {encoding}: {error.reason}",
-                            raw.decode(encoding, errors="replace"))
+                self.reject(
+                    name,
+                    number,
+                    "<line>",
+                    f"not valid {encoding}: {error.reason}",
+                    raw.decode(encoding, errors="replace"),
+                )
 
     def csv_rows(self, name: str, header: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
         """Rows of a CSV file with a header line, checked against the expected header."""
@@ -197,12 +202,19 @@ class _Collector:
                 self.reject(name, number, error.field, error.reason, raw(row))
 
 
-def _keep(collector: _Collector, table: dict, key: str, row: dict, name: str, number: int,
-          text: str, field_name: str) -> None:
+def _keep(
+    collector: _Collector,
+    table: dict,
+    key: str,
+    row: dict,
+    name: str,
+    number: int,
+    text: str,
+    field_name: str,
+) -> None:
     """Add a keyed row; a second row with the same key is rejected, not silently merged."""
     if key in table:
-        collector.reject(name, number, field_name,
-                         f"duplicate of line {table[key]['line']}", text)
+        collector.reject(name, number, field_name, f"duplicate of line {table[key]['line']}", text)
         return
     table[key] = {**row, "file": name, "line": number, "raw": text}
 
@@ -210,8 +222,9 @@ def _keep(collector: _Collector, table: dict, key: str, row: dict, name: str, nu
 def _split(text: str, sep: str, count: int, what: str) -> list[str]:
     parts = text.split(sep)
     if len(parts) < count:
-        raise RowError("<line>", f"expected {count} {sep!r}-separated fields for {what}, "
-                       f"found {len(parts)}")
+        raise RowError(
+            "<line>", f"expected {count} {sep!r}-separated fields for {what}, found {len(parts)}"
+        )
     return parts
 
 
@@ -285,11 +298,13 @@ def _assemble(
     kept: list[_Rating] = []
     for rating in ratings:
         if users is not None and rating.user_id not in users:
-            collector.reject(ratings_file, rating.line, "user_id",
-                             f"unknown user {rating.user_id!r}", rating.raw)
+            collector.reject(
+                ratings_file, rating.line, "user_id", f"unknown user {rating.user_id!r}", rating.raw
+            )
         elif rating.item_id not in items:
-            collector.reject(ratings_file, rating.line, "item_id",
-                             f"unknown item {rating.item_id!r}", rating.raw)
+            collector.reject(
+                ratings_file, rating.line, "item_id", f"unknown item {rating.item_id!r}", rating.raw
+            )
         else:
             kept.append(rating)
 
@@ -344,16 +359,23 @@ def _validated(collector, contract, rows: dict[str, dict[str, Any]], first_seen,
     keyed = list(rows.values())
     for rejection in checked.rejected:
         row = keyed[rejection.index]
-        collector.reject(row.get("file", "?"), row["line"], rejection.field, rejection.reason,
-                         row["raw"])
+        collector.reject(
+            row.get("file", "?"), row["line"], rejection.field, rejection.reason, row["raw"]
+        )
     return checked.valid
 
 
 def _ratings(collector, name, rows, split) -> list[_Rating]:
     def parse(text: str) -> _Rating:
         user, item, value, ts = split(text)
-        return _Rating(0, text, _id(user, "user_id"), _id(item, "item_id"),
-                       _float(value, "rating"), _timestamp(ts))
+        return _Rating(
+            0,
+            text,
+            _id(user, "user_id"),
+            _id(item, "item_id"),
+            _float(value, "rating"),
+            _timestamp(ts),
+        )
 
     found = []
     for number, _, rating in collector.parse(name, rows, parse):
@@ -377,11 +399,16 @@ def _load_100k(root: Path, collector: _Collector) -> Dataset:
 
     def parse_user(text: str) -> dict[str, Any]:
         user_id, age, gender, occupation, _zip = _split(text, "|", 5, "a user")[:5]
-        return {"user_id": _id(user_id, "user_id"), "age": _int(age, "age"),
-                "gender": gender.strip() or None, "occupation": occupation.strip() or None}
+        return {
+            "user_id": _id(user_id, "user_id"),
+            "age": _int(age, "age"),
+            "gender": gender.strip() or None,
+            "occupation": occupation.strip() or None,
+        }
 
-    for number, text, user in collector.parse("u.user", collector.lines("u.user", "latin-1"),
-                                              parse_user):
+    for number, text, user in collector.parse(
+        "u.user", collector.lines("u.user", "latin-1"), parse_user
+    ):
         _keep(collector, users, user["user_id"], user, "u.user", number, text, "user_id")
 
     items: dict[str, dict[str, Any]] = {}
@@ -392,15 +419,23 @@ def _load_100k(root: Path, collector: _Collector) -> Dataset:
         if any(flag not in ("0", "1") for flag in flags):
             raise RowError("genres", "genre flags must be 0 or 1")
         categories = [genre for genre, flag in zip(genres, flags, strict=True) if flag == "1"]
-        return {"item_id": _id(parts[0], "item_id"), "title": _year_title(parts[1]),
-                "categories": categories}
+        return {
+            "item_id": _id(parts[0], "item_id"),
+            "title": _year_title(parts[1]),
+            "categories": categories,
+        }
 
-    for number, text, item in collector.parse("u.item", collector.lines("u.item", "latin-1"),
-                                              parse_item):
+    for number, text, item in collector.parse(
+        "u.item", collector.lines("u.item", "latin-1"), parse_item
+    ):
         _keep(collector, items, item["item_id"], item, "u.item", number, text, "item_id")
 
-    ratings = _ratings(collector, "u.data", collector.lines("u.data", "latin-1"),
-                       lambda text: _split(text, "\t", 4, "a rating")[:4])
+    ratings = _ratings(
+        collector,
+        "u.data",
+        collector.lines("u.data", "latin-1"),
+        lambda text: _split(text, "\t", 4, "a rating")[:4],
+    )
     return _assemble(collector, "u.data", ratings, users, items)
 
 
@@ -411,10 +446,16 @@ def _load_1m(root: Path, collector: _Collector) -> Dataset:
         user_id, gender, age, occupation, _zip = _split(text, "::", 5, "a user")[:5]
         code = _int(occupation, "occupation")
         if not 0 <= code < len(ML_1M_OCCUPATIONS):
-            raise RowError("occupation", f"code {code} is not one of 0-{len(ML_1M_OCCUPATIONS) - 1}")
+            raise RowError(
+                "occupation", f"code {code} is not one of 0-{len(ML_1M_OCCUPATIONS) - 1}"
+            )
         # ml-1m's age is a bracket code: the bracket's lower bound, except 1 = "under 18".
-        return {"user_id": _id(user_id, "user_id"), "age": _int(age, "age"),
-                "gender": gender.strip() or None, "occupation": ML_1M_OCCUPATIONS[code]}
+        return {
+            "user_id": _id(user_id, "user_id"),
+            "age": _int(age, "age"),
+            "gender": gender.strip() or None,
+            "occupation": ML_1M_OCCUPATIONS[code],
+        }
 
     for number, text, user in collector.parse(
         "users.dat", collector.lines("users.dat", "latin-1"), parse_user
@@ -426,16 +467,23 @@ def _load_1m(root: Path, collector: _Collector) -> Dataset:
     def parse_item(text: str) -> dict[str, Any]:
         item_id, title, genres = _split(text, "::", 3, "a movie")[:3]
         categories = [g for g in genres.strip().split("|") if g and g != "(no genres listed)"]
-        return {"item_id": _id(item_id, "item_id"), "title": _year_title(title),
-                "categories": categories}
+        return {
+            "item_id": _id(item_id, "item_id"),
+            "title": _year_title(title),
+            "categories": categories,
+        }
 
     for number, text, item in collector.parse(
         "movies.dat", collector.lines("movies.dat", "latin-1"), parse_item
     ):
         _keep(collector, items, item["item_id"], item, "movies.dat", number, text, "item_id")
 
-    ratings = _ratings(collector, "ratings.dat", collector.lines("ratings.dat", "latin-1"),
-                       lambda text: _split(text, "::", 4, "a rating")[:4])
+    ratings = _ratings(
+        collector,
+        "ratings.dat",
+        collector.lines("ratings.dat", "latin-1"),
+        lambda text: _split(text, "::", 4, "a rating")[:4],
+    )
     return _assemble(collector, "ratings.dat", ratings, users, items)
 
 
@@ -446,16 +494,20 @@ def _load_latest(root: Path, collector: _Collector) -> Dataset:
         if len(row) < 3:
             raise RowError("<line>", f"expected 3 fields for a movie, found {len(row)}")
         categories = [g for g in row[2].split("|") if g and g != "(no genres listed)"]
-        return {"item_id": _id(row[0], "movieId"), "title": _year_title(row[1]),
-                "categories": categories}
+        return {
+            "item_id": _id(row[0], "movieId"),
+            "title": _year_title(row[1]),
+            "categories": categories,
+        }
 
     def raw_csv(row: list[str]) -> str:
         return ",".join(row)
 
     movies = collector.csv_rows("movies.csv", ("movieId", "title", "genres"))
     for number, row, item in collector.parse("movies.csv", movies, parse_item, raw_csv):
-        _keep(collector, items, item["item_id"], item, "movies.csv", number, raw_csv(row),
-              "movieId")
+        _keep(
+            collector, items, item["item_id"], item, "movies.csv", number, raw_csv(row), "movieId"
+        )
 
     tags: dict[str, list[str]] = {}
     if (root / "tags.csv").exists():
@@ -492,8 +544,16 @@ def _load_latest(root: Path, collector: _Collector) -> Dataset:
     for number, row, fields in collector.parse("ratings.csv", rows, split_rating, raw_csv):
         try:
             user, item, value, ts = fields
-            ratings.append(_Rating(number, raw_csv(row), _id(user, "userId"), _id(item, "movieId"),
-                                   _float(value, "rating"), _timestamp(ts)))
+            ratings.append(
+                _Rating(
+                    number,
+                    raw_csv(row),
+                    _id(user, "userId"),
+                    _id(item, "movieId"),
+                    _float(value, "rating"),
+                    _timestamp(ts),
+                )
+            )
         except RowError as error:
             collector.reject("ratings.csv", number, error.field, error.reason, raw_csv(row))
     return _assemble(collector, "ratings.csv", ratings, None, items, tags)

@@ -54,26 +54,56 @@ def _topic(name: str, adjectives: str, nouns: str) -> Topic:
 
 
 TOPICS: tuple[Topic, ...] = (
-    _topic("space", "cosmic stellar orbital interstellar lunar galactic",
-           "galaxy planet astronaut rocket nebula orbit comet starship"),
-    _topic("crime", "hardboiled corrupt undercover ruthless noir criminal",
-           "detective heist gangster murder alibi precinct smuggler verdict"),
-    _topic("romance", "tender passionate bittersweet romantic secret unlikely",
-           "love wedding kiss heart letter sweetheart proposal honeymoon"),
-    _topic("comedy", "hilarious awkward absurd goofy madcap silly",
-           "prank roommate blunder sitcom jester mixup party mishap"),
-    _topic("history", "ancient imperial medieval victorian forgotten royal",
-           "empire battle dynasty soldier castle revolution treaty legion"),
-    _topic("nature", "wild remote frozen tropical endangered vast",
-           "ocean forest wildlife glacier safari reef volcano migration"),
-    _topic("horror", "haunted cursed sinister ghastly eerie bloody",
-           "ghost demon asylum zombie ritual nightmare cellar witch"),
-    _topic("family", "magical friendly brave curious tiny colourful",
-           "dragon puppy toy adventure princess robot treehouse wizard"),
-    _topic("sports", "underdog championship fierce olympic rookie legendary",
-           "coach stadium marathon boxer league trophy striker rally"),
-    _topic("music", "soulful electric rhythmic acoustic legendary underground",
-           "band concert guitar singer symphony album tour jazz"),
+    _topic(
+        "space",
+        "cosmic stellar orbital interstellar lunar galactic",
+        "galaxy planet astronaut rocket nebula orbit comet starship",
+    ),
+    _topic(
+        "crime",
+        "hardboiled corrupt undercover ruthless noir criminal",
+        "detective heist gangster murder alibi precinct smuggler verdict",
+    ),
+    _topic(
+        "romance",
+        "tender passionate bittersweet romantic secret unlikely",
+        "love wedding kiss heart letter sweetheart proposal honeymoon",
+    ),
+    _topic(
+        "comedy",
+        "hilarious awkward absurd goofy madcap silly",
+        "prank roommate blunder sitcom jester mixup party mishap",
+    ),
+    _topic(
+        "history",
+        "ancient imperial medieval victorian forgotten royal",
+        "empire battle dynasty soldier castle revolution treaty legion",
+    ),
+    _topic(
+        "nature",
+        "wild remote frozen tropical endangered vast",
+        "ocean forest wildlife glacier safari reef volcano migration",
+    ),
+    _topic(
+        "horror",
+        "haunted cursed sinister ghastly eerie bloody",
+        "ghost demon asylum zombie ritual nightmare cellar witch",
+    ),
+    _topic(
+        "family",
+        "magical friendly brave curious tiny colourful",
+        "dragon puppy toy adventure princess robot treehouse wizard",
+    ),
+    _topic(
+        "sports",
+        "underdog championship fierce olympic rookie legendary",
+        "coach stadium marathon boxer league trophy striker rally",
+    ),
+    _topic(
+        "music",
+        "soulful electric rhythmic acoustic legendary underground",
+        "band concert guitar singer symphony album tour jazz",
+    ),
 )
 
 
@@ -170,7 +200,10 @@ class World:
         return affinity
 
     def utility(
-        self, user_id: str, item_ids: Sequence[str], at: datetime,
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        at: datetime,
         context: dict[str, Any] | None = None,
     ) -> np.ndarray:
         """Utility of each item for the user at a time and context (before position bias)."""
@@ -190,7 +223,10 @@ class World:
         return 1.0 / np.arange(1, slots + 1) ** self.config.examination_decay
 
     def click_probabilities(
-        self, user_id: str, item_ids: Sequence[str], at: datetime,
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        at: datetime,
         context: dict[str, Any] | None = None,
     ) -> np.ndarray:
         """The true probability of a click in each slot of this slate, slot 0 first."""
@@ -198,8 +234,12 @@ class World:
         return self.examination(len(item_ids)) * attractiveness
 
     def respond(
-        self, user_id: str, item_ids: Sequence[str], at: datetime,
-        context: dict[str, Any] | None, rng: np.random.Generator,
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        at: datetime,
+        context: dict[str, Any] | None,
+        rng: np.random.Generator,
     ) -> np.ndarray:
         """Sample which slots the user clicks."""
         return rng.random(len(item_ids)) < self.click_probabilities(user_id, item_ids, at, context)
@@ -207,9 +247,11 @@ class World:
     def rating(self, user_id: str, item_id: str, at: datetime) -> float:
         """The star rating a user gives after a click: taste-driven, 1 to 5."""
         affinity = len(TOPICS) * self.item_topics[self._item(item_id)] @ self.taste(user_id, at)
-        score = 3.0 + 1.5 * math.tanh(math.log(max(affinity, 1e-3))) + self.item_quality[
-            self._item(item_id)
-        ]
+        score = (
+            3.0
+            + 1.5 * math.tanh(math.log(max(affinity, 1e-3)))
+            + self.item_quality[self._item(item_id)]
+        )
         return float(min(5, max(1, round(score))))
 
     def users_at(self, at: datetime) -> np.ndarray:
@@ -235,8 +277,9 @@ class World:
 # Building the world
 
 
-def _arrival_times(rng: np.random.Generator, count: int, initial_share: float,
-                   config: WorldConfig) -> list[datetime]:
+def _arrival_times(
+    rng: np.random.Generator, count: int, initial_share: float, config: WorldConfig
+) -> list[datetime]:
     span = config.days * 86_400
     initial = rng.random(count) < initial_share
     # Those present at the start joined during the month before it.
@@ -271,12 +314,23 @@ def build_world(config: WorldConfig) -> World:
         )
         if rng.random() < 0.5:
             title += f" of the {' '.join(_words(rng, mixture, 1)).title()}"
-        description = "A story of " + ", ".join(_words(rng, mixture, 4)) + " and " + " ".join(
-            _words(rng, mixture, 3)
-        ) + "."
+        description = (
+            "A story of "
+            + ", ".join(_words(rng, mixture, 4))
+            + " and "
+            + " ".join(_words(rng, mixture, 3))
+            + "."
+        )
         categories = [TOPICS[t].name for t in np.argsort(-mixture)[:3] if mixture[t] >= 0.25]
-        items.append(Item(item_id=f"i{n:05d}", title=title, text=description,
-                          categories=categories or [main.name], created_at=item_created[n]))
+        items.append(
+            Item(
+                item_id=f"i{n:05d}",
+                title=title,
+                text=description,
+                categories=categories or [main.name],
+                created_at=item_created[n],
+            )
+        )
 
     # Attributes shift taste: each age bracket and occupation leans towards some topics.
     age_taste = rng.dirichlet(np.full(n_topics, 0.4), len(AGE_GROUPS))
@@ -297,17 +351,28 @@ def build_world(config: WorldConfig) -> World:
             liked = [TOPICS[t].name for t in np.argsort(-taste_start[n])[:2]]
             profile_text = (
                 f"I like {liked[0]} and {liked[1]}, especially anything with "
-                + " or ".join(_words(rng, taste_start[n], 2)) + "."
+                + " or ".join(_words(rng, taste_start[n], 2))
+                + "."
             )
-        users.append(User(
-            user_id=f"u{n:05d}", age=AGE_GROUPS[age] + int(rng.integers(0, 7)),
-            gender=GENDERS[int(rng.integers(len(GENDERS)))], occupation=OCCUPATIONS[occupation],
-            profile_text=profile_text, created_at=user_created[n],
-        ))
+        users.append(
+            User(
+                user_id=f"u{n:05d}",
+                age=AGE_GROUPS[age] + int(rng.integers(0, 7)),
+                gender=GENDERS[int(rng.integers(len(GENDERS)))],
+                occupation=OCCUPATIONS[occupation],
+                profile_text=profile_text,
+                created_at=user_created[n],
+            )
+        )
 
     return World(
-        config=config, users=users, items=items, item_topics=item_topics,
-        item_quality=item_quality, taste_start=taste_start, taste_end=taste_end,
+        config=config,
+        users=users,
+        items=items,
+        item_topics=item_topics,
+        item_quality=item_quality,
+        taste_start=taste_start,
+        taste_end=taste_end,
         device_affinity=rng.normal(0.0, 0.6, (n_topics, len(DEVICES))),
         topic_peak_hour=rng.uniform(0, 24, n_topics),
         user_devices=rng.dirichlet(np.ones(len(DEVICES)), config.users),
@@ -396,28 +461,51 @@ def generate_traffic(world: World, *, show_progress: bool = False) -> Iterator[l
             )
             clicked = world.respond(user_id, item_ids, at, context, rng)
             request_id = f"sim-{_event_id(rng).hex[:16]}"
-            common = {"request_id": request_id, "model_version": "simulator-popularity",
-                      "policy": f"epsilon_greedy(epsilon={config.epsilon})", "context": context}
+            common = {
+                "request_id": request_id,
+                "model_version": "simulator-popularity",
+                "policy": f"epsilon_greedy(epsilon={config.epsilon})",
+                "context": context,
+            }
             for slot, (item, item_id) in enumerate(zip(shown, item_ids, strict=True)):
-                slot_fields = {**common, "user_id": user_id, "item_id": item_id,
-                               "position": slot, "propensity": propensities[slot]}
-                events.append(Event(event_id=_event_id(rng), ts=at,
-                                    event_type=EventType.impression, **slot_fields))
+                slot_fields = {
+                    **common,
+                    "user_id": user_id,
+                    "item_id": item_id,
+                    "position": slot,
+                    "propensity": propensities[slot],
+                }
+                events.append(
+                    Event(
+                        event_id=_event_id(rng),
+                        ts=at,
+                        event_type=EventType.impression,
+                        **slot_fields,
+                    )
+                )
                 if not clicked[slot]:
                     continue
                 click_at = at + timedelta(seconds=float(rng.uniform(1, 60)))
-                events.append(Event(event_id=_event_id(rng), ts=click_at,
-                                    event_type=EventType.click, **slot_fields))
+                events.append(
+                    Event(
+                        event_id=_event_id(rng),
+                        ts=click_at,
+                        event_type=EventType.click,
+                        **slot_fields,
+                    )
+                )
                 day_clicks[item] += 1
                 if rng.random() < config.rating_share:
                     rated.setdefault(user, set()).add(int(item))
-                    events.append(Event(
-                        event_id=_event_id(rng),
-                        ts=click_at + timedelta(minutes=float(rng.uniform(20, 180))),
-                        event_type=EventType.rating,
-                        value=world.rating(user_id, item_id, click_at),
-                        **slot_fields,
-                    ))
+                    events.append(
+                        Event(
+                            event_id=_event_id(rng),
+                            ts=click_at + timedelta(minutes=float(rng.uniform(20, 180))),
+                            event_type=EventType.rating,
+                            value=world.rating(user_id, item_id, click_at),
+                            **slot_fields,
+                        )
+                    )
         clicks_so_far += day_clicks
         events.sort(key=lambda event: (event.ts, str(event.event_id)))
         yield events

@@ -21,8 +21,10 @@ def run(*args: str, home: Path, env: dict | None = None, check: bool = True):
 
 @pytest.mark.integration
 def test_config_show_masks_secrets(tmp_path: Path) -> None:
-    env = {"RECLOOP_POSTGRES_URL": "postgresql://app:hunter2@db/recloop",
-           "RECLOOP_PROFILE": "production"}
+    env = {
+        "RECLOOP_POSTGRES_URL": "postgresql://app:hunter2@db/recloop",
+        "RECLOOP_PROFILE": "production",
+    }
     result = run("config", "show", "--json", home=tmp_path / "var", env=env)
     values = json.loads(result.stdout)
     assert values["profile"] == "production"
@@ -44,12 +46,14 @@ def test_init_simulate_summary(tmp_path: Path) -> None:
     home = tmp_path / "var"
     run("init", home=home)
     assert (home / "warehouse.duckdb").exists()
-    report = json.loads(run("simulate", "--users", "40", "--items", "30", "--days", "2",
-                            "--json", home=home).stdout)
+    report = json.loads(
+        run("simulate", "--users", "40", "--items", "30", "--days", "2", "--json", home=home).stdout
+    )
     assert (report["users"], report["items"], report["rejected"]) == (40, 30, 0)
     assert report["events_appended"] == report["events"] > 0
-    again = json.loads(run("simulate", "--users", "40", "--items", "30", "--days", "2",
-                           "--json", home=home).stdout)
+    again = json.loads(
+        run("simulate", "--users", "40", "--items", "30", "--days", "2", "--json", home=home).stdout
+    )
     assert again["events_duplicate"] == report["events"]  # same seed, same events: idempotent
     summary = json.loads(run("summary", "--json", home=home).stdout)
     assert summary["events"] == report["events"]
@@ -59,8 +63,14 @@ def test_init_simulate_summary(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_ingest_reports_failures_with_the_file_name(tmp_path: Path) -> None:
-    result = run("ingest", "movielens", str(tmp_path / "nowhere"), "--json",
-                 home=tmp_path / "var", check=False)
+    result = run(
+        "ingest",
+        "movielens",
+        str(tmp_path / "nowhere"),
+        "--json",
+        home=tmp_path / "var",
+        check=False,
+    )
     assert result.returncode == 1
     assert "nowhere: not a folder" in " ".join(result.stderr.split())
 
@@ -69,7 +79,12 @@ def test_ingest_reports_failures_with_the_file_name(tmp_path: Path) -> None:
 @pytest.mark.dataset
 @pytest.mark.slow
 def test_ingest_real_ml100k_json(ml100k: Path, tmp_path: Path) -> None:
-    report = json.loads(run("ingest", "movielens", str(ml100k), "--json",
-                            home=tmp_path / "var").stdout)
+    report = json.loads(
+        run("ingest", "movielens", str(ml100k), "--json", home=tmp_path / "var").stdout
+    )
     assert (report["users"], report["items"], report["events"], report["rejected"]) == (
-        943, 1682, 100000, 0)
+        943,
+        1682,
+        100000,
+        0,
+    )

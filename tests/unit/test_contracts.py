@@ -20,8 +20,13 @@ NOW = datetime(2026, 1, 5, 12, tzinfo=UTC)
 
 def event(**changes):
     row = {
-        "event_id": str(uuid.uuid4()), "ts": NOW.isoformat(), "user_id": "u1", "item_id": "i1",
-        "event_type": "impression", "position": 0, "propensity": 0.5,
+        "event_id": str(uuid.uuid4()),
+        "ts": NOW.isoformat(),
+        "user_id": "u1",
+        "item_id": "i1",
+        "event_type": "impression",
+        "position": 0,
+        "propensity": 0.5,
         "context": {"device": "mobile"},
     }
     row.update(changes)
@@ -87,9 +92,9 @@ def test_to_table_round_trips_through_arrow() -> None:
     assert table.num_rows == 2
     assert table.schema == arrow_schema(Event)
     assert table.column("context")[0].as_py() == '{"device":"mobile"}'
-    back = validate_rows(Event, [
-        {**row, "context": {"device": "mobile"}} for row in table.to_pylist()
-    ])
+    back = validate_rows(
+        Event, [{**row, "context": {"device": "mobile"}} for row in table.to_pylist()]
+    )
     assert not back.rejected
 
 
@@ -98,7 +103,11 @@ def test_users_and_items() -> None:
     assert not validate_rows(User, [ok]).rejected
     rejected = validate_rows(User, [{**ok, "age": 200}]).rejected
     assert rejected[0].field == "age"
-    item = {"item_id": "i1", "title": "Toy Story (1995)", "categories": ["Comedy"],
-            "created_at": NOW}
+    item = {
+        "item_id": "i1",
+        "title": "Toy Story (1995)",
+        "categories": ["Comedy"],
+        "created_at": NOW,
+    }
     assert validate_rows(Item, [item]).valid[0].text == ""
     assert validate_rows(Item, [{**item, "title": ""}]).rejected[0].field == "title"

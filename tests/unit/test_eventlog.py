@@ -16,9 +16,14 @@ START = datetime(2026, 1, 5, 10, 30, tzinfo=UTC)
 def events(count: int, *, start: datetime = START, step: timedelta = timedelta(minutes=1)):
     return [
         {
-            "event_id": str(uuid.uuid4()), "ts": start + n * step, "user_id": f"u{n % 3}",
-            "item_id": f"i{n}", "event_type": "impression", "position": n % 10,
-            "propensity": 0.1, "context": {"hour": 10},
+            "event_id": str(uuid.uuid4()),
+            "ts": start + n * step,
+            "user_id": f"u{n % 3}",
+            "item_id": f"i{n}",
+            "event_type": "impression",
+            "position": n % 10,
+            "propensity": 0.1,
+            "context": {"hour": 10},
         }
         for n in range(count)
     ]
@@ -41,7 +46,10 @@ def test_append_then_read_back(tmp_path: Path) -> None:
 def test_read_filters_by_time(tmp_path: Path) -> None:
     with LocalEventLog(tmp_path) as log:
         log.append(events(60))
-    assert read_events(tmp_path, START + timedelta(minutes=10), START + timedelta(minutes=20)).num_rows == 10
+    assert (
+        read_events(tmp_path, START + timedelta(minutes=10), START + timedelta(minutes=20)).num_rows
+        == 10
+    )
 
 
 def test_retried_batch_adds_nothing_even_after_reopening(tmp_path: Path) -> None:
@@ -127,6 +135,7 @@ def test_recovery_cuts_a_torn_tail_and_quarantines_garbage(tmp_path: Path) -> No
 
 def test_concurrent_appends_share_flushes(tmp_path: Path) -> None:
     with LocalEventLog(tmp_path) as log:
+
         def work() -> None:
             for _ in range(20):
                 log.append(events(10))

@@ -8,9 +8,11 @@ import pytest
 from recloop.ingest import ingest_movielens
 from recloop.sources.movielens import SourceError, detect_format, load_movielens
 
-GENRES = "unknown|0\nAction|1\nAdventure|2\nAnimation|3\nChildren's|4\nComedy|5\nCrime|6\n" \
-         "Documentary|7\nDrama|8\nFantasy|9\nFilm-Noir|10\nHorror|11\nMusical|12\nMystery|13\n" \
-         "Romance|14\nSci-Fi|15\nThriller|16\nWar|17\nWestern|18\n"
+GENRES = (
+    "unknown|0\nAction|1\nAdventure|2\nAnimation|3\nChildren's|4\nComedy|5\nCrime|6\n"
+    "Documentary|7\nDrama|8\nFantasy|9\nFilm-Noir|10\nHorror|11\nMusical|12\nMystery|13\n"
+    "Romance|14\nSci-Fi|15\nThriller|16\nWar|17\nWestern|18\n"
+)
 
 
 def flags(*on: int) -> str:
@@ -28,7 +30,7 @@ def ml100k_files(ratings: str) -> dict[str, str]:
     return {
         "u.user": "1|24|M|technician|85711\n2|53|F|other|94043\n",
         "u.item": f"1|Toy Story (1995)|01-Jan-1995||http://x|{flags(3, 4, 5)}\n"
-                  f"2|GoldenEye (1995)|01-Jan-1995||http://x|{flags(1, 2, 16)}\n",
+        f"2|GoldenEye (1995)|01-Jan-1995||http://x|{flags(1, 2, 16)}\n",
         "u.genre": GENRES,
         "u.data": ratings,
     }
@@ -92,31 +94,39 @@ def test_ml100k_bad_users_and_items(tmp_path: Path) -> None:
 
 
 def test_ml1m_fixture(tmp_path: Path) -> None:
-    folder = write(tmp_path / "ml1m", {
-        "users.dat": "1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::99::1\n",
-        "movies.dat": "1::Toy Story (1995)::Animation|Children's|Comedy\n"
-                      "2::Jumanji (1995)::Adventure|Children's|Fantasy\n",
-        "ratings.dat": "1::1::5::978300760\n2::2::3::978302109\n2::1::0::978302109\n",
-    })
+    folder = write(
+        tmp_path / "ml1m",
+        {
+            "users.dat": "1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::99::1\n",
+            "movies.dat": "1::Toy Story (1995)::Animation|Children's|Comedy\n"
+            "2::Jumanji (1995)::Adventure|Children's|Fantasy\n",
+            "ratings.dat": "1::1::5::978300760\n2::2::3::978302109\n2::1::0::978302109\n",
+        },
+    )
     assert detect_format(folder) == "ml-1m"
     dataset = load_movielens(folder)
     assert (len(dataset.users), len(dataset.items), len(dataset.events)) == (2, 2, 2)
     user = next(user for user in dataset.users if user.user_id == "2")
     assert (user.age, user.occupation) == (56, "self-employed")
     assert {(r.file, r.line, r.field) for r in dataset.quarantined} == {
-        ("users.dat", 3, "occupation"), ("ratings.dat", 3, "value"),
+        ("users.dat", 3, "occupation"),
+        ("ratings.dat", 3, "value"),
     }
 
 
 def test_ml_latest_small_fixture_with_tags(tmp_path: Path) -> None:
-    folder = write(tmp_path / "latest", {
-        "movies.csv": 'movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n'
-                      '2,"Heat, The (1995)",(no genres listed)\n',
-        "ratings.csv": "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,0.5,964981247\n"
-                       "7,3,4.0,964982224\n",
-        "tags.csv": "userId,movieId,tag,timestamp\n1,1,pixar,1445714994\n2,1,Pixar,1445714995\n"
-                    "2,1,fun,1445714996\n2,9,lost,1445714996\n",
-    }, encoding="utf-8")
+    folder = write(
+        tmp_path / "latest",
+        {
+            "movies.csv": "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n"
+            '2,"Heat, The (1995)",(no genres listed)\n',
+            "ratings.csv": "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,0.5,964981247\n"
+            "7,3,4.0,964982224\n",
+            "tags.csv": "userId,movieId,tag,timestamp\n1,1,pixar,1445714994\n2,1,Pixar,1445714995\n"
+            "2,1,fun,1445714996\n2,9,lost,1445714996\n",
+        },
+        encoding="utf-8",
+    )
     dataset = load_movielens(folder)
     assert dataset.name == "ml-latest-small"
     assert [user.user_id for user in dataset.users] == ["1"]  # users are who rated
@@ -125,15 +135,20 @@ def test_ml_latest_small_fixture_with_tags(tmp_path: Path) -> None:
     heat = next(item for item in dataset.items if item.item_id == "2")
     assert (heat.title, heat.categories) == ("Heat, The (1995)", [])
     assert {(r.file, r.line, r.field) for r in dataset.quarantined} == {
-        ("ratings.csv", 4, "item_id"), ("tags.csv", 5, "movieId"),
+        ("ratings.csv", 4, "item_id"),
+        ("tags.csv", 5, "movieId"),
     }
 
 
 def test_csv_with_undecodable_line_and_wrong_header(tmp_path: Path) -> None:
-    folder = write(tmp_path / "latest", {
-        "movies.csv": b"movieId,title,genres\n1,Toy Story (1995),Comedy\n2,Caf\xe9 (1990),Drama\n",
-        "ratings.csv": "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n",
-    })
+    folder = write(
+        tmp_path / "latest",
+        {
+            "movies.csv": b"movieId,title,genres\n1,Toy Story (1995),Comedy\n"
+            b"2,Caf\xe9 (1990),Drama\n",
+            "ratings.csv": "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n",
+        },
+    )
     dataset = load_movielens(folder)
     (row,) = dataset.quarantined
     assert (row.file, row.line, row.field) == ("movies.csv", 3, "<line>")
@@ -161,12 +176,15 @@ def test_ingest_fails_over_the_rejection_limit_and_keeps_the_quarantine(tmp_path
     assert str(quarantine) in str(caught.value)
     records = [json.loads(line) for line in quarantine.read_text().splitlines()]
     assert [(r["file"], r["line"], r["field"]) for r in records] == [
-        ("u.data", 4, "value"), ("u.data", 5, "value"), ("u.data", 6, "value"),
+        ("u.data", 4, "value"),
+        ("u.data", 5, "value"),
+        ("u.data", 6, "value"),
     ]
     assert not settings.warehouse_path.exists(), "nothing may land when ingest fails"
     # Under a looser limit the same files land, bad rows still quarantined.
-    looser = settings.model_copy(update={"ingest": settings.ingest.model_copy(
-        update={"max_rejected_share": 0.6})})
+    looser = settings.model_copy(
+        update={"ingest": settings.ingest.model_copy(update={"max_rejected_share": 0.6})}
+    )
     report = ingest_movielens(looser, folder)
     assert (report.events_appended, report.rejected) == (3, 3)
 

@@ -36,7 +36,7 @@ def test_yaml_file_is_read_and_environment_wins(monkeypatch, tmp_path: Path) -> 
 
 def test_named_config_file_must_exist(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("RECLOOP_CONFIG_FILE", str(tmp_path / "missing.yaml"))
-    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
         load_settings()
 
 
@@ -80,6 +80,8 @@ def test_mask_url(url: str, expected: str) -> None:
 
 
 def test_importing_does_nothing_on_disk(tmp_path: Path) -> None:
-    code = "import recloop.settings, recloop.cli, recloop.eventlog; recloop.settings.load_settings()"
+    code = (
+        "import recloop.settings, recloop.cli, recloop.eventlog; recloop.settings.load_settings()"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
     assert list(tmp_path.iterdir()) == []

@@ -74,7 +74,9 @@ def test_item_text_carries_its_topics(world) -> None:
     for n, item in enumerate(world.items[:30]):
         main = TOPICS[int(np.argmax(world.item_topics[n]))]
         assert main.name in item.categories
-        words = set((item.title + " " + item.text).lower().replace(".", "").replace(",", "").split())
+        words = set(
+            (item.title + " " + item.text).lower().replace(".", "").replace(",", "").split()
+        )
         assert words & set(main.adjectives + main.nouns)
 
 

@@ -1,0 +1,1 @@
+"""Reproducible measurements; each script writes its rows to benchmarks/RESULTS.md."""

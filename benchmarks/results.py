@@ -1,0 +1,74 @@
+"""The one output format every benchmark uses, and the table in RESULTS.md.
+
+Each figure is reported as a ratio to a reference measured in the same run, because absolute
+timings on these shared 2-core machines are noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+HEADER = (
+    "| benchmark | metric | protocol | value | unit | reference | reference value | ratio "
+    "| machine | date |\n"
+    "| --- | --- | --- | ---: | --- | --- | ---: | ---: | --- | --- |\n"
+)
+TITLE = (
+    "# Benchmark results\n\n"
+    "Written by the scripts in this folder (`python -m benchmarks.<name> --json`); each row is "
+    "replaced when its script runs again. Ratios compare with a reference measured in the same "
+    "run.\n\n"
+)
+
+
+@dataclass
+class Row:
+    benchmark: str
+    metric: str
+    value: float
+    unit: str
+    reference: str
+    reference_value: float
+    protocol: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.reference_value if self.reference_value else float("nan")
+
+    def to_json(self) -> str:
+        data = {key: value for key, value in asdict(self).items() if key != "protocol"}
+        data["ratio"] = round(self.ratio, 4)
+        return json.dumps(data)
+
+
+def machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def record(rows: list[Row], path: Path = RESULTS) -> None:
+    """Replace this benchmark's rows in RESULTS.md (other benchmarks' rows are kept)."""
+    kept: list[str] = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            if (
+                line.startswith("| ")
+                and len(cells) > 2
+                and not line.startswith("| benchmark")
+                and not any(cells[0] == r.benchmark and cells[1] == r.metric for r in rows)
+            ):
+                kept.append(line)
+    today = datetime.now(UTC).date().isoformat()
+    for row in rows:
+        kept.append(
+            f"| {row.benchmark} | {row.metric} | {row.protocol} | {row.value:,.1f} | {row.unit} "
+            f"| {row.reference} | {row.reference_value:,.1f} | {row.ratio:.2f} | {machine()} "
+            f"| {today} |"
+        )
+    path.write_text(TITLE + HEADER + "\n".join(sorted(kept)) + "\n")

@@ -1,0 +1,87 @@
+"""The production event log against the running Postgres: same contract as the local one."""
+
+import os
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from recloop.eventlog import InvalidEvents, open_event_log
+from recloop.settings import Settings
+
+URL = os.environ.get("RECLOOP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+START = datetime(2026, 1, 5, 10, tzinfo=UTC)
+
+pytestmark = [pytest.mark.production, pytest.mark.integration]
+
+
+@pytest.fixture
+def schema():
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        connection = psycopg.connect(URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        pytest.skip(f"Postgres unreachable at {URL}: {error}")
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    yield name
+    connection.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    connection.close()
+
+
+def events(count: int):
+    return [
+        {
+            "event_id": str(uuid.uuid4()),
+            "ts": START + timedelta(minutes=n),
+            "user_id": "u1",
+            "item_id": f"i{n}",
+            "event_type": "click",
+            "context": {"device": "tv"},
+        }
+        for n in range(count)
+    ]
+
+
+def test_append_is_idempotent_and_readable(schema) -> None:
+    settings = Settings(profile="production", postgres_url=URL)
+    batch = events(30)
+    with open_event_log(settings, schema=schema) as log:
+        assert log.append(batch).appended == 30
+        result = log.append(batch[:10] + events(5))
+        assert (result.appended, result.duplicates) == (5, 10)
+        table = log.read(START + timedelta(minutes=10), START + timedelta(minutes=20))
+        assert table.num_rows == 10
+        assert log.count() == 35
+    with open_event_log(settings, schema=schema) as log:  # durable across connections
+        assert log.count() == 35
+        assert log.read().column("context")[0].as_py() == '{"device": "tv"}'
+
+
+def test_broken_batch_appends_nothing(schema) -> None:
+    batch = events(3)
+    batch[1]["ts"] = "2026-01-05T10:00:00"  # naive
+    with open_event_log(Settings(profile="production", postgres_url=URL), schema=schema) as log:
+        with pytest.raises(InvalidEvents, match="row 1: ts"):
+            log.append(batch)
+        assert log.count() == 0
+
+
+def test_many_writer_connections_never_duplicate(schema) -> None:
+    settings = Settings(profile="production", postgres_url=URL)
+    batch = events(50)
+    open_event_log(settings, schema=schema).close()  # create the table once
+    appended = []
+
+    def write() -> None:
+        with open_event_log(settings, schema=schema) as log:
+            appended.append(log.append(batch).appended)
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(appended) == 50
+    with open_event_log(settings, schema=schema) as log:
+        assert log.count() == 50
