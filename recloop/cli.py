@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,19 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Expected failures (bad source, busy log or warehouse) as one line, not a traceback."""
+    from recloop.eventlog import EventLogError
+    from recloop.sources.movielens import SourceError
+    from recloop.warehouse import WarehouseUnavailable
+
+    try:
+        yield
+    except (SourceError, EventLogError, WarehouseUnavailable) as error:
+        _fail(str(error))
+
+
 @config_app.command("show")
 def config_show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -73,7 +88,8 @@ def init() -> None:
 
     settings = _settings()
     settings.ensure_home()
-    warehouse.init_warehouse(settings)
+    with _reported():
+        warehouse.init_warehouse(settings)
     out.print(f"initialised {settings.home} (profile {settings.profile})")
 
 
@@ -83,15 +99,11 @@ def ingest_movielens(
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
     """Ingest a MovieLens folder: users, items, rating events; bad rows go to quarantine."""
-    from recloop.eventlog import EventLogError
     from recloop.ingest import ingest_movielens as run
-    from recloop.sources.movielens import SourceError
 
     settings = _settings()
-    try:
+    with _reported():
         report = run(settings, path, show_progress=not as_json)
-    except (SourceError, EventLogError) as error:
-        _fail(str(error))
     _print_report(report.to_dict(), as_json)
 
 
@@ -116,7 +128,8 @@ def simulate(
         seed=defaults.seed if seed is None else seed,
         start=defaults.start,
     )
-    report = ingest_simulation(settings, config, show_progress=not as_json)
+    with _reported():
+        report = ingest_simulation(settings, config, show_progress=not as_json)
     _print_report(report.to_dict(), as_json)
 
 
@@ -127,10 +140,8 @@ def summary(
     """Summarise what the warehouse and event log hold."""
     from recloop import warehouse
 
-    try:
+    with _reported():
         values = warehouse.summary(_settings())
-    except warehouse.WarehouseUnavailable as error:
-        _fail(str(error))
     if as_json:
         out.print_json(json.dumps(values))
         return

@@ -40,7 +40,14 @@ def connect(settings: Settings, *, read_only: bool = False) -> duckdb.DuckDBPyCo
             f"no warehouse at {settings.warehouse_path}: run `recloop init` and ingest first"
         )
     settings.ensure_home()
-    con = duckdb.connect(str(settings.warehouse_path), read_only=read_only)
+    try:
+        con = duckdb.connect(str(settings.warehouse_path), read_only=read_only)
+    except duckdb.IOException as error:
+        detail = str(error).split(". See also")[0]
+        raise WarehouseUnavailable(
+            f"warehouse {settings.warehouse_path} cannot be opened: {detail} "
+            "(DuckDB admits one writing process per file; wait for it to finish)"
+        ) from None
     con.execute("SET TimeZone = 'UTC'")
     return con
 

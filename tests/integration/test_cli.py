@@ -88,3 +88,18 @@ def test_ingest_real_ml100k_json(ml100k: Path, tmp_path: Path) -> None:
         100000,
         0,
     )
+
+
+@pytest.mark.integration
+def test_a_busy_warehouse_is_reported_not_traced(tmp_path: Path) -> None:
+    import duckdb
+
+    home = tmp_path / "var"
+    run("init", home=home)
+    holder = duckdb.connect(str(home / "warehouse.duckdb"))  # another writer, as dbt would be
+    try:
+        result = run("summary", home=home, check=False)
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    assert "cannot be opened" in result.stderr and "Traceback" not in result.stderr
