@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,12 @@ config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help
 ingest_app = typer.Typer(
     help="Load a data source into the warehouse and event log.", no_args_is_help=True
 )
+features_app = typer.Typer(
+    help="The feature pipeline (dbt today; GE and Feast next).", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 app.add_typer(ingest_app, name="ingest")
+app.add_typer(features_app, name="features")
 
 out = Console()
 err = Console(stderr=True)
@@ -47,12 +52,13 @@ def _fail(message: str) -> None:
 def _reported() -> Iterator[None]:
     """Expected failures (bad source, busy log or warehouse) as one line, not a traceback."""
     from recloop.eventlog import EventLogError
+    from recloop.features.dbt import DbtError
     from recloop.sources.movielens import SourceError
     from recloop.warehouse import WarehouseUnavailable
 
     try:
         yield
-    except (SourceError, EventLogError, WarehouseUnavailable) as error:
+    except (SourceError, EventLogError, WarehouseUnavailable, DbtError) as error:
         _fail(str(error))
 
 
@@ -164,6 +170,41 @@ def summary(
     for row in values["top_items"]:
         top.add_row(row["item_id"], row["title"], str(row["interactions"]))
     out.print(top)
+
+
+@features_app.command("run")
+def features_run(
+    end: datetime | None = typer.Option(
+        None,
+        help="End of the interval (UTC, ISO 8601); features are computed up to it. Default: now.",
+        formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"],
+    ),
+    full_refresh: bool = typer.Option(False, help="Rebuild the incremental models from scratch."),
+) -> None:
+    """Run the feature pipeline outside Airflow: today, dbt build (models and their tests)."""
+    from recloop.features.dbt import run_dbt
+
+    settings = _settings()
+    if end is not None and end.tzinfo is None:
+        end = end.replace(tzinfo=UTC)  # the option documents UTC
+    command = ["build", *(["--full-refresh"] if full_refresh else [])]
+    with _reported():
+        run_dbt(settings, command, as_of=end)
+    out.print(f"features built up to {end.isoformat() if end else 'now'}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def dbt(context: typer.Context) -> None:
+    """Run any dbt command on the project with the profile rendered from the settings.
+
+    For example: recloop dbt build --select staging, recloop dbt docs generate.
+    """
+    from recloop.features.dbt import run_dbt
+
+    if not context.args:
+        _fail("give a dbt command, e.g. `recloop dbt build` or `recloop dbt docs generate`")
+    with _reported():
+        run_dbt(_settings(), list(context.args))
 
 
 def _print_report(report: dict[str, Any], as_json: bool) -> None:

@@ -150,6 +150,11 @@ class Settings(BaseSettings):
         return self.home / "quarantine"
 
     @property
+    def features_dir(self) -> Path:
+        """Parquet marts that dbt writes and Feast's offline store reads (local profile)."""
+        return self.home / "features"
+
+    @property
     def simulator_state_path(self) -> Path:
         return self.home / "simulator.json"
 

@@ -66,8 +66,9 @@ def init_warehouse(settings: Settings) -> None:
 
 
 def refresh_events_view(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
-    # The view is re-created after every write: read_json expands its glob when the view is
-    # defined, and an empty log has no files to glob yet.
+    # read_json's glob is expanded at query time, so once the log has a sealed segment the view
+    # sees every later one. Before that it must be an empty typed relation (read_json fails on
+    # a glob that matches nothing), hence re-creating it after writes and before dbt runs.
     source = events_sql(settings.events_dir)
     con.execute(f"CREATE OR REPLACE VIEW {RAW_SCHEMA}.events AS SELECT * FROM {source}")
 

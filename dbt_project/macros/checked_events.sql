@@ -1,0 +1,56 @@
+{#- The event log rows logged after `since` (a SQL expression, or none for everything), renamed,
+    cast, and checked against the contract. stg_events keeps the good rows and
+    quarantined_events the rest, so one place decides both. The window is applied before
+    ranking duplicates, so that a run reads only what is new (plus the late-arrival margin). -#}
+{% macro checked_events(since=none) -%}
+    with
+
+    source as (
+
+        select * from {{ source('raw', 'events') }}
+        {% if since is not none %}
+        where logged_at > {{ since }}
+        {% endif %}
+
+    ),
+
+    renamed as (
+
+        select
+            cast(event_id as varchar) as event_id,
+            cast(ts as timestamptz) as ts,
+            cast(user_id as varchar) as user_id,
+            cast(item_id as varchar) as item_id,
+            cast(event_type as varchar) as event_type,
+            cast(value as double) as value,
+            cast(request_id as varchar) as request_id,
+            cast(position as integer) as position,
+            cast(propensity as double) as propensity,
+            cast(model_version as varchar) as model_version,
+            cast(policy as varchar) as policy,
+            cast(context as json) as context,
+            cast(logged_at as timestamptz) as logged_at
+
+        from source
+
+    ),
+
+    checked as (
+
+        select
+            *,
+            {{ event_rejection_reason() }} as rejection_reason,
+            -- The first logged copy of an event id wins; later copies are duplicates.
+            row_number() over (partition by event_id order by logged_at, ts) as occurrence
+
+        from renamed
+
+    )
+
+    select * from checked
+{%- endmacro %}
+
+{#- Where an incremental events model starts reading: its newest logged_at, less the margin. -#}
+{% macro late_arrival_watermark(relation) -%}
+    (select max(logged_at) - {{ hours(var('late_arrival_hours')) }} from {{ relation }})
+{%- endmacro %}

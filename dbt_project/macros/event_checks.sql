@@ -1,0 +1,24 @@
+{#- Why an event row breaks the contract, or null when it does not. The event log validates
+    what it accepts, but the warehouse also reads whatever an upstream writes, so staging checks
+    again; the first failing rule names the field. -#}
+{% macro event_rejection_reason() -%}
+    case
+        when event_id is null then 'event_id: is null'
+        when ts is null then 'ts: is null'
+        when user_id is null or trim(user_id) = '' then 'user_id: is null or empty'
+        when item_id is null or trim(item_id) = '' then 'item_id: is null or empty'
+        when event_type is null then 'event_type: is null'
+        when event_type not in ('impression', 'click', 'rating', 'purchase', 'dismiss')
+            then 'event_type: ' || event_type || ' is not one of impression, click, rating, purchase, dismiss'
+        when ts > {{ as_of() }} + interval ({{ var('future_tolerance_minutes') }}) minute
+            then 'ts: ' || cast(ts as varchar) || ' is in the future'
+        when event_type = 'rating' and (value is null or value < 0.5 or value > 5)
+            then 'value: rating ' || coalesce(cast(value as varchar), 'null') || ' is outside [0.5, 5]'
+        when propensity is not null and (propensity <= 0 or propensity > 1)
+            then 'propensity: ' || cast(propensity as varchar) || ' is outside (0, 1]'
+        when position is not null and position < 0
+            then 'position: ' || cast(position as varchar) || ' is negative'
+        when event_type = 'impression' and position is null
+            then 'position: an impression needs its slot'
+    end
+{%- endmacro %}

@@ -1,0 +1,63 @@
+{#- Event rows that break the contract, with the reason: nothing is dropped silently. A later
+    copy of an event id already staged is a duplicate; the same row read again inside the
+    late-arrival margin is not. -#}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='append',
+        on_schema_change='fail',
+    )
+}}
+
+with
+
+checked as (
+
+    {{ checked_events(late_arrival_watermark(this) if is_incremental() else none) }}
+
+),
+
+staged as (
+
+    select event_id, logged_at from {{ ref('stg_events') }}
+
+),
+
+{% if is_incremental() %}
+already_quarantined as (
+
+    select quarantine_id from {{ this }}
+
+),
+{% endif %}
+
+rejected as (
+
+    select
+        md5(
+            coalesce(checked.event_id, '') || '|' || coalesce(cast(checked.logged_at as varchar), '')
+            || '|' || cast(checked.occurrence as varchar)
+        ) as quarantine_id,
+        checked.* exclude (rejection_reason, occurrence),
+        coalesce(
+            checked.rejection_reason,
+            case
+                when checked.occurrence > 1 or staged.logged_at is distinct from checked.logged_at
+                    then 'event_id: duplicate of an event logged at '
+                        || cast(coalesce(staged.logged_at, checked.logged_at) as varchar)
+            end
+        ) as rejection_reason,
+        {{ as_of() }} as quarantined_at
+
+    from checked
+    left join staged
+        on checked.event_id = staged.event_id
+
+)
+
+select * from rejected
+where
+    rejection_reason is not null
+    {% if is_incremental() %}
+    and quarantine_id not in (select already_quarantined.quarantine_id from already_quarantined)
+    {% endif %}

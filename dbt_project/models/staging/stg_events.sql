@@ -1,0 +1,38 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='append',
+        on_schema_change='fail',
+    )
+}}
+
+with
+
+checked as (
+
+    {{ checked_events(late_arrival_watermark(this) if is_incremental() else none) }}
+
+),
+
+{% if is_incremental() %}
+already_staged as (
+
+    select event_id from {{ this }}
+
+),
+{% endif %}
+
+accepted as (
+
+    select * exclude (rejection_reason, occurrence)
+    from checked
+    where
+        rejection_reason is null
+        and occurrence = 1
+        {% if is_incremental() %}
+        and event_id not in (select already_staged.event_id from already_staged)
+        {% endif %}
+
+)
+
+select * from accepted
