@@ -51,6 +51,18 @@
 {%- endmacro %}
 
 {#- Where an incremental events model starts reading: its newest logged_at, less the margin. -#}
+{#- An empty table reads everything: max() of no rows is null, and `x > null` matches nothing. -#}
 {% macro late_arrival_watermark(relation) -%}
-    (select max(logged_at) - {{ hours(var('late_arrival_hours')) }} from {{ relation }})
+    coalesce(
+        (select max(logged_at) - {{ hours(var('late_arrival_hours')) }} from {{ relation }}),
+        cast('-infinity' as timestamptz)
+    )
+{%- endmacro %}
+
+{#- The newest change point an incremental features model already holds (-infinity if none). -#}
+{% macro newest_observed_at(relation) -%}
+    coalesce(
+        (select max(observed_at) from {{ relation }}),
+        cast('-infinity' as timestamptz)
+    )
 {%- endmacro %}

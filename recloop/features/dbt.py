@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -95,24 +98,59 @@ def dbt_args(settings: Settings, command: list[str], *, as_of: datetime | None =
     return args
 
 
-def run_dbt(settings: Settings, command: list[str], *, as_of: datetime | None = None) -> Any:
-    """Run a dbt command in this process; raise DbtError naming what failed."""
-    from dbt.cli.main import dbtRunner
+def run_dbt(
+    settings: Settings,
+    command: list[str],
+    *,
+    as_of: datetime | None = None,
+    echo: bool = True,
+) -> list[dict[str, Any]]:
+    """Run a dbt command in a child process; return its node results, or raise DbtError.
 
+    A child process, not dbt's in-process runner: dbt-duckdb keeps the warehouse open for the
+    life of the process that ran it, which would lock out the steps that read the warehouse
+    after dbt (the gate, the tests), and a fresh process carries no dbt global state between
+    runs. Its output is streamed line by line (to the terminal, or the Airflow task log).
+    """
     from recloop import warehouse
 
     render_profiles(settings)
     if settings.profile == "local":
         # The events view must exist (and see the log's first sealed segment) before dbt reads it.
         warehouse.init_warehouse(settings)
-    result = dbtRunner().invoke(dbt_args(settings, command, as_of=as_of))
-    if result.success:
-        return result.result
-    if result.exception is not None:
-        raise DbtError(f"dbt {' '.join(command)} failed: {result.exception}")
+    where = paths(settings)
+    results_file = where.target_path / "run_results.json"
+    results_file.unlink(missing_ok=True)  # a stale file must not pass for this run's results
+    # The dbt script of this environment, whichever interpreter runs us (venv, Airflow worker).
+    executable = Path(sys.executable).with_name("dbt")
+    args = [str(executable), *dbt_args(settings, command, as_of=as_of)]
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        env={**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            tail.append(line.rstrip())
+            if echo:
+                sys.stdout.write(line)
+    results = _node_results(results_file)
+    if process.returncode == 0:
+        return results
     failures = [
-        f"{node.node.unique_id}: {node.status} ({(node.message or '').strip()})"
-        for node in getattr(result.result, "results", [])
-        if str(node.status) in ("error", "fail", "runtime error")
+        f"{node['unique_id']}: {node['status']} ({(node.get('message') or '').strip()})"
+        for node in results
+        if node["status"] in ("error", "fail", "runtime error")
     ]
-    raise DbtError(f"dbt {' '.join(command)} failed: " + "; ".join(failures or ["see dbt log"]))
+    detail = "; ".join(failures) if failures else "\n".join(tail)
+    raise DbtError(f"dbt {' '.join(command)} failed: {detail}")
+
+
+def _node_results(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return json.loads(path.read_text()).get("results", [])

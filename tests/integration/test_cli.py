@@ -103,3 +103,18 @@ def test_a_busy_warehouse_is_reported_not_traced(tmp_path: Path) -> None:
         holder.close()
     assert result.returncode == 1
     assert "cannot be opened" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_features_run_and_dbt_passthrough(tmp_path: Path) -> None:
+    home = tmp_path / "var"
+    run("simulate", "--users", "30", "--items", "20", "--days", "2", "--json", home=home)
+    result = run("features", "run", "--end", "2026-01-20T00:00:00", home=home)
+    assert "features built up to 2026-01-20T00:00:00+00:00" in result.stdout
+    assert (home / "features" / "feast_user_features.parquet").exists()
+    assert (home / "dbt" / "profiles.yml").stat().st_mode & 0o077 == 0  # may hold a password
+    listed = run("dbt", "ls", "--select", "marts", "--resource-type", "model", home=home)
+    assert "recloop.marts.user_features" in listed.stdout
+    missing = run("dbt", home=home, check=False)
+    assert missing.returncode == 1 and "give a dbt command" in missing.stderr

@@ -15,7 +15,7 @@ activity as (
         windowed_activity(
             'item_id',
             ref('int_item_activity_hourly'),
-            since=('(select max(observed_at) from ' ~ this ~ ')') if is_incremental() else none,
+            since=newest_observed_at(this) if is_incremental() else none,
         )
     }}
 

@@ -42,7 +42,10 @@ rejected as (
         coalesce(
             checked.rejection_reason,
             case
-                when checked.occurrence > 1 or staged.logged_at is distinct from checked.logged_at
+                -- The staged copy is never its own duplicate, whichever copy was logged first.
+                when
+                    (staged.event_id is not null and staged.logged_at != checked.logged_at)
+                    or (staged.event_id is null and checked.occurrence > 1)
                     then 'event_id: duplicate of an event logged at '
                         || cast(coalesce(staged.logged_at, checked.logged_at) as varchar)
             end
