@@ -59,8 +59,9 @@ def built(tmp_path_factory) -> Settings:
 
 def test_every_logged_event_is_staged_once(built: Settings) -> None:
     logged = read_events(built.events_dir).num_rows
-    counts = query(built, "SELECT count(*) AS n, count(DISTINCT event_id) AS ids "
-                          "FROM staging.stg_events")
+    counts = query(
+        built, "SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM staging.stg_events"
+    )
     assert counts.n[0] == counts.ids[0] == logged
     assert query(built, "SELECT count(*) AS n FROM staging.quarantined_events").n[0] == 0
 
@@ -117,11 +118,18 @@ def test_rerun_changes_nothing_and_new_events_extend_the_features(tmp_path: Path
     old_rows = query(settings, "SELECT * FROM marts.user_features ORDER BY ALL")
     later = AS_OF + timedelta(days=1)
     with LocalEventLog(settings.events_dir) as log:
-        log.append([
-            {"event_id": str(uuid.uuid4()), "ts": AS_OF + timedelta(hours=2, minutes=n),
-             "user_id": "u00001", "item_id": "i00002", "event_type": "click"}
-            for n in range(3)
-        ])
+        log.append(
+            [
+                {
+                    "event_id": str(uuid.uuid4()),
+                    "ts": AS_OF + timedelta(hours=2, minutes=n),
+                    "user_id": "u00001",
+                    "item_id": "i00002",
+                    "event_type": "click",
+                }
+                for n in range(3)
+            ]
+        )
     run_dbt(settings, ["build"], as_of=later)
     extended = query(settings, "SELECT * FROM marts.user_features ORDER BY ALL")
     added = extended[extended.observed_at > newest]
@@ -139,8 +147,14 @@ def test_rows_breaking_the_contract_are_quarantined_with_reasons(tmp_path: Path)
     existing = query(settings, "SELECT event_id FROM staging.stg_events LIMIT 1").event_id[0]
     # A bad upstream writes straight into the log's folder, bypassing the log's validation.
     at = (AS_OF - timedelta(days=1)).isoformat()
-    base = {"ts": at, "user_id": "u00001", "item_id": "i00001", "event_type": "click",
-            "context": {}, "logged_at": AS_OF.isoformat()}
+    base = {
+        "ts": at,
+        "user_id": "u00001",
+        "item_id": "i00001",
+        "event_type": "click",
+        "context": {},
+        "logged_at": AS_OF.isoformat(),
+    }
     rows = [
         {**base, "event_id": str(uuid.uuid4()), "user_id": None},
         {**base, "event_id": str(uuid.uuid4()), "event_type": "rating", "value": 9},
