@@ -35,6 +35,7 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check recloop tests benchmarks
 	$(BIN)/ruff format --check recloop tests benchmarks
+	cd dbt_project && ../$(BIN)/sqlfluff lint models
 
 lock: setup
 	$(BIN)/pip-compile --quiet $(LOCK_FLAGS)

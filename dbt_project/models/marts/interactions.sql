@@ -23,7 +23,7 @@ recent_events as (
 
     select * from events
     {% if is_incremental() %}
-    where logged_at > {{ late_arrival_watermark(this) }}
+        where logged_at > {{ late_arrival_watermark(this) }}
     {% endif %}
 
 ),
@@ -75,7 +75,10 @@ impressions as (
 
 shown as (
 
-    select distinct request_id, item_id from events
+    select distinct
+        request_id,
+        item_id
+    from events
     where event_type = 'impression' and request_id is not null
 
 ),

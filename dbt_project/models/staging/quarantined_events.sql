@@ -19,16 +19,19 @@ checked as (
 
 staged as (
 
-    select event_id, logged_at from {{ ref('stg_events') }}
+    select
+        event_id,
+        logged_at
+    from {{ ref('stg_events') }}
 
 ),
 
 {% if is_incremental() %}
-already_quarantined as (
+    already_quarantined as (
 
-    select quarantine_id from {{ this }}
+        select quarantine_id from {{ this }}
 
-),
+    ),
 {% endif %}
 
 rejected as (
@@ -46,7 +49,8 @@ rejected as (
                 when
                     (staged.event_id is not null and staged.logged_at != checked.logged_at)
                     or (staged.event_id is null and checked.occurrence > 1)
-                    then 'event_id: duplicate of an event logged at '
+                    then
+                        'event_id: duplicate of an event logged at '
                         || cast(coalesce(staged.logged_at, checked.logged_at) as varchar)
             end
         ) as rejection_reason,
@@ -62,5 +66,5 @@ select * from rejected
 where
     rejection_reason is not null
     {% if is_incremental() %}
-    and quarantine_id not in (select already_quarantined.quarantine_id from already_quarantined)
+        and quarantine_id not in (select already_quarantined.quarantine_id from already_quarantined)
     {% endif %}

@@ -15,11 +15,11 @@ checked as (
 ),
 
 {% if is_incremental() %}
-already_staged as (
+    already_staged as (
 
-    select event_id from {{ this }}
+        select event_id from {{ this }}
 
-),
+    ),
 {% endif %}
 
 accepted as (
@@ -30,7 +30,7 @@ accepted as (
         rejection_reason is null
         and occurrence = 1
         {% if is_incremental() %}
-        and event_id not in (select already_staged.event_id from already_staged)
+            and event_id not in (select already_staged.event_id from already_staged)
         {% endif %}
 
 )
