@@ -23,12 +23,13 @@ ingest_app = typer.Typer(
     help="Load a data source into the warehouse and event log.", no_args_is_help=True
 )
 features_app = typer.Typer(
-    help="The feature pipeline (dbt today; GE and Feast next).", no_args_is_help=True
+    help="The feature pipeline: dbt, then the Great Expectations gate.", no_args_is_help=True
 )
 app.add_typer(config_app, name="config")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(features_app, name="features")
 
+TIME_FORMATS = ["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]
 out = Console()
 err = Console(stderr=True)
 
@@ -53,12 +54,13 @@ def _reported() -> Iterator[None]:
     """Expected failures (bad source, busy log or warehouse) as one line, not a traceback."""
     from recloop.eventlog import EventLogError
     from recloop.features.dbt import DbtError
+    from recloop.features.gate import GateFailed
     from recloop.sources.movielens import SourceError
     from recloop.warehouse import WarehouseUnavailable
 
     try:
         yield
-    except (SourceError, EventLogError, WarehouseUnavailable, DbtError) as error:
+    except (SourceError, EventLogError, WarehouseUnavailable, DbtError, GateFailed) as error:
         _fail(str(error))
 
 
@@ -174,23 +176,42 @@ def summary(
 
 @features_app.command("run")
 def features_run(
+    start: datetime | None = typer.Option(
+        None,
+        help="Start of the interval (UTC, ISO 8601), exclusive. Default: everything "
+        "before the end.",
+        formats=TIME_FORMATS,
+    ),
     end: datetime | None = typer.Option(
         None,
         help="End of the interval (UTC, ISO 8601); features are computed up to it. Default: now.",
-        formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"],
+        formats=TIME_FORMATS,
     ),
     full_refresh: bool = typer.Option(False, help="Rebuild the incremental models from scratch."),
 ) -> None:
-    """Run the feature pipeline outside Airflow: today, dbt build (models and their tests)."""
+    """Run the feature pipeline outside Airflow: dbt build, then the data quality gate."""
     from recloop.features.dbt import run_dbt
+    from recloop.features.gate import run_gate
 
     settings = _settings()
-    if end is not None and end.tzinfo is None:
-        end = end.replace(tzinfo=UTC)  # the option documents UTC
+    end = _utc(end) or datetime.now(UTC)
+    start = _utc(start)
     command = ["build", *(["--full-refresh"] if full_refresh else [])]
     with _reported():
         run_dbt(settings, command, as_of=end)
-    out.print(f"features built up to {end.isoformat() if end else 'now'}")
+        report = run_gate(settings, start, end)
+    out.print(
+        f"features built and validated up to {end.isoformat()}: "
+        f"{report.evaluated} expectations passed on {report.rows}"
+    )
+    out.print(f"Data Docs: {report.docs}", soft_wrap=True)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # The options document UTC: a time given without a zone is read as UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -216,7 +237,7 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
         table.add_row(key, str(report[key]))
     out.print(table)
     if report.get("quarantine_file"):
-        out.print(f"rejected rows and reasons: {report['quarantine_file']}")
+        out.print(f"rejected rows and reasons: {report['quarantine_file']}", soft_wrap=True)
 
 
 if __name__ == "__main__":

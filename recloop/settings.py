@@ -63,6 +63,18 @@ class IngestSettings(BaseModel):
     )
 
 
+class GateSettings(BaseModel):
+    """The Great Expectations gate between dbt and Feast."""
+
+    max_volume_drop: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="A batch smaller than (1 - this) x the median of comparable earlier "
+        "batches fails the gate.",
+    )
+
+
 class SimulatorSettings(BaseModel):
     """Defaults of the world simulator that produces the embedded default data set."""
 
@@ -101,6 +113,7 @@ class Settings(BaseSettings):
     seed: int = Field(42, description="Global seed for splits and training.")
     event_log: EventLogSettings = Field(default_factory=EventLogSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
 
     @field_validator("home")

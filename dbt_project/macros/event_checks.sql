@@ -10,7 +10,10 @@
         when event_type is null then 'event_type: is null'
         when event_type not in ('impression', 'click', 'rating', 'purchase', 'dismiss')
             then 'event_type: ' || event_type || ' is not one of impression, click, rating, purchase, dismiss'
-        when ts > {{ as_of() }} + interval ({{ var('future_tolerance_minutes') }}) minute
+        -- Future means after the wall clock of this run, not after as_of: a backfill up to an
+        -- earlier as_of must not quarantine events that simply happened later.
+        when ts > {{ run_started() }}
+            + interval ({{ var('future_tolerance_minutes') }}) minute
             then 'ts: ' || cast(ts as varchar) || ' is in the future'
         when event_type = 'rating' and (value is null or value < 0.5 or value > 5)
             then 'value: rating ' || coalesce(cast(value as varchar), 'null') || ' is outside [0.5, 5]'

@@ -3,7 +3,7 @@
     {%- if var('as_of') -%}
         cast('{{ var("as_of") }}' as timestamptz)
     {%- else -%}
-        cast('{{ run_started_at.isoformat() }}' as timestamptz)
+        {{ run_started() }}
     {%- endif -%}
 {%- endmacro %}
 

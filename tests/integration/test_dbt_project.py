@@ -158,7 +158,7 @@ def test_rows_breaking_the_contract_are_quarantined_with_reasons(tmp_path: Path)
     rows = [
         {**base, "event_id": str(uuid.uuid4()), "user_id": None},
         {**base, "event_id": str(uuid.uuid4()), "event_type": "rating", "value": 9},
-        {**base, "event_id": str(uuid.uuid4()), "ts": (AS_OF + timedelta(days=2)).isoformat()},
+        {**base, "event_id": str(uuid.uuid4()), "ts": "2099-01-01T00:00:00+00:00"},
         {**base, "event_id": existing},
     ]
     partition = settings.events_dir / "event_date=2030-01-01" / "event_hour=00"

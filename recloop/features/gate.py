@@ -1,0 +1,389 @@
+"""The Great Expectations gate between dbt and Feast.
+
+It validates what this interval would publish: the raw events logged in ``(start, end]`` and
+the rows of each mart whose ``observed_at`` (or ``logged_at``) falls in the interval, which are
+exactly the rows Feast materialises next. A failing checkpoint raises ``GateFailed`` naming
+every failed expectation, so the caller (the DAG task, ``recloop features run``) stops before
+Feast and the online store keeps what it had. Rows that break the contract were already
+quarantined by dbt (``staging.quarantined_events``); the gate stops the interval all the same,
+because a bad upstream usually sends more than the rows it breaks.
+
+Suites are defined here, in code, and re-applied on every run; Great Expectations keeps its
+validation results and Data Docs under ``<home>/gx`` (open
+``<home>/gx/uncommitted/data_docs/local_site/index.html``).
+
+Raw events are read with column auto-detection rather than through the contract's columns, so
+that a column renamed upstream shows up as an unexpected column instead of as nulls.
+
+Volume: a batch's row count is compared with the median of earlier batches that passed, of the
+same length and ending at the same hour of day (traffic at 4 am is not traffic at 8 pm), and
+fails when it dropped by more than ``gate.max_volume_drop``. Three such batches are needed
+before the check applies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from recloop.contracts import EVENT_COLUMNS, LOGGED_AT, RATING_MAX, RATING_MIN, EventType
+from recloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DATASOURCE = "recloop"
+MIN_VOLUME_HISTORY = 3
+VOLUME_HISTORY_KEPT = 200
+FUTURE_MINUTES = 5  # clock skew tolerated, as dbt's var future_tolerance_minutes
+USER_FEATURE_COLUMNS = (
+    "user_id", "observed_at", "interactions_last_1_hour", "interactions_last_24_hours",
+    "interactions_last_7_days", "interactions_all_time", "impressions_all_time",
+    "clicks_all_time", "click_through_rate", "rating_count", "rating_mean",
+    "last_interaction_at", "days_since_last_interaction", "top_categories", "recent_item_ids",
+)  # fmt: skip
+ITEM_FEATURE_COLUMNS = (
+    "item_id", "observed_at", "popularity_last_1_hour", "popularity_last_24_hours",
+    "popularity_last_7_days", "popularity_all_time", "impressions_all_time", "clicks_all_time",
+    "click_through_rate", "rating_count", "rating_mean", "age_in_days",
+)  # fmt: skip
+
+
+class GateFailed(RuntimeError):
+    """The checkpoint failed: nothing of this interval may reach Feast."""
+
+    def __init__(self, failures: list[str], docs: str | None):
+        self.failures = failures
+        self.docs = docs
+        shown = "\n  ".join(failures)
+        super().__init__(
+            f"data quality gate failed ({len(failures)} expectation(s)):\n  {shown}"
+            + (f"\nData Docs: {docs}" if docs else "")
+        )
+
+
+@dataclass
+class GateReport:
+    start: datetime | None
+    end: datetime
+    rows: dict[str, int] = field(default_factory=dict)
+    evaluated: int = 0
+    docs: str | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One thing the gate validates: how to read this interval's batch, and its suite."""
+
+    name: str
+    read: Callable[[Settings, datetime | None, datetime], pd.DataFrame]
+    expectations: Callable[[datetime], list[Any]]
+    time_column: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the batches
+
+
+def _between(column: str, start: datetime | None, end: datetime) -> tuple[str, list[Any]]:
+    if start is None:
+        return f"{column} <= ?", [end]
+    return f"{column} > ? AND {column} <= ?", [start, end]
+
+
+def read_raw_events(settings: Settings, start: datetime | None, end: datetime) -> pd.DataFrame:
+    """Raw events of the interval, every column as written (auto-detected).
+
+    A row belongs to the interval when it happened in it (a backfill validates history) or
+    arrived in it (a live run sees whatever came in, future-dated rows included).
+    """
+    import duckdb
+
+    pattern = settings.events_dir / "event_date=*" / "event_hour=*" / "*.jsonl"
+    if not any(settings.events_dir.glob("event_date=*/event_hour=*/*.jsonl")):
+        return pd.DataFrame(columns=[*EVENT_COLUMNS, LOGGED_AT])
+    happened, happened_params = _between("TRY_CAST(ts AS TIMESTAMPTZ)", start, end)
+    arrived, arrived_params = _between(f"TRY_CAST({LOGGED_AT} AS TIMESTAMPTZ)", start, end)
+    where, params = f"({happened}) OR ({arrived})", happened_params + arrived_params
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(
+            f"SELECT * FROM read_json('{pattern}', format='newline_delimited', "
+            f"union_by_name=true, hive_partitioning=false) WHERE {where}",
+            params,
+        ).df()
+
+
+def _mart_reader(relation: str, column: str) -> Callable[..., pd.DataFrame]:
+    def read(settings: Settings, start: datetime | None, end: datetime) -> pd.DataFrame:
+        from recloop import warehouse
+
+        where, params = _between(column, start, end)
+        with warehouse.connect(settings, read_only=True) as con:
+            return con.execute(f"SELECT * FROM {relation} WHERE {where}", params).df()
+
+    return read
+
+
+# ---------------------------------------------------------------------------------------------
+# The suites
+
+
+def raw_event_expectations(end: datetime) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    return [
+        # ts_parsed is added by the reader (ts as an instant); anything else is unexpected.
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=[*EVENT_COLUMNS, LOGGED_AT, "ts_parsed"], exact_match=True
+        ),
+        *[
+            gxe.ExpectColumnValuesToNotBeNull(column=c)
+            for c in ("event_id", "ts_parsed", "user_id", "item_id", "event_type")
+        ],
+        gxe.ExpectColumnValuesToBeUnique(column="event_id"),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="event_type", value_set=[e.value for e in EventType]
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="value",
+            min_value=RATING_MIN,
+            max_value=RATING_MAX,
+            row_condition='event_type=="rating"',
+            condition_parser="pandas",
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="propensity", min_value=0, max_value=1, strict_min=True
+        ),
+        gxe.ExpectColumnValuesToBeBetween(column="position", min_value=0),
+        # Not in the future: after the wall clock now, plus the clock skew dbt tolerates too.
+        gxe.ExpectColumnMaxToBeBetween(
+            column="ts_parsed", max_value=datetime.now(UTC) + timedelta(minutes=FUTURE_MINUTES)
+        ),
+    ]
+
+
+def _feature_expectations(key: str, columns: tuple[str, ...], end: datetime) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    counts = [c for c in columns if "interactions_" in c or "popularity_" in c]
+    return [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(columns), exact_match=True),
+        gxe.ExpectColumnValuesToNotBeNull(column=key),
+        gxe.ExpectColumnValuesToNotBeNull(column="observed_at"),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=[key, "observed_at"]),
+        gxe.ExpectColumnValuesToBeBetween(column="click_through_rate", min_value=0, max_value=1),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="rating_mean", min_value=RATING_MIN, max_value=RATING_MAX
+        ),
+        *[gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in counts],
+        gxe.ExpectColumnMaxToBeBetween(column="observed_at", max_value=end),
+    ]
+
+
+def interaction_expectations(end: datetime) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="interaction_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="interaction_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="is_positive"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="rating", min_value=RATING_MIN, max_value=RATING_MAX
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="propensity", min_value=0, max_value=1, strict_min=True
+        ),
+        gxe.ExpectColumnMaxToBeBetween(
+            column="interacted_at", max_value=datetime.now(UTC) + timedelta(minutes=FUTURE_MINUTES)
+        ),
+    ]
+
+
+DATASETS = (
+    Dataset("raw_events", read_raw_events, raw_event_expectations, LOGGED_AT),
+    Dataset("user_features", _mart_reader("marts.user_features", "observed_at"),
+            lambda end: _feature_expectations("user_id", USER_FEATURE_COLUMNS, end),
+            "observed_at"),
+    Dataset("item_features", _mart_reader("marts.item_features", "observed_at"),
+            lambda end: _feature_expectations("item_id", ITEM_FEATURE_COLUMNS, end),
+            "observed_at"),
+    Dataset("interactions", _mart_reader("marts.interactions", "interacted_at"),
+            interaction_expectations, "interacted_at"),
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Volume history
+
+
+def _volume_path(settings: Settings) -> Path:
+    return settings.home / "gx" / "volumes.json"
+
+
+def _volumes(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    path = _volume_path(settings)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def volume_floor(
+    history: list[dict[str, Any]], start: datetime | None, end: datetime, max_drop: float
+) -> int | None:
+    """The fewest rows a batch may have, from comparable earlier batches; None: too few."""
+    if start is None:
+        return None
+    length = (end - start).total_seconds()
+    same_length = [h for h in history if h["seconds"] == length]
+    same_hour = [h for h in same_length if datetime.fromisoformat(h["end"]).hour == end.hour]
+    comparable = same_hour if len(same_hour) >= MIN_VOLUME_HISTORY else same_length
+    if len(comparable) < MIN_VOLUME_HISTORY:
+        return None
+    return math.ceil(statistics.median(h["rows"] for h in comparable) * (1 - max_drop))
+
+
+def _record_volumes(settings: Settings, report: GateReport) -> None:
+    if report.start is None:
+        return
+    volumes = _volumes(settings)
+    for name, rows in report.rows.items():
+        entries = [h for h in volumes.get(name, []) if h["end"] != report.end.isoformat()]
+        entries.append(
+            {
+                "end": report.end.isoformat(),
+                "rows": rows,
+                "seconds": (report.end - report.start).total_seconds(),
+            }
+        )
+        volumes[name] = entries[-VOLUME_HISTORY_KEPT:]
+    path = _volume_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(volumes, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the checkpoint
+
+
+def _context(settings: Settings):
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    settings.ensure_home()
+    context = gx.get_context(mode="file", project_root_dir=str(settings.home))
+    # One bar per expectation floods the task log; the gate logs its own summary instead.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def _describe(dataset: str, result: Any) -> str:
+    config = result.expectation_config
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")}
+    observed = result.result.get("observed_value")
+    unexpected = result.result.get("unexpected_count")
+    if result.exception_info and result.exception_info.get("raised_exception"):
+        detail = result.exception_info.get("exception_message")
+    elif unexpected:
+        examples = result.result.get("partial_unexpected_list", [])[:3]
+        detail = f"{unexpected} unexpected value(s), e.g. {examples}"
+    else:
+        detail = f"observed {observed}"
+    return f"{dataset}: {config.type}({json.dumps(kwargs, default=str)}): {detail}"
+
+
+def run_gate(settings: Settings, start: datetime | None, end: datetime) -> GateReport:
+    """Validate this interval's batches; raise GateFailed naming every failed expectation."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    context = _context(settings)
+    source = context.data_sources.add_or_update_pandas(DATASOURCE)
+    report = GateReport(start=start, end=end)
+    volumes = _volumes(settings)
+    failures: list[str] = []
+    for dataset in DATASETS:
+        frame = dataset.read(settings, start, end)
+        if dataset.name == "raw_events" and "ts" in frame:
+            # Raw timestamps are text as written; parsed here so that "in the future" compares
+            # instants (unparseable ones become NaT and fail the not-null check on ts_parsed).
+            frame["ts_parsed"] = pd.to_datetime(frame["ts"], utc=True, errors="coerce")
+        report.rows[dataset.name] = len(frame)
+        expectations = dataset.expectations(end)
+        floor = volume_floor(
+            volumes.get(dataset.name, []), start, end, settings.gate.max_volume_drop
+        )
+        if floor is not None:
+            expectations.append(gxe.ExpectTableRowCountToBeBetween(min_value=floor))
+        if frame.empty and floor is None:
+            continue  # nothing new and nothing expected: no batch to validate
+        batch = _batch_definition(source, dataset.name)
+        suite = context.suites.add_or_update(
+            gx.ExpectationSuite(name=dataset.name, expectations=expectations)
+        )
+        definition = context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=dataset.name, data=batch, suite=suite)
+        )
+        checkpoint = context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=f"{dataset.name}_gate",
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                result_format="SUMMARY",
+            )
+        )
+        result = checkpoint.run(batch_parameters={"dataframe": _plain(frame)})
+        for validation in result.run_results.values():
+            for outcome in validation.results:
+                report.evaluated += 1
+                if not outcome.success:
+                    failures.append(_describe(dataset.name, outcome))
+    report.docs = _docs_url(context)
+    if failures:
+        for failure in failures:
+            log.error("gate: %s", failure)
+        raise GateFailed(failures, report.docs)
+    _record_volumes(settings, report)
+    log.info("gate passed: %s expectations on %s", report.evaluated, report.rows)
+    return report
+
+
+def _batch_definition(source: Any, name: str) -> Any:
+    """The whole-dataframe batch definition of an asset, created on first use."""
+    if name in source.get_asset_names():
+        asset = source.get_asset(name)
+    else:
+        asset = source.add_dataframe_asset(name)
+    for definition in asset.batch_definitions:
+        if definition.name == "interval":
+            return definition
+    return asset.add_batch_definition_whole_dataframe("interval")
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """Lists and JSON become text: Great Expectations' pandas metrics hash cell values."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if (
+            frame[column].dtype == object
+            and frame[column]
+            .map(lambda v: isinstance(v, list | dict | tuple) or hasattr(v, "tolist"))
+            .any()
+        ):
+            frame[column] = frame[column].map(
+                lambda v: json.dumps(v.tolist() if hasattr(v, "tolist") else v, default=str)
+            )
+    return frame
+
+
+def _docs_url(context: Any) -> str | None:
+    sites = context.get_docs_sites_urls()
+    return sites[0]["site_url"] if sites else None

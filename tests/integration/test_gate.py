@@ -1,0 +1,148 @@
+"""The Great Expectations gate on real dbt output, and every poisoned batch the issue names:
+each stops the gate naming the expectation, and what can be quarantined is."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from recloop.eventlog.local import LocalEventLog
+from recloop.features.dbt import run_dbt
+from recloop.features.gate import GateFailed, run_gate, volume_floor
+from recloop.ingest import ingest_simulation
+from recloop.settings import Settings
+from recloop.sources.simulator import WorldConfig
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+WORLD = WorldConfig(users=60, items=40, days=3, seed=5)
+AS_OF = WORLD.start + timedelta(days=WORLD.days + 8)
+
+
+@pytest.fixture(scope="module")
+def clean_home(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("gate")
+    settings = Settings(home=root / "var")
+    ingest_simulation(settings, WORLD)
+    run_dbt(settings, ["build"], as_of=AS_OF, echo=False)
+    return settings.home
+
+
+@pytest.fixture
+def home(clean_home: Path, tmp_path: Path) -> Settings:
+    """A private copy of the built home, for one poisoning."""
+    shutil.copytree(clean_home, tmp_path / "var")
+    return Settings(home=tmp_path / "var")
+
+
+def inject(settings: Settings, rows: list[dict]) -> None:
+    """What a bad upstream does: write straight into the log's folder, past its validation."""
+    base = {"ts": (AS_OF - timedelta(days=9)).isoformat(), "user_id": "u00001",
+            "item_id": "i00001", "event_type": "click", "context": {},
+            "logged_at": datetime.now(UTC).isoformat()}  # fmt: skip
+    partition = settings.events_dir / "event_date=2030-01-01" / "event_hour=00"
+    partition.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for row in rows:
+        merged = {**base, "event_id": str(uuid.uuid4()), **row}
+        lines.append(json.dumps({k: v for k, v in merged.items() if v != "<drop>"}) + "\n")
+    (partition / f"part-upstream-{uuid.uuid4().hex[:6]}.jsonl").write_text("".join(lines))
+
+
+def quarantine_reasons(settings: Settings) -> list[str]:
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        rows = con.execute("SELECT rejection_reason FROM staging.quarantined_events").fetchall()
+    return [row[0] for row in rows]
+
+
+def gate_failure(settings: Settings, start=None, end=None) -> str:
+    with pytest.raises(GateFailed) as caught:
+        run_gate(settings, start, end or datetime.now(UTC))
+    return str(caught.value)
+
+
+def test_a_clean_batch_passes_and_publishes_data_docs(home: Settings) -> None:
+    report = run_gate(home, None, AS_OF)
+    assert report.rows["raw_events"] > 500 and report.rows["user_features"] > 100
+    assert report.evaluated > 30
+    assert report.docs and Path(report.docs.removeprefix("file://")).exists()
+
+
+@pytest.mark.parametrize(
+    ("rows", "expectation", "quarantined"),
+    [
+        ([{"user_id": None}], "expect_column_values_to_not_be_null", "user_id"),
+        ([{"event_type": "rating", "value": 9}], "expect_column_values_to_be_between", "value"),
+        ([{"ts": "2099-01-01T00:00:00+00:00"}], "expect_column_max_to_be_between", "ts"),
+        ([{"user_id": "<drop>", "userId": "u00001"}], "expect_table_columns_to_match_set",
+         "user_id"),
+    ],
+    ids=["null_user_id", "rating_out_of_range", "timestamp_in_the_future", "column_renamed"],
+)  # fmt: skip
+def test_poisoned_raw_batches_stop_the_gate(home: Settings, rows, expectation, quarantined) -> None:
+    inject(home, rows)
+    run_dbt(home, ["build"], as_of=AS_OF, echo=False)
+    message = gate_failure(home)
+    assert f"raw_events: {expectation}(" in message
+    assert [reason.split(":")[0] for reason in quarantine_reasons(home)] == [quarantined]
+
+
+def test_duplicate_event_ids_stop_the_gate(home: Settings) -> None:
+    with duckdb.connect(str(home.warehouse_path), read_only=True) as con:
+        event_id, ts = con.execute("SELECT event_id, ts FROM staging.stg_events LIMIT 1").fetchone()
+    inject(home, [{"event_id": event_id, "ts": ts.isoformat()}])
+    run_dbt(home, ["build"], as_of=AS_OF, echo=False)
+    assert 'expect_column_values_to_be_unique({"column": "event_id"' in gate_failure(home)
+    assert quarantine_reasons(home)[0].startswith("event_id: duplicate")
+
+
+def test_a_bad_upstream_change_to_the_ctr_stops_the_gate(home: Settings) -> None:
+    # What a broken change to the CTR model writes, had its dbt test been skipped.
+    with duckdb.connect(str(home.warehouse_path)) as con:
+        con.execute("UPDATE marts.item_features SET click_through_rate = click_through_rate + 1")
+    message = gate_failure(home, None, AS_OF)
+    assert (
+        'item_features: expect_column_values_to_be_between({"column": "click_through_rate"'
+        in message
+    )
+
+
+def test_a_batch_90_percent_smaller_than_usual_stops_the_gate(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "var")
+    world = WorldConfig(users=30, items=20, days=1, seed=3)
+    ingest_simulation(settings, world)
+    day = world.start + timedelta(days=10)
+    with LocalEventLog(settings.events_dir) as log:
+        for n, count in enumerate([400, 420, 380, 40]):
+            start = day + timedelta(days=n)
+            log.append([
+                {"event_id": str(uuid.uuid4()), "ts": start + timedelta(minutes=3 * k + 1),
+                 "user_id": f"u{k % 30:05d}", "item_id": f"i{k % 20:05d}", "event_type": "click"}
+                for k in range(count)
+            ])  # fmt: skip
+    run_dbt(settings, ["build"], as_of=day + timedelta(days=5), echo=False)
+    for n in range(3):
+        run_gate(settings, day + timedelta(days=n - 1), day + timedelta(days=n))
+    message = gate_failure(settings, day + timedelta(days=3), day + timedelta(days=4))
+    assert "raw_events: expect_table_row_count_to_be_between" in message
+
+
+def test_volume_floor_compares_like_with_like() -> None:
+    end = datetime(2026, 1, 10, 20, tzinfo=UTC)
+    hour = 3600.0
+    history = [{"end": (end - timedelta(days=d)).isoformat(), "rows": 1000, "seconds": hour}
+               for d in range(1, 4)]  # fmt: skip
+    history += [{"end": (end - timedelta(hours=h)).isoformat(), "rows": 10, "seconds": hour}
+                for h in range(1, 6)]  # fmt: skip
+    # At 20:00 the same hour on earlier days is the reference, not the quiet hours before.
+    assert volume_floor(history, end - timedelta(hours=1), end, 0.8) == 200
+    # Fewer than three at this hour: all batches of the same length are the reference.
+    assert volume_floor(history[:2] + history[3:], end - timedelta(hours=1), end, 0.8) == 2
+    assert volume_floor([], end - timedelta(hours=1), end, 0.8) is None
+    assert volume_floor(history, None, end, 0.8) is None
