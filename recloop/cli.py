@@ -23,7 +23,7 @@ ingest_app = typer.Typer(
     help="Load a data source into the warehouse and event log.", no_args_is_help=True
 )
 features_app = typer.Typer(
-    help="The feature pipeline: dbt, then the Great Expectations gate.", no_args_is_help=True
+    help="The feature pipeline: dbt, the Great Expectations gate, Feast.", no_args_is_help=True
 )
 app.add_typer(config_app, name="config")
 app.add_typer(ingest_app, name="ingest")
@@ -189,22 +189,23 @@ def features_run(
     ),
     full_refresh: bool = typer.Option(False, help="Rebuild the incremental models from scratch."),
 ) -> None:
-    """Run the feature pipeline outside Airflow: dbt build, then the data quality gate."""
-    from recloop.features.dbt import run_dbt
-    from recloop.features.gate import run_gate
+    """Run the feature pipeline outside Airflow: dbt build, the data quality gate, then Feast
+    apply and materialisation of the interval into the online store."""
+    from recloop.features.pipeline import run_pipeline
 
     settings = _settings()
     end = _utc(end) or datetime.now(UTC)
     start = _utc(start)
-    command = ["build", *(["--full-refresh"] if full_refresh else [])]
     with _reported():
-        run_dbt(settings, command, as_of=end)
-        report = run_gate(settings, start, end)
+        report = run_pipeline(settings, start, end, full_refresh=full_refresh)
+    gate = report.gate
+    timings = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in report.seconds.items())
     out.print(
-        f"features built and validated up to {end.isoformat()}: "
-        f"{report.evaluated} expectations passed on {report.rows}"
+        f"features built, validated and published up to {end.isoformat()} ({timings}); "
+        f"{gate.evaluated} expectations passed on {gate.rows}",
+        soft_wrap=True,
     )
-    out.print(f"Data Docs: {report.docs}", soft_wrap=True)
+    out.print(f"Data Docs: {gate.docs}", soft_wrap=True)
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -111,9 +111,12 @@ def test_features_run_and_dbt_passthrough(tmp_path: Path) -> None:
     home = tmp_path / "var"
     run("simulate", "--users", "30", "--items", "20", "--days", "2", "--json", home=home)
     result = run("features", "run", "--end", "2026-01-20T00:00:00", home=home)
-    assert "features built and validated up to 2026-01-20T00:00:00+00:00" in result.stdout
+    assert (
+        "features built, validated and published up to 2026-01-20T00:00:00+00:00" in result.stdout
+    )
     assert "Data Docs: file://" in result.stdout
     assert (home / "features" / "feast_user_features.parquet").exists()
+    assert (home / "feast" / "online.db").exists()
     assert (home / "dbt" / "profiles.yml").stat().st_mode & 0o077 == 0  # may hold a password
     listed = run("dbt", "ls", "--select", "marts", "--resource-type", "model", home=home)
     assert "recloop.marts.user_features" in listed.stdout
