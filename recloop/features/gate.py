@@ -100,26 +100,46 @@ def _between(column: str, start: datetime | None, end: datetime) -> tuple[str, l
 
 
 def read_raw_events(settings: Settings, start: datetime | None, end: datetime) -> pd.DataFrame:
-    """Raw events of the interval, every column as written (auto-detected).
+    """Raw events of the interval, as written.
 
     A row belongs to the interval when it happened in it (a backfill validates history) or
-    arrived in it (a live run sees whatever came in, future-dated rows included).
+    arrived in it (a live run sees whatever came in, future-dated rows included). Lines are
+    read as JSON objects, without schema inference (inferring over thousands of hourly files
+    exhausts memory), and every key found becomes a column: a column renamed upstream shows up
+    as an unexpected one.
     """
     import duckdb
 
-    pattern = settings.events_dir / "event_date=*" / "event_hour=*" / "*.jsonl"
     if not any(settings.events_dir.glob("event_date=*/event_hour=*/*.jsonl")):
         return pd.DataFrame(columns=[*EVENT_COLUMNS, LOGGED_AT])
-    happened, happened_params = _between("TRY_CAST(ts AS TIMESTAMPTZ)", start, end)
-    arrived, arrived_params = _between(f"TRY_CAST({LOGGED_AT} AS TIMESTAMPTZ)", start, end)
-    where, params = f"({happened}) OR ({arrived})", happened_params + arrived_params
+    pattern = str(settings.events_dir / "event_date=*" / "event_hour=*" / "*.jsonl")
+    happened, happened_params = _between("TRY_CAST(json ->> 'ts' AS TIMESTAMPTZ)", start, end)
+    arrived, arrived_params = _between(
+        f"TRY_CAST(json ->> '{LOGGED_AT}' AS TIMESTAMPTZ)", start, end
+    )
+    batch = (
+        f"(SELECT json FROM read_json_objects('{pattern}', format='newline_delimited') "
+        f"WHERE ({happened}) OR ({arrived}))"
+    )
+    params = happened_params + arrived_params
+    numeric = {"value": "DOUBLE", "position": "BIGINT", "propensity": "DOUBLE"}
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
-        return con.execute(
-            f"SELECT * FROM read_json('{pattern}', format='newline_delimited', "
-            f"union_by_name=true, hive_partitioning=false) WHERE {where}",
-            params,
-        ).df()
+        keys = [row[0] for row in con.execute(
+            f"SELECT DISTINCT unnest(json_keys(json)) FROM {batch}", params
+        ).fetchall()]  # fmt: skip
+        columns = list(dict.fromkeys([*EVENT_COLUMNS, LOGGED_AT, *keys]))
+        selected = ", ".join(
+            f"TRY_CAST(json ->> '{c}' AS {numeric[c]}) AS \"{c}\""
+            if c in numeric
+            else f"json ->> '{c}' AS \"{c}\""
+            for c in columns
+        )
+        frame = con.execute(f"SELECT {selected} FROM {batch}", params).df()
+    # A contract column no row carries is absent upstream, not null: drop it so that the
+    # column-set expectation names it.
+    missing = [c for c in (*EVENT_COLUMNS, LOGGED_AT) if c not in keys and c != "context"]
+    return frame.drop(columns=missing if len(frame) else [])
 
 
 def _mart_reader(relation: str, column: str) -> Callable[..., pd.DataFrame]:
@@ -315,7 +335,9 @@ def run_gate(settings: Settings, start: datetime | None, end: datetime) -> GateR
         if dataset.name == "raw_events" and "ts" in frame:
             # Raw timestamps are text as written; parsed here so that "in the future" compares
             # instants (unparseable ones become NaT and fail the not-null check on ts_parsed).
-            frame["ts_parsed"] = pd.to_datetime(frame["ts"], utc=True, errors="coerce")
+            frame["ts_parsed"] = pd.to_datetime(
+                frame["ts"], utc=True, errors="coerce", format="ISO8601"
+            )
         report.rows[dataset.name] = len(frame)
         expectations = dataset.expectations(end)
         floor = volume_floor(

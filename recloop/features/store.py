@@ -127,3 +127,15 @@ def materialize(settings: Settings, start: datetime | None, end: datetime) -> No
     store.materialize(
         start_date=start or EPOCH, end_date=end, feature_views=["user_features", "item_features"]
     )
+
+
+def has_materialized(settings: Settings) -> bool:
+    """Whether the batch views were ever loaded into the online store (else: backfill)."""
+    from feast.errors import FeatureViewNotFoundException
+
+    feature_store = open_store(settings)
+    try:
+        view = feature_store.get_feature_view("user_features")
+    except FeatureViewNotFoundException:
+        return False
+    return bool(view.materialization_intervals)

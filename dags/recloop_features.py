@@ -1,0 +1,64 @@
+"""Hourly feature pipeline: raw events -> dbt -> Great Expectations gate -> Feast.
+
+Each run processes its data interval (the first run of a fresh home backfills everything).
+A failing gate stops the run before Feast, so the online store keeps what it had; the failed
+expectations are in the `validate` task's log and in the Data Docs. On success the run
+updates the asset `features`, which the training DAG listens to.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import Asset, dag, task
+
+FEATURES = Asset(name="features", uri="recloop://features")
+
+
+@dag(
+    dag_id="recloop_features",
+    schedule="@hourly",
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "owner": "recloop"},
+    tags=["recloop", "features"],
+    doc_md=__doc__,
+)
+def recloop_features():
+    @task
+    def plan(data_interval_start=None, data_interval_end=None) -> dict:
+        from recloop.features.tasks import interval
+
+        return interval(data_interval_start.isoformat(), data_interval_end.isoformat())
+
+    @task
+    def ingest_events(window: dict) -> dict:
+        from recloop.features import tasks
+
+        return tasks.ingest_events(window)
+
+    @task
+    def dbt_build(window: dict) -> None:
+        from recloop.features import tasks
+
+        tasks.build(window)
+
+    @task
+    def validate(window: dict) -> dict:
+        from recloop.features import tasks
+
+        return tasks.validate(window)
+
+    @task(outlets=[FEATURES])
+    def publish(window: dict) -> None:
+        from recloop.features import tasks
+
+        tasks.publish(window)
+
+    window = plan()
+    ingested = ingest_events(window)
+    built = dbt_build(window)
+    validated = validate(window)
+    ingested >> built >> validated >> publish(window)
+
+
+recloop_features()

@@ -1,0 +1,54 @@
+"""What each task of the recloop_features DAG does, as plain functions of the interval.
+
+The DAG file only wires these together; each takes ISO timestamps (what Airflow passes
+between tasks) and reads the settings from the environment of the worker.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from recloop.settings import load_settings
+
+
+def interval(start: str, end: str) -> dict[str, str | None]:
+    """The interval to process: the data interval, or everything up to its end when the
+    online store was never loaded (the first run of a home backfills)."""
+    from recloop.features import store
+
+    first = not store.has_materialized(load_settings())
+    return {"start": None if first else start, "end": end}
+
+
+def ingest_events(window: dict[str, str | None]) -> dict[str, Any]:
+    """Make the raw layer current: the warehouse and its view over the sealed event log."""
+    from recloop import warehouse
+    from recloop.eventlog.local import read_events
+
+    settings = load_settings()
+    warehouse.init_warehouse(settings)
+    end = datetime.fromisoformat(window["end"])
+    start = datetime.fromisoformat(window["start"]) if window["start"] else None
+    return {"events_in_interval": read_events(settings.events_dir, start, end).num_rows}
+
+
+def build(window: dict[str, str | None]) -> None:
+    from recloop.features.pipeline import build_features
+
+    build_features(load_settings(), datetime.fromisoformat(window["end"]))
+
+
+def validate(window: dict[str, str | None]) -> dict[str, Any]:
+    from recloop.features.gate import run_gate
+
+    start = datetime.fromisoformat(window["start"]) if window["start"] else None
+    report = run_gate(load_settings(), start, datetime.fromisoformat(window["end"]))
+    return {"expectations": report.evaluated, "rows": report.rows, "data_docs": report.docs}
+
+
+def publish(window: dict[str, str | None]) -> None:
+    from recloop.features.pipeline import publish_features
+
+    start = datetime.fromisoformat(window["start"]) if window["start"] else None
+    publish_features(load_settings(), start, datetime.fromisoformat(window["end"]))
