@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 LOCK_FLAGS := --strip-extras --extra dev --allow-unsafe --generate-hashes \
 	--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
-.PHONY: setup demo test test-fast lint lock lock-upgrade bench clean
+.PHONY: setup demo test test-fast lint lock lock-upgrade bench airflow clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,12 @@ lock-upgrade: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.eventlog --json
+
+# The Airflow UI with the project's DAGs, state under var/airflow; prints the admin password.
+airflow: setup
+	AIRFLOW_HOME=$(CURDIR)/var/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False RECLOOP_HOME=$(CURDIR)/var \
+	$(BIN)/airflow standalone
 
 clean:
 	rm -rf var .pytest_cache
