@@ -47,8 +47,9 @@ bench: setup
 	$(BIN)/python -m benchmarks.eventlog --json
 
 # The Airflow UI with the project's DAGs, state under var/airflow; prints the admin password.
+# standalone starts its components as `airflow` from PATH, hence the venv first on PATH.
 airflow: setup
-	AIRFLOW_HOME=$(CURDIR)/var/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	PATH=$(CURDIR)/$(BIN):$$PATH AIRFLOW_HOME=$(CURDIR)/var/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False RECLOOP_HOME=$(CURDIR)/var \
 	$(BIN)/airflow standalone
 
