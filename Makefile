@@ -33,8 +33,8 @@ test-fast: setup
 	$(BIN)/pytest -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check recloop feature_repo tests benchmarks
-	$(BIN)/ruff format --check recloop feature_repo tests benchmarks
+	$(BIN)/ruff check recloop feature_repo dags tests benchmarks
+	$(BIN)/ruff format --check recloop feature_repo dags tests benchmarks
 	cd dbt_project && ../$(BIN)/sqlfluff lint models
 
 lock: setup

@@ -70,8 +70,9 @@ def measure(data: Path | None, simulate_events: int | None) -> list[Row]:
             *reference, protocol="the same interval again (incremental)"),
     ]  # fmt: skip
     for stage, seconds in first.items():
-        rows.append(Row("pipeline", f"feature_pipeline_{stage}_s ({what})", seconds, "s",
-                        *reference, protocol=f"the {stage} stage of feature_pipeline_s"))  # fmt: skip
+        stage_protocol = f"the {stage} stage of feature_pipeline_s"
+        metric = f"feature_pipeline_{stage}_s ({what})"
+        rows.append(Row("pipeline", metric, seconds, "s", *reference, protocol=stage_protocol))
     return rows
 
 
