@@ -61,6 +61,7 @@ def record(rows: list[Row], path: Path = RESULTS) -> None:
                 line.startswith("| ")
                 and len(cells) > 2
                 and not line.startswith("| benchmark")
+                and not cells[0].startswith("---")  # the header's separator row
                 and not any(cells[0] == r.benchmark and cells[1] == r.metric for r in rows)
             ):
                 kept.append(line)
