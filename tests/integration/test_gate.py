@@ -13,8 +13,10 @@ import duckdb
 import pytest
 
 from recloop.eventlog.local import LocalEventLog
-from recloop.features.dbt import run_dbt
+from recloop.features import store
+from recloop.features.dbt import DbtError, run_dbt
 from recloop.features.gate import GateFailed, run_gate, volume_floor
+from recloop.features.pipeline import run_pipeline
 from recloop.ingest import ingest_simulation
 from recloop.settings import Settings
 from recloop.sources.simulator import WorldConfig
@@ -30,7 +32,7 @@ def clean_home(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("gate")
     settings = Settings(home=root / "var")
     ingest_simulation(settings, WORLD)
-    run_dbt(settings, ["build"], as_of=AS_OF, echo=False)
+    run_pipeline(settings, None, AS_OF, echo=False)  # published: the online store has values
     return settings.home
 
 
@@ -61,9 +63,23 @@ def quarantine_reasons(settings: Settings) -> list[str]:
     return [row[0] for row in rows]
 
 
+def online_snapshot(settings: Settings) -> dict:
+    if not store.has_materialized(settings):
+        return {}
+    feature_store = store.open_store(settings)
+    rows = [{"user_id": f"u{n:05d}", "item_id": f"i{n:05d}"} for n in range(20)]
+    return feature_store.get_online_features(
+        features=feature_store.get_feature_service("recommender_v1_serving"),
+        entity_rows=rows, full_feature_names=True,
+    ).to_dict()  # fmt: skip
+
+
 def gate_failure(settings: Settings, start=None, end=None) -> str:
+    """Run the whole pipeline; the gate must stop it and the online store must not change."""
+    before = online_snapshot(settings)
     with pytest.raises(GateFailed) as caught:
-        run_gate(settings, start, end or datetime.now(UTC))
+        run_pipeline(settings, start, end or datetime.now(UTC), echo=False)
+    assert online_snapshot(settings) == before, "the online store changed"
     return str(caught.value)
 
 
@@ -87,7 +103,6 @@ def test_a_clean_batch_passes_and_publishes_data_docs(home: Settings) -> None:
 )  # fmt: skip
 def test_poisoned_raw_batches_stop_the_gate(home: Settings, rows, expectation, quarantined) -> None:
     inject(home, rows)
-    run_dbt(home, ["build"], as_of=AS_OF, echo=False)
     message = gate_failure(home)
     assert f"raw_events: {expectation}(" in message
     assert [reason.split(":")[0] for reason in quarantine_reasons(home)] == [quarantined]
@@ -97,20 +112,24 @@ def test_duplicate_event_ids_stop_the_gate(home: Settings) -> None:
     with duckdb.connect(str(home.warehouse_path), read_only=True) as con:
         event_id, ts = con.execute("SELECT event_id, ts FROM staging.stg_events LIMIT 1").fetchone()
     inject(home, [{"event_id": event_id, "ts": ts.isoformat()}])
-    run_dbt(home, ["build"], as_of=AS_OF, echo=False)
     assert 'expect_column_values_to_be_unique({"column": "event_id"' in gate_failure(home)
     assert quarantine_reasons(home)[0].startswith("event_id: duplicate")
 
 
-def test_a_bad_upstream_change_to_the_ctr_stops_the_gate(home: Settings) -> None:
-    # What a broken change to the CTR model writes, had its dbt test been skipped.
+def test_a_bad_upstream_change_to_the_ctr_is_stopped_twice(home: Settings) -> None:
+    # What a broken change to the CTR model writes.
     with duckdb.connect(str(home.warehouse_path)) as con:
         con.execute("UPDATE marts.item_features SET click_through_rate = click_through_rate + 1")
-    message = gate_failure(home, None, AS_OF)
-    assert (
-        'item_features: expect_column_values_to_be_between({"column": "click_through_rate"'
-        in message
-    )
+    # First by dbt's own range test, before the gate and before Feast...
+    before = online_snapshot(home)
+    with pytest.raises(DbtError, match="accepted_range_item_features_click_through_rate"):
+        run_pipeline(home, None, AS_OF, echo=False)
+    assert online_snapshot(home) == before
+    # ...and by the gate, had that test been skipped.
+    with pytest.raises(GateFailed) as caught:
+        run_gate(home, None, AS_OF)
+    assert "item_features: expect_column_values_to_be_between(" in str(caught.value)
+    assert '"column": "click_through_rate"' in str(caught.value)
 
 
 def test_a_batch_90_percent_smaller_than_usual_stops_the_gate(tmp_path: Path) -> None:
