@@ -21,9 +21,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Grows with every part of the loop: today sources, then the feature pipeline (dbt, gate, Feast).
 demo: setup
 	$(BIN)/recloop init
 	$(BIN)/recloop simulate
+	$(BIN)/recloop features run
 	$(BIN)/recloop summary
 
 test: lint
