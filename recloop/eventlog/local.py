@@ -53,6 +53,23 @@ LOCK_FILE = ".writer.lock"
 CORRUPT_DIR = "_corrupt"
 
 
+SEALED_GLOB = f"event_date=*/event_hour=*/*{SEALED_SUFFIX}"
+
+
+def sealed_pattern(root: Path | str) -> str:
+    """The glob of every sealed segment under ``root``, for readers such as DuckDB."""
+    return str(Path(root) / SEALED_GLOB)
+
+
+def has_sealed_segments(root: Path | str) -> bool:
+    # read_json fails on a glob that matches nothing, so readers ask first.
+    return any(Path(root).glob(SEALED_GLOB))
+
+
+def _sealed_name(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(OPEN_SUFFIX) + SEALED_SUFFIX)
+
+
 def partition_of(ts: datetime) -> str:
     # Integer formatting, not strftime: this runs once per appended event.
     return f"event_date={ts.year:04d}-{ts.month:02d}-{ts.day:02d}/event_hour={ts.hour:02d}"
@@ -72,11 +89,11 @@ def events_sql(root: Path | str) -> str:
     """
     root = Path(root)
     columns = reader_columns()
-    if not any(root.glob(f"event_date=*/event_hour=*/*{SEALED_SUFFIX}")):
+    if not has_sealed_segments(root):
         nulls = ", ".join(f"CAST(NULL AS {kind}) AS {name}" for name, kind in columns.items())
         return f"(SELECT {nulls} WHERE false)"
     spec = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in columns.items()) + "}"
-    pattern = str(root / "event_date=*" / "event_hour=*" / f"*{SEALED_SUFFIX}").replace("'", "''")
+    pattern = sealed_pattern(root).replace("'", "''")
     return (
         f"(SELECT {', '.join(columns)} FROM read_json('{pattern}', "
         f"format='newline_delimited', columns={spec}, hive_partitioning=false))"
@@ -244,7 +261,7 @@ class LocalEventLog:
                 bad.append(data[cut:])  # the torn tail of an append that never returned
             if bad:
                 self._quarantine_corrupt(path, bad)
-            sealed = path.with_name(path.name.removesuffix(OPEN_SUFFIX) + SEALED_SUFFIX)
+            sealed = _sealed_name(path)
             if good:
                 tmp = path.with_name(path.name + ".recovered")
                 with open(tmp, "wb") as handle:
@@ -270,7 +287,7 @@ class LocalEventLog:
         self.stats.corrupt_lines += len(lines)
 
     def _load_seen_ids(self) -> set[int]:
-        if not any(self.root.glob(f"event_date=*/event_hour=*/*{SEALED_SUFFIX}")):
+        if not has_sealed_segments(self.root):
             return set()
         with duckdb.connect() as con:
             rows = con.execute(f"SELECT event_id FROM {events_sql(self.root)}").fetchall()
@@ -386,7 +403,7 @@ class LocalEventLog:
         if self.fsync:
             os.fsync(segment.fd)
         os.close(segment.fd)
-        sealed = segment.path.with_name(segment.path.name.removesuffix(OPEN_SUFFIX) + SEALED_SUFFIX)
+        sealed = _sealed_name(segment.path)
         os.rename(segment.path, sealed)
         if self.fsync:
             _fsync_dir(sealed.parent)

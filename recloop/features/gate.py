@@ -110,9 +110,11 @@ def read_raw_events(settings: Settings, start: datetime | None, end: datetime) -
     """
     import duckdb
 
-    if not any(settings.events_dir.glob("event_date=*/event_hour=*/*.jsonl")):
+    from recloop.eventlog.local import has_sealed_segments, sealed_pattern
+
+    if not has_sealed_segments(settings.events_dir):
         return pd.DataFrame(columns=[*EVENT_COLUMNS, LOGGED_AT])
-    pattern = str(settings.events_dir / "event_date=*" / "event_hour=*" / "*.jsonl")
+    pattern = sealed_pattern(settings.events_dir).replace("'", "''")
     happened, happened_params = _between("TRY_CAST(json ->> 'ts' AS TIMESTAMPTZ)", start, end)
     arrived, arrived_params = _between(
         f"TRY_CAST(json ->> '{LOGGED_AT}' AS TIMESTAMPTZ)", start, end
