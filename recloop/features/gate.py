@@ -1,19 +1,21 @@
 """The Great Expectations gate between dbt and Feast.
 
-It validates what this interval would publish: the raw events logged in ``(start, end]`` and
-the rows of each mart whose ``observed_at`` (or ``logged_at``) falls in the interval, which are
-exactly the rows Feast materialises next. A failing checkpoint raises ``GateFailed`` naming
-every failed expectation, so the caller (the DAG task, ``recloop features run``) stops before
-Feast and the online store keeps what it had. Rows that break the contract were already
-quarantined by dbt (``staging.quarantined_events``); the gate stops the interval all the same,
-because a bad upstream usually sends more than the rows it breaks.
+It validates what this interval would publish: the raw events that happened or arrived in
+``(start, end]``, and the rows of each mart whose ``observed_at`` (``interacted_at`` for
+interactions) falls in the interval, which are exactly the rows Feast materialises next.
+A failing checkpoint raises ``GateFailed`` naming every failed expectation, so the caller (the
+DAG task, ``recloop features run``) stops before Feast and the online store keeps what it had.
+Rows that break the contract were already quarantined by dbt (``staging.quarantined_events``);
+the gate stops the interval all the same, because a bad upstream usually sends more than the
+rows it breaks.
 
 Suites are defined here, in code, and re-applied on every run; Great Expectations keeps its
 validation results and Data Docs under ``<home>/gx`` (open
 ``<home>/gx/uncommitted/data_docs/local_site/index.html``).
 
-Raw events are read with column auto-detection rather than through the contract's columns, so
-that a column renamed upstream shows up as an unexpected column instead of as nulls.
+Raw events are read as JSON objects, every key found becoming a column, rather than through
+the contract's columns, so that a column renamed upstream shows up as an unexpected column
+instead of as nulls. The feature marts' expected columns are those of their Feast views.
 
 Volume: a batch's row count is compared with the median of earlier batches that passed, of the
 same length and ending at the same hour of day (traffic at 4 am is not traffic at 8 pm), and
@@ -44,17 +46,6 @@ DATASOURCE = "recloop"
 MIN_VOLUME_HISTORY = 3
 VOLUME_HISTORY_KEPT = 200
 FUTURE_MINUTES = 5  # clock skew tolerated, as dbt's var future_tolerance_minutes
-USER_FEATURE_COLUMNS = (
-    "user_id", "observed_at", "interactions_last_1_hour", "interactions_last_24_hours",
-    "interactions_last_7_days", "interactions_all_time", "impressions_all_time",
-    "clicks_all_time", "click_through_rate", "rating_count", "rating_mean",
-    "last_interaction_at", "days_since_last_interaction", "top_categories", "recent_item_ids",
-)  # fmt: skip
-ITEM_FEATURE_COLUMNS = (
-    "item_id", "observed_at", "popularity_last_1_hour", "popularity_last_24_hours",
-    "popularity_last_7_days", "popularity_all_time", "impressions_all_time", "clicks_all_time",
-    "click_through_rate", "rating_count", "rating_mean", "age_in_days",
-)  # fmt: skip
 
 
 class GateFailed(RuntimeError):
@@ -86,7 +77,6 @@ class Dataset:
     name: str
     read: Callable[[Settings, datetime | None, datetime], pd.DataFrame]
     expectations: Callable[[datetime], list[Any]]
-    time_column: str
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,16 +176,25 @@ def raw_event_expectations(end: datetime) -> list[Any]:
             column="propensity", min_value=0, max_value=1, strict_min=True
         ),
         gxe.ExpectColumnValuesToBeBetween(column="position", min_value=0),
-        # Not in the future: after the wall clock now, plus the clock skew dbt tolerates too.
-        gxe.ExpectColumnMaxToBeBetween(
-            column="ts_parsed", max_value=datetime.now(UTC) + timedelta(minutes=FUTURE_MINUTES)
-        ),
+        gxe.ExpectColumnMaxToBeBetween(column="ts_parsed", max_value=_latest_allowed()),
     ]
 
 
-def _feature_expectations(key: str, columns: tuple[str, ...], end: datetime) -> list[Any]:
+def _latest_allowed() -> datetime:
+    """Later than this is in the future: the wall clock now plus the skew dbt tolerates too."""
+    return datetime.now(UTC) + timedelta(minutes=FUTURE_MINUTES)
+
+
+def _feature_expectations(view_name: str, end: datetime) -> list[Any]:
+    """The suite of a mart that Feast reads; its columns are the Feast view's own."""
     import great_expectations.expectations as gxe
 
+    from feature_repo import entities, feature_views
+
+    view = getattr(feature_views, view_name)
+    (entity,) = view.entities
+    key = getattr(entities, entity).join_key
+    columns = [key, view.batch_source.timestamp_field, *(f.name for f in view.features)]
     counts = [c for c in columns if "interactions_" in c or "popularity_" in c]
     return [
         gxe.ExpectTableColumnsToMatchSet(column_set=list(columns), exact_match=True),
@@ -226,22 +225,18 @@ def interaction_expectations(end: datetime) -> list[Any]:
         gxe.ExpectColumnValuesToBeBetween(
             column="propensity", min_value=0, max_value=1, strict_min=True
         ),
-        gxe.ExpectColumnMaxToBeBetween(
-            column="interacted_at", max_value=datetime.now(UTC) + timedelta(minutes=FUTURE_MINUTES)
-        ),
+        gxe.ExpectColumnMaxToBeBetween(column="interacted_at", max_value=_latest_allowed()),
     ]
 
 
 DATASETS = (
-    Dataset("raw_events", read_raw_events, raw_event_expectations, LOGGED_AT),
+    Dataset("raw_events", read_raw_events, raw_event_expectations),
     Dataset("user_features", _mart_reader("marts.user_features", "observed_at"),
-            lambda end: _feature_expectations("user_id", USER_FEATURE_COLUMNS, end),
-            "observed_at"),
+            lambda end: _feature_expectations("user_features", end)),
     Dataset("item_features", _mart_reader("marts.item_features", "observed_at"),
-            lambda end: _feature_expectations("item_id", ITEM_FEATURE_COLUMNS, end),
-            "observed_at"),
+            lambda end: _feature_expectations("item_features", end)),
     Dataset("interactions", _mart_reader("marts.interactions", "interacted_at"),
-            interaction_expectations, "interacted_at"),
+            interaction_expectations),
 )  # fmt: skip
 
 
