@@ -13,10 +13,11 @@ until a caller asks (``Settings.ensure_home``): importing this module has no sid
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -85,6 +86,15 @@ class SimulatorSettings(BaseModel):
     start: datetime = Field(
         datetime(2026, 1, 5, tzinfo=UTC), description="UTC start of the simulated traffic."
     )
+
+
+@dataclass(frozen=True)
+class PostgresConnection:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
 
 
 class Settings(BaseSettings):
@@ -171,6 +181,17 @@ class Settings(BaseSettings):
     def simulator_state_path(self) -> Path:
         return self.home / "simulator.json"
 
+    def postgres_connection(self) -> PostgresConnection:
+        """``postgres_url`` split into the fields that dbt and Feast configure separately."""
+        url = urlsplit(self.postgres_url.get_secret_value())
+        return PostgresConnection(
+            host=url.hostname or "127.0.0.1",
+            port=url.port or 5432,
+            user=unquote(url.username or "postgres"),
+            password=unquote(url.password or ""),
+            database=url.path.lstrip("/") or "postgres",
+        )
+
     def ensure_home(self) -> Path:
         """Create the local state folders; the only place settings touch the disk."""
         for path in (self.home, self.events_dir, self.quarantine_dir):
@@ -208,6 +229,20 @@ def mask_url(value: str) -> str:
         host = f"{host}:{parts.port}"
     netloc = f"{parts.username}:{MASK}@{host}" if parts.username else f"{MASK}@{host}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def write_rendered_config(path: Path, data: dict[str, Any]) -> Path:
+    """Write a config file rendered from the settings (profiles.yml, feature_store.yaml).
+
+    Owner-only, as it may hold a password; rewritten whole on every call.
+    """
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        yaml.safe_dump(data, handle, sort_keys=False)
+    return path
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -16,11 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-import yaml
-
-from recloop.settings import Settings
+from recloop.settings import Settings, write_rendered_config
 
 PROFILE = "recloop"
 PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
@@ -56,14 +53,14 @@ def profile(settings: Settings) -> dict[str, Any]:
             "settings": {"TimeZone": "UTC"},
         }
     else:
-        url = urlsplit(settings.postgres_url.get_secret_value())
+        postgres = settings.postgres_connection()
         output = {
             "type": "postgres",
-            "host": url.hostname or "127.0.0.1",
-            "port": url.port or 5432,
-            "user": unquote(url.username or "postgres"),
-            "password": unquote(url.password or ""),
-            "dbname": url.path.lstrip("/") or "postgres",
+            "host": postgres.host,
+            "port": postgres.port,
+            "user": postgres.user,
+            "password": postgres.password,
+            "dbname": postgres.database,
             "schema": "public",
             "threads": 4,
         }
@@ -72,14 +69,8 @@ def profile(settings: Settings) -> dict[str, Any]:
 
 def render_profiles(settings: Settings) -> Path:
     """Write ``<home>/dbt/profiles.yml`` (owner-only: it may hold a password)."""
-    where = paths(settings)
-    where.profiles_dir.mkdir(parents=True, exist_ok=True)
     settings.features_dir.mkdir(parents=True, exist_ok=True)
-    path = where.profiles_dir / "profiles.yml"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        yaml.safe_dump(profile(settings), handle, sort_keys=False)
-    return path
+    return write_rendered_config(paths(settings).profiles_dir / "profiles.yml", profile(settings))
 
 
 def dbt_args(settings: Settings, command: list[str], *, as_of: datetime | None = None) -> list[str]:

@@ -11,15 +11,12 @@ settings.
 from __future__ import annotations
 
 import copy
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
-from recloop.settings import Settings
+from recloop.settings import Settings, write_rendered_config
 
 PROJECT = "recloop"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -40,19 +37,19 @@ def config(settings: Settings) -> dict[str, Any]:
             "online_store": {"type": "sqlite", "path": str(feast_dir(settings) / "online.db")},
             "entity_key_serialization_version": 3,
         }
-    postgres = settings.postgres_url.get_secret_value()
-    url = urlsplit(postgres)
+    postgres = settings.postgres_connection()
     redis = urlsplit(settings.redis_url.get_secret_value())
+    registry_url = settings.postgres_url.get_secret_value()
     return {
         "project": PROJECT,
         "provider": "local",
         # Feast's SQL registry on SQLite is broken upstream (feast#5565); on Postgres it works.
-        "registry": {"registry_type": "sql", "path": postgres.replace(
+        "registry": {"registry_type": "sql", "path": registry_url.replace(
             "postgresql://", "postgresql+psycopg://", 1), "cache_ttl_seconds": 60},
         "offline_store": {
-            "type": "postgres", "host": url.hostname, "port": url.port or 5432,
-            "database": url.path.lstrip("/"), "user": url.username or "postgres",
-            "password": url.password or "", "db_schema": "feast",
+            "type": "postgres", "host": postgres.host, "port": postgres.port,
+            "database": postgres.database, "user": postgres.user,
+            "password": postgres.password, "db_schema": "feast",
         },
         "online_store": {
             "type": "redis",
@@ -65,13 +62,7 @@ def config(settings: Settings) -> dict[str, Any]:
 
 def render_config(settings: Settings) -> Path:
     """Write ``<home>/feast/feature_store.yaml`` (owner-only: it may hold a password)."""
-    folder = feast_dir(settings)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "feature_store.yaml"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        yaml.safe_dump(config(settings), handle, sort_keys=False)
-    return path
+    return write_rendered_config(feast_dir(settings) / "feature_store.yaml", config(settings))
 
 
 def open_store(settings: Settings):

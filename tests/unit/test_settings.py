@@ -85,3 +85,12 @@ def test_importing_does_nothing_on_disk(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_postgres_connection_splits_and_decodes_the_url() -> None:
+    settings = Settings(postgres_url="postgresql://app:p%40ss@db.internal:6543/features")
+    postgres = settings.postgres_connection()
+    assert (postgres.host, postgres.port, postgres.user, postgres.password, postgres.database) == (
+        "db.internal", 6543, "app", "p@ss", "features")  # fmt: skip
+    defaults = Settings(postgres_url="postgresql://db").postgres_connection()
+    assert (defaults.port, defaults.user, defaults.database) == (5432, "postgres", "postgres")
