@@ -100,10 +100,7 @@ def events_sql(root: Path | str) -> str:
     )
 
 
-def read_events(
-    root: Path | str, start: datetime | None = None, end: datetime | None = None
-) -> pa.Table:
-    """Sealed events with ``start <= ts < end``, sorted by ts then event_id, as Arrow."""
+def _ts_filter(start: datetime | None, end: datetime | None) -> tuple[str, list[datetime]]:
     where, params = [], []
     if start is not None:
         where.append("ts >= ?")
@@ -111,11 +108,30 @@ def read_events(
     if end is not None:
         where.append("ts < ?")
         params.append(end)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    return (f"WHERE {' AND '.join(where)}" if where else ""), params
+
+
+def read_events(
+    root: Path | str, start: datetime | None = None, end: datetime | None = None
+) -> pa.Table:
+    """Sealed events with ``start <= ts < end``, sorted by ts then event_id, as Arrow."""
+    clause, params = _ts_filter(start, end)
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         query = f"SELECT * FROM {events_sql(root)} {clause} ORDER BY ts, event_id"
         return con.sql(query, params=params).to_arrow_table()
+
+
+def count_events(
+    root: Path | str, start: datetime | None = None, end: datetime | None = None
+) -> int:
+    """How many sealed events have ``start <= ts < end``, without reading them out."""
+    clause, params = _ts_filter(start, end)
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(f"SELECT count(*) FROM {events_sql(root)} {clause}", params).fetchone()[
+            0
+        ]
 
 
 def _fsync_dir(path: Path) -> None:

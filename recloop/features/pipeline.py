@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -50,16 +52,18 @@ def run_pipeline(
 ) -> PipelineReport:
     """Every step for the interval (start, end]; raises at the first failing one."""
     report = PipelineReport(start=start, end=end)
-    steps = [
-        ("dbt", lambda: build_features(settings, end, full_refresh=full_refresh, echo=echo)),
-        ("gate", lambda: run_gate(settings, start, end)),
-        ("feast", lambda: publish_features(settings, start, end)),
-    ]
-    for name, step in steps:
-        started = time.perf_counter()
-        result = step()
-        report.seconds[name] = time.perf_counter() - started
-        if isinstance(result, GateReport):
-            report.gate = result
-        log.info("%s done in %.1f s", name, report.seconds[name])
+    with _timed(report, "dbt"):
+        build_features(settings, end, full_refresh=full_refresh, echo=echo)
+    with _timed(report, "gate"):
+        report.gate = run_gate(settings, start, end)
+    with _timed(report, "feast"):
+        publish_features(settings, start, end)
     return report
+
+
+@contextmanager
+def _timed(report: PipelineReport, step: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    report.seconds[step] = time.perf_counter() - started
+    log.info("%s done in %.1f s", step, report.seconds[step])

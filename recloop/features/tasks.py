@@ -21,34 +21,37 @@ def interval(start: str, end: str) -> dict[str, str | None]:
     return {"start": None if first else start, "end": end}
 
 
+def _bounds(window: dict[str, str | None]) -> tuple[datetime | None, datetime]:
+    """The (start, end) datetimes of a window passed between tasks as ISO strings."""
+    start = datetime.fromisoformat(window["start"]) if window["start"] else None
+    return start, datetime.fromisoformat(window["end"])
+
+
 def ingest_events(window: dict[str, str | None]) -> dict[str, Any]:
     """Make the raw layer current: the warehouse and its view over the sealed event log."""
     from recloop import warehouse
-    from recloop.eventlog.local import read_events
+    from recloop.eventlog.local import count_events
 
     settings = load_settings()
     warehouse.init_warehouse(settings)
-    end = datetime.fromisoformat(window["end"])
-    start = datetime.fromisoformat(window["start"]) if window["start"] else None
-    return {"events_in_interval": read_events(settings.events_dir, start, end).num_rows}
+    start, end = _bounds(window)
+    return {"events_in_interval": count_events(settings.events_dir, start, end)}
 
 
 def build(window: dict[str, str | None]) -> None:
     from recloop.features.pipeline import build_features
 
-    build_features(load_settings(), datetime.fromisoformat(window["end"]))
+    build_features(load_settings(), _bounds(window)[1])
 
 
 def validate(window: dict[str, str | None]) -> dict[str, Any]:
     from recloop.features.gate import run_gate
 
-    start = datetime.fromisoformat(window["start"]) if window["start"] else None
-    report = run_gate(load_settings(), start, datetime.fromisoformat(window["end"]))
+    report = run_gate(load_settings(), *_bounds(window))
     return {"expectations": report.evaluated, "rows": report.rows, "data_docs": report.docs}
 
 
 def publish(window: dict[str, str | None]) -> None:
     from recloop.features.pipeline import publish_features
 
-    start = datetime.fromisoformat(window["start"]) if window["start"] else None
-    publish_features(load_settings(), start, datetime.fromisoformat(window["end"]))
+    publish_features(load_settings(), *_bounds(window))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from recloop.eventlog import EventLogBusy, InvalidEvents, open_event_log
-from recloop.eventlog.local import CORRUPT_DIR, LocalEventLog, read_events
+from recloop.eventlog.local import CORRUPT_DIR, LocalEventLog, count_events, read_events
 
 START = datetime(2026, 1, 5, 10, 30, tzinfo=UTC)
 
@@ -50,6 +50,9 @@ def test_read_filters_by_time(tmp_path: Path) -> None:
         read_events(tmp_path, START + timedelta(minutes=10), START + timedelta(minutes=20)).num_rows
         == 10
     )
+    window = (START + timedelta(minutes=10), START + timedelta(minutes=20))
+    assert count_events(tmp_path, *window) == 10
+    assert count_events(tmp_path) == 60
 
 
 def test_retried_batch_adds_nothing_even_after_reopening(tmp_path: Path) -> None:
