@@ -1,27 +1,2 @@
-{#- One row per item and hour with any event: the unit the windowed features add up. -#}
-with
-
-events as (
-
-    select * from {{ ref('stg_events') }}
-
-),
-
-hourly as (
-
-    select
-        item_id,
-        date_trunc('hour', ts) as activity_hour,
-        count(*) filter (where event_type = 'impression') as impressions,
-        count(*) filter (where event_type = 'click') as clicks,
-        count(*) filter (where event_type in ('click', 'rating', 'purchase')) as interactions,
-        count(*) filter (where event_type = 'rating') as ratings,
-        coalesce(sum(value) filter (where event_type = 'rating'), 0) as rating_total,
-        max(ts) filter (where event_type in ('click', 'rating', 'purchase')) as last_interaction_at
-
-    from events
-    group by 1, 2
-
-)
-
-select * from hourly
+-- depends_on: {{ ref('stg_events') }}
+{{ hourly_activity('item_id') }}
