@@ -20,7 +20,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from benchmarks.results import Row, record
+from benchmarks.results import Row, add_output_options, publish
 from recloop.eventlog.local import LocalEventLog
 
 START = datetime(2026, 1, 5, tzinfo=UTC)
@@ -110,19 +110,16 @@ def measure(rounds: int) -> list[Row]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print JSON lines only")
     parser.add_argument("--rounds", type=int, default=5, help="repetitions (median reported)")
-    parser.add_argument("--no-record", action="store_true", help="do not update RESULTS.md")
+    add_output_options(parser)
     args = parser.parse_args()
-    rows = measure(args.rounds)
-    if not args.no_record:
-        record(rows)
-    for row in rows:
-        print(
-            row.to_json()
-            if args.json
-            else f"{row.metric}: {row.value:,.0f} {row.unit} ({row.ratio:.2f} x {row.reference})"
-        )
+    publish(
+        measure(args.rounds),
+        args,
+        lambda row: (
+            f"{row.metric}: {row.value:,.0f} {row.unit} ({row.ratio:.2f} x {row.reference})"
+        ),
+    )
 
 
 if __name__ == "__main__":

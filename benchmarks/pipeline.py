@@ -20,7 +20,7 @@ from pathlib import Path
 
 import duckdb
 
-from benchmarks.results import Row, record
+from benchmarks.results import Row, add_output_options, publish
 from recloop.eventlog.local import events_sql
 from recloop.features.pipeline import run_pipeline
 from recloop.ingest import ingest_movielens, ingest_simulation
@@ -81,18 +81,13 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="a MovieLens folder")
     source.add_argument("--simulate-events", type=int, help="simulate about this many events")
-    parser.add_argument("--json", action="store_true", help="print JSON lines only")
-    parser.add_argument("--no-record", action="store_true", help="do not update RESULTS.md")
+    add_output_options(parser)
     args = parser.parse_args()
-    rows = measure(args.data, args.simulate_events)
-    if not args.no_record:
-        record(rows)
-    for row in rows:
-        print(
-            row.to_json()
-            if args.json
-            else f"{row.metric}: {row.value:.1f} s ({row.ratio:.1f} x scan)"
-        )
+    publish(
+        measure(args.data, args.simulate_events),
+        args,
+        lambda row: f"{row.metric}: {row.value:.1f} s ({row.ratio:.1f} x scan)",
+    )
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ timings on these shared 2-core machines are noisy.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,3 +75,17 @@ def record(rows: list[Row], path: Path = RESULTS) -> None:
             f"| {today} |"
         )
     path.write_text(TITLE + HEADER + "\n".join(sorted(kept)) + "\n")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark script has."""
+    parser.add_argument("--json", action="store_true", help="print JSON lines only")
+    parser.add_argument("--no-record", action="store_true", help="do not update RESULTS.md")
+
+
+def publish(rows: list[Row], args: argparse.Namespace, describe: Callable[[Row], str]) -> None:
+    """Record the rows in RESULTS.md (unless --no-record) and print them (JSON with --json)."""
+    if not args.no_record:
+        record(rows)
+    for row in rows:
+        print(row.to_json() if args.json else describe(row))
