@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,30 +75,42 @@ def land(settings: Settings, dataset: Dataset, *, show_progress: bool = False) -
                 f"({stats.rejected_share:.1%}), over the limit of {limit:.1%}; nothing was "
                 f"landed; the rejected rows and their reasons are in {quarantine}"
             )
-    warehouse.init_warehouse(settings)
-    warehouse.upsert(settings, "users", dataset.users)
-    warehouse.upsert(settings, "items", dataset.items)
-    append_events(settings, dataset.events, report, show_progress=show_progress)
-    with warehouse.connect(settings) as con:
-        warehouse.refresh_events_view(con, settings)
+    _land_rows(
+        settings,
+        report,
+        dataset.users,
+        dataset.items,
+        _batches(dataset.events, show_progress=show_progress),
+    )
     return report
 
 
-def append_events(
-    settings: Settings, events: list, report: IngestReport, *, show_progress: bool = False
-) -> None:
+def _batches(events: list, *, show_progress: bool = False) -> Iterator[list]:
+    """The events in batches of EVENT_BATCH, with a progress bar."""
     from rich.progress import Progress
 
-    with (
-        open_event_log(settings) as log,
-        Progress(disable=not show_progress, transient=True) as progress,
-    ):
+    with Progress(disable=not show_progress, transient=True) as progress:
         task = progress.add_task("appending events", total=len(events))
         for start in range(0, len(events), EVENT_BATCH):
-            result = log.append(events[start : start + EVENT_BATCH])
-            report.events_appended += result.appended
-            report.events_duplicate += result.duplicates
+            yield events[start : start + EVENT_BATCH]
             progress.advance(task, min(EVENT_BATCH, len(events) - start))
+
+
+def _land_rows(
+    settings: Settings, report: IngestReport, users: list, items: list, batches: Iterable[list]
+) -> None:
+    """Users and items first (events refer to them), then the events batch by batch."""
+    warehouse.init_warehouse(settings)
+    warehouse.upsert(settings, "users", users)
+    warehouse.upsert(settings, "items", items)
+    with open_event_log(settings) as log:
+        for batch in batches:
+            if batch:
+                result = log.append(batch)
+                report.events_appended += result.appended
+                report.events_duplicate += result.duplicates
+    with warehouse.connect(settings) as con:
+        warehouse.refresh_events_view(con, settings)
 
 
 def ingest_movielens(
@@ -119,17 +132,12 @@ def ingest_simulation(
 
     world = build_world(config)
     report = IngestReport(source="simulator", users=len(world.users), items=len(world.items))
-    warehouse.init_warehouse(settings)
-    warehouse.upsert(settings, "users", world.users)
-    warehouse.upsert(settings, "items", world.items)
-    with open_event_log(settings) as log:
+
+    def days() -> Iterator[list]:
         for events in generate_traffic(world, show_progress=show_progress):
             report.events += len(events)
-            if events:
-                result = log.append(events)
-                report.events_appended += result.appended
-                report.events_duplicate += result.duplicates
-    with warehouse.connect(settings) as con:
-        warehouse.refresh_events_view(con, settings)
+            yield events
+
+    _land_rows(settings, report, world.users, world.items, days())
     settings.simulator_state_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     return report
