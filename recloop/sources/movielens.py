@@ -365,20 +365,25 @@ def _validated(collector, contract, rows: dict[str, dict[str, Any]], first_seen,
     return checked.valid
 
 
-def _ratings(collector, name, rows, split) -> list[_Rating]:
-    def parse(text: str) -> _Rating:
-        user, item, value, ts = split(text)
+def _ratings(
+    collector, name, rows, split, *, raw=str, keys=("user_id", "item_id")
+) -> list[_Rating]:
+    """Parse rating rows (split gives user, item, value, time); `keys` name the id fields in
+    rejections as the file names them, `raw` renders a row for the quarantine."""
+
+    def parse(row) -> _Rating:
+        user, item, value, ts = split(row)
         return _Rating(
             0,
-            text,
-            _id(user, "user_id"),
-            _id(item, "item_id"),
+            raw(row),
+            _id(user, keys[0]),
+            _id(item, keys[1]),
             _float(value, "rating"),
             _timestamp(ts),
         )
 
     found = []
-    for number, _, rating in collector.parse(name, rows, parse):
+    for number, _, rating in collector.parse(name, rows, parse, raw):
         rating.line = number
         found.append(rating)
     return found
@@ -540,20 +545,7 @@ def _load_latest(root: Path, collector: _Collector) -> Dataset:
         return row[:4]
 
     rows = collector.csv_rows("ratings.csv", ("userId", "movieId", "rating", "timestamp"))
-    ratings = []
-    for number, row, fields in collector.parse("ratings.csv", rows, split_rating, raw_csv):
-        try:
-            user, item, value, ts = fields
-            ratings.append(
-                _Rating(
-                    number,
-                    raw_csv(row),
-                    _id(user, "userId"),
-                    _id(item, "movieId"),
-                    _float(value, "rating"),
-                    _timestamp(ts),
-                )
-            )
-        except RowError as error:
-            collector.reject("ratings.csv", number, error.field, error.reason, raw_csv(row))
+    ratings = _ratings(
+        collector, "ratings.csv", rows, split_rating, raw=raw_csv, keys=("userId", "movieId")
+    )
     return _assemble(collector, "ratings.csv", ratings, None, items, tags)
