@@ -130,7 +130,6 @@ class Event(_Contract):
         return self
 
 
-CONTRACTS: dict[str, type[_Contract]] = {"users": User, "items": Item, "events": Event}
 USER_COLUMNS = tuple(User.model_fields)
 ITEM_COLUMNS = tuple(Item.model_fields)
 EVENT_COLUMNS = tuple(Event.model_fields)
@@ -288,7 +287,3 @@ def validate_rows(contract: type[_Contract], rows: Iterable[Mapping[str, Any]]) 
         except ValidationError as error:
             result.rejected.append(Rejection(index, dict(row), field_errors(error)))
     return result
-
-
-def new_event_id() -> uuid.UUID:
-    return uuid.uuid4()
