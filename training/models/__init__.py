@@ -1,0 +1,54 @@
+"""Model kinds by name. Adding a kind: a module with a ``Recommender`` subclass and a line
+below; the training pipeline, MLflow wrapper and service pick it up by its ``kind``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from training.models.base import MANIFEST, Recommender
+
+KINDS: dict[str, str] = {
+    "popularity": "training.models.popularity:Popularity",
+    "ease": "training.models.ease:Ease",
+    "two_tower": "training.models.two_tower:TwoTower",
+    "seq_transformer": "training.models.seq_transformer:SeqTransformer",
+    "two_stage": "training.models.two_stage:TwoStage",
+}
+
+
+def model_class(kind: str) -> type[Recommender]:
+    if kind not in KINDS:
+        raise ValueError(f"model kind: unknown {kind!r} (allowed: {', '.join(KINDS)})")
+    module, name = KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def create(kind: str, **config: Any) -> Recommender:
+    """A fresh model of a kind, with its config's defaults overridden by ``config``."""
+    cls = model_class(kind)
+    defaults = cls.default_config()
+    if config and defaults is None:
+        raise ValueError(f"{kind}: takes no config, got {sorted(config)}")
+    if config:
+        unknown = set(config) - set(vars(defaults))
+        if unknown:
+            raise ValueError(
+                f"{kind}: unknown config fields {sorted(unknown)} "
+                f"(allowed: {sorted(vars(defaults))})"
+            )
+        for name, value in config.items():
+            setattr(defaults, name, value)
+    return cls(defaults)
+
+
+def load_model(path: Path | str) -> Recommender:
+    """Load a saved model folder of any kind."""
+    path = Path(path)
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{path}: not a saved model (no {MANIFEST})")
+    kind = json.loads(manifest.read_text())["kind"]
+    return model_class(kind).load(path)

@@ -1,0 +1,112 @@
+"""EASE: Embarrassingly Shallow Autoencoders for sparse data (Steck, WWW 2019).
+
+A closed-form item-item model: with X the users x items 0/1 matrix,
+``B = I - P / diag(P)`` where ``P = (X^T X + lambda I)^-1``, and a user's scores are
+``x_u B``. Any history folds in at request time (new users with a few interactions). Items
+without training interactions get no score: ties among them break by popularity.
+
+The regularisation ``lambda`` is tuned on a validation split carved out of the training
+data (a random 10% of each user's interactions) unless the config fixes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.data import InteractionData
+from training.models.base import Recommender, ResolvedUser
+
+
+@dataclass
+class EaseConfig:
+    l2: float | None = None  # lambda; None: tune over l2_grid on a validation split
+    l2_grid: tuple[float, ...] = (50.0, 100.0, 200.0, 300.0, 500.0, 800.0, 1200.0, 2000.0)
+    validation_share: float = 0.1  # of each user's interactions, for tuning
+    max_items: int = 40_000  # B is items x items floats: refuse what would not fit in memory
+    seed: int = 42
+
+
+class Ease(Recommender):
+    kind = "ease"
+
+    @classmethod
+    def default_config(cls) -> EaseConfig:
+        return EaseConfig()
+
+    def _fit(self, data: InteractionData, warm_start: Recommender | None) -> None:
+        # Closed form: there is nothing to continue from, a warm start refits on the data given
+        # (keeping the champion's tuned lambda, which is what made it the champion).
+        if warm_start is not None and self.config.l2 is None:
+            self.config.l2 = warm_start.config.l2
+        n_items = len(self.item_ids)
+        if n_items > self.config.max_items:
+            raise ValueError(
+                f"ease: {n_items} items exceed config.max_items={self.config.max_items} "
+                "(B is a dense items x items matrix)"
+            )
+        if self.config.l2 is None:
+            self.config.l2 = self._tune(data)
+        self.weights = self._solve(self._matrix(data), self.config.l2)
+
+    def _matrix(self, data: InteractionData) -> np.ndarray:
+        users = {u: r for r, u in enumerate(data.interactions["user_id"].unique())}
+        x = np.zeros((len(users), len(self.item_ids)), dtype=np.float64)
+        rows = data.interactions["user_id"].map(users).to_numpy()
+        columns = data.interactions["item_id"].map(self.item_index).to_numpy()
+        x[rows, columns] = 1.0
+        return x
+
+    @staticmethod
+    def _solve(x: np.ndarray, l2: float) -> np.ndarray:
+        gram = x.T @ x
+        gram[np.diag_indices_from(gram)] += l2
+        precision = np.linalg.inv(gram)
+        weights = precision / (-np.diag(precision))
+        weights[np.diag_indices_from(weights)] = 0.0
+        return weights.astype(np.float32)
+
+    def _tune(self, data: InteractionData) -> float:
+        from training.metrics import ndcg_at_k
+
+        rng = np.random.default_rng(self.config.seed)
+        frame = data.interactions
+        is_valid = np.zeros(len(frame), dtype=bool)
+        for positions in frame.groupby("user_id", sort=True).indices.values():
+            if len(positions) >= 5:
+                chosen = rng.choice(
+                    positions,
+                    max(1, int(len(positions) * self.config.validation_share)),
+                    replace=False,
+                )
+                is_valid[chosen] = True
+        train = data.with_interactions(frame[~is_valid])
+        x = self._matrix(train)
+        users = list(train.interactions["user_id"].unique())
+        row_of = {u: r for r, u in enumerate(users)}
+        valid = frame[is_valid & frame["user_id"].isin(row_of).to_numpy()]
+        relevant = np.zeros_like(x, dtype=bool)
+        relevant[
+            valid["user_id"].map(row_of).to_numpy(),
+            valid["item_id"].map(self.item_index).to_numpy(),
+        ] = True
+        keep = relevant.any(axis=1)
+        best, best_l2 = -1.0, self.config.l2_grid[0]
+        for l2 in self.config.l2_grid:
+            scores = (x @ self._solve(x, l2)).astype(np.float64)
+            scores[x > 0] = -np.inf
+            value = ndcg_at_k(scores[keep], relevant[keep], 10)
+            if value > best:
+                best, best_l2 = value, l2
+        self.tuning = {"l2": best_l2, "validation_ndcg@10": best}
+        return best_l2
+
+    def _score(self, users: list[ResolvedUser]) -> np.ndarray:
+        return self.history_matrix(users) @ self.weights + self.popularity_prior()
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {"weights": self.weights}
+
+    def _load_state(self, path, arrays) -> None:
+        self.weights = arrays["weights"]

