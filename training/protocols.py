@@ -186,18 +186,22 @@ def p3b(data: InteractionData, seed: int = 42) -> Split:
             continue
         queries.append(
             UserQuery(
-                history=tuple(first), attributes=attributes.get(user, {}),
+                history=tuple(first),
+                attributes=attributes.get(user, {}),
                 profile_text=texts.get(user),
                 context=_context(group.iloc[REVEALED]),
             )
-        )  # fmt: skip
+        )
         relevant.append(rest)
         exclude.append(frozenset(first))
     return Split(
-        protocol="P3b", train=data.with_interactions(train), queries=queries,
-        relevant=relevant, exclude=exclude,
+        protocol="P3b",
+        train=data.with_interactions(train),
+        queries=queries,
+        relevant=relevant,
+        exclude=exclude,
         info={"cold_users": len(queries), "train_interactions": len(train)},
-    )  # fmt: skip
+    )
 
 
 def _context(row: pd.Series) -> dict[str, Any]:

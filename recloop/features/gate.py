@@ -366,6 +366,7 @@ def run_gate(settings: Settings, start: datetime | None, end: datetime) -> GateR
                 if not outcome.success:
                     failures.append(_describe(dataset.name, outcome))
     report.docs = _docs_url(context)
+    _record_outcome(settings, report, failures)
     if failures:
         for failure in failures:
             log.error("gate: %s", failure)
@@ -373,6 +374,31 @@ def run_gate(settings: Settings, start: datetime | None, end: datetime) -> GateR
     _record_volumes(settings, report)
     log.info("gate passed: %s expectations on %s", report.evaluated, report.rows)
     return report
+
+
+def _outcome_path(settings: Settings) -> Path:
+    return settings.home / "gx" / "last_gate.json"
+
+
+def _record_outcome(settings: Settings, report: GateReport, failures: list[str]) -> None:
+    # The promotion gate reads this: no model is promoted on features from a failed batch.
+    path = _outcome_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    outcome = {
+        "passed": not failures,
+        "checked_at": datetime.now(UTC).isoformat(),
+        "end": report.end.isoformat(),
+        "failures": failures,
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(outcome, indent=1))
+    tmp.replace(path)
+
+
+def last_outcome(settings: Settings) -> dict[str, Any] | None:
+    """The latest gate run's outcome (passed, when, failures), or None if none ran."""
+    path = _outcome_path(settings)
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _batch_definition(source: Any, name: str) -> Any:

@@ -19,6 +19,9 @@ from training.data import InteractionData
 from training.models.base import Recommender, ResolvedUser
 
 
+DEFAULT_L2 = 300.0  # the reference "ease_plain" of the quality benchmark
+
+
 @dataclass
 class EaseConfig:
     l2: float | None = None  # lambda; None: tune over l2_grid on a validation split
@@ -92,6 +95,10 @@ class Ease(Recommender):
             valid["item_id"].map(self.item_index).to_numpy(),
         ] = True
         keep = relevant.any(axis=1)
+        if not keep.any():
+            # Too few interactions per user to hold any out: Steck's default for ML-size data.
+            self.tuning = {"l2": DEFAULT_L2, "validation_ndcg@10": None}
+            return DEFAULT_L2
         best, best_l2 = -1.0, self.config.l2_grid[0]
         for l2 in self.config.l2_grid:
             scores = (x @ self._solve(x, l2)).astype(np.float64)

@@ -1,0 +1,550 @@
+"""A two-tower retrieval model: the platform's cold-start model.
+
+A user tower and an item tower map each side to a vector; the score is their dot product
+plus an item bias, so every item can be precomputed and retrieval is one matrix product.
+
+User tower: the user's id, attribute tokens (``gender=f``, ``age=25-34``), the mean of their
+history's item embeddings and frozen text embeddings, a bucket of the history's length and
+their profile text embedding. The history is read at request time, so a new user's first
+clicks fold in at once; ids are dropped during training (and histories cut short) so the
+tower also works for users it never saw, from their attributes and a few clicks.
+
+Item tower: the item's id embedding added to a projection of its sentence embedding
+(all-MiniLM-L6-v2 over ``item_text``, frozen, or fine-tuned with LoRA), and an item bias
+from both. Item ids are dropped during training, so an item without interactions (a new
+one) is scored from its text alone.
+
+Loss: softmax over in-batch negatives with the logQ correction for their popularity
+sampling (default), or BPR with uniformly sampled negatives.
+
+References:
+- Covington, Adams, Sargin. Deep Neural Networks for YouTube Recommendations. RecSys 2016.
+- Yi et al. Sampling-Bias-Corrected Neural Modeling for Large Corpus Item Recommendations.
+  RecSys 2019 (in-batch softmax, logQ correction).
+- Volkovs, Yu, Poutanen. DropoutNet: Addressing Cold Start in Recommender Systems.
+  NeurIPS 2017 (id dropout).
+- Rendle et al. BPR: Bayesian Personalized Ranking from Implicit Feedback. UAI 2009.
+- Reimers, Gurevych. Sentence-BERT. EMNLP 2019 (all-MiniLM-L6-v2 embeddings).
+- Hu et al. LoRA: Low-Rank Adaptation of Large Language Models. ICLR 2022.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.data import InteractionData, Vocabulary, attribute_tokens, item_text
+from training.models.base import Recommender, ResolvedUser
+
+LOSSES = ("sampled_softmax", "bpr")
+TEXT_ENCODERS = ("frozen", "lora")
+# History lengths a user tower tells apart: 0, 1, 2, 3, 4-5, 6-10, 11-20, 21-50, 51-100, 101+.
+LENGTH_BUCKETS = np.array([1, 2, 3, 4, 6, 11, 21, 51, 101])
+
+
+@dataclass
+class TwoTowerConfig:
+    dim: int = 64  # size of the user and item vectors
+    hidden: int = 256  # width of the towers' hidden layer
+    epochs: int = 20  # passes over the training interactions
+    batch_size: int = 512  # interactions per step (and in-batch negatives per positive)
+    lr: float = 2e-3  # AdamW learning rate
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    dropout: float = 0.1  # on the towers' hidden layers
+    user_id_dropout: float = 0.3  # share of examples whose user id is replaced by "unknown"
+    item_id_dropout: float = 0.5  # share of examples whose item id is replaced by "unknown"
+    cold_user_share: float = 0.3  # examples posing as a new user: no id, 0-5 history items
+    temperature: float = 0.1  # softmax temperature on the dot product
+    logq_correction: bool = True  # subtract log sampling probability of in-batch negatives
+    loss: str = "sampled_softmax"  # "sampled_softmax" (in-batch negatives) or "bpr"
+    seed: int = 42
+    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+    text_model: str | None = None  # a local HF folder; None: the packaged all-MiniLM-L6-v2
+    text_cache_dir: str | None = None  # where encoded text is cached (None: no cache)
+    text_encoder: str = "frozen"  # "frozen", or "lora" to fine-tune it with the towers
+    lora_rank: int = 8  # LoRA rank on the encoder's query and value layers
+    show_progress: bool = True  # tqdm bars while encoding and training
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def check(name: str, ok: bool, expected: str) -> None:
+            if not ok:
+                raise ValueError(
+                    f"two_tower config: {name}={getattr(self, name)!r} is invalid "
+                    f"(expected {expected})"
+                )
+
+        for name in ("dim", "hidden", "epochs", "batch_size", "lora_rank"):
+            value = getattr(self, name)
+            check(name, isinstance(value, int) and value >= 1, "a positive integer")
+        check("batch_size", self.batch_size >= 2, "at least 2")
+        for name in ("dropout", "user_id_dropout", "item_id_dropout", "cold_user_share"):
+            value = getattr(self, name)
+            check(name, isinstance(value, int | float) and 0 <= value < 1, "a number in [0, 1)")
+        for name in ("lr", "temperature"):
+            value = getattr(self, name)
+            check(name, isinstance(value, int | float) and value > 0, "a positive number")
+        check("weight_decay", self.weight_decay >= 0, "a number >= 0")
+        check("loss", self.loss in LOSSES, f"one of {LOSSES}")
+        check("text_encoder", self.text_encoder in TEXT_ENCODERS, f"one of {TEXT_ENCODERS}")
+        check(
+            "device",
+            isinstance(self.device, str)
+            and (self.device in ("auto", "cpu") or self.device.startswith("cuda")),
+            '"auto", "cpu" or "cuda[:n]"',
+        )
+
+
+# -- the towers ----------------------------------------------------------------------------
+
+
+def _mlp(inputs: int, hidden: int, outputs: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(inputs, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, outputs)
+    )
+
+
+class UserTower(nn.Module):
+    def __init__(self, n_users: int, n_items: int, n_tokens: int, text_dim: int, c):
+        super().__init__()
+        d = c.dim
+        self.user = nn.Embedding(n_users, d)  # index 0: unknown user
+        self.token = nn.Embedding(n_tokens, d, padding_idx=0)  # attribute tokens, 0: none
+        self.history_item = nn.Embedding(n_items, d)  # item ids as history, 0: unknown item
+        self.history_text = nn.Linear(text_dim, d)  # mean text embedding of the history
+        self.profile_text = nn.Linear(text_dim, d)  # the user's own text, zeros when absent
+        self.length = nn.Embedding(len(LENGTH_BUCKETS) + 1, d)
+        self.mlp = _mlp(6 * d, c.hidden, d, c.dropout)
+        for table in (self.user, self.token, self.history_item, self.length):
+            nn.init.normal_(table.weight, std=0.02)
+
+    def forward(self, batch: dict[str, torch.Tensor], item_text: torch.Tensor) -> torch.Tensor:
+        tokens = batch["tokens"]  # (B, attributes), 0 = missing
+        present = (tokens > 0).float().sum(1, keepdim=True).clamp(min=1)
+        attributes = self.token(tokens).sum(1) / present  # (B, d)
+        items, offsets = batch["history"], batch["offsets"]  # flat catalogue indices, (B,)
+        history_ids = F.embedding_bag(
+            batch["history_ids"], self.history_item.weight, offsets, mode="mean"
+        )  # (B, d)
+        history_text = F.embedding_bag(items, item_text, offsets, mode="mean")  # (B, text)
+        features = torch.cat(
+            [
+                self.user(batch["user"]),
+                attributes,
+                history_ids,
+                self.history_text(history_text),
+                self.profile_text(batch["profile"]),
+                self.length(batch["length"]),
+            ],
+            dim=1,
+        )  # (B, 6d)
+        return self.mlp(features)  # (B, d)
+
+
+class ItemTower(nn.Module):
+    def __init__(self, n_items: int, text_dim: int, c):
+        super().__init__()
+        self.item = nn.Embedding(n_items, c.dim)  # index 0: unknown (new) item
+        self.item_bias = nn.Embedding(n_items, 1)
+        self.text = _mlp(text_dim, c.hidden, c.dim, c.dropout)
+        self.text_bias = nn.Linear(text_dim, 1)
+        nn.init.normal_(self.item.weight, std=0.02)
+        nn.init.zeros_(self.item_bias.weight)
+
+    def forward(self, ids: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # ids: (N,) vocabulary indices (0 = unknown); text: (N, text) sentence embeddings
+        vectors = self.item(ids) + self.text(text)  # (N, d)
+        bias = self.item_bias(ids).squeeze(1) + self.text_bias(text).squeeze(1)  # (N,)
+        return vectors, bias
+
+
+class Towers(nn.Module):
+    def __init__(self, n_users: int, n_items: int, n_tokens: int, text_dim: int, c):
+        super().__init__()
+        self.users = UserTower(n_users, n_items, n_tokens, text_dim, c)
+        self.items = ItemTower(n_items, text_dim, c)
+
+
+# -- the recommender -----------------------------------------------------------------------
+
+
+class TwoTower(Recommender):
+    kind = "two_tower"
+    config: TwoTowerConfig
+
+    @classmethod
+    def default_config(cls) -> TwoTowerConfig:
+        return TwoTowerConfig()
+
+    def __init__(self, config: TwoTowerConfig | None = None):
+        super().__init__(config)
+        self.history: list[dict[str, float]] = []  # per-epoch training loss
+        self.towers: Towers | None = None
+        self.encoder = None  # the LoRA-tuned text encoder while fitting with text_encoder="lora"
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    def _fit(self, data: InteractionData, warm_start: Recommender | None) -> None:
+        c = self.config
+        c.validate()
+        self.device = _device(c.device)
+        torch.manual_seed(c.seed)
+        rng = np.random.default_rng(c.seed)
+
+        self._build_vocabularies(data)
+        self.text = torch.from_numpy(self._encode(self._item_texts(data)))  # (items, text)
+        self._set_profiles(data)
+        self.towers = Towers(
+            len(self.user_vocab), len(self.item_vocab), len(self.token_vocab),
+            self.text.shape[1], c,
+        ).to(self.device)  # fmt: skip
+        if warm_start is not None:
+            self._copy_weights(warm_start)
+
+        frame = data.interactions
+        users = self.user_vocab.lookup(list(frame["user_id"]))  # (N,)
+        items = frame["item_id"].map(self.item_index).to_numpy(np.int64)  # (N,) catalogue
+        order = np.lexsort((items, users))
+        users, items = users[order], items[order]
+        indptr = np.searchsorted(users, np.arange(len(self.user_vocab) + 1))
+        counts = np.bincount(items, minlength=len(self.item_ids)).astype(np.float64)
+        logq = torch.from_numpy(np.log(np.maximum(counts, 1) / len(items))).float()
+
+        text = self.text.to(self.device)
+        tokens = torch.from_numpy(self.user_tokens)
+        profiles = self.user_profiles
+        item_ids = torch.from_numpy(self.item_id_index)
+        if c.text_encoder == "lora":
+            self._start_lora(data)
+        parameters = [p for p in self.towers.parameters()] + (
+            [p for p in self.encoder.parameters() if p.requires_grad] if self.encoder else []
+        )
+        optimizer = torch.optim.AdamW(parameters, lr=c.lr, weight_decay=c.weight_decay)
+        steps_per_epoch = max(1, len(users) // c.batch_size)
+        bar = _progress(c.epochs * steps_per_epoch, "training two_tower", c.show_progress)
+        self.history = []
+        for epoch in range(c.epochs):
+            self.towers.train()
+            permutation = rng.permutation(len(users))
+            total = 0.0
+            for step in range(steps_per_epoch):
+                rows = permutation[step * c.batch_size : (step + 1) * c.batch_size]
+                batch = self._training_batch(
+                    users[rows], items[rows], indptr, items, tokens, profiles, item_ids, rng
+                )
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                user_vectors = self.towers.users(batch, text)  # (B, d)
+                item_text_vectors = self._item_text(batch["target"], text)  # (B, text)
+                item_vectors, bias = self.towers.items(batch["target_ids"], item_text_vectors)
+                if c.loss == "sampled_softmax":
+                    loss = self._softmax_loss(
+                        user_vectors, item_vectors, bias, batch["target"], logq.to(self.device)
+                    )
+                else:
+                    negatives = torch.from_numpy(rng.choice(self.trained_items, size=len(rows))).to(
+                        self.device
+                    )
+                    negative_vectors, negative_bias = self.towers.items(
+                        item_ids.to(self.device)[negatives], self._item_text(negatives, text)
+                    )
+                    positive = (user_vectors * item_vectors).sum(1) + bias
+                    negative = (user_vectors * negative_vectors).sum(1) + negative_bias
+                    loss = -F.logsigmoid(positive - negative).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item()
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            self.history.append({"epoch": epoch + 1, "loss": total / steps_per_epoch})
+        bar.close()
+        if self.encoder is not None:
+            self.item_text_tuned = torch.from_numpy(self._encode_tuned())
+            self.encoder = None
+        self._precompute_items()
+
+    def _softmax_loss(self, users, items, bias, targets, logq) -> torch.Tensor:
+        c = self.config
+        logits = (users @ items.T) / c.temperature + bias[None, :]  # (B, B)
+        if c.logq_correction:
+            logits = logits - logq[targets][None, :]
+        # The same item twice in a batch is no negative for itself.
+        same = targets[:, None] == targets[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+        labels = torch.arange(len(targets), device=logits.device)
+        return F.cross_entropy(logits, labels)
+
+    def _training_batch(
+        self, users, targets, indptr, indices, tokens, profiles, item_ids, rng
+    ) -> dict[str, torch.Tensor]:
+        """One step's examples: (user, positive item) pairs, with the user's other items as
+        history. Some examples pose as new users (no id, 0-5 history items); ids drop out."""
+        c = self.config
+        n = len(users)
+        cold = rng.random(n) < c.cold_user_share
+        lengths = indptr[users + 1] - indptr[users]  # (n,)
+        keep = np.where(cold, rng.integers(0, 6, n) / np.maximum(lengths - 1, 1), 1.0)
+        # Every history entry of every example, flat: row r owns lengths[r] entries.
+        rows = np.repeat(np.arange(n), lengths)
+        starts = np.repeat(indptr[users] - (np.cumsum(lengths) - lengths), lengths)
+        history = indices[np.arange(len(rows)) + starts]
+        kept = (history != targets[rows]) & (rng.random(len(rows)) < keep[rows])
+        history, rows = history[kept], rows[kept]
+        sizes = np.bincount(rows, minlength=n)
+        user_ids = np.where(cold | (rng.random(n) < c.user_id_dropout), 0, users)
+        target_ids = item_ids.numpy()[targets]
+        target_ids = np.where(rng.random(n) < c.item_id_dropout, 0, target_ids)
+        history_t = torch.from_numpy(history)
+        return {
+            "user": torch.from_numpy(user_ids),
+            "tokens": tokens[users],
+            "history": history_t,
+            "history_ids": item_ids[history_t],
+            "offsets": torch.from_numpy(np.cumsum(sizes) - sizes),
+            "length": torch.from_numpy(np.searchsorted(LENGTH_BUCKETS, sizes, side="right")),
+            "profile": profiles[users],
+            "target": torch.from_numpy(targets),
+            "target_ids": torch.from_numpy(target_ids),
+        }
+
+    def _item_text(self, items: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Text embeddings (N, text) of catalogue items: the frozen table, or the LoRA-tuned
+        encoder run on their text (gradients flow into its adapters)."""
+        if self.encoder is None:
+            return text[items]
+        unique, inverse = torch.unique(items, return_inverse=True)
+        return self._run_encoder(unique.cpu().numpy())[inverse]
+
+    # -- vocabularies, text and profiles ---------------------------------------------------
+
+    def _build_vocabularies(self, data: InteractionData) -> None:
+        frame = data.interactions
+        self.user_vocab = Vocabulary(sorted(frame["user_id"].unique()))
+        self.item_vocab = Vocabulary(sorted(frame["item_id"].unique()))
+        tokens = sorted({t for a in self.attributes.values() for t in attribute_tokens(a)})
+        self.token_vocab = Vocabulary(tokens)
+        # (catalogue items,) vocabulary index of each catalogue item, 0 for never-seen ones
+        self.item_id_index = self.item_vocab.lookup(self.item_ids)
+        self.trained_items = np.flatnonzero(self.item_id_index)
+        self.user_tokens = self._tokens(
+            [self.attributes.get(u, {}) for u in self.user_vocab.ids]
+        )  # (users, attributes)
+
+    def _tokens(self, attributes: list[dict[str, Any]]) -> np.ndarray:
+        out = np.zeros((len(attributes), 3), dtype=np.int64)
+        for row, attrs in enumerate(attributes):
+            found = [self.token_vocab.index.get(t, 0) for t in attribute_tokens(attrs)][:3]
+            out[row, : len(found)] = found
+        return out
+
+    @staticmethod
+    def _item_texts(data: InteractionData) -> list[str]:
+        return [item_text(row) for _, row in data.items.iterrows()]
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        from training.text import encode
+
+        c = self.config
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return encode(
+            texts, c.text_model, cache_dir=c.text_cache_dir, device=str(self.device),
+            show_progress=c.show_progress,
+        )  # fmt: skip
+
+    def _set_profiles(self, data: InteractionData) -> None:
+        """Profile text embeddings of the training users (zeros for those without)."""
+        text_dim = self.text.shape[1]
+        texts = [self.profile_texts.get(u) for u in self.user_vocab.ids]
+        present = [i for i, t in enumerate(texts) if t]
+        profiles = np.zeros((len(texts), text_dim), dtype=np.float32)
+        self.profile_cache: dict[str, np.ndarray] = {}
+        if present:
+            vectors = self._encode([texts[i] for i in present])
+            profiles[present] = vectors
+            self.profile_cache = {texts[i]: v for i, v in zip(present, vectors, strict=True)}
+        self.user_profiles = torch.from_numpy(profiles)
+
+    # -- LoRA ------------------------------------------------------------------------------
+
+    def _start_lora(self, data: InteractionData) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        from training.text import load_encoder
+
+        tokenizer, model = load_encoder(self.config.text_model, str(self.device))
+        lora = LoraConfig(
+            r=self.config.lora_rank, lora_alpha=2 * self.config.lora_rank,
+            target_modules=["query", "value"], lora_dropout=0.0, bias="none",
+        )  # fmt: skip
+        self.encoder = get_peft_model(model, lora)
+        self.tokenizer = tokenizer
+        self.catalogue_texts = self._item_texts(data)
+
+    def _run_encoder(self, items: np.ndarray) -> torch.Tensor:
+        from training.text import MAX_TOKENS, mean_pool
+
+        tokens = self.tokenizer(
+            [self.catalogue_texts[i] for i in items], padding=True, truncation=True,
+            max_length=MAX_TOKENS, return_tensors="pt",
+        ).to(self.device)  # fmt: skip
+        hidden = self.encoder(**tokens).last_hidden_state  # (N, tokens, text)
+        return F.normalize(mean_pool(hidden, tokens["attention_mask"]), dim=-1)  # (N, text)
+
+    def _encode_tuned(self, batch_size: int = 64) -> np.ndarray:
+        self.encoder.eval()
+        with torch.inference_mode():
+            chunks = [
+                self._run_encoder(np.arange(s, min(s + batch_size, len(self.item_ids))))
+                for s in range(0, len(self.item_ids), batch_size)
+            ]
+        return torch.cat(chunks).cpu().numpy()
+
+    # -- warm start ------------------------------------------------------------------------
+
+    def _copy_weights(self, old: Recommender) -> None:
+        """Start from a fitted model's weights: dense layers as they are, embedding rows
+        mapped by id (ids only one of the two models knows keep their fresh rows)."""
+        assert isinstance(old, TwoTower)
+        if old.towers is None:
+            raise ValueError("warm_start: the two_tower model given was never fitted")
+        tables = {
+            "users.user.weight": (old.user_vocab, self.user_vocab),
+            "users.token.weight": (old.token_vocab, self.token_vocab),
+            "users.history_item.weight": (old.item_vocab, self.item_vocab),
+            "items.item.weight": (old.item_vocab, self.item_vocab),
+            "items.item_bias.weight": (old.item_vocab, self.item_vocab),
+        }
+        old_state = old.towers.state_dict()
+        new_state = self.towers.state_dict()
+        for name, tensor in new_state.items():
+            source = old_state[name].to(tensor.device)
+            if name in tables:
+                old_vocab, new_vocab = tables[name]
+                rows = old_vocab.lookup(new_vocab.ids)  # (new ids,) old row or 0
+                rows[0] = 0
+                known = torch.from_numpy(np.flatnonzero(rows) if len(rows) else rows)
+                tensor[0] = source[0]
+                tensor[known] = source[torch.from_numpy(rows)[known]]
+            elif source.shape == tensor.shape:
+                tensor.copy_(source)
+            else:
+                raise ValueError(
+                    f"warm_start: {name} has shape {tuple(source.shape)}, this config needs "
+                    f"{tuple(tensor.shape)} (dim, hidden or the text model differ)"
+                )
+        self.towers.load_state_dict(new_state)
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _precompute_items(self) -> None:
+        """(items, dim + 1) item vectors with the bias as last column: score = u . v."""
+        self.towers.eval()
+        text = getattr(self, "item_text_tuned", None)
+        text = (text if text is not None else self.text).to(self.device)
+        ids = torch.from_numpy(self.item_id_index).to(self.device)
+        vectors, bias = self.towers.items(ids, text)  # (items, d), (items,)
+        vectors = vectors / self.config.temperature
+        self.item_vectors = torch.cat([vectors, bias[:, None]], dim=1).cpu().numpy()
+
+    def _score(self, users: list[ResolvedUser]) -> np.ndarray:
+        return self.user_vectors(users) @ self.item_vectors.T
+
+    @torch.inference_mode()
+    def user_vectors(self, users: list[ResolvedUser]) -> np.ndarray:
+        """(users, dim + 1) vectors whose dot product with ``item_vectors`` is the score."""
+        self.towers.eval()
+        histories = [[self.item_index[i] for i in u.history if i in self.item_index] for u in users]
+        sizes = np.array([len(h) for h in histories], dtype=np.int64)
+        flat = torch.from_numpy(np.fromiter((i for h in histories for i in h), dtype=np.int64))
+        batch = {
+            "user": torch.from_numpy(self.user_vocab.lookup([u.user_id or "" for u in users])),
+            "tokens": torch.from_numpy(self._tokens([u.attributes for u in users])),
+            "history": flat,
+            "history_ids": torch.from_numpy(self.item_id_index)[flat],
+            "offsets": torch.from_numpy(np.cumsum(sizes) - sizes),
+            "length": torch.from_numpy(np.searchsorted(LENGTH_BUCKETS, sizes, side="right")),
+            "profile": torch.from_numpy(self._profiles([u.profile_text for u in users])),
+        }
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        vectors = self.towers.users(batch, self.text.to(self.device)).cpu().numpy()
+        return np.concatenate([vectors, np.ones((len(users), 1), np.float32)], axis=1)
+
+    def _profiles(self, texts: list[str | None]) -> np.ndarray:
+        out = np.zeros((len(texts), self.text.shape[1]), dtype=np.float32)
+        missing = sorted({t for t in texts if t and t not in self.profile_cache})
+        if missing:
+            self.profile_cache.update(zip(missing, self._encode(missing), strict=True))
+        for row, text in enumerate(texts):
+            if text:
+                out[row] = self.profile_cache[text]
+        return out
+
+    # -- save and load ---------------------------------------------------------------------
+
+    def _state(self) -> dict[str, np.ndarray]:
+        state = {
+            f"towers.{name}": tensor.cpu().numpy()
+            for name, tensor in self.towers.state_dict().items()
+        }
+        profile_texts = list(self.profile_cache)
+        return {
+            **state,
+            "item_vectors": self.item_vectors,
+            "text": self.text.numpy(),
+            "user_vocab": np.array(self.user_vocab.to_list(), dtype=str),
+            "item_vocab": np.array(self.item_vocab.to_list(), dtype=str),
+            "token_vocab": np.array(self.token_vocab.to_list(), dtype=str),
+            "profile_texts": np.array(profile_texts, dtype=str),
+            "profile_vectors": np.array(
+                [self.profile_cache[t] for t in profile_texts], dtype=np.float32
+            ).reshape(len(profile_texts), self.text.shape[1]),
+        }
+
+    def _load_state(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
+        del path
+        self.device = _device(self.config.device)
+        self.user_vocab = Vocabulary(arrays["user_vocab"].tolist())
+        self.item_vocab = Vocabulary(arrays["item_vocab"].tolist())
+        self.token_vocab = Vocabulary(arrays["token_vocab"].tolist())
+        self.item_id_index = self.item_vocab.lookup(self.item_ids)
+        self.trained_items = np.flatnonzero(self.item_id_index)
+        self.text = torch.from_numpy(arrays["text"])
+        self.item_vectors = arrays["item_vectors"]
+        self.profile_cache = dict(
+            zip(arrays["profile_texts"].tolist(), arrays["profile_vectors"], strict=True)
+        )
+        self.towers = Towers(
+            len(self.user_vocab), len(self.item_vocab), len(self.token_vocab),
+            self.text.shape[1], self.config,
+        )  # fmt: skip
+        self.towers.load_state_dict(
+            {
+                name.removeprefix("towers."): torch.from_numpy(value)
+                for name, value in arrays.items()
+                if name.startswith("towers.")
+            }
+        )
+        self.towers.to(self.device).eval()
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _progress(total: int, description: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="step", disable=not enabled)

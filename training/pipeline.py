@@ -1,0 +1,610 @@
+"""One training run: train the candidates, evaluate them, register them, run the gate.
+
+Every candidate *recipe* (a kind and its configured overrides) is fitted on each protocol's
+training part and evaluated on its held-out part, then fitted once more on all the data: that
+last model is what gets registered and, if promoted, served. The champion is judged by its own
+recipe evaluated in the same run on the same splits, so the gate compares like with like and
+neither side has seen the other's test data.
+
+Warm start (``training.warm_start``): a neural recipe continues from the champion's weights on
+only the newest ``warm_start_days`` of interactions. Its evaluation mirrors that: fitted on the
+older part of each protocol's training data, then warm-started on the newest part.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from recloop.settings import Settings
+from training import protocols
+from training.data import InteractionData
+from training.evaluation import Evaluation, evaluate
+from training.models import create, model_class
+from training.models.base import Recommender
+from training.promotion import Decision, decide
+
+log = logging.getLogger(__name__)
+
+# P3a and P3b hold out the same users: one fit serves both.
+FIT_GROUP = {"P1": "P1", "P2": "P2", "P3a": "P3", "P3b": "P3", "P4": "P4"}
+
+
+@dataclass
+class Candidate:
+    recipe: dict[str, Any]
+    evaluations: dict[str, Evaluation]
+    history: list[dict[str, Any]]
+    seconds: float
+    model: Recommender | None = None
+    model_dir: Path | None = None
+    version: str | None = None
+    run_id: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.recipe["kind"]
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return {protocol: e.metrics for protocol, e in self.evaluations.items()}
+
+    def score(self) -> float:
+        """What picks the challenger among a run's candidates."""
+        return self.evaluations["P1"].metrics["ndcg"]
+
+
+@dataclass
+class TrainingReport:
+    candidates: list[dict[str, Any]]
+    challenger: dict[str, Any] | None
+    decision: dict[str, Any]
+    champion_version: str | None
+    champion_changed: bool
+    data: dict[str, Any]
+    seconds: float
+    run_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def recipe(kind: str, settings: Settings) -> dict[str, Any]:
+    """A kind with the overrides the settings configure for it."""
+    model_class(kind)  # fails early, naming the allowed kinds
+    overrides = settings.training.model_config_overrides.get(kind, {})
+    return {"kind": kind, "config": dict(sorted(overrides.items()))}
+
+
+def _environment_config(kind: str, settings: Settings, show_progress: bool) -> dict[str, Any]:
+    """Config fields that come from the environment, not the recipe (paths, device)."""
+    defaults = model_class(kind).default_config()
+    if not is_dataclass(defaults):
+        return {}
+    names = {f.name for f in fields(defaults)}
+    values = {
+        "text_model": settings.training.text_model,
+        "text_cache_dir": str(settings.text_cache_dir),
+        "device": settings.training.device,
+        "show_progress": show_progress,
+        "seed": settings.seed,
+    }
+    return {name: value for name, value in values.items() if name in names}
+
+
+def fit_recipe(
+    the_recipe: dict[str, Any],
+    data: InteractionData,
+    settings: Settings,
+    *,
+    warm_start: Recommender | None = None,
+    show_progress: bool = True,
+) -> Recommender:
+    """Fit a recipe on data; with a warm-start model, only on the newest interval."""
+    kind = the_recipe["kind"]
+    model = create(
+        kind, **_environment_config(kind, settings, show_progress), **the_recipe["config"]
+    )
+    if warm_start is None or not hasattr(model, "history"):
+        return model.fit(data)
+    return model.fit(newest(data, settings), warm_start=warm_start)
+
+
+def newest(data: InteractionData, settings: Settings) -> InteractionData:
+    """The interactions of the newest warm-start interval."""
+    cutoff = data.interactions["interacted_at"].max() - timedelta(
+        days=settings.training.warm_start_days
+    )
+    return data.with_interactions(data.interactions[data.interactions["interacted_at"] > cutoff])
+
+
+def _older(data: InteractionData, settings: Settings) -> InteractionData:
+    cutoff = data.interactions["interacted_at"].max() - timedelta(
+        days=settings.training.warm_start_days
+    )
+    return data.with_interactions(data.interactions[data.interactions["interacted_at"] <= cutoff])
+
+
+def evaluate_recipe(
+    the_recipe: dict[str, Any],
+    splits: dict[str, protocols.Split],
+    settings: Settings,
+    *,
+    warm: bool = False,
+    show_progress: bool = True,
+) -> tuple[dict[str, Evaluation], list[dict[str, Any]]]:
+    """The recipe fitted and evaluated on each protocol's split (one fit per split)."""
+    fitted: dict[str, Recommender] = {}
+    evaluations: dict[str, Evaluation] = {}
+    history: list[dict[str, Any]] = []
+    for protocol, split in splits.items():
+        group = FIT_GROUP[protocol]
+        if group not in fitted:
+            base = None
+            if warm and model_class(the_recipe["kind"]).default_config() is not None:
+                base = fit_recipe(
+                    the_recipe, _older(split.train, settings), settings, show_progress=show_progress
+                )
+            model = fit_recipe(
+                the_recipe, split.train, settings, warm_start=base, show_progress=show_progress
+            )
+            fitted[group] = model
+            history += [{"fit": group, **row} for row in getattr(model, "history", [])]
+        evaluations[protocol] = evaluate(fitted[group], split)
+    return evaluations, history
+
+
+def train_candidate(
+    the_recipe: dict[str, Any],
+    data: InteractionData,
+    splits: dict[str, protocols.Split],
+    settings: Settings,
+    *,
+    warm_start: Recommender | None = None,
+    show_progress: bool = True,
+) -> Candidate:
+    started = time.perf_counter()
+    evaluations, history = evaluate_recipe(
+        the_recipe, splits, settings, warm=warm_start is not None, show_progress=show_progress
+    )
+    model = fit_recipe(
+        the_recipe, data, settings, warm_start=warm_start, show_progress=show_progress
+    )
+    history += [{"fit": "final", **row} for row in getattr(model, "history", [])]
+    return Candidate(
+        recipe=the_recipe,
+        evaluations=evaluations,
+        history=history,
+        seconds=time.perf_counter() - started,
+        model=model,
+    )
+
+
+def make_splits(data: InteractionData, names: list[str], seed: int) -> dict[str, protocols.Split]:
+    """The protocols' splits; a protocol the data cannot fill (no user qualifies, as P3b on a
+    few days of clicks) is left out with a warning, except P1, which the gate needs."""
+    if "P1" not in names:
+        names = ["P1", *names]  # the challenger is chosen and gated on P1
+    splits = {}
+    for name in names:
+        split = protocols.split(data, name, seed)
+        if len(split) == 0:
+            if name == "P1":
+                raise ValueError(
+                    f"P1: no user has two interactions in {data.name} "
+                    f"({len(data.interactions)} interactions): nothing to train and evaluate on"
+                )
+            log.warning("%s: no user qualifies in %s; protocol skipped", name, data.name)
+            continue
+        splits[name] = split
+    return splits
+
+
+def run_training(
+    settings: Settings,
+    *,
+    kinds: list[str] | None = None,
+    data: InteractionData | None = None,
+    off_policy: dict[str, float] | None = None,
+    show_progress: bool = True,
+) -> TrainingReport:
+    """Train, evaluate and register every candidate, then run the promotion gate: the same
+    three steps the recloop_training DAG runs as tasks (begin, one train per kind, judge)."""
+    started = time.perf_counter()
+    data = _load_data(settings, data)
+    plan = begin(settings, kinds=kinds, data=data)
+    summaries = [
+        train_recipe(settings, the_recipe, plan, data=data, show_progress=show_progress)
+        for the_recipe in plan["recipes"]
+    ]
+    report = judge(settings, summaries, plan, data=data, off_policy=off_policy,
+                   show_progress=show_progress)  # fmt: skip
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def begin(
+    settings: Settings, *, kinds: list[str] | None = None, data: InteractionData | None = None
+) -> dict[str, Any]:
+    """Open the run: the recipes to train, the data snapshot, and the parent MLflow run that
+    every candidate's run nests under. Plain data, as Airflow passes it between tasks."""
+    import mlflow
+
+    from training import registry
+
+    data = _load_data(settings, data)
+    kinds = kinds or settings.training.models
+    recipes = [recipe(kind, settings) for kind in kinds]
+    client = registry.configure(settings)
+    experiment = mlflow.get_experiment_by_name(registry.EXPERIMENT)
+    parent = client.create_run(
+        experiment.experiment_id, run_name="training",
+        tags={"recloop.code_version": registry.code_version(), "recloop.step": "training"},
+    )  # fmt: skip
+    run_id = parent.info.run_id
+    client.log_dict(run_id, data.describe(), "data_snapshot.json")
+    for name, value in {"models": ",".join(kinds), "protocols": ",".join(
+            settings.training.protocols), "warm_start": settings.training.warm_start,
+            "seed": settings.seed}.items():  # fmt: skip
+        client.log_param(run_id, name, value)
+    return {"parent_run_id": run_id, "recipes": recipes, "data": data.describe(),
+            "data_gate_passed": _data_gate_passed(settings, data)}  # fmt: skip
+
+
+def train_recipe(
+    settings: Settings,
+    the_recipe: dict[str, Any],
+    plan: dict[str, Any],
+    *,
+    data: InteractionData | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train one candidate recipe, evaluate it on the protocols and register it."""
+    from training import registry
+
+    data = _load_data(settings, data)
+    splits = make_splits(data, list(settings.training.protocols), settings.seed)
+    client = registry.configure(settings)
+    warm = None
+    champion = registry.alias_version(client, registry.CHAMPION)
+    if (
+        settings.training.warm_start
+        and champion is not None
+        and (registry.recipe_of(champion)["kind"] == the_recipe["kind"])
+    ):
+        warm = registry.download_model(settings, champion.version)
+    log.info("training %s%s", the_recipe, " (warm start)" if warm else "")
+    candidate = train_candidate(
+        the_recipe, data, splits, settings, warm_start=warm, show_progress=show_progress
+    )
+    _log_candidate(settings, candidate, data, plan["parent_run_id"])
+    return _summary(candidate)
+
+
+def judge(
+    settings: Settings,
+    summaries: list[dict[str, Any]],
+    plan: dict[str, Any],
+    *,
+    data: InteractionData | None = None,
+    off_policy: dict[str, float] | None = None,
+    show_progress: bool = True,
+) -> TrainingReport:
+    """Pick the challenger (best P1 NDCG@10), run the gate against the champion, move the
+    aliases, and close the parent run."""
+    from training import registry
+
+    client = registry.configure(settings)
+    if not summaries:
+        raise ValueError("summaries: no candidate was trained")
+    champion_version = registry.alias_version(client, registry.CHAMPION)
+    evaluations = {s["version"]: load_evaluations(s["run_id"]) for s in summaries}
+    best = max(summaries, key=lambda s: s["metrics"]["P1"]["ndcg"])
+    registry.set_alias(client, registry.CHALLENGER, best["version"])
+    challenger = Candidate(best["recipe"], evaluations[best["version"]], [], best["seconds"],
+                          version=best["version"], run_id=best["run_id"])  # fmt: skip
+    # A challenger must beat popularity, unless it is popularity (then nothing beat it).
+    popularity = next((evaluations[s["version"]] for s in summaries
+                       if s["recipe"]["kind"] == "popularity" and s is not best), None)  # fmt: skip
+    champion_evaluations = None
+    if champion_version is not None:
+        champion_recipe = registry.recipe_of(champion_version)
+        same = [s for s in summaries if s["recipe"] == champion_recipe]
+        if same:
+            champion_evaluations = evaluations[same[0]["version"]]
+        else:
+            data = _load_data(settings, data)
+            splits = make_splits(data, list(settings.training.protocols), settings.seed)
+            champion_evaluations, _ = evaluate_recipe(
+                champion_recipe, splits, settings, show_progress=show_progress
+            )
+    if champion_version is not None and challenger.recipe == registry.recipe_of(champion_version):
+        decision = _refresh(challenger, popularity, plan["data_gate_passed"])
+    else:
+        decision = decide(
+            challenger.evaluations, champion_evaluations, settings.promotion,
+            data_gate_passed=plan["data_gate_passed"], popularity=popularity,
+            off_policy=off_policy, seed=settings.seed,
+        )  # fmt: skip
+    _log_decision(decision, challenger, champion_version, plan["parent_run_id"])
+    if decision.promote:
+        registry.set_alias(client, registry.CHAMPION, challenger.version)
+    client.set_terminated(plan["parent_run_id"])
+    new_champion = registry.alias_version(client, registry.CHAMPION)
+    return TrainingReport(
+        candidates=summaries,
+        challenger=best,
+        decision=decision.to_dict(),
+        champion_version=new_champion.version if new_champion else None,
+        champion_changed=decision.promote,
+        data=plan["data"],
+        seconds=sum(s["seconds"] for s in summaries),
+        run_id=plan["parent_run_id"],
+    )
+
+
+EVALUATIONS = "evaluations.npz"
+
+
+def save_evaluations(evaluations: dict[str, Evaluation], path: Path) -> Path:
+    """Per-user values of every protocol, so the gate can resample them in another task."""
+    import numpy as np
+
+    arrays = {}
+    for protocol, evaluation in evaluations.items():
+        arrays[f"{protocol}|users"] = np.asarray(evaluation.users, dtype=np.int64)
+        arrays[f"{protocol}|k"] = np.asarray(evaluation.k)
+        for name, values in evaluation.per_user.items():
+            arrays[f"{protocol}|{name}"] = values
+    np.savez(path, **arrays)
+    return path
+
+
+def load_evaluations(run_id: str) -> dict[str, Evaluation]:
+    import mlflow
+    import numpy as np
+
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=EVALUATIONS)
+    grouped: dict[str, dict[str, Any]] = {}
+    with np.load(local, allow_pickle=False) as arrays:
+        for key in arrays.files:
+            protocol, name = key.split("|")
+            grouped.setdefault(protocol, {})[name] = arrays[key]
+    evaluations = {}
+    for protocol, values in grouped.items():
+        users, k = values.pop("users"), int(values.pop("k"))
+        evaluations[protocol] = Evaluation(
+            protocol=protocol, k=k, metrics={n: float(v.mean()) for n, v in values.items()},
+            per_user=values, users=users.tolist(),
+        )  # fmt: skip
+    return evaluations
+
+
+def _data_gate_passed(settings: Settings, data: InteractionData) -> bool:
+    if data.snapshot.get("source") != "feast":
+        # Read straight from a source folder (a benchmark, `recloop train --data`): no feature
+        # batch went through the gate, so there is no failed gate to respect.
+        return True
+    from recloop.features.gate import last_outcome
+
+    outcome = last_outcome(settings)
+    return bool(outcome and outcome["passed"])
+
+
+def _refresh(challenger: Candidate, popularity, data_gate_passed: bool) -> Decision:
+    """The champion's own recipe retrained on current data replaces the champion."""
+    if not data_gate_passed:
+        return Decision(False, ["the latest data gate failed: nothing is promoted on its features"])
+    numbers = {"challenger.P1.ndcg": challenger.score()}
+    if popularity is not None and challenger.kind != "popularity":
+        numbers["popularity.P1.ndcg"] = popularity["P1"].metrics["ndcg"]
+        if challenger.score() <= numbers["popularity.P1.ndcg"]:
+            return Decision(
+                False,
+                [
+                    "the champion's recipe retrained on current data no longer "
+                    "beats popularity on P1: kept the old weights"
+                ],
+                numbers,
+            )
+    return Decision(
+        True,
+        [
+            "the challenger is the champion's own recipe retrained on current "
+            "data: it refreshes the champion"
+        ],
+        numbers,
+    )
+
+
+def _summary(candidate: Candidate) -> dict[str, Any]:
+    return {
+        "kind": candidate.kind,
+        "recipe": candidate.recipe,
+        "version": candidate.version,
+        "run_id": candidate.run_id,
+        "seconds": round(candidate.seconds, 1),
+        "metrics": candidate.metrics(),
+    }
+
+
+def _log_candidate(
+    settings: Settings, candidate: Candidate, data: InteractionData, parent_run_id: str
+) -> None:
+    import tempfile
+
+    import mlflow
+
+    from training import plots, registry
+
+    code = registry.code_version()
+    with mlflow.start_run(run_name=candidate.kind, parent_run_id=parent_run_id) as run:
+        candidate.run_id = run.info.run_id
+        mlflow.set_tags({"recloop.code_version": code, "recloop.kind": candidate.kind})
+        config = candidate.model.config
+        params = {
+            "kind": candidate.kind,
+            **(
+                {f.name: getattr(config, f.name) for f in fields(config)}
+                if is_dataclass(config)
+                else {}
+            ),
+        }
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        for evaluation in candidate.evaluations.values():
+            mlflow.log_metrics(evaluation.named())
+        mlflow.log_metric("training_seconds", candidate.seconds)
+        for row in candidate.history:
+            if row["fit"] == "final":
+                mlflow.log_metric("final.loss", row["loss"], step=row["epoch"])
+        mlflow.log_dict(data.describe(), "data_snapshot.json")
+        with tempfile.TemporaryDirectory() as folder:
+            mlflow.log_artifact(
+                str(save_evaluations(candidate.evaluations, Path(folder) / EVALUATIONS))
+            )
+        mlflow.log_input(
+            mlflow.data.from_pandas(
+                data.interactions[["user_id", "item_id", "interacted_at"]].head(0).assign(),
+                name=data.name,
+                digest=data.snapshot.get("interactions_digest"),
+            ),
+            context="training",
+        )
+        if candidate.history:
+            figure = plots.training_curve(candidate.history, f"{candidate.kind}: training loss")
+            mlflow.log_figure(figure, "plots/training_curve.png")
+            plots.close(figure)
+        figure = plots.metric_bars(candidate.metrics(), f"{candidate.kind}: metrics at 10")
+        mlflow.log_figure(figure, "plots/metrics_by_protocol.png")
+        plots.close(figure)
+        mlflow.log_text(
+            registry.model_card(
+                candidate.kind,
+                candidate.recipe,
+                candidate.metrics(),
+                data.describe(),
+                code,
+                candidate.seconds,
+            ),
+            "model_card.md",
+        )
+        # The folder is logged under its own name: "model", the ARTIFACT the loaders expect.
+        model_dir = settings.models_dir / run.info.run_id / registry.ARTIFACT
+        candidate.model.save(model_dir)
+        candidate.model_dir = model_dir
+        candidate.version = registry.log_model_version(model_dir, recipe=candidate.recipe)
+
+
+def _log_decision(
+    decision: Decision, challenger: Candidate, champion_version, parent_run_id: str | None = None
+) -> None:
+    import mlflow
+
+    with mlflow.start_run(run_name="promotion", parent_run_id=parent_run_id):
+        mlflow.set_tags(
+            {
+                "recloop.step": "promotion",
+                "recloop.promoted": str(decision.promote),
+                "challenger_version": challenger.version,
+                "champion_version": champion_version.version if champion_version else "none",
+            }
+        )
+        mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in decision.numbers.items()})
+        mlflow.log_dict(decision.to_dict(), "decision.json")
+    log.info("promotion: %s", json.dumps(decision.to_dict()))
+
+
+def _load_data(settings: Settings, data: InteractionData | None) -> InteractionData:
+    if data is not None:
+        return data
+    from training.datasets import from_feature_store
+
+    return from_feature_store(settings)
+
+
+def promote_challenger(
+    settings: Settings,
+    *,
+    data: InteractionData | None = None,
+    off_policy: dict[str, float] | None = None,
+    show_progress: bool = True,
+) -> Decision:
+    """Run the gate for the version behind ``challenger`` against ``champion``, on the
+    current data, and move the champion alias when it passes (``recloop promote``)."""
+
+    from training import registry
+
+    data = _load_data(settings, data)
+    client = registry.configure(settings)
+    challenger = registry.alias_version(client, registry.CHALLENGER)
+    if challenger is None:
+        raise LookupError("no version carries the alias 'challenger': run `recloop train` first")
+    champion = registry.alias_version(client, registry.CHAMPION)
+    splits = make_splits(data, list(settings.training.protocols), settings.seed)
+    challenger_evaluations, _ = evaluate_recipe(
+        registry.recipe_of(challenger), splits, settings, show_progress=show_progress
+    )
+    champion_evaluations = None
+    if champion is not None and champion.version != challenger.version:
+        champion_evaluations, _ = evaluate_recipe(
+            registry.recipe_of(champion), splits, settings, show_progress=show_progress
+        )
+    if champion is not None and champion.version == challenger.version:
+        return Decision(False, [f"version {challenger.version} is already the champion"])
+    popularity = None
+    if registry.recipe_of(challenger)["kind"] != "popularity":
+        popularity, _ = evaluate_recipe(recipe("popularity", settings), splits, settings)
+    decision = decide(
+        challenger_evaluations, champion_evaluations, settings.promotion,
+        data_gate_passed=_data_gate_passed(settings, data), popularity=popularity,
+        off_policy=off_policy, seed=settings.seed,
+    )  # fmt: skip
+    candidate = Candidate(registry.recipe_of(challenger), challenger_evaluations, [], 0.0,
+                          version=challenger.version)  # fmt: skip
+    _log_decision(decision, candidate, champion)
+    if decision.promote:
+        registry.set_alias(client, registry.CHAMPION, challenger.version)
+    return decision
+
+
+def evaluate_reference(
+    settings: Settings,
+    reference: str,
+    protocol: str,
+    *,
+    data: InteractionData | None = None,
+    as_is: bool = False,
+    show_progress: bool = True,
+) -> Evaluation:
+    """Evaluate a registered model (alias, version or models:/ URI) on a protocol.
+
+    By default its *recipe* is refitted on the protocol's training part: a registered model was
+    fitted on all current data, so its own weights have seen the held-out part. ``as_is``
+    scores with the stored weights, which is honest only on data the model never saw.
+    """
+    from training import registry
+
+    data = _load_data(settings, data)
+    split = protocols.split(data, protocol, settings.seed)
+    model = registry.download_model(settings, reference)
+    if as_is:
+        return evaluate(model, split)
+    the_recipe = {"kind": model.kind, "config": _recipe_config(model)}
+    evaluations, _ = evaluate_recipe(
+        the_recipe, {protocol: split}, settings, show_progress=show_progress
+    )
+    return evaluations[protocol]
+
+
+def _recipe_config(model: Recommender) -> dict[str, Any]:
+    # The stored config minus what the environment sets (paths, device, progress).
+    config = model.config
+    if not is_dataclass(config):
+        return {}
+    environment = {"text_model", "text_cache_dir", "device", "show_progress", "seed"}
+    return {f.name: getattr(config, f.name) for f in fields(config) if f.name not in environment}

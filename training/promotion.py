@@ -1,0 +1,154 @@
+"""The champion/challenger gate.
+
+The challenger is promoted only if, on the same evaluation data:
+1. the latest data gate passed (no promotion on features from a failed batch);
+2. its P1 NDCG@10 gain over the champion has a paired-bootstrap interval (per-user
+   differences resampled; Efron & Tibshirani 1993) whose lower bound is above the margin;
+3. its cold-start NDCG@10 (P2, P3a, P3b, where evaluated) drops by no more than the tolerance;
+4. when the monitoring DAG supplied off-policy estimates, the challenger's interval is not
+   entirely below the champion's observed online value.
+With no champion yet, a challenger that passes 1 (and beats popularity, when it was trained)
+becomes the first champion. Every decision comes back with its reasons and numbers, which the
+pipeline logs to MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from recloop.settings import PromotionSettings
+from training.evaluation import Evaluation
+
+COLD_START = ("P2", "P3a", "P3b")
+GATE_METRIC = "ndcg"
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reasons: list[str]
+    numbers: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"promote": self.promote, "reasons": self.reasons, "numbers": self.numbers}
+
+
+def paired_bootstrap(
+    challenger: np.ndarray, champion: np.ndarray, samples: int, confidence: float, seed: int
+) -> tuple[float, float, float]:
+    """Mean of the paired differences and its percentile bootstrap interval."""
+    if challenger.shape != champion.shape:
+        raise ValueError(f"per-user values: shapes differ ({challenger.shape} vs {champion.shape})")
+    diff = challenger - champion
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(diff), size=(samples, len(diff)))
+    means = diff[draws].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(diff.mean()), float(low), float(high)
+
+
+def _aligned(a: Evaluation, b: Evaluation, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    # Both evaluated the same split, but a user may drop out of one (no rankable relevant item).
+    common = sorted(set(a.users) & set(b.users))
+    pos_a = {u: i for i, u in enumerate(a.users)}
+    pos_b = {u: i for i, u in enumerate(b.users)}
+    return (
+        a.per_user[metric][[pos_a[u] for u in common]],
+        b.per_user[metric][[pos_b[u] for u in common]],
+    )
+
+
+def decide(
+    challenger: dict[str, Evaluation],
+    champion: dict[str, Evaluation] | None,
+    settings: PromotionSettings,
+    *,
+    data_gate_passed: bool,
+    popularity: dict[str, Evaluation] | None = None,
+    off_policy: dict[str, float] | None = None,
+    seed: int = 42,
+) -> Decision:
+    """Whether the challenger replaces the champion, and why."""
+    reasons: list[str] = []
+    numbers: dict[str, float] = {}
+    if not data_gate_passed:
+        return Decision(False, ["the latest data gate failed: nothing is promoted on its features"])
+    if "P1" not in challenger:
+        raise ValueError("challenger: the gate needs a P1 evaluation")
+    numbers["challenger.P1.ndcg"] = challenger["P1"].metrics[GATE_METRIC]
+
+    if champion is None:
+        if popularity is not None:
+            pop = popularity["P1"].metrics[GATE_METRIC]
+            numbers["popularity.P1.ndcg"] = pop
+            if numbers["challenger.P1.ndcg"] <= pop:
+                return Decision(
+                    False,
+                    [
+                        f"no champion yet, but the challenger's P1 NDCG@10 "
+                        f"{numbers['challenger.P1.ndcg']:.4f} does not beat "
+                        f"popularity's {pop:.4f}"
+                    ],
+                    numbers,
+                )
+        return Decision(
+            True, ["no champion yet: the challenger becomes the first champion"], numbers
+        )
+
+    mean, low, high = paired_bootstrap(
+        *_aligned(challenger["P1"], champion["P1"], GATE_METRIC),
+        samples=settings.bootstrap_samples,
+        confidence=settings.confidence,
+        seed=seed,
+    )
+    numbers.update(
+        {
+            "champion.P1.ndcg": champion["P1"].metrics[GATE_METRIC],
+            "gain.P1.ndcg": mean,
+            "gain.P1.ndcg.low": low,
+            "gain.P1.ndcg.high": high,
+        }
+    )
+    promote = True
+    level = f"{settings.confidence:.0%}"
+    if low > settings.margin:
+        reasons.append(
+            f"P1 NDCG@10 gain {mean:+.4f}, {level} interval [{low:+.4f}, {high:+.4f}] "
+            f"lies above the margin {settings.margin}"
+        )
+    else:
+        promote = False
+        reasons.append(
+            f"P1 NDCG@10 gain {mean:+.4f}, {level} interval [{low:+.4f}, {high:+.4f}] "
+            f"does not clear the margin {settings.margin}"
+        )
+
+    for protocol in COLD_START:
+        if protocol not in challenger or protocol not in champion:
+            continue
+        new, old = (
+            challenger[protocol].metrics[GATE_METRIC],
+            champion[protocol].metrics[GATE_METRIC],
+        )
+        numbers[f"challenger.{protocol}.ndcg"], numbers[f"champion.{protocol}.ndcg"] = new, old
+        if new < old - settings.cold_start_tolerance:
+            promote = False
+            reasons.append(
+                f"{protocol} NDCG@10 drops from {old:.4f} to {new:.4f}, beyond the "
+                f"tolerance {settings.cold_start_tolerance}"
+            )
+
+    if off_policy:
+        numbers.update({f"off_policy.{k}": v for k, v in off_policy.items()})
+        upper, online = off_policy.get("challenger_upper"), off_policy.get("champion_online")
+        if upper is not None and online is not None and upper < online:
+            promote = False
+            reasons.append(
+                f"off-policy: the challenger's CTR upper bound {upper:.4f} is below "
+                f"the champion's online CTR {online:.4f}"
+            )
+    return Decision(promote, reasons, numbers)
