@@ -38,13 +38,28 @@ class Row:
     reference: str
     reference_value: float
     protocol: str = ""
+    model: str = ""  # quality rows: which model the value belongs to
+    digits: int = 1  # decimals in the table (metrics in [0, 1] need more than timings)
 
     @property
     def ratio(self) -> float:
         return self.value / self.reference_value if self.reference_value else float("nan")
 
+    @property
+    def label(self) -> str:
+        """The table's metric cell."""
+        return f"{self.metric} ({self.model})" if self.model else self.metric
+
+    def key(self) -> tuple[str, ...]:
+        """What identifies a row in the table: a rerun replaces the row with the same key."""
+        if self.model:
+            return (self.benchmark, self.label, self.protocol)
+        return (self.benchmark, self.metric)
+
     def to_json(self) -> str:
-        data = {key: value for key, value in asdict(self).items() if key != "protocol"}
+        # Quality rows carry their protocol and model; the others describe them in the table.
+        skip = {"digits"} if self.model else {"digits", "model", "protocol"}
+        data = {key: value for key, value in asdict(self).items() if key not in skip}
         data["ratio"] = round(self.ratio, 4)
         return json.dumps(data)
 
@@ -64,14 +79,15 @@ def record(rows: list[Row], path: Path = RESULTS) -> None:
                 and len(cells) > 2
                 and not line.startswith("| benchmark")
                 and not cells[0].startswith("---")  # the header's separator row
-                and not any(cells[0] == r.benchmark and cells[1] == r.metric for r in rows)
+                and not any(tuple(cells[: len(r.key())]) == r.key() for r in rows)
             ):
                 kept.append(line)
     today = datetime.now(UTC).date().isoformat()
     for row in rows:
         kept.append(
-            f"| {row.benchmark} | {row.metric} | {row.protocol} | {row.value:,.1f} | {row.unit} "
-            f"| {row.reference} | {row.reference_value:,.1f} | {row.ratio:.2f} | {machine()} "
+            f"| {row.benchmark} | {row.label} | {row.protocol} | {row.value:,.{row.digits}f} "
+            f"| {row.unit} | {row.reference} | {row.reference_value:,.{row.digits}f} "
+            f"| {row.ratio:.2f} | {machine()} "
             f"| {today} |"
         )
     path.write_text(TITLE + HEADER + "\n".join(sorted(kept)) + "\n")

@@ -340,7 +340,7 @@ def judge(
         candidates=summaries,
         challenger=best,
         decision=decision.to_dict(),
-        champion_version=new_champion.version if new_champion else None,
+        champion_version=str(new_champion.version) if new_champion else None,
         champion_changed=decision.promote,
         data=plan["data"],
         seconds=sum(s["seconds"] for s in summaries),

@@ -1,0 +1,75 @@
+"""Popularity and EASE through the common interface: fit, score, recommend, save, load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.unit.training_data import synthetic
+from training import protocols
+from training.data import UserQuery
+from training.evaluation import evaluate
+from training.models import create, load_model
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic()
+
+
+def test_popularity_ranks_by_training_count(data) -> None:
+    model = create("popularity").fit(data)
+    counts = data.interactions["item_id"].value_counts()
+    top = model.recommend([UserQuery(user_id="nobody")], k=3, exclude_seen=False)[0]
+    assert [item for item, _ in top] == list(counts.index[:3]) or (
+        [counts[i] for i, _ in top] == sorted(counts.values, reverse=True)[:3]
+    )
+
+
+def test_ease_matches_the_closed_form(data) -> None:
+    model = create("ease", l2=10.0).fit(data)
+    x = model._matrix(data).astype(np.float64)
+    p = np.linalg.inv(x.T @ x + 10.0 * np.eye(x.shape[1]))
+    b = np.eye(x.shape[1]) - p / np.diag(p)
+    np.testing.assert_allclose(model.weights, b, atol=1e-5)
+
+
+def test_ease_learns_the_taste_groups_and_folds_in_new_users(data) -> None:
+    split = protocols.split(data, "P1")
+    ease = evaluate(create("ease", l2=10.0).fit(split.train), split).metrics["ndcg"]
+    popularity = evaluate(create("popularity").fit(split.train), split).metrics["ndcg"]
+    assert ease > popularity + 0.1
+    model = create("ease", l2=10.0).fit(data)
+    new_even = model.recommend([UserQuery(history=("i0", "i2", "i4"))], k=5)[0]
+    assert all(int(item[1:]) % 2 == 0 for item, _ in new_even)
+
+
+def test_recommend_excludes_what_the_user_saw(data) -> None:
+    model = create("ease", l2=10.0).fit(data)
+    seen = set(model.histories["u0"])
+    recommended = {item for item, _ in model.recommend([UserQuery(user_id="u0")], k=10)[0]}
+    assert recommended and not (recommended & seen)
+
+
+@pytest.mark.parametrize("kind", ["popularity", "ease"])
+def test_save_and_load_score_identically(kind: str, data, tmp_path: Path) -> None:
+    model = create(kind).fit(data)
+    users = [UserQuery(user_id="u1"), UserQuery(history=("i3",))]
+    loaded = load_model(model.save(tmp_path / kind))
+    np.testing.assert_array_equal(loaded.score(users), model.score(users))
+    assert loaded.kind == kind
+
+
+def test_unknown_items_rank_last(data) -> None:
+    model = create("popularity").fit(data)
+    scores = model.score([UserQuery(user_id="u0")], ["i0", "not-an-item"])
+    assert scores[0, 1] < scores[0, 0]
+
+
+def test_bad_kind_and_config_are_named() -> None:
+    with pytest.raises(ValueError, match="unknown 'bpr'"):
+        create("bpr")
+    with pytest.raises(ValueError, match=r"unknown config fields \['lambda'\]"):
+        create("ease", **{"lambda": 3})

@@ -1,0 +1,68 @@
+"""The evaluation protocols hold out exactly what DESIGN.md says, deterministically."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.training_data import synthetic
+from training import protocols
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic()
+
+
+def test_p1_holds_out_a_quarter_of_each_user(data) -> None:
+    split = protocols.split(data, "P1")
+    train = split.train.interactions
+    assert len(split) == data.interactions["user_id"].nunique()
+    for query, relevant, seen in zip(split.queries, split.relevant, split.exclude, strict=True):
+        assert not (relevant & seen), "a held-out item is also in training"
+        assert len(relevant) == 2 and len(seen) == 6  # 8 per user: 75 / 25
+        assert set(train[train["user_id"] == query.user_id]["item_id"]) == seen
+
+
+def test_splits_are_deterministic_for_a_seed(data) -> None:
+    one, two = protocols.split(data, "P1", 42), protocols.split(data, "P1", 42)
+    other = protocols.split(data, "P1", 7)
+    assert one.relevant == two.relevant
+    assert one.relevant != other.relevant
+
+
+def test_p2_new_items_have_no_training_interactions(data) -> None:
+    split = protocols.split(data, "P2")
+    cold = set(split.candidates)
+    assert len(cold) == round(0.2 * data.interactions["item_id"].nunique())
+    assert not (set(split.train.interactions["item_id"]) & cold)
+    assert all(relevant <= cold for relevant in split.relevant)
+    assert set(split.train.items["item_id"]) >= cold, "new items stay in the catalogue"
+
+
+def test_p3_new_users_leave_training(data) -> None:
+    a, b = protocols.split(data, "P3a"), protocols.split(data, "P3b")
+    train_users = set(a.train.interactions["user_id"])
+    assert all(q.user_id is None and q.history == () and q.attributes for q in a.queries)
+    assert len(a) == round(0.2 * data.interactions["user_id"].nunique())
+    for query, relevant in zip(b.queries, b.relevant, strict=True):
+        assert len(query.history) == 3 and not (set(query.history) & relevant)
+    # The revealed items are each user's first three by time.
+    frame = data.interactions.sort_values("interacted_at")
+    first = {
+        tuple(group["item_id"][:3]) for _, group in frame.groupby("user_id")
+        if group["user_id"].iloc[0] not in train_users
+    }  # fmt: skip
+    assert {q.history for q in b.queries} == first
+
+
+def test_p4_holds_out_each_users_last_interaction(data) -> None:
+    split = protocols.split(data, "P4")
+    last = data.interactions.sort_values("interacted_at").groupby("user_id")["item_id"].last()
+    for query, relevant in zip(split.queries, split.relevant, strict=True):
+        assert relevant == {last[query.user_id]}
+        assert query.context and "hour" in query.context
+
+
+def test_unknown_protocol_names_the_allowed() -> None:
+    with pytest.raises(ValueError, match="allowed: P1, P2, P3a, P3b, P4"):
+        protocols.split(synthetic(), "P5")
