@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 LOCK_FLAGS := --strip-extras --extra dev --allow-unsafe --generate-hashes \
 	--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
-.PHONY: setup demo test test-fast lint lock lock-upgrade bench airflow clean
+.PHONY: setup demo test test-fast lint lock lock-upgrade bench airflow mlflow clean
 
 setup: $(STAMP)
 
@@ -35,8 +35,8 @@ test-fast: setup
 	$(BIN)/pytest -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check recloop feature_repo dags tests benchmarks
-	$(BIN)/ruff format --check recloop feature_repo dags tests benchmarks
+	$(BIN)/ruff check recloop training feature_repo dags tests benchmarks
+	$(BIN)/ruff format --check recloop training feature_repo dags tests benchmarks
 	cd dbt_project && ../$(BIN)/sqlfluff lint models
 
 lock: setup
@@ -54,6 +54,10 @@ airflow: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH AIRFLOW_HOME=$(CURDIR)/var/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False RECLOOP_HOME=$(CURDIR)/var \
 	$(BIN)/airflow standalone
+
+# The MLflow UI over the local tracking store and registry (runs, plots, model cards, aliases).
+mlflow: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/var/mlflow/mlflow.db --port 5000
 
 clean:
 	rm -rf var .pytest_cache

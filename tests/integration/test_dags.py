@@ -58,7 +58,7 @@ def test_dagbag_imports_every_dag_with_tags_and_retries(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     bag = json.loads(result.stdout.strip().splitlines()[-1])
     assert bag["errors"] == {}
-    assert set(bag["dags"]) >= {"recloop_features"}
+    assert set(bag["dags"]) >= {"recloop_features", "recloop_training"}
     assert len(bag["dags"]) == len(list((REPO / "dags").glob("*.py")))
     for dag_id, dag in bag["dags"].items():
         assert Path(dag["file"]).stem == dag_id, "a DAG file is named after its DAG"
@@ -67,18 +67,28 @@ def test_dagbag_imports_every_dag_with_tags_and_retries(tmp_path: Path) -> None:
             assert retries >= 1, f"{dag_id}.{task_id} has no retries"
 
 
-def run_dag(tmp_path: Path, home: Path, logical_date: datetime) -> None:
-    env = airflow_environment(tmp_path, home)
+def run_dag(
+    tmp_path: Path,
+    home: Path,
+    logical_date: datetime,
+    dag_id: str = "recloop_features",
+    tasks: int = 5,
+    extra_env: dict[str, str] | None = None,
+) -> str:
+    env = {**airflow_environment(tmp_path, home), **(extra_env or {})}
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
     result = subprocess.run(
-        [AIRFLOW, "dags", "test", "recloop_features", logical_date.isoformat()],
-        env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        [AIRFLOW, "dags", "test", dag_id, logical_date.isoformat()],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     output = result.stdout + result.stderr
     finished = [line for line in output.splitlines() if "DagRun Finished" in line]
     assert result.returncode == 0 and finished and "state=success" in finished[0], output[-4000:]
     # A run before the DAG's start date "succeeds" with no task run: count the tasks.
-    assert output.count("new_state=success") == 5, output[-4000:]
+    assert output.count("new_state=success") == tasks, output[-4000:]
+    return output
 
 
 def assert_online_matches_marts(home: Path, end: datetime) -> None:
@@ -124,3 +134,33 @@ def test_dags_test_on_movielens_100k(ml100k: Path, tmp_path: Path) -> None:
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     run_dag(tmp_path, home, now)
     assert_online_matches_marts(home, now)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_training_dag_after_the_feature_dag(tmp_path: Path) -> None:
+    """recloop_features, then recloop_training: candidates registered, a champion set."""
+    import mlflow
+
+    from training import registry
+
+    home = tmp_path / "var"
+    subprocess.run([RECLOOP, "simulate", "--users", "120", "--items", "60", "--days", "6",
+                    "--json"], env={**os.environ, "RECLOOP_HOME": str(home)}, check=True,
+                   capture_output=True)  # fmt: skip
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    run_dag(tmp_path, home, now)
+    kinds = ["popularity", "ease", "two_tower"]
+    # begin, candidates, one train per kind, judge, champion_changed, announce
+    run_dag(tmp_path, home, now, dag_id="recloop_training", tasks=5 + len(kinds), extra_env={
+        "RECLOOP_TRAINING__MODELS": json.dumps(kinds),
+        "RECLOOP_TRAINING__MODEL_CONFIG_OVERRIDES": json.dumps({"two_tower": {"epochs": 2}}),
+    })  # fmt: skip
+    settings = Settings(home=home)
+    client = mlflow.MlflowClient(settings.tracking_uri())
+    versions = client.search_model_versions(f"name='{registry.MODEL_NAME}'")
+    assert sorted(v.tags["kind"] for v in versions) == sorted(kinds)
+    champion = client.get_model_version_by_alias(registry.MODEL_NAME, registry.CHAMPION)
+    run = client.get_run(champion.run_id)
+    assert "P1.ndcg_at_10" in run.data.metrics
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model_card.md", "plots"}

@@ -73,3 +73,16 @@ def test_bad_kind_and_config_are_named() -> None:
         create("bpr")
     with pytest.raises(ValueError, match=r"unknown config fields \['lambda'\]"):
         create("ease", **{"lambda": 3})
+
+
+def test_two_stage_blends_and_round_trips(data, tmp_path: Path) -> None:
+    model = create("two_stage", ranker="popularity", candidates=5, ranker_weight=0.5).fit(data)
+    users = [UserQuery(user_id="u0"), UserQuery(history=("i1", "i3"))]
+    scores = model.score(users)
+    assert scores.shape == (2, len(model.item_ids)) and np.isfinite(scores).all()
+    # The pool (at most 2 x 5 items) ranks above everything else.
+    assert (np.sort(scores, axis=1)[:, -1] > np.sort(scores, axis=1)[:, -11]).all()
+    loaded = load_model(model.save(tmp_path / "two_stage"))
+    np.testing.assert_array_equal(loaded.score(users), scores)
+    with pytest.raises(ValueError, match="ranker_weight"):
+        create("two_stage", ranker_weight=2.0)

@@ -3,6 +3,7 @@ below; the training pipeline, MLflow wrapper and service pick it up by its ``kin
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from pathlib import Path
@@ -39,8 +40,8 @@ def create(kind: str, **config: Any) -> Recommender:
                 f"{kind}: unknown config fields {sorted(unknown)} "
                 f"(allowed: {sorted(vars(defaults))})"
             )
-        for name, value in config.items():
-            setattr(defaults, name, value)
+        # replace() runs the config's own checks (__post_init__) on the new values.
+        defaults = dataclasses.replace(defaults, **config)
     return cls(defaults)
 
 
