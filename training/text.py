@@ -29,6 +29,9 @@ def default_model_path() -> str:
 def load_encoder(model_path: str | None = None, device: str = "cpu"):
     """(tokenizer, model) from a local folder, offline."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars in every task log otherwise
 
     path = model_path or default_model_path()
     if not Path(path).is_dir():

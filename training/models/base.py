@@ -87,8 +87,9 @@ class Recommender(ABC):
         columns = np.fromiter((self.item_index.get(i, -1) for i in item_ids), dtype=np.int64)
         out = scores[:, np.maximum(columns, 0)]
         if (columns < 0).any():
-            # An item the model never heard of ranks below every item it knows.
-            out[:, columns < 0] = scores.min(initial=0.0) - 1.0
+            # An item the model never heard of ranks below every item it knows (per user, so a
+            # user's scores do not depend on who else is in the batch).
+            out[:, columns < 0] = scores.min(axis=1, keepdims=True, initial=0.0) - 1.0
         return out
 
     def recommend(
@@ -153,7 +154,10 @@ class Recommender(ABC):
 
     def _remember(self, data: InteractionData) -> None:
         self._set_catalogue(list(data.items["item_id"]))
-        ordered = data.interactions.sort_values(["user_id", "interacted_at"], kind="stable")
+        # The protocols' order (time, then item id for ties), so that histories and splits agree.
+        ordered = data.interactions.sort_values(
+            ["user_id", "interacted_at", "item_id"], kind="stable"
+        )
         self.histories = {
             user: tuple(items) for user, items in ordered.groupby("user_id", sort=False)["item_id"]
         }
