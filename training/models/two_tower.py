@@ -1,26 +1,31 @@
 """A two-tower retrieval model: the platform's cold-start model.
 
 A user tower and an item tower map each side to a vector; the score is their dot product
-plus an item bias, so every item can be precomputed and retrieval is one matrix product.
+(an item bias rides along as one more coordinate), so all item vectors are precomputed and
+scoring is one matrix product.
 
-User tower: the user's id, attribute tokens (``gender=f``, ``age=25-34``), the mean of their
-history's item embeddings and frozen text embeddings, a bucket of the history's length and
-their profile text embedding. The history is read at request time, so a new user's first
-clicks fold in at once; ids are dropped during training (and histories cut short) so the
-tower also works for users it never saw, from their attributes and a few clicks.
+User tower: an MLP over the user's id, the means of their history's item id embeddings and
+frozen text embeddings, a bucket of the history's length and their profile text embedding,
+plus the mean of their attribute token embeddings (``gender=f``, ``age=25-34``) added
+outside the MLP. The history is read at request time, so a new user's first clicks fold in
+at once. Training shows the tower new users: ids drop out, and some examples keep only 0-5
+history items (half of them the user's first by time, as a new user's are).
 
-Item tower: the item's id embedding added to a projection of its sentence embedding
-(all-MiniLM-L6-v2 over ``item_text``, frozen, or fine-tuned with LoRA), and an item bias
-from both. Item ids are dropped during training, so an item without interactions (a new
-one) is scored from its text alone.
+Item tower: the item's id embedding and bias plus an MLP over its sentence embedding
+(all-MiniLM-L6-v2 over ``item_text``; frozen, or fine-tuned with LoRA). Each step scores the
+batch twice, with the ids and with all of them dropped (text only, as an item without
+interactions is scored); dropout on the text embedding keeps that path from memorising.
 
-Loss: softmax over in-batch negatives with the logQ correction for their popularity
-sampling (default), or BPR with uniformly sampled negatives.
+Loss: softmax over the in-batch positives (and optional uniform extras) with the logQ
+correction, so the scores keep the popularity a cold user's ranking leans on; or BPR with
+uniformly drawn negatives. AdamW with cosine learning-rate decay.
 
 References:
 - Covington, Adams, Sargin. Deep Neural Networks for YouTube Recommendations. RecSys 2016.
 - Yi et al. Sampling-Bias-Corrected Neural Modeling for Large Corpus Item Recommendations.
   RecSys 2019 (in-batch softmax, logQ correction).
+- Yang et al. Mixed Negative Sampling for Learning Two-tower Neural Networks in
+  Recommendations. WWW 2020 Companion (in-batch plus uniform negatives).
 - Volkovs, Yu, Poutanen. DropoutNet: Addressing Cold Start in Recommender Systems.
   NeurIPS 2017 (id dropout).
 - Rendle et al. BPR: Bayesian Personalized Ranking from Implicit Feedback. UAI 2009.
@@ -39,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.data import InteractionData, Vocabulary, attribute_tokens, item_text
+from training.data import ATTRIBUTES, InteractionData, Vocabulary, attribute_tokens, item_text
 from training.models.base import Recommender, ResolvedUser
 
 LOSSES = ("sampled_softmax", "bpr")
@@ -52,16 +57,20 @@ LENGTH_BUCKETS = np.array([1, 2, 3, 4, 6, 11, 21, 51, 101])
 class TwoTowerConfig:
     dim: int = 64  # size of the user and item vectors
     hidden: int = 256  # width of the towers' hidden layer
-    epochs: int = 20  # passes over the training interactions
+    epochs: int = 10  # passes over the training interactions
     batch_size: int = 512  # interactions per step (and in-batch negatives per positive)
     lr: float = 2e-3  # AdamW learning rate
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
-    dropout: float = 0.1  # on the towers' hidden layers
+    dropout: float = 0.3  # on the towers' hidden layers
     user_id_dropout: float = 0.3  # share of examples whose user id is replaced by "unknown"
-    item_id_dropout: float = 0.5  # share of examples whose item id is replaced by "unknown"
+    text_only_weight: float = 0.5  # loss weight of the pass with all item ids dropped
+    text_dropout: float = 0.5  # on the item text embedding, before the item tower
+    max_history: int = 200  # history items pooled per training example, at most (on average)
     cold_user_share: float = 0.3  # examples posing as a new user: no id, 0-5 history items
+    cold_first_share: float = 0.5  # of those, the share revealing their first items by time
     temperature: float = 0.1  # softmax temperature on the dot product
     logq_correction: bool = True  # subtract log sampling probability of in-batch negatives
+    extra_negatives: int = 0  # uniformly sampled negatives per step besides the in-batch ones
     loss: str = "sampled_softmax"  # "sampled_softmax" (in-batch negatives) or "bpr"
     seed: int = 42
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
@@ -82,17 +91,23 @@ class TwoTowerConfig:
                     f"(expected {expected})"
                 )
 
-        for name in ("dim", "hidden", "epochs", "batch_size", "lora_rank"):
+        for name in ("dim", "hidden", "epochs", "batch_size", "max_history", "lora_rank"):
             value = getattr(self, name)
             check(name, isinstance(value, int) and value >= 1, "a positive integer")
         check("batch_size", self.batch_size >= 2, "at least 2")
-        for name in ("dropout", "user_id_dropout", "item_id_dropout", "cold_user_share"):
+        for name in ("dropout", "user_id_dropout", "text_dropout", "cold_user_share"):
             value = getattr(self, name)
             check(name, isinstance(value, int | float) and 0 <= value < 1, "a number in [0, 1)")
+        value = self.cold_first_share
+        check("cold_first_share", isinstance(value, int | float) and 0 <= value <= 1, "[0, 1]")
         for name in ("lr", "temperature"):
             value = getattr(self, name)
             check(name, isinstance(value, int | float) and value > 0, "a positive number")
-        check("weight_decay", self.weight_decay >= 0, "a number >= 0")
+        for name in ("weight_decay", "text_only_weight"):
+            value = getattr(self, name)
+            check(name, isinstance(value, int | float) and value >= 0, "a number >= 0")
+        value = self.extra_negatives
+        check("extra_negatives", isinstance(value, int) and value >= 0, "an integer >= 0")
         check("loss", self.loss in LOSSES, f"one of {LOSSES}")
         check("text_encoder", self.text_encoder in TEXT_ENCODERS, f"one of {TEXT_ENCODERS}")
         check(
@@ -122,7 +137,7 @@ class UserTower(nn.Module):
         self.history_text = nn.Linear(text_dim, d)  # mean text embedding of the history
         self.profile_text = nn.Linear(text_dim, d)  # the user's own text, zeros when absent
         self.length = nn.Embedding(len(LENGTH_BUCKETS) + 1, d)
-        self.mlp = _mlp(6 * d, c.hidden, d, c.dropout)
+        self.mlp = _mlp(5 * d, c.hidden, d, c.dropout)
         for table in (self.user, self.token, self.history_item, self.length):
             nn.init.normal_(table.weight, std=0.02)
 
@@ -138,15 +153,16 @@ class UserTower(nn.Module):
         features = torch.cat(
             [
                 self.user(batch["user"]),
-                attributes,
                 history_ids,
                 self.history_text(history_text),
                 self.profile_text(batch["profile"]),
                 self.length(batch["length"]),
             ],
             dim=1,
-        )  # (B, 6d)
-        return self.mlp(features)  # (B, d)
+        )  # (B, 5d)
+        # Attributes add outside the MLP: shared by many users, they cannot stand in for an
+        # id, so an attribute-only user gets a demographic tilt, not a training user's taste.
+        return self.mlp(features) + attributes  # (B, d)
 
 
 class ItemTower(nn.Module):
@@ -154,15 +170,17 @@ class ItemTower(nn.Module):
         super().__init__()
         self.item = nn.Embedding(n_items, c.dim)  # index 0: unknown (new) item
         self.item_bias = nn.Embedding(n_items, 1)
-        self.text = _mlp(text_dim, c.hidden, c.dim, c.dropout)
-        self.text_bias = nn.Linear(text_dim, 1)
+        self.text = nn.Sequential(
+            nn.Dropout(c.text_dropout), _mlp(text_dim, c.hidden, c.dim + 1, c.dropout)
+        )  # vector and bias
         nn.init.normal_(self.item.weight, std=0.02)
         nn.init.zeros_(self.item_bias.weight)
 
     def forward(self, ids: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # ids: (N,) vocabulary indices (0 = unknown); text: (N, text) sentence embeddings
-        vectors = self.item(ids) + self.text(text)  # (N, d)
-        bias = self.item_bias(ids).squeeze(1) + self.text_bias(text).squeeze(1)  # (N,)
+        from_text = self.text(text)  # (N, d + 1)
+        vectors = self.item(ids) + from_text[:, :-1]  # (N, d)
+        bias = self.item_bias(ids).squeeze(1) + from_text[:, -1]  # (N,)
         return vectors, bias
 
 
@@ -189,13 +207,17 @@ class TwoTower(Recommender):
         self.history: list[dict[str, float]] = []  # per-epoch training loss
         self.towers: Towers | None = None
         self.encoder = None  # the LoRA-tuned text encoder while fitting with text_encoder="lora"
+        self.item_text_tuned: torch.Tensor | None = None  # its item embeddings, after fitting
 
     # -- fitting ---------------------------------------------------------------------------
 
     def _fit(self, data: InteractionData, warm_start: Recommender | None) -> None:
         c = self.config
         c.validate()
+        if data.interactions.empty:
+            raise ValueError(f"{data.name}: no interactions to train a two_tower model on")
         self.device = _device(c.device)
+        self.item_text_tuned = None
         torch.manual_seed(c.seed)
         rng = np.random.default_rng(c.seed)
 
@@ -212,16 +234,25 @@ class TwoTower(Recommender):
         frame = data.interactions
         users = self.user_vocab.lookup(list(frame["user_id"]))  # (N,)
         items = frame["item_id"].map(self.item_index).to_numpy(np.int64)  # (N,) catalogue
-        order = np.lexsort((items, users))
+        # Each user's interactions in time order (ties by item), as the protocols order them.
+        times = frame["interacted_at"].to_numpy()
+        order = np.lexsort((frame["item_id"].to_numpy(), times, users))
         users, items = users[order], items[order]
         indptr = np.searchsorted(users, np.arange(len(self.user_vocab) + 1))
         counts = np.bincount(items, minlength=len(self.item_ids)).astype(np.float64)
-        logq = torch.from_numpy(np.log(np.maximum(counts, 1) / len(items))).float()
+        # Expected times an item is drawn among one step's negatives: in-batch (by popularity)
+        # plus uniformly sampled extras.
+        n_extra = min(c.extra_negatives, len(self.trained_items))
+        batch_size = min(c.batch_size, len(items))
+        expected = batch_size * counts / len(items) + n_extra / max(len(self.trained_items), 1)
+        logq = torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float()
 
         text = self.text.to(self.device)
         tokens = torch.from_numpy(self.user_tokens)
         profiles = self.user_profiles
         item_ids = torch.from_numpy(self.item_id_index)
+        item_ids_device = item_ids.to(self.device)
+        logq = logq.to(self.device)
         if c.text_encoder == "lora":
             self._start_lora(data)
         parameters = [p for p in self.towers.parameters()] + (
@@ -229,6 +260,10 @@ class TwoTower(Recommender):
         )
         optimizer = torch.optim.AdamW(parameters, lr=c.lr, weight_decay=c.weight_decay)
         steps_per_epoch = max(1, len(users) // c.batch_size)
+        # Cosine decay of the learning rate over the whole run.
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=c.epochs * steps_per_epoch, eta_min=c.lr / 20
+        )
         bar = _progress(c.epochs * steps_per_epoch, "training two_tower", c.show_progress)
         self.history = []
         for epoch in range(c.epochs):
@@ -242,25 +277,28 @@ class TwoTower(Recommender):
                 )
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 user_vectors = self.towers.users(batch, text)  # (B, d)
-                item_text_vectors = self._item_text(batch["target"], text)  # (B, text)
-                item_vectors, bias = self.towers.items(batch["target_ids"], item_text_vectors)
-                if c.loss == "sampled_softmax":
-                    loss = self._softmax_loss(
-                        user_vectors, item_vectors, bias, batch["target"], logq.to(self.device)
+                # The columns every user is scored against: the batch's positives, then
+                # uniformly drawn negatives (extras for the softmax, one per user for BPR).
+                columns = batch["target"]
+                n_negatives = len(rows) if c.loss == "bpr" else n_extra
+                if n_negatives:
+                    negatives = rng.choice(self.trained_items, n_negatives, replace=c.loss == "bpr")
+                    columns = torch.cat([columns, torch.from_numpy(negatives).to(self.device)])
+                column_text = self._item_text(columns, text)  # (columns, text)
+                ids = item_ids_device[columns]
+                # Item id dropout, for the whole batch at once: a second pass scores every
+                # column from text alone, as new items are. (Dropping ids per column mixes
+                # both kinds in one softmax and blurs what the ids learn: popularity.)
+                loss = self._loss(user_vectors, columns, ids, column_text, logq)
+                if c.text_only_weight:
+                    text_only = self._loss(
+                        user_vectors, columns, torch.zeros_like(ids), column_text, logq
                     )
-                else:
-                    negatives = torch.from_numpy(rng.choice(self.trained_items, size=len(rows))).to(
-                        self.device
-                    )
-                    negative_vectors, negative_bias = self.towers.items(
-                        item_ids.to(self.device)[negatives], self._item_text(negatives, text)
-                    )
-                    positive = (user_vectors * item_vectors).sum(1) + bias
-                    negative = (user_vectors * negative_vectors).sum(1) + negative_bias
-                    loss = -F.logsigmoid(positive - negative).mean()
+                    loss = loss + c.text_only_weight * text_only
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                schedule.step()
                 total += loss.item()
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
@@ -271,16 +309,25 @@ class TwoTower(Recommender):
             self.encoder = None
         self._precompute_items()
 
-    def _softmax_loss(self, users, items, bias, targets, logq) -> torch.Tensor:
+    def _loss(self, users, columns, ids, column_text, logq) -> torch.Tensor:
+        """The loss of a step: users (B, d) against item columns (C,) whose first B are the
+        users' positives; ids (C,) are the columns' id indices (0: scored from text)."""
         c = self.config
-        logits = (users @ items.T) / c.temperature + bias[None, :]  # (B, B)
+        n = len(users)
+        items, bias = self.towers.items(ids, column_text)  # (C, d), (C,)
+        if c.loss == "bpr":
+            scores = ((users * items[:n]).sum(1) + bias[:n]) - (
+                (users * items[n:]).sum(1) + bias[n:]
+            )  # (B,)
+            return -F.logsigmoid(scores / c.temperature).mean()
+        logits = (users @ items.T + bias[None, :]) / c.temperature  # (B, columns)
         if c.logq_correction:
-            logits = logits - logq[targets][None, :]
-        # The same item twice in a batch is no negative for itself.
-        same = targets[:, None] == targets[None, :]
-        same.fill_diagonal_(False)
+            logits = logits - logq[columns][None, :]
+        # The same item twice among the columns is no negative for itself.
+        same = columns[:n, None] == columns[None, :]  # (B, columns)
+        same[:, :n].fill_diagonal_(False)
         logits = logits.masked_fill(same, float("-inf"))
-        labels = torch.arange(len(targets), device=logits.device)
+        labels = torch.arange(n, device=logits.device)
         return F.cross_entropy(logits, labels)
 
     def _training_batch(
@@ -292,17 +339,24 @@ class TwoTower(Recommender):
         n = len(users)
         cold = rng.random(n) < c.cold_user_share
         lengths = indptr[users + 1] - indptr[users]  # (n,)
-        keep = np.where(cold, rng.integers(0, 6, n) / np.maximum(lengths - 1, 1), 1.0)
+        revealed = rng.integers(0, 6, n)  # (n,) history items a new user has
+        first = cold & (rng.random(n) < c.cold_first_share)  # their first ones by time
+        # The others get random ones. Long histories are subsampled (their mean stays the same
+        # on average), which bounds a step's cost on data sets with heavy users.
+        wanted = np.where(cold, revealed, c.max_history)
+        keep = np.minimum(wanted / np.maximum(lengths - 1, 1), 1.0)  # (n,) share kept
         # Every history entry of every example, flat: row r owns lengths[r] entries.
         rows = np.repeat(np.arange(n), lengths)
-        starts = np.repeat(indptr[users] - (np.cumsum(lengths) - lengths), lengths)
-        history = indices[np.arange(len(rows)) + starts]
-        kept = (history != targets[rows]) & (rng.random(len(rows)) < keep[rows])
+        cumstart = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        position = np.arange(len(rows)) - cumstart  # within the user's time-ordered history
+        history = indices[position + np.repeat(indptr[users], lengths)]
+        chosen = np.where(
+            first[rows], position < revealed[rows], rng.random(len(rows)) < keep[rows]
+        )
+        kept = (history != targets[rows]) & chosen
         history, rows = history[kept], rows[kept]
         sizes = np.bincount(rows, minlength=n)
         user_ids = np.where(cold | (rng.random(n) < c.user_id_dropout), 0, users)
-        target_ids = item_ids.numpy()[targets]
-        target_ids = np.where(rng.random(n) < c.item_id_dropout, 0, target_ids)
         history_t = torch.from_numpy(history)
         return {
             "user": torch.from_numpy(user_ids),
@@ -313,7 +367,6 @@ class TwoTower(Recommender):
             "length": torch.from_numpy(np.searchsorted(LENGTH_BUCKETS, sizes, side="right")),
             "profile": profiles[users],
             "target": torch.from_numpy(targets),
-            "target_ids": torch.from_numpy(target_ids),
         }
 
     def _item_text(self, items: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -340,9 +393,10 @@ class TwoTower(Recommender):
         )  # (users, attributes)
 
     def _tokens(self, attributes: list[dict[str, Any]]) -> np.ndarray:
-        out = np.zeros((len(attributes), 3), dtype=np.int64)
+        """(users, attributes) token indices, 0 where an attribute is missing or unknown."""
+        out = np.zeros((len(attributes), len(ATTRIBUTES)), dtype=np.int64)
         for row, attrs in enumerate(attributes):
-            found = [self.token_vocab.index.get(t, 0) for t in attribute_tokens(attrs)][:3]
+            found = [self.token_vocab.index.get(t, 0) for t in attribute_tokens(attrs)]
             out[row, : len(found)] = found
         return out
 
@@ -428,20 +482,21 @@ class TwoTower(Recommender):
         new_state = self.towers.state_dict()
         for name, tensor in new_state.items():
             source = old_state[name].to(tensor.device)
-            if name in tables:
-                old_vocab, new_vocab = tables[name]
-                rows = old_vocab.lookup(new_vocab.ids)  # (new ids,) old row or 0
-                rows[0] = 0
-                known = torch.from_numpy(np.flatnonzero(rows) if len(rows) else rows)
-                tensor[0] = source[0]
-                tensor[known] = source[torch.from_numpy(rows)[known]]
-            elif source.shape == tensor.shape:
-                tensor.copy_(source)
-            else:
+            if source.shape[1:] != tensor.shape[1:] or (
+                name not in tables and source.shape != tensor.shape
+            ):
                 raise ValueError(
                     f"warm_start: {name} has shape {tuple(source.shape)}, this config needs "
                     f"{tuple(tensor.shape)} (dim, hidden or the text model differ)"
                 )
+            if name in tables:
+                old_vocab, new_vocab = tables[name]
+                rows = old_vocab.lookup(new_vocab.to_list())  # (new ids,) old row or 0
+                known = np.flatnonzero(rows)
+                tensor[0] = source[0]  # "unknown" is the same for both
+                tensor[torch.from_numpy(known + 1)] = source[torch.from_numpy(rows[known])]
+            else:
+                tensor.copy_(source)
         self.towers.load_state_dict(new_state)
 
     # -- scoring ---------------------------------------------------------------------------
@@ -450,12 +505,12 @@ class TwoTower(Recommender):
     def _precompute_items(self) -> None:
         """(items, dim + 1) item vectors with the bias as last column: score = u . v."""
         self.towers.eval()
-        text = getattr(self, "item_text_tuned", None)
-        text = (text if text is not None else self.text).to(self.device)
+        text = self.item_text_tuned if self.item_text_tuned is not None else self.text
+        text = text.to(self.device)
         ids = torch.from_numpy(self.item_id_index).to(self.device)
         vectors, bias = self.towers.items(ids, text)  # (items, d), (items,)
-        vectors = vectors / self.config.temperature
-        self.item_vectors = torch.cat([vectors, bias[:, None]], dim=1).cpu().numpy()
+        vectors = torch.cat([vectors, bias[:, None]], dim=1) / self.config.temperature
+        self.item_vectors = vectors.cpu().numpy()
 
     def _score(self, users: list[ResolvedUser]) -> np.ndarray:
         return self.user_vectors(users) @ self.item_vectors.T
@@ -513,7 +568,8 @@ class TwoTower(Recommender):
 
     def _load_state(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
         del path
-        self.device = _device(self.config.device)
+        # A model trained on a GPU still loads (and scores) where there is none.
+        self.device = _device(self.config.device if torch.cuda.is_available() else "cpu")
         self.user_vocab = Vocabulary(arrays["user_vocab"].tolist())
         self.item_vocab = Vocabulary(arrays["item_vocab"].tolist())
         self.token_vocab = Vocabulary(arrays["token_vocab"].tolist())

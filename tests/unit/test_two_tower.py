@@ -1,0 +1,205 @@
+"""The two-tower model on a tiny synthetic data set, with the real MiniLM text encoder."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from training.data import InteractionData, UserQuery
+from training.models import create, load_model
+from training.models.two_tower import TwoTower, TwoTowerConfig
+
+GENRES = ["Comedy", "Drama", "Horror", "Sci-Fi"]
+COLD_ITEM = "i19"  # in the catalogue, never interacted with
+
+
+def tiny_data(n_users: int = 30, n_items: int = 20, seed: int = 0) -> InteractionData:
+    """Users who like one genre each; item i19 has no interactions (a new item)."""
+    rng = np.random.default_rng(seed)
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(n_items)],
+            "title": [f"Movie number {i}" for i in range(n_items)],
+            "text": [
+                f"Movie number {i} ({1980 + i}). Genres: {GENRES[i % 4]}." for i in range(n_items)
+            ],
+            "categories": [[GENRES[i % 4]] for i in range(n_items)],
+        }
+    )
+    users = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in range(n_users)],
+            "age": [18 + (u * 7) % 50 for u in range(n_users)],
+            "gender": ["F" if u % 2 else "M" for u in range(n_users)],
+            "occupation": [["writer", "student", "engineer"][u % 3] for u in range(n_users)],
+            "profile_text": [f"I love {GENRES[u % 4]} films" if u % 5 == 0 else None
+                             for u in range(n_users)],
+        }
+    )  # fmt: skip
+    rows = []
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    for u in range(n_users):
+        liked = [i for i in range(n_items - 1) if i % 4 == u % 4]
+        others = [i for i in range(n_items - 1) if i % 4 != u % 4]
+        chosen = list(rng.choice(liked, 3, replace=False)) + list(rng.choice(others, 2))
+        for step, i in enumerate(dict.fromkeys(chosen)):
+            rows.append((f"u{u}", f"i{i}", start + pd.Timedelta(minutes=60 * u + step)))
+    interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "interacted_at"])
+    interactions["hour"] = interactions["interacted_at"].dt.hour
+    interactions["weekday"] = interactions["interacted_at"].dt.weekday
+    interactions["device"] = "unknown"
+    return InteractionData(users, items, interactions, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    # Shared by the module's tests, so the texts are encoded once.
+    return str(tmp_path_factory.mktemp("text-cache"))
+
+
+@pytest.fixture(scope="module")
+def data() -> InteractionData:
+    return tiny_data()
+
+
+def small(cache_dir: str, **changes) -> TwoTower:
+    config = {
+        "dim": 8, "hidden": 16, "epochs": 3, "batch_size": 32, "show_progress": False,
+        "text_cache_dir": cache_dir, "device": "cpu", **changes,
+    }  # fmt: skip
+    model = create("two_tower", **config)
+    assert isinstance(model, TwoTower)
+    return model
+
+
+@pytest.fixture(scope="module")
+def fitted(data: InteractionData, cache_dir: str) -> TwoTower:
+    return small(cache_dir).fit(data)
+
+
+KNOWN = [UserQuery(user_id="u1"), UserQuery(user_id="u2"), UserQuery(user_id="u5")]
+NEW = [
+    UserQuery(attributes={"age": 30, "gender": "F", "occupation": "writer"}),
+    UserQuery(history=("i1", "i5"), attributes={"gender": "M"}),
+    UserQuery(profile_text="Scary horror movies, please", history=("i2",)),
+]
+
+
+def test_fit_and_score_shapes(fitted: TwoTower) -> None:
+    scores = fitted.score(KNOWN + NEW)
+    assert scores.shape == (6, 20)
+    assert np.isfinite(scores).all()
+    subset = fitted.score(KNOWN, ["i3", "i0", "not-an-item"])
+    assert subset.shape == (3, 3)
+    np.testing.assert_array_equal(subset[:, :2], scores[:3][:, [3, 0]])
+    assert (subset[:, 2] < scores[:3].min()).all()
+    assert [row["epoch"] for row in fitted.history] == [1, 2, 3]
+    assert all(np.isfinite(row["loss"]) for row in fitted.history)
+    top = fitted.recommend([UserQuery(user_id="u1")], k=5)[0]
+    assert len(top) == 5
+    assert not {item for item, _ in top} & set(fitted.histories["u1"])
+
+
+def test_the_same_seed_gives_the_same_scores(data: InteractionData, cache_dir: str) -> None:
+    first = small(cache_dir).fit(data).score(KNOWN + NEW)
+    second = small(cache_dir).fit(data).score(KNOWN + NEW)
+    other = small(cache_dir, seed=7).fit(data).score(KNOWN + NEW)
+    np.testing.assert_array_equal(first, second)
+    assert not np.allclose(first, other)
+
+
+def test_save_and_load_give_identical_scores(fitted: TwoTower, tmp_path) -> None:
+    fitted.save(tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
+    assert isinstance(loaded, TwoTower)
+    np.testing.assert_array_equal(loaded.score(KNOWN + NEW), fitted.score(KNOWN + NEW))
+    assert loaded.config == fitted.config
+
+
+def test_an_item_without_interactions_is_scored_from_its_text(fitted: TwoTower) -> None:
+    assert fitted.item_id_index[fitted.item_index[COLD_ITEM]] == 0  # no id of its own
+    scores = fitted.score(KNOWN + NEW)
+    cold = scores[:, fitted.item_index[COLD_ITEM]]
+    assert np.isfinite(cold).all()
+    others = np.delete(scores, fitted.item_index[COLD_ITEM], axis=1)
+    assert not np.isclose(others, cold[:, None]).any()
+
+
+def test_a_new_user_with_attributes_only_gets_scores(fitted: TwoTower) -> None:
+    writer = UserQuery(attributes={"age": 30, "gender": "F", "occupation": "writer"})
+    student = UserQuery(attributes={"age": 19, "gender": "M", "occupation": "student"})
+    scores = fitted.score([writer, student, UserQuery()])
+    assert np.isfinite(scores).all()
+    assert not np.allclose(scores[0], scores[1])
+    # A few clicks change a new user's ranking at once.
+    clicked = fitted.score([UserQuery(history=("i2", "i6"), attributes=writer.attributes)])
+    assert not np.allclose(clicked[0], scores[0])
+
+
+def test_warm_start_maps_weights_by_id_and_trains_on(fitted: TwoTower, cache_dir: str) -> None:
+    # Newer data: some users gone (so indices shift), a new user and the new item's clicks.
+    newer = tiny_data(seed=1)
+    keep = ~newer.interactions["user_id"].isin(["u0", "u3", "u4"])
+    extra = newer.interactions.iloc[:2].assign(user_id="u99", item_id=COLD_ITEM)
+    newer = newer.with_interactions(pd.concat([newer.interactions[keep], extra]))
+
+    def user_row(model: TwoTower, user: str) -> torch.Tensor:
+        return model.towers.users.user.weight[model.user_vocab.index[user]].detach().clone()
+
+    copied = small(cache_dir, lr=1e-12).fit(newer, warm_start=fitted)
+    for user in ("u1", "u10", "u29"):
+        torch.testing.assert_close(user_row(copied, user), user_row(fitted, user))
+    assert copied.user_vocab.index["u10"] != fitted.user_vocab.index["u10"]
+
+    trained = small(cache_dir).fit(newer, warm_start=fitted)
+    assert not torch.allclose(user_row(trained, "u10"), user_row(fitted, "u10"))
+    assert trained.item_id_index[trained.item_index[COLD_ITEM]] > 0
+    assert np.isfinite(trained.score([*KNOWN, UserQuery(user_id="u99")])).all()
+
+    with pytest.raises(ValueError, match="warm_start"):
+        small(cache_dir, dim=4).fit(newer, warm_start=fitted)
+
+
+def test_bpr_loss_trains(data: InteractionData, cache_dir: str) -> None:
+    model = small(cache_dir, loss="bpr", epochs=1).fit(data)
+    assert np.isfinite(model.score(KNOWN + NEW)).all()
+
+
+def test_lora_fine_tunes_the_text_encoder(data: InteractionData, cache_dir: str, tmp_path):
+    started = time.perf_counter()
+    model = small(cache_dir, text_encoder="lora", lora_rank=2, epochs=1).fit(data)
+    assert time.perf_counter() - started < 120
+    scores = model.score(KNOWN + NEW)
+    assert np.isfinite(scores).all()
+    assert model.encoder is None  # the encoder is only needed while fitting
+    np.testing.assert_array_equal(
+        load_model(model.save(tmp_path / "lora")).score(KNOWN + NEW), scores
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"loss": "hinge"}, "loss"),
+        ({"text_encoder": "full"}, "text_encoder"),
+        ({"dim": 0}, "dim"),
+        ({"user_id_dropout": 1.5}, "user_id_dropout"),
+        ({"device": "tpu"}, "device"),
+        ({"lr": -1.0}, "lr"),
+    ],
+)
+def test_a_wrong_config_value_names_the_field(data, cache_dir, changes, field) -> None:
+    with pytest.raises(ValueError, match=rf"\b{field}="):
+        TwoTowerConfig(**changes)
+    # create() sets fields after construction: fit checks them again.
+    with pytest.raises(ValueError, match=rf"\b{field}="):
+        small(cache_dir, **changes).fit(data)
+
+
+def test_data_without_interactions_is_refused(data: InteractionData, cache_dir: str) -> None:
+    with pytest.raises(ValueError, match="interactions"):
+        small(cache_dir).fit(data.with_interactions(data.interactions.iloc[:0]))
