@@ -18,7 +18,6 @@ import numpy as np
 from training.data import InteractionData
 from training.models.base import Recommender, ResolvedUser
 
-
 DEFAULT_L2 = 300.0  # the reference "ease_plain" of the quality benchmark
 
 
