@@ -74,6 +74,14 @@ class Recommender(ABC):
                 f"warm_start: a {warm_start.kind!r} model cannot start a {self.kind!r}"
             )
         self._remember(data)
+        if warm_start is not None:
+            # A warm start sees only the newest interval: users quiet in it keep what the
+            # champion knew of them (their earlier history and attributes).
+            for user, items in warm_start.histories.items():
+                newer = self.histories.get(user, ())
+                self.histories[user] = tuple(dict.fromkeys(items + newer))
+            self.attributes = {**warm_start.attributes, **self.attributes}
+            self.profile_texts = {**warm_start.profile_texts, **self.profile_texts}
         self._fit(data, warm_start)
         return self
 
