@@ -25,7 +25,7 @@ from recloop.settings import Settings
 from training import protocols
 from training.data import InteractionData
 from training.evaluation import Evaluation, evaluate
-from training.models import create, model_class
+from training.models import ENVIRONMENT_FIELDS, create, environment_config, model_class
 from training.models.base import Recommender
 from training.promotion import Decision, decide
 
@@ -83,18 +83,13 @@ def recipe(kind: str, settings: Settings) -> dict[str, Any]:
 
 def _environment_config(kind: str, settings: Settings, show_progress: bool) -> dict[str, Any]:
     """Config fields that come from the environment, not the recipe (paths, device)."""
-    defaults = model_class(kind).default_config()
-    if not is_dataclass(defaults):
-        return {}
-    names = {f.name for f in fields(defaults)}
-    values = {
+    return environment_config(kind, {
         "text_model": settings.training.text_model,
         "text_cache_dir": str(settings.text_cache_dir),
         "device": settings.training.device,
         "show_progress": show_progress,
         "seed": settings.seed,
-    }
-    return {name: value for name, value in values.items() if name in names}
+    })  # fmt: skip
 
 
 def fit_recipe(
@@ -112,22 +107,17 @@ def fit_recipe(
     )
     if warm_start is None or not hasattr(model, "history"):
         return model.fit(data)
-    return model.fit(newest(data, settings), warm_start=warm_start)
+    return model.fit(split_at_warm_start(data, settings)[1], warm_start=warm_start)
 
 
-def newest(data: InteractionData, settings: Settings) -> InteractionData:
-    """The interactions of the newest warm-start interval."""
-    cutoff = data.interactions["interacted_at"].max() - timedelta(
-        days=settings.training.warm_start_days
-    )
-    return data.with_interactions(data.interactions[data.interactions["interacted_at"] > cutoff])
-
-
-def _older(data: InteractionData, settings: Settings) -> InteractionData:
-    cutoff = data.interactions["interacted_at"].max() - timedelta(
-        days=settings.training.warm_start_days
-    )
-    return data.with_interactions(data.interactions[data.interactions["interacted_at"] <= cutoff])
+def split_at_warm_start(
+    data: InteractionData, settings: Settings
+) -> tuple[InteractionData, InteractionData]:
+    """(older, newest): the data before and within the newest warm-start interval."""
+    at = data.interactions["interacted_at"]
+    is_newest = at > at.max() - timedelta(days=settings.training.warm_start_days)
+    return (data.with_interactions(data.interactions[~is_newest]),
+            data.with_interactions(data.interactions[is_newest]))  # fmt: skip
 
 
 def evaluate_recipe(
@@ -148,7 +138,10 @@ def evaluate_recipe(
             base = None
             if warm and model_class(the_recipe["kind"]).default_config() is not None:
                 base = fit_recipe(
-                    the_recipe, _older(split.train, settings), settings, show_progress=show_progress
+                    the_recipe,
+                    split_at_warm_start(split.train, settings)[0],
+                    settings,
+                    show_progress=show_progress,
                 )
             model = fit_recipe(
                 the_recipe, split.train, settings, warm_start=base, show_progress=show_progress
@@ -312,8 +305,8 @@ def judge(
     popularity = next((evaluations[s["version"]] for s in summaries
                        if s["recipe"]["kind"] == "popularity" and s is not best), None)  # fmt: skip
     champion_evaluations = None
-    if champion_version is not None:
-        champion_recipe = registry.recipe_of(champion_version)
+    champion_recipe = registry.recipe_of(champion_version) if champion_version else None
+    if champion_recipe is not None:
         same = [s for s in summaries if s["recipe"] == champion_recipe]
         if same:
             champion_evaluations = evaluations[same[0]["version"]]
@@ -323,14 +316,11 @@ def judge(
             champion_evaluations, _ = evaluate_recipe(
                 champion_recipe, splits, settings, show_progress=show_progress
             )
-    if champion_version is not None and challenger.recipe == registry.recipe_of(champion_version):
-        decision = _refresh(challenger, popularity, plan["data_gate_passed"])
-    else:
-        decision = decide(
-            challenger.evaluations, champion_evaluations, settings.promotion,
-            data_gate_passed=plan["data_gate_passed"], popularity=popularity,
-            off_policy=off_policy, seed=settings.seed,
-        )  # fmt: skip
+    decision = decide(
+        challenger.evaluations, champion_evaluations, settings.promotion,
+        data_gate_passed=plan["data_gate_passed"], popularity=popularity,
+        off_policy=off_policy, refresh=challenger.recipe == champion_recipe, seed=settings.seed,
+    )  # fmt: skip
     _log_decision(decision, challenger, champion_version, plan["parent_run_id"])
     if decision.promote:
         registry.set_alias(client, registry.CHAMPION, challenger.version)
@@ -394,32 +384,6 @@ def _data_gate_passed(settings: Settings, data: InteractionData) -> bool:
 
     outcome = last_outcome(settings)
     return bool(outcome and outcome["passed"])
-
-
-def _refresh(challenger: Candidate, popularity, data_gate_passed: bool) -> Decision:
-    """The champion's own recipe retrained on current data replaces the champion."""
-    if not data_gate_passed:
-        return Decision(False, ["the latest data gate failed: nothing is promoted on its features"])
-    numbers = {"challenger.P1.ndcg": challenger.score()}
-    if popularity is not None and challenger.kind != "popularity":
-        numbers["popularity.P1.ndcg"] = popularity["P1"].metrics["ndcg"]
-        if challenger.score() <= numbers["popularity.P1.ndcg"]:
-            return Decision(
-                False,
-                [
-                    "the champion's recipe retrained on current data no longer "
-                    "beats popularity on P1: kept the old weights"
-                ],
-                numbers,
-            )
-    return Decision(
-        True,
-        [
-            "the challenger is the champion's own recipe retrained on current "
-            "data: it refreshes the champion"
-        ],
-        numbers,
-    )
 
 
 def _summary(candidate: Candidate) -> dict[str, Any]:
@@ -606,5 +570,7 @@ def _recipe_config(model: Recommender) -> dict[str, Any]:
     config = model.config
     if not is_dataclass(config):
         return {}
-    environment = {"text_model", "text_cache_dir", "device", "show_progress", "seed"}
-    return {f.name: getattr(config, f.name) for f in fields(config) if f.name not in environment}
+    return {
+        f.name: getattr(config, f.name) for f in fields(config)
+        if f.name not in ENVIRONMENT_FIELDS
+    }  # fmt: skip

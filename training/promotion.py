@@ -8,8 +8,9 @@ The challenger is promoted only if, on the same evaluation data:
 4. when the monitoring DAG supplied off-policy estimates, the challenger's interval is not
    entirely below the champion's observed online value.
 With no champion yet, a challenger that passes 1 (and beats popularity, when it was trained)
-becomes the first champion. Every decision comes back with its reasons and numbers, which the
-pipeline logs to MLflow.
+becomes the first champion; the same holds for the champion's own recipe retrained on newer
+data (a refresh), which would otherwise never replace the older weights. Every decision
+comes back with its reasons and numbers, which the pipeline logs to MLflow.
 """
 
 from __future__ import annotations
@@ -70,9 +71,12 @@ def decide(
     data_gate_passed: bool,
     popularity: dict[str, Evaluation] | None = None,
     off_policy: dict[str, float] | None = None,
+    refresh: bool = False,
     seed: int = 42,
 ) -> Decision:
-    """Whether the challenger replaces the champion, and why."""
+    """Whether the challenger replaces the champion, and why. ``refresh``: the challenger is
+    the champion's own recipe retrained on current data, so comparing it with the champion's
+    recipe in the same run would compare a model with itself."""
     reasons: list[str] = []
     numbers: dict[str, float] = {}
     if not data_gate_passed:
@@ -81,23 +85,28 @@ def decide(
         raise ValueError("challenger: the gate needs a P1 evaluation")
     numbers["challenger.P1.ndcg"] = challenger["P1"].metrics[GATE_METRIC]
 
-    if champion is None:
+    if champion is None or refresh:
+        # Nothing to compare with (or the champion's own recipe on newer data): the one bar
+        # left is popularity.
         if popularity is not None:
             pop = popularity["P1"].metrics[GATE_METRIC]
             numbers["popularity.P1.ndcg"] = pop
             if numbers["challenger.P1.ndcg"] <= pop:
-                return Decision(
-                    False,
-                    [
-                        f"no champion yet, but the challenger's P1 NDCG@10 "
-                        f"{numbers['challenger.P1.ndcg']:.4f} does not beat "
-                        f"popularity's {pop:.4f}"
-                    ],
-                    numbers,
+                reason = (
+                    "the champion's recipe retrained on current data no longer beats "
+                    "popularity on P1: kept the old weights"
+                    if refresh
+                    else f"no champion yet, but the challenger's P1 NDCG@10 "
+                    f"{numbers['challenger.P1.ndcg']:.4f} does not beat popularity's {pop:.4f}"
                 )
-        return Decision(
-            True, ["no champion yet: the challenger becomes the first champion"], numbers
+                return Decision(False, [reason], numbers)
+        reason = (
+            "the challenger is the champion's own recipe retrained on current data: it "
+            "refreshes the champion"
+            if refresh
+            else "no champion yet: the challenger becomes the first champion"
         )
+        return Decision(True, [reason], numbers)
 
     mean, low, high = paired_bootstrap(
         *_aligned(challenger["P1"], champion["P1"], GATE_METRIC),

@@ -20,6 +20,20 @@ KINDS: dict[str, str] = {
 }
 
 
+# Config fields a kind may declare that the environment sets, never the recipe: where the text
+# model and its cache live, the device, progress bars and the global seed.
+ENVIRONMENT_FIELDS = ("text_model", "text_cache_dir", "device", "show_progress", "seed")
+
+
+def environment_config(kind: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The environment ``values`` (keyed by ENVIRONMENT_FIELDS) that ``kind``'s config has."""
+    defaults = model_class(kind).default_config()
+    if not dataclasses.is_dataclass(defaults):
+        return {}
+    names = {field.name for field in dataclasses.fields(defaults)} & set(ENVIRONMENT_FIELDS)
+    return {name: value for name, value in values.items() if name in names}
+
+
 def model_class(kind: str) -> type[Recommender]:
     if kind not in KINDS:
         raise ValueError(f"model kind: unknown {kind!r} (allowed: {', '.join(KINDS)})")

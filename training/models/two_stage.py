@@ -55,18 +55,10 @@ class TwoStage(Recommender):
         return TwoStageConfig()
 
     def _sub_model(self, kind: str, overrides: dict[str, Any]) -> Recommender:
-        from dataclasses import fields, is_dataclass
+        from training.models import ENVIRONMENT_FIELDS, create, environment_config
 
-        from training.models import create, model_class
-
-        defaults = model_class(kind).default_config()
-        names = {f.name for f in fields(defaults)} if is_dataclass(defaults) else set()
-        environment = {
-            name: getattr(self.config, name)
-            for name in ("text_model", "text_cache_dir", "device", "show_progress", "seed")
-            if name in names
-        }
-        return create(kind, **{**environment, **overrides})
+        own = {name: getattr(self.config, name) for name in ENVIRONMENT_FIELDS}
+        return create(kind, **{**environment_config(kind, own), **overrides})
 
     def _fit(self, data: InteractionData, warm_start: Recommender | None) -> None:
         self.retriever = self._sub_model(self.config.retriever, self.config.retriever_config)
