@@ -59,6 +59,19 @@ class InteractionData:
             self.users, self.items, interactions.reset_index(drop=True), self.name, self.snapshot
         )
 
+    def user_attributes(self) -> dict[str, dict[str, Any]]:
+        """Each user's attributes as plain Python values (None where unknown)."""
+        users = self.users.set_index("user_id")[list(ATTRIBUTES)]
+        return {
+            user: {name: _plain(value) for name, value in row.items()}
+            for user, row in users.iterrows()
+        }
+
+    def profile_texts(self) -> dict[str, str]:
+        """The free text of the users who have one."""
+        texts = self.users.set_index("user_id")["profile_text"]
+        return {user: text for user, text in texts.items() if isinstance(text, str)}
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -109,6 +122,13 @@ class Vocabulary:
     @classmethod
     def from_list(cls, ids: list[str]) -> Vocabulary:
         return cls(ids)
+
+
+def _plain(value: Any) -> Any:
+    """A data frame cell as plain Python: None for any missing marker, numpy scalars unboxed."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def age_bucket(age: Any) -> str:

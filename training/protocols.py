@@ -140,24 +140,11 @@ def _cold_users(data: InteractionData, seed: int) -> tuple[pd.DataFrame, pd.Data
     return frame[~is_cold], frame[is_cold], cold
 
 
-def _attributes(data: InteractionData) -> dict[str, dict[str, Any]]:
-    users = data.users.set_index("user_id")
-    return {
-        user: {name: (None if pd.isna(value) else value) for name, value in row.items()}
-        for user, row in users[["age", "gender", "occupation"]].iterrows()
-    }
-
-
-def _profile_texts(data: InteractionData) -> dict[str, str | None]:
-    texts = data.users.set_index("user_id")["profile_text"]
-    return {user: (None if pd.isna(text) else text) for user, text in texts.items()}
-
-
 def p3a(data: InteractionData, seed: int = 42) -> Split:
     """New users, attributes only: 20% of users leave training; rank all items for them from
     their attributes (and profile text where the data has it)."""
     train, test, _ = _cold_users(data, seed)
-    attributes, texts = _attributes(data), _profile_texts(data)
+    attributes, texts = data.user_attributes(), data.profile_texts()
     held = _by_user(test)
     users = sorted(held)
     return Split(
@@ -177,7 +164,7 @@ def p3a(data: InteractionData, seed: int = 42) -> Split:
 def p3b(data: InteractionData, seed: int = 42) -> Split:
     """New users with their first three interactions by time revealed; the rest is held out."""
     train, test, _ = _cold_users(data, seed)
-    attributes, texts = _attributes(data), _profile_texts(data)
+    attributes, texts = data.user_attributes(), data.profile_texts()
     queries, relevant, exclude = [], [], []
     for user, group in test.groupby("user_id", sort=True):
         items = list(group["item_id"])  # already in time order

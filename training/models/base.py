@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
-import pandas as pd
 
 from training.data import InteractionData, UserQuery
 
@@ -169,14 +168,8 @@ class Recommender(ABC):
         self.histories = {
             user: tuple(items) for user, items in ordered.groupby("user_id", sort=False)["item_id"]
         }
-        users = data.users.set_index("user_id")
-        self.attributes = {
-            user: {k: _plain(v) for k, v in row.items()}
-            for user, row in users[["age", "gender", "occupation"]].iterrows()
-        }
-        self.profile_texts = {
-            user: text for user, text in users["profile_text"].items() if isinstance(text, str)
-        }
+        self.attributes = data.user_attributes()
+        self.profile_texts = data.profile_texts()
         counts = data.interactions["item_id"].value_counts()
         self.popularity = counts.reindex(self.item_ids, fill_value=0).to_numpy(dtype=np.float64)
 
@@ -218,14 +211,6 @@ class ResolvedUser:
         self.attributes: dict[str, Any] = attributes
         self.profile_text: str | None = profile_text
         self.context: dict[str, Any] = context
-
-
-def _plain(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _json_default(value: Any) -> Any:
