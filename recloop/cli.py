@@ -217,6 +217,11 @@ def features_run(
     out.print(f"Data Docs: {gate.docs}", soft_wrap=True)
 
 
+def _movielens_option(help_text: str) -> Any:
+    """The --data option of the training commands: a MovieLens folder instead of Feast."""
+    return typer.Option(None, help=help_text, exists=True, file_okay=False)
+
+
 def _training_data(data: Path | None):
     """A MovieLens folder when given, else None (the pipeline reads Feast's training set)."""
     if data is None:
@@ -231,11 +236,8 @@ def train(
     models: str | None = typer.Option(
         None, help="Comma-separated model kinds (default: the settings' training.models)."
     ),
-    data: Path | None = typer.Option(
-        None,
-        help="Train on a MovieLens folder instead of the feature store's training set.",
-        exists=True,
-        file_okay=False,
+    data: Path | None = _movielens_option(
+        "Train on a MovieLens folder instead of the feature store's training set."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON line."),
 ) -> None:
@@ -281,11 +283,8 @@ def evaluate(
         "champion", help="An alias (champion, challenger), a version number or a models:/ URI."
     ),
     protocol: str = typer.Option("P1", help="P1, P2, P3a, P3b or P4 (see DESIGN.md)."),
-    data: Path | None = typer.Option(
-        None,
-        help="Evaluate on a MovieLens folder instead of the feature store's data.",
-        exists=True,
-        file_okay=False,
+    data: Path | None = _movielens_option(
+        "Evaluate on a MovieLens folder instead of the feature store's data."
     ),
     as_is: bool = typer.Option(
         False,
@@ -313,11 +312,8 @@ def evaluate(
 
 @app.command()
 def promote(
-    data: Path | None = typer.Option(
-        None,
-        help="Judge on a MovieLens folder instead of the feature store's data.",
-        exists=True,
-        file_okay=False,
+    data: Path | None = _movielens_option(
+        "Judge on a MovieLens folder instead of the feature store's data."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the decision as one JSON line."),
 ) -> None:

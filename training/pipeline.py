@@ -211,8 +211,11 @@ def run_training(
     started = time.perf_counter()
     data = _load_data(settings, data)
     plan = begin(settings, kinds=kinds, data=data)
+    splits = make_splits(data, list(settings.training.protocols), settings.seed)
     summaries = [
-        train_recipe(settings, the_recipe, plan, data=data, show_progress=show_progress)
+        train_recipe(
+            settings, the_recipe, plan, data=data, splits=splits, show_progress=show_progress
+        )
         for the_recipe in plan["recipes"]
     ]
     report = judge(settings, summaries, plan, data=data, off_policy=off_policy,
@@ -255,13 +258,16 @@ def train_recipe(
     plan: dict[str, Any],
     *,
     data: InteractionData | None = None,
+    splits: dict[str, protocols.Split] | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Train one candidate recipe, evaluate it on the protocols and register it."""
+    """Train one candidate recipe, evaluate it on the protocols and register it. ``splits``:
+    the data's protocol splits when the caller already made them (one process, many recipes)."""
     from training import registry
 
     data = _load_data(settings, data)
-    splits = make_splits(data, list(settings.training.protocols), settings.seed)
+    if splits is None:
+        splits = make_splits(data, list(settings.training.protocols), settings.seed)
     client = registry.configure(settings)
     warm = None
     champion = registry.alias_version(client, registry.CHAMPION)

@@ -102,26 +102,23 @@ def _requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("numpy", "pandas", "torch", "transformers")]
 
 
-def log_model_version(
-    model_dir: Path, *, recipe: dict[str, Any], input_example: pd.DataFrame | None = None
-) -> str:
+def log_model_version(model_dir: Path, *, recipe: dict[str, Any]) -> str:
     """Log the model folder as a pyfunc in the active run and register it; the version."""
     import mlflow
 
+    recipe_json = json.dumps(recipe, sort_keys=True)
     info = mlflow.pyfunc.log_model(
         name="recommender",
         python_model=python_model(),
         artifacts={ARTIFACT: str(model_dir)},
         registered_model_name=MODEL_NAME,
         pip_requirements=_requirements(),
-        input_example=input_example,
-        tags={RECIPE_TAG: json.dumps(recipe, sort_keys=True)},
+        tags={RECIPE_TAG: recipe_json},  # on the logged model (MLflow 3's Models tab)
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
-    client.set_model_version_tag(
-        MODEL_NAME, version, RECIPE_TAG, json.dumps(recipe, sort_keys=True)
-    )
+    # On the version too: the gate reads a champion's recipe from its registry entry.
+    client.set_model_version_tag(MODEL_NAME, version, RECIPE_TAG, recipe_json)
     client.set_model_version_tag(MODEL_NAME, version, "kind", recipe["kind"])
     return version
 

@@ -67,6 +67,17 @@ def test_dagbag_imports_every_dag_with_tags_and_retries(tmp_path: Path) -> None:
             assert retries >= 1, f"{dag_id}.{task_id} has no retries"
 
 
+def recloop(home: Path, *args: str) -> None:
+    """Run the recloop CLI on a home, as an operator would before the DAGs."""
+    subprocess.run([RECLOOP, *args, "--json"], env={**os.environ, "RECLOOP_HOME": str(home)},
+                   check=True, capture_output=True)  # fmt: skip
+
+
+def this_hour() -> datetime:
+    # Run now, as an operator would: the first run of a home backfills from the beginning.
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+
+
 def run_dag(
     tmp_path: Path,
     home: Path,
@@ -114,10 +125,8 @@ def assert_online_matches_marts(home: Path, end: datetime) -> None:
 @pytest.mark.slow
 def test_dags_test_on_simulator_data(tmp_path: Path) -> None:
     home = tmp_path / "var"
-    subprocess.run([RECLOOP, "simulate", "--users", "80", "--items", "50", "--days", "3",
-                    "--json"], env={**os.environ, "RECLOOP_HOME": str(home)}, check=True,
-                   capture_output=True)  # fmt: skip
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    recloop(home, "simulate", "--users", "80", "--items", "50", "--days", "3")
+    now = this_hour()
     run_dag(tmp_path, home, now)
     assert_online_matches_marts(home, now)
 
@@ -127,11 +136,8 @@ def test_dags_test_on_simulator_data(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_dags_test_on_movielens_100k(ml100k: Path, tmp_path: Path) -> None:
     home = tmp_path / "var"
-    subprocess.run([RECLOOP, "ingest", "movielens", str(ml100k), "--json"],
-                   env={**os.environ, "RECLOOP_HOME": str(home)}, check=True,
-                   capture_output=True)  # fmt: skip
-    # Run now, as an operator would: the first run of a home backfills from the beginning.
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    recloop(home, "ingest", "movielens", str(ml100k))
+    now = this_hour()
     run_dag(tmp_path, home, now)
     assert_online_matches_marts(home, now)
 
@@ -145,10 +151,8 @@ def test_training_dag_after_the_feature_dag(tmp_path: Path) -> None:
     from training import registry
 
     home = tmp_path / "var"
-    subprocess.run([RECLOOP, "simulate", "--users", "120", "--items", "60", "--days", "6",
-                    "--json"], env={**os.environ, "RECLOOP_HOME": str(home)}, check=True,
-                   capture_output=True)  # fmt: skip
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    recloop(home, "simulate", "--users", "120", "--items", "60", "--days", "6")
+    now = this_hour()
     run_dag(tmp_path, home, now)
     kinds = ["popularity", "ease", "two_tower"]
     # begin, candidates, one train per kind, judge, champion_changed, announce

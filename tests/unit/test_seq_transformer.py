@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.unit.training_data import from_rows
 from training import protocols
 from training.data import InteractionData, UserQuery
 from training.evaluation import evaluate
@@ -23,22 +24,14 @@ FAST = {
 
 
 def _frame(rows: list[tuple], items: int) -> InteractionData:
-    interactions = pd.DataFrame(
-        rows, columns=["user_id", "item_id", "interacted_at", "hour", "weekday", "device"]
+    users = sorted({row[0] for row in rows})
+    return from_rows(
+        rows,
+        items,
+        users,
+        lambda _: {"age": 30, "gender": "F", "occupation": "writer"},
+        name="sequences",
     )
-    users = sorted(interactions["user_id"].unique())
-    users_frame = pd.DataFrame({
-        "user_id": users, "age": [30] * len(users), "gender": ["F"] * len(users),
-        "occupation": ["writer"] * len(users), "profile_text": [None] * len(users),
-    })  # fmt: skip
-    items_frame = pd.DataFrame({
-        "item_id": [f"i{i}" for i in range(items)],
-        "title": [f"Item {i}" for i in range(items)],
-        "text": [("A quiet drama" if i % 2 else "A loud action film") + f" number {i}"
-                 for i in range(items)],
-        "categories": [["Drama"] if i % 2 else ["Action"] for i in range(items)],
-    })  # fmt: skip
-    return InteractionData(users_frame, items_frame, interactions, name="sequences")
 
 
 def cycles(users: int = 40, items: int = 20, length: int = 12, seed: int = 0) -> InteractionData:
