@@ -119,9 +119,14 @@ class Vocabulary:
     def to_list(self) -> list[str]:
         return self.ids[1:]
 
-    @classmethod
-    def from_list(cls, ids: list[str]) -> Vocabulary:
-        return cls(ids)
+
+def shared_rows(old_ids: Sequence[str], new_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(new rows, old rows) of the ids both id lists hold, in the Vocabulary layout (row 0
+    unknown, id n at row n + 1), row 0 included: how a warm start copies embedding rows."""
+    old_row = {value: row + 1 for row, value in enumerate(old_ids)}
+    pairs = [(0, 0)] + [(row + 1, old_row[v]) for row, v in enumerate(new_ids) if v in old_row]
+    new_rows, old_rows = zip(*pairs, strict=True)
+    return np.array(new_rows), np.array(old_rows)
 
 
 def _plain(value: Any) -> Any:

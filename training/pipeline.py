@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,6 @@ class Candidate:
     history: list[dict[str, Any]]
     seconds: float
     model: Recommender | None = None
-    model_dir: Path | None = None
     version: str | None = None
     run_id: str | None = None
 
@@ -68,7 +67,6 @@ class TrainingReport:
     data: dict[str, Any]
     seconds: float
     run_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -466,7 +464,6 @@ def _log_candidate(
         # The folder is logged under its own name: "model", the ARTIFACT the loaders expect.
         model_dir = settings.models_dir / run.info.run_id / registry.ARTIFACT
         candidate.model.save(model_dir)
-        candidate.model_dir = model_dir
         candidate.version = registry.log_model_version(model_dir, recipe=candidate.recipe)
 
 

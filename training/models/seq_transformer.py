@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.data import InteractionData, UserQuery, Vocabulary, item_text
+from training.data import InteractionData, UserQuery, Vocabulary, item_text, shared_rows
 from training.models.base import Recommender, ResolvedUser
 
 HOURS, WEEKDAYS = 24, 7
@@ -509,12 +509,10 @@ def _row_map(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(new rows, old rows) of the ids both lists hold, row 0 (padding, unknown) and the
     begin-of-sequence rows included."""
-    old_row = {value: row + 1 for row, value in enumerate(old_ids)}
-    pairs = [(0, 0)] + [(row + 1, old_row[v]) for row, v in enumerate(new_ids) if v in old_row]
+    rows_new, rows_old = shared_rows(old_ids, new_ids)
     if bos is not None:
-        pairs.append((bos[1], bos[0]))
-    rows_new, rows_old = zip(*pairs, strict=True)
-    return torch.tensor(rows_new), torch.tensor(rows_old)
+        rows_new, rows_old = np.append(rows_new, bos[1]), np.append(rows_old, bos[0])
+    return torch.from_numpy(rows_new), torch.from_numpy(rows_old)
 
 
 def _cuda_index(device: torch.device) -> int:

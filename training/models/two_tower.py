@@ -44,7 +44,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.data import ATTRIBUTES, InteractionData, Vocabulary, attribute_tokens, item_text
+from training.data import (
+    ATTRIBUTES,
+    InteractionData,
+    Vocabulary,
+    attribute_tokens,
+    item_text,
+    shared_rows,
+)
 from training.models.base import Recommender, ResolvedUser
 
 LOSSES = ("sampled_softmax", "bpr")
@@ -491,10 +498,9 @@ class TwoTower(Recommender):
                 )
             if name in tables:
                 old_vocab, new_vocab = tables[name]
-                rows = old_vocab.lookup(new_vocab.to_list())  # (new ids,) old row or 0
-                known = np.flatnonzero(rows)
-                tensor[0] = source[0]  # "unknown" is the same for both
-                tensor[torch.from_numpy(known + 1)] = source[torch.from_numpy(rows[known])]
+                # Rows of the ids both know, "unknown" (row 0) included.
+                new_rows, old_rows = shared_rows(old_vocab.to_list(), new_vocab.to_list())
+                tensor[torch.from_numpy(new_rows)] = source[torch.from_numpy(old_rows)]
             else:
                 tensor.copy_(source)
         self.towers.load_state_dict(new_state)
