@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 LOCK_FLAGS := --strip-extras --extra dev --allow-unsafe --generate-hashes \
 	--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
-.PHONY: setup demo test test-fast lint lock lock-upgrade bench airflow mlflow clean
+.PHONY: setup demo test test-fast lint lock lock-upgrade bench airflow mlflow serve clean
 
 setup: $(STAMP)
 
@@ -35,8 +35,8 @@ test-fast: setup
 	$(BIN)/pytest -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check recloop training feature_repo dags tests benchmarks
-	$(BIN)/ruff format --check recloop training feature_repo dags tests benchmarks
+	$(BIN)/ruff check recloop training serving feature_repo dags tests benchmarks
+	$(BIN)/ruff format --check recloop training serving feature_repo dags tests benchmarks
 	cd dbt_project && ../$(BIN)/sqlfluff lint models
 
 lock: setup
@@ -58,6 +58,11 @@ airflow: setup
 # The MLflow UI over the local tracking store and registry (runs, plots, model cards, aliases).
 mlflow: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/var/mlflow/mlflow.db --port 5000
+
+# The BentoML service on the champion (docs page at http://127.0.0.1:3000/). Needs an API key:
+# RECLOOP_SERVING__API_KEYS='["<key>"]' make serve
+serve: setup
+	RECLOOP_HOME=$(CURDIR)/var $(BIN)/recloop serve
 
 clean:
 	rm -rf var .pytest_cache

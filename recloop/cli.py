@@ -353,6 +353,34 @@ def dbt(context: typer.Context) -> None:
         run_dbt(_settings(), list(context.args))
 
 
+@app.command()
+def serve(
+    port: int = typer.Option(None, help="HTTP port (default: serving.port)."),
+    host: str = typer.Option(None, help="Bind address (default: serving.host)."),
+) -> None:
+    """Start the BentoML service on the champion model (API docs at http://HOST:PORT/).
+
+    Requires an API key (RECLOOP_SERVING__API_KEYS='["..."]' or serving.api_keys_file) and a
+    feature store the pipeline has applied (`recloop features run`).
+    """
+    import os
+    import sys
+
+    settings = _settings()
+    if not settings.serving.keys():
+        _fail("no API key: set RECLOOP_SERVING__API_KEYS='[\"<key>\"]' or serving.api_keys_file")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "RECLOOP_HOME": str(settings.home)}
+    if port is not None:
+        env["RECLOOP_SERVING__PORT"] = str(port)
+    if host is not None:
+        env["RECLOOP_SERVING__HOST"] = host
+    bentoml = Path(sys.executable).with_name("bentoml")
+    # exec: the server replaces this process, so signals reach it directly.
+    os.chdir(root)
+    os.execve(str(bentoml), [str(bentoml), "serve", "serving.service:Recommender"], env)
+
+
 def _print_report(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(report))

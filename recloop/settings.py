@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -138,6 +138,87 @@ class PromotionSettings(BaseModel):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Bootstrap interval level.")
 
 
+PolicyName = Literal["greedy", "epsilon_greedy", "plackett_luce", "thompson"]
+
+
+class ServingSettings(BaseModel):
+    """The BentoML service: policy, traffic split, limits, keys and the model watch."""
+
+    host: str = Field("127.0.0.1", description="Address the service binds.")
+    port: int = Field(3000, gt=0, lt=65536, description="HTTP port of the service.")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Keys accepted in the X-API-Key header (or Authorization: Bearer). Set "
+        "as a JSON list in RECLOOP_SERVING__API_KEYS or one key per line in api_keys_file.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file with one API key per line (a mounted secret)."
+    )
+    policy: PolicyName = Field(
+        "greedy",
+        description="How a slate is drawn from the model's candidates: greedy, epsilon_greedy, "
+        "plackett_luce (softmax sampling without replacement) or thompson (item CTR posteriors).",
+    )
+    epsilon: float = Field(0.1, ge=0, le=1, description="epsilon_greedy: exploration share.")
+    temperature: float = Field(
+        0.2, gt=0, description="plackett_luce: softmax temperature over standardised scores."
+    )
+    thompson_draws: int = Field(
+        1000, ge=100, description="thompson: Monte Carlo draws that estimate the propensities."
+    )
+    candidates: int = Field(
+        100, ge=1, le=1000, description="Top-scored items a policy draws the slate from."
+    )
+    challenger_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of users (by a stable hash of user_id) served by the challenger.",
+    )
+    watch_seconds: float = Field(
+        10.0, gt=0, description="How often the registry aliases are checked for a new version."
+    )
+    quantize: bool = Field(
+        False,
+        description="Serve neural kinds through int8 dynamic quantisation (benchmarks/RESULTS.md "
+        "has its speed and quality cost).",
+    )
+    max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
+    max_items: int = Field(1000, ge=1, description="Most item ids one /rank request may carry.")
+    max_events: int = Field(1000, ge=1, description="Most events one /feedback request may carry.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted.")
+    fresh_clicks: int = Field(
+        20, ge=1, description="Recent clicks kept per user in Feast's push-fed view."
+    )
+    impression_flush_seconds: float = Field(
+        0.2,
+        gt=0,
+        description="Impressions are appended in the background at least this often; a crash "
+        "loses at most this much of them (they were never acknowledged to a client).",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Server processes. The local event log admits one writer process, so the "
+        "local profile needs 1; production (Postgres log) may use more.",
+    )
+    threads: int = Field(4, ge=1, description="Threads per worker for the blocking endpoints.")
+    access_log: bool = Field(
+        False,
+        description="BentoML's per-request access log; off by default: it costs throughput "
+        "and the API's own log lines carry no user attributes either way.",
+    )
+
+    def keys(self) -> list[str]:
+        """Every accepted key: the list plus the file's lines (blank lines ignored)."""
+        keys = [key.get_secret_value() for key in self.api_keys]
+        if self.api_keys_file is not None:
+            if not self.api_keys_file.is_file():
+                raise FileNotFoundError(f"serving.api_keys_file: {self.api_keys_file} is missing")
+            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines()]
+        return [key for key in keys if key]
+
+
 @dataclass(frozen=True)
 class PostgresConnection:
     host: str
@@ -177,6 +258,7 @@ class Settings(BaseSettings):
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
     mlflow_tracking_uri: SecretStr | None = Field(
         None,
         description="MLflow tracking and registry URI. None: SQLite under home (local) or "
@@ -188,6 +270,15 @@ class Settings(BaseSettings):
     def _absolute_home(cls, value: Path) -> Path:
         # Resolved once, so that a process that changes directory keeps the same state folder.
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _one_local_writer(self) -> Settings:
+        if self.profile == "local" and self.serving.workers > 1:
+            raise ValueError(
+                "serving.workers: the local event log admits one writer process; use 1, "
+                "or the production profile (Postgres event log) for more"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

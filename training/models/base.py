@@ -117,6 +117,11 @@ class Recommender(ABC):
             for r in range(len(users))
         ]
 
+    def item_embeddings(self) -> np.ndarray | None:
+        """(catalogue items, dim) vectors whose cosine says how alike two items are, or None
+        for kinds without any (similar items then come from co-occurrence in histories)."""
+        return None
+
     def save(self, path: Path | str) -> Path:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -111,6 +111,10 @@ class Ease(Recommender):
     def _score(self, users: list[ResolvedUser]) -> np.ndarray:
         return self.history_matrix(users) @ self.weights + self.popularity_prior()
 
+    def item_embeddings(self) -> np.ndarray:
+        # Row i: how much item i speaks for every other item; alike items have alike rows.
+        return self.weights
+
     def _state(self) -> dict[str, np.ndarray]:
         return {"weights": self.weights}
 

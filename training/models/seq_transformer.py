@@ -410,6 +410,13 @@ class SeqTransformer(Recommender):
         # Ties (items the model cannot tell apart) break by popularity.
         return np.concatenate(out) + self.popularity_prior().astype(np.float32)
 
+    @torch.inference_mode()
+    def item_embeddings(self) -> np.ndarray:
+        if self.network is None:
+            raise RuntimeError("seq_transformer: fit or load the model first")
+        # Rows 1..n are the catalogue (0 pads, the last is BOS), as _sequence numbers them.
+        return self.network.item_table()[1 : len(self.item_ids) + 1].float().cpu().numpy()
+
     def _sequence(self, history: Sequence[str]) -> np.ndarray:
         """(max_len,) BOS and the history's known items, the most recent last, left-padded."""
         items = [self.item_index[i] + 1 for i in history if i in self.item_index]

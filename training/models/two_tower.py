@@ -521,6 +521,9 @@ class TwoTower(Recommender):
     def _score(self, users: list[ResolvedUser]) -> np.ndarray:
         return self.user_vectors(users) @ self.item_vectors.T
 
+    def item_embeddings(self) -> np.ndarray:
+        return self.item_vectors[:, :-1]  # the last column is the bias
+
     @torch.inference_mode()
     def user_vectors(self, users: list[ResolvedUser]) -> np.ndarray:
         """(users, dim + 1) vectors whose dot product with ``item_vectors`` is the score."""

@@ -1,0 +1,321 @@
+"""What the service does, without HTTP: recommend, rank, feedback, similar items, status.
+
+``serving/service.py`` is a thin BentoML layer over one ``Engine``; the engine is plain Python
+with plain data in and out, so every behaviour here is testable without a server.
+
+A request reads the current ``ModelSet`` once (see ``serving.models``), so a model swap never
+mixes versions within a request. Every slate served is logged as impression events (slot,
+propensity, model version, policy, request id); the monitoring DAG estimates everything from
+them. Impressions are appended by a background writer every ``impression_flush_seconds``, off
+the request path; feedback is appended before it is acknowledged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from recloop.contracts import Event, EventType
+from recloop.settings import Settings
+from serving.models import POSITIVE_EVENTS, Deployment, ModelSet, ModelWatcher
+from serving.policies import Candidates, make_policy
+from serving.schemas import (
+    FeedbackRequest,
+    RankRequest,
+    RecommendRequest,
+    SimilarItemsRequest,
+)
+from training.data import UserQuery
+
+log = logging.getLogger("recloop.serving")
+
+
+class Engine:
+    def __init__(self, settings: Settings):
+        from recloop.eventlog import open_event_log
+        from serving.features import OnlineFeatures
+
+        self.settings = settings
+        config = settings.serving
+        self.policy = make_policy(
+            config.policy, epsilon=config.epsilon, temperature=config.temperature,
+            draws=config.thompson_draws,
+        )  # fmt: skip
+        self.events = open_event_log(settings)
+        try:
+            self.features = OnlineFeatures(settings)
+            self.watcher = ModelWatcher(settings, self.events)
+            self.watcher.refresh()
+        except BaseException:
+            self.events.close()
+            raise
+        self.item_counts: dict[str, tuple[float, float]] = {}
+        self._similar: dict[tuple[str, str], np.ndarray] = {}
+        self._refresh_item_counts()
+        self.impressions = ImpressionWriter(self.events, config.impression_flush_seconds)
+        self._stop = threading.Event()
+        self._watch = threading.Thread(target=self._watch_loop, name="recloop-watch", daemon=True)
+        self._watch.start()
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    def recommend(self, request: RecommendRequest) -> dict[str, Any]:
+        models = self.watcher.current
+        arm, deployment = self.arm(models, request.user_id)
+        fresh = self.features.recent_clicks([request.user_id])[0]
+        deployment, query, served_by = self._query(models, deployment, request, fresh)
+        model = deployment.model
+        if served_by == "popularity":
+            scores = np.log1p(model.popularity)
+        else:
+            scores = model.score([query])[0].astype(np.float64)
+        if request.exclude_seen:
+            seen = [model.item_index[i] for i in (query.history or ()) if i in model.item_index]
+            scores[seen] = -np.inf
+        pool = _top(scores, self.settings.serving.candidates)
+        items = [model.item_ids[i] for i in pool]
+        clicks, shown = self._counts(items)
+        request_id = uuid.uuid4().hex
+        rng = np.random.default_rng(int(request_id, 16))  # the draw is reproducible from the id
+        slate = self.policy.draw(Candidates(scores[pool], clicks, shown), request.k, rng)
+        now = datetime.now(UTC)
+        context = request.context.model_dump(exclude_none=True) if request.context else {}
+        chosen = [
+            {"item_id": items[c], "slot": slot, "score": float(scores[pool[c]]),
+             "propensity": float(p)}
+            for slot, (c, p) in enumerate(zip(slate.indices, slate.propensities, strict=True))
+        ]  # fmt: skip
+        # Built without validation (model_construct): every value is the service's own, and
+        # this runs ten times per request. Ids: one random base per request, + slot.
+        base = uuid.uuid4().int & ~0xFF
+        self.impressions.put([
+            Event.model_construct(
+                event_id=uuid.UUID(int=base | row["slot"]), ts=now, user_id=request.user_id,
+                item_id=row["item_id"],
+                event_type=EventType.impression, request_id=request_id, position=row["slot"],
+                propensity=max(row["propensity"], 1e-12), model_version=deployment.version,
+                policy=self.policy.name, value=None,
+                context={**context, "arm": arm, "served_by": served_by},
+            )
+            for row in chosen
+        ])  # fmt: skip
+        return {
+            "request_id": request_id, "user_id": request.user_id, "items": chosen,
+            "model_version": deployment.version, "policy": self.policy.name, "arm": arm,
+            "served_by": served_by, "fresh_clicks": len(fresh),
+        }  # fmt: skip
+
+    def rank(self, request: RankRequest) -> dict[str, Any]:
+        models = self.watcher.current
+        _, deployment = self.arm(models, request.user_id)
+        fresh = self.features.recent_clicks([request.user_id])[0]
+        as_recommend = RecommendRequest(user_id=request.user_id, context=request.context)
+        deployment, query, _ = self._query(models, deployment, as_recommend, fresh)
+        model = deployment.model
+        scores = model.score([query], request.item_ids)[0]
+        return {
+            "user_id": request.user_id,
+            "items": [
+                {"item_id": item, "score": float(score), "known": item in model.item_index}
+                for item, score in zip(request.item_ids, scores, strict=True)
+            ],
+            "model_version": deployment.version,
+        }
+
+    def feedback(self, request: FeedbackRequest) -> dict[str, Any]:
+        # Acknowledged only once durable: append returns after the fsync (or the commit).
+        result = self.events.append(request.events)
+        clicks = [
+            (e.user_id, e.item_id, e.ts) for e in request.events
+            if e.event_type.value in POSITIVE_EVENTS
+        ]  # fmt: skip
+        users = self.features.push_clicks(clicks)
+        return {"appended": result.appended, "duplicates": result.duplicates,
+                "users_refreshed": users}  # fmt: skip
+
+    def similar_items(self, request: SimilarItemsRequest) -> dict[str, Any]:
+        deployment = self.watcher.current.champion
+        model = deployment.model
+        if request.item_id not in model.item_index:
+            # A 200 that says so, as /rank does: BentoML's own 404 body breaks its schema.
+            return {"item_id": request.item_id, "known": False, "items": [],
+                    "model_version": deployment.version}  # fmt: skip
+        vectors = self._item_vectors(deployment)
+        row = model.item_index[request.item_id]
+        similarity = vectors @ vectors[row]
+        similarity[row] = -np.inf
+        top = _top(similarity, request.k)
+        return {
+            "item_id": request.item_id,
+            "known": True,
+            "items": [
+                {"item_id": model.item_ids[i], "similarity": float(similarity[i])}
+                for i in top if np.isfinite(similarity[i])
+            ],
+            "model_version": deployment.version,
+        }  # fmt: skip
+
+    def status(self) -> dict[str, Any]:
+        try:
+            models = self.watcher.current.describe()
+        except LookupError:
+            models = None
+        return {
+            "ready": models is not None,
+            "models": models,
+            "policy": self.policy.name,
+            "challenger_share": self.settings.serving.challenger_share,
+            "last_refresh_error": self.watcher.last_error,
+            "impressions_pending": self.impressions.pending(),
+            "impressions_failed": self.impressions.failures,
+        }
+
+    def close(self) -> None:
+        self._stop.set()
+        self._watch.join(timeout=10)
+        self.impressions.close()
+        self.events.close()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def arm(self, models: ModelSet, user_id: str) -> tuple[str, Deployment]:
+        """Champion or challenger, by a stable hash of the user id (the same user always
+        lands in the same arm, across requests and replicas)."""
+        share = self.settings.serving.challenger_share
+        if models.challenger is None or share <= 0:
+            return "champion", models.champion
+        digest = hashlib.sha256(f"recloop-split:{user_id}".encode()).digest()
+        bucket = int.from_bytes(digest[:8], "big") / 2**64
+        return ("challenger", models.challenger) if bucket < share else (
+            "champion", models.champion)  # fmt: skip
+
+    def _query(
+        self, models: ModelSet, deployment: Deployment, request: RecommendRequest,
+        fresh: list[str],
+    ) -> tuple[Deployment, UserQuery, str]:  # fmt: skip
+        """Which model answers, with what it knows of the user, and which path that is."""
+        model = deployment.model
+        context = request.context.model_dump(exclude_none=True) if request.context else None
+        oldest_first = tuple(reversed(fresh))
+        profile = request.profile
+        attributes = (
+            {"age": profile.age, "gender": profile.gender, "occupation": profile.occupation}
+            if profile is not None else None
+        )  # fmt: skip
+        text = profile.text if profile is not None else None
+        if request.user_id in model.histories:
+            history = tuple(dict.fromkeys(model.histories[request.user_id] + oldest_first))
+            query = UserQuery(request.user_id, history, attributes, text, context)
+            return deployment, query, "history"
+        if fresh:
+            query = UserQuery(request.user_id, oldest_first, attributes, text, context)
+            return deployment, query, "fresh_clicks"
+        if profile is not None and models.profile is not None:
+            query = UserQuery(request.user_id, (), attributes, text, context)
+            return models.profile, query, "profile"
+        return deployment, UserQuery(request.user_id, (), None, None, context), "popularity"
+
+    def _counts(self, items: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        counts = self.item_counts
+        pairs = [counts.get(item, (0.0, 0.0)) for item in items]
+        return np.array([c for c, _ in pairs]), np.array([s for _, s in pairs])
+
+    def _refresh_item_counts(self) -> None:
+        if self.policy.name != "thompson":
+            return
+        items = self.watcher.current.champion.model.item_ids
+        clicks, shown = self.features.item_counts(items)
+        self.item_counts = dict(zip(items, zip(clicks, shown, strict=True), strict=True))
+
+    def _item_vectors(self, deployment: Deployment) -> np.ndarray:
+        key = (deployment.alias, deployment.version)
+        vectors = self._similar.get(key)
+        if vectors is None:
+            model = deployment.model
+            vectors = model.item_embeddings()
+            if vectors is None:  # co-occurrence: items alike when the same users liked them
+                histories = list(model.histories.values())
+                vectors = np.zeros((len(model.item_ids), len(histories)), dtype=np.float32)
+                for column, history in enumerate(histories):
+                    rows = [model.item_index[i] for i in history if i in model.item_index]
+                    vectors[rows, column] = 1.0
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+            self._similar = {key: vectors}  # only the serving version's vectors are kept
+        return vectors
+
+    def _watch_loop(self) -> None:
+        while not self._stop.wait(self.settings.serving.watch_seconds):
+            try:
+                self.watcher.refresh()
+                self._refresh_item_counts()
+            except Exception as error:  # keep serving what is loaded; readyz says why
+                self.watcher.last_error = f"{type(error).__name__}: {error}"
+                log.exception("model refresh failed; still serving the loaded versions")
+
+
+class ImpressionWriter:
+    """Appends impression events in the background, in batches, off the request path."""
+
+    def __init__(self, events, flush_seconds: float):
+        self.events = events
+        self.flush_seconds = flush_seconds
+        self.queue: queue.SimpleQueue[list[Event] | None] = queue.SimpleQueue()
+        self.failures = 0
+        self.thread = threading.Thread(target=self._run, name="recloop-impressions", daemon=True)
+        self.thread.start()
+
+    def put(self, events: list[Event]) -> None:
+        self.queue.put(events)
+
+    def pending(self) -> int:
+        return self.queue.qsize()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[Event] = []
+            try:
+                first = self.queue.get(timeout=self.flush_seconds)
+            except queue.Empty:
+                continue
+            if first is None:
+                stopping = True
+            else:
+                batch.extend(first)
+            while True:  # everything queued so far, in one append
+                try:
+                    more = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                else:
+                    batch.extend(more)
+            if batch:
+                try:
+                    self.events.append(batch)
+                except Exception:
+                    self.failures += len(batch)
+                    log.exception("could not log %d impressions", len(batch))
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k highest finite scores, best first (ties by position)."""
+    finite = np.flatnonzero(np.isfinite(scores))
+    k = min(k, len(finite))
+    if k == 0:
+        return finite
+    part = finite[np.argpartition(-scores[finite], k - 1)[:k]]
+    return part[np.lexsort((part, -scores[part]))]

@@ -1,0 +1,86 @@
+"""What the service reads from and pushes to Feast's online store.
+
+- Fresh activity: ``/feedback`` pushes each user's latest clicks to the push source
+  ``user_activity_push`` (view ``user_recent_activity``); ``/recommend`` reads them back, so a
+  click changes the next recommendation at once, whichever replica took the click (replicas
+  share the online store, not memory).
+- Item counts: impressions and clicks per item from the batch view ``item_features``, the
+  evidence of Thompson sampling; read for the whole catalogue at each model refresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+
+from recloop.settings import Settings
+
+PUSH_SOURCE = "user_activity_push"
+RECENT_CLICKS = "user_recent_activity:recent_click_item_ids"
+ITEM_IMPRESSIONS = "item_features:impressions_all_time"
+ITEM_CLICKS = "item_features:clicks_all_time"
+
+
+class OnlineFeatures:
+    """The service's handle on Feast (the registry must hold the feature views: the feature
+    pipeline's ``feast apply`` puts them there)."""
+
+    def __init__(self, settings: Settings):
+        from recloop.features.store import open_store
+
+        self.keep = settings.serving.fresh_clicks
+        self.store = open_store(settings)
+        try:
+            self.store.get_feature_view("user_recent_activity")
+        except Exception as error:
+            raise RuntimeError(
+                "Feast registry has no user_recent_activity view: run the feature pipeline "
+                "(`recloop features run`) before serving"
+            ) from error
+
+    def recent_clicks(self, user_ids: Sequence[str]) -> list[list[str]]:
+        """Each user's pushed clicks, newest first (empty when none or expired)."""
+        rows = self.store.get_online_features(
+            features=[RECENT_CLICKS], entity_rows=[{"user_id": u} for u in user_ids]
+        ).to_dict()
+        return [list(items or []) for items in rows["recent_click_item_ids"]]
+
+    def push_clicks(self, clicks: Iterable[tuple[str, str, datetime]]) -> int:
+        """Fold (user_id, item_id, at) clicks into each user's recent list and push it; the
+        number of users updated."""
+        by_user: dict[str, list[tuple[datetime, str]]] = {}
+        for user, item, at in clicks:
+            by_user.setdefault(user, []).append((at, item))
+        if not by_user:
+            return 0
+        users = sorted(by_user)
+        known = self.recent_clicks(users)
+        rows = []
+        for user, old in zip(users, known, strict=True):
+            new = [item for _, item in sorted(by_user[user], reverse=True)]
+            merged = list(dict.fromkeys(new + old))[: self.keep]
+            rows.append({
+                "user_id": user,
+                "recent_click_item_ids": merged,
+                "last_click_at": max(at for at, _ in by_user[user]),
+                "event_timestamp": datetime.now(UTC),
+            })  # fmt: skip
+        from feast.data_source import PushMode
+
+        self.store.push(PUSH_SOURCE, pd.DataFrame(rows), to=PushMode.ONLINE)
+        return len(rows)
+
+    def item_counts(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(clicks, impressions) per item; 0 for items the batch view does not hold."""
+        if not item_ids:
+            return np.zeros(0), np.zeros(0)
+        rows = self.store.get_online_features(
+            features=[ITEM_CLICKS, ITEM_IMPRESSIONS],
+            entity_rows=[{"item_id": item} for item in item_ids],
+        ).to_dict()
+        clicks = np.array([v or 0 for v in rows["clicks_all_time"]], dtype=np.float64)
+        shown = np.array([v or 0 for v in rows["impressions_all_time"]], dtype=np.float64)
+        return clicks, shown

@@ -1,0 +1,180 @@
+"""The API's request and response bodies. Field descriptions become the OpenAPI page's docs;
+bounds keep every request's cost bounded (k, list lengths, text lengths)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from recloop.contracts import Event, EventType, Id
+
+MAX_K = 100
+MAX_ITEMS = 1000
+MAX_EVENTS = 1000
+MAX_TEXT = 2000
+ShortField = Annotated[str, Field(max_length=64)]
+
+EXAMPLES = {
+    "recommend": {"user_id": "u1", "k": 10, "context": {"hour": 20, "device": "mobile"}},
+    "rank": {"user_id": "u1", "item_ids": ["i1", "i2", "i3"]},
+    "feedback": {
+        "events": [
+            {
+                "event_id": "5b8f6c3e-8d0f-4d44-9b7e-2f1c6a9d3e10",
+                "ts": "2026-01-05T12:00:00Z",
+                "user_id": "u1",
+                "item_id": "i1",
+                "event_type": "click",
+                "request_id": "r-1",
+                "position": 0,
+            }
+        ]
+    },
+    "similar_items": {"item_id": "i1", "k": 5},
+}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Context(_Body):
+    """Request context; the sequential ranker uses it where it was trained with it."""
+
+    hour: int | None = Field(None, ge=0, le=23, description="Hour of day, 0-23, user's time.")
+    weekday: int | None = Field(None, ge=0, le=6, description="Day of week, 0 = Monday.")
+    device: ShortField | None = Field(None, description="Device class, e.g. mobile or desktop.")
+
+
+class Profile(_Body):
+    """What is known of a user the system has never seen (cold start)."""
+
+    age: int | None = Field(None, ge=0, le=130, description="Age in years.")
+    gender: ShortField | None = Field(None, description="Self-reported gender.")
+    occupation: ShortField | None = Field(None, description="Occupation.")
+    text: str | None = Field(
+        None, max_length=MAX_TEXT, description="Free text about the user's tastes."
+    )
+
+
+class RecommendRequest(_Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={"example": EXAMPLES["recommend"]},
+    )
+
+    user_id: Id = Field(description="The user to recommend for; unknown ids are served too.")
+    k: int = Field(10, ge=1, le=MAX_K, description=f"Slate size, 1-{MAX_K}.")
+    context: Context | None = Field(None, description="Request context (hour, weekday, device).")
+    exclude_seen: bool = Field(True, description="Leave out items the user interacted with.")
+    profile: Profile | None = Field(
+        None, description="Attributes and free text, for users the system has never seen."
+    )
+
+
+class RecommendedItem(BaseModel):
+    item_id: str = Field(description="The item.")
+    slot: int = Field(description="Position in the slate, 0 = top.")
+    score: float = Field(description="The model's score (relative, not a probability).")
+    propensity: float = Field(
+        description="Probability that the policy shows this item in this slot for this request."
+    )
+
+
+ServedBy = Literal["history", "fresh_clicks", "profile", "popularity"]
+
+
+class RecommendResponse(BaseModel):
+    request_id: str = Field(description="Identifies this slate in the event log.")
+    user_id: str
+    items: list[RecommendedItem]
+    model_version: str = Field(description="Registry version that scored, or the fallback.")
+    policy: str = Field(description="The policy and its parameters.")
+    arm: Literal["champion", "challenger"] = Field(description="Traffic-split arm.")
+    served_by: ServedBy = Field(
+        description="history: the model knew the user; fresh_clicks: only pushed clicks; "
+        "profile: attributes and text through the two-tower user tower; popularity: nothing "
+        "else applied."
+    )
+    fresh_clicks: int = Field(description="Pushed clicks folded into this request.")
+
+
+class RankRequest(_Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={"example": EXAMPLES["rank"]},
+    )
+
+    user_id: Id = Field(description="The user.")
+    item_ids: list[Id] = Field(
+        min_length=1, max_length=MAX_ITEMS, description="Candidates to score, at most 1000."
+    )
+    context: Context | None = Field(None, description="Request context.")
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    score: float = Field(description="Point-wise score; items the model never saw rank last.")
+    known: bool = Field(description="Whether the model knows the item.")
+
+
+class RankResponse(BaseModel):
+    user_id: str
+    items: list[RankedItem] = Field(description="In the order given.")
+    model_version: str
+
+
+class FeedbackEvent(Event):
+    """A user's event (click, rating, purchase, dismiss): the event log's contract.
+    Impressions are logged by the service itself and are refused here."""
+
+    @model_validator(mode="after")
+    def _not_impression(self) -> FeedbackEvent:
+        if self.event_type is EventType.impression:
+            raise ValueError("event_type: impressions are logged by the service, not posted")
+        return self
+
+
+class FeedbackRequest(_Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={"example": EXAMPLES["feedback"]},
+    )
+
+    events: list[FeedbackEvent] = Field(
+        min_length=1, max_length=MAX_EVENTS,
+        description="Events to log; a retried event_id is acknowledged and not logged twice.",
+    )  # fmt: skip
+
+
+class FeedbackResponse(BaseModel):
+    appended: int = Field(description="Events newly written to the event log (durable).")
+    duplicates: int = Field(description="Events already logged (same event_id).")
+    users_refreshed: int = Field(description="Users whose fresh clicks were pushed to Feast.")
+
+
+class SimilarItemsRequest(_Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={"example": EXAMPLES["similar_items"]},
+    )
+
+    item_id: Id = Field(description="The item to find neighbours of.")
+    k: int = Field(10, ge=1, le=MAX_K, description=f"How many, 1-{MAX_K}.")
+
+
+class SimilarItem(BaseModel):
+    item_id: str
+    similarity: float = Field(description="Cosine similarity of the model's item vectors.")
+
+
+class SimilarItemsResponse(BaseModel):
+    item_id: str
+    known: bool = Field(description="False when the served model does not know the item.")
+    items: list[SimilarItem]
+    model_version: str

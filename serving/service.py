@@ -1,0 +1,101 @@
+"""The BentoML service: ``bentoml serve serving.service:Recommender`` (or ``recloop serve``).
+
+A thin layer: each API validates its typed body and calls the ``Engine`` (serving/engine.py),
+which holds the models, the policy, the event log and the Feast handle. The ASGI gate
+(serving/http.py) checks API keys and body sizes first. The settings are read when this module
+is imported, because BentoML's service decorator takes its server config (workers, threads,
+access log) at that moment.
+
+The model APIs are ``async``: their work is a few hundred microseconds of numpy, cheaper to run
+on the event loop than to hand to a thread. ``feedback`` waits on an fsync and a Feast write, so
+it runs in BentoML's thread pool and never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import bentoml
+
+from recloop.settings import load_settings
+from serving.http import ApiGate
+from serving.schemas import (
+    EXAMPLES,
+    FeedbackRequest,
+    FeedbackResponse,
+    RankRequest,
+    RankResponse,
+    RecommendRequest,
+    RecommendResponse,
+    SimilarItemsRequest,
+    SimilarItemsResponse,
+)
+
+# The body each API takes; each request model carries it as its OpenAPI "example", which the
+# docs page puts in "Try it out" (BentoML 1.4 rejects the newer "examples" key).
+EXAMPLE_INPUT = EXAMPLES
+
+SETTINGS = load_settings()
+CONFIG = SETTINGS.serving
+
+
+def _status() -> dict:
+    service = bentoml.get_current_service()
+    if service is None or getattr(service, "engine", None) is None:
+        return {"ready": False, "models": None, "reason": "starting"}
+    return service.engine.status()
+
+
+@bentoml.service(
+    name="recloop",
+    workers=CONFIG.workers,
+    threads=CONFIG.threads,
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": CONFIG.access_log}},
+    http={"host": CONFIG.host, "port": CONFIG.port},
+)
+class Recommender:
+    """Recommendations from the champion model, with logged propensities."""
+
+    def __init__(self) -> None:
+        from serving.engine import Engine
+
+        self.engine = Engine(SETTINGS)
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self.engine.close()
+
+    def __is_ready__(self) -> bool:
+        return self.engine.status()["ready"]
+
+    @bentoml.api
+    async def recommend(self, request: RecommendRequest, /) -> RecommendResponse:
+        """Top-k items for a user (known, unknown with a profile, or brand new), drawn by the
+        configured policy; each item carries its slot propensity."""
+        return RecommendResponse.model_validate(self.engine.recommend(request))
+
+    @bentoml.api
+    async def rank(self, request: RankRequest, /) -> RankResponse:
+        """Point-wise scores of the given candidates for the user."""
+        return RankResponse.model_validate(self.engine.rank(request))
+
+    @bentoml.api
+    def feedback(self, request: FeedbackRequest, /) -> FeedbackResponse:
+        """Log user events durably (idempotent on event_id) and push fresh clicks to Feast."""
+        return FeedbackResponse.model_validate(self.engine.feedback(request))
+
+    @bentoml.api
+    async def similar_items(self, request: SimilarItemsRequest, /) -> SimilarItemsResponse:
+        """Items most alike the given one, by the served model's item vectors."""
+        return SimilarItemsResponse.model_validate(self.engine.similar_items(request))
+
+
+Recommender.add_asgi_middleware(
+    ApiGate,
+    keys=CONFIG.keys(),
+    max_body_bytes=CONFIG.max_body_bytes,
+    models={
+        "recommend": RecommendRequest, "rank": RankRequest, "feedback": FeedbackRequest,
+        "similar_items": SimilarItemsRequest,
+    },
+    status=_status,
+)  # fmt: skip

@@ -1,0 +1,283 @@
+"""The BentoML service for real: a `recloop serve` process over HTTP, on a simulated world
+that went through the real feature pipeline (dbt, gate, Feast) and real training (MLflow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from recloop.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BIN = Path(sys.executable).parent
+KEY = "test-key-1"
+HEADERS = {"X-API-Key": KEY}
+WORLD = {
+    "RECLOOP_SIMULATOR__USERS": "150",
+    "RECLOOP_SIMULATOR__ITEMS": "80",
+    "RECLOOP_SIMULATOR__DAYS": "4",
+    "RECLOOP_TRAINING__MODEL_CONFIG_OVERRIDES": json.dumps({"two_tower": {"epochs": 2}}),
+    "RECLOOP_TRAINING__PROTOCOLS": '["P1"]',
+}
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECLOOP_")}
+    return {**env, **WORLD, "RECLOOP_HOME": str(home), **extra}
+
+
+def _recloop(home: Path, *args: str) -> None:
+    subprocess.run([str(BIN / "recloop"), *args], env=_env(home), check=True,
+                   capture_output=True, timeout=600)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A home with features applied and popularity, EASE and two_tower versions registered."""
+    home = tmp_path_factory.mktemp("serving") / "var"
+    _recloop(home, "init")
+    _recloop(home, "simulate")
+    _recloop(home, "features", "run")
+    _recloop(home, "train", "--models", "popularity,ease,two_tower")
+    return home
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(home: Path, **settings: str) -> Iterator[httpx.Client]:
+    port = _free_port()
+    env = _env(
+        home, RECLOOP_SERVING__API_KEYS=json.dumps([KEY, "other-key"]),
+        RECLOOP_SERVING__PORT=str(port), RECLOOP_SERVING__WATCH_SECONDS="0.5", **settings,
+    )  # fmt: skip
+    log = open(home / f"serve-{port}.log", "w")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen([str(BIN / "recloop"), "serve"], env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=HEADERS, timeout=30)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"service did not start:\n{(home / log.name).read_text()}")
+            time.sleep(0.5)
+        client.process = process  # type: ignore[attr-defined]
+        yield client
+    finally:
+        client.close()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        log.close()
+
+
+def _known_user(home: Path) -> str:
+    from training import registry
+
+    model = registry.download_model(Settings(home=home), "champion")
+    return sorted(model.histories)[0]
+
+
+def _click(user: str, item: str) -> dict:
+    return {"event_id": str(uuid.uuid4()), "ts": datetime.now(UTC).isoformat(),
+            "user_id": user, "item_id": item, "event_type": "click"}  # fmt: skip
+
+
+def test_recommendations_for_known_unknown_and_new_users(world: Path) -> None:
+    known = _known_user(world)
+    with serving(world) as http:
+        ready = http.get("/readyz").json()
+        assert ready["ready"] and not ready["models"]["fallback"]
+        assert ready["models"]["profile_model"]["kind"] == "two_tower"
+
+        body = http.post("/recommend", json={"user_id": known, "k": 5}).json()
+        assert body["served_by"] == "history" and len(body["items"]) == 5
+        assert body["model_version"] == ready["models"]["champion"]["version"]
+        assert all(item["propensity"] == 1.0 for item in body["items"])  # greedy
+
+        profile = {"age": 30, "occupation": "engineer", "text": "space operas and robots"}
+        cold = http.post("/recommend", json={"user_id": "nobody-1", "k": 5, "profile": profile})
+        assert cold.json()["served_by"] == "profile"
+        assert cold.json()["model_version"] == ready["models"]["profile_model"]["version"]
+
+        new = http.post("/recommend", json={"user_id": "nobody-2", "k": 5}).json()
+        assert new["served_by"] == "popularity"
+
+        # A click reaches the next recommendation through Feast's push source at once.
+        top = new["items"][0]["item_id"]
+        ack = http.post("/feedback", json={"events": [_click("nobody-2", top)]}).json()
+        assert ack == {"appended": 1, "duplicates": 0, "users_refreshed": 1}
+        after = http.post("/recommend", json={"user_id": "nobody-2", "k": 5}).json()
+        assert after["served_by"] == "fresh_clicks" and after["fresh_clicks"] == 1
+        assert top not in [item["item_id"] for item in after["items"]]
+
+        ranked = http.post("/rank", json={"user_id": known, "item_ids": [top, "no-such"]}).json()
+        assert [row["known"] for row in ranked["items"]] == [True, False]
+        assert ranked["items"][0]["score"] > ranked["items"][1]["score"]
+        similar = http.post("/similar_items", json={"item_id": top, "k": 3}).json()
+        assert len(similar["items"]) == 3 and top not in [i["item_id"] for i in similar["items"]]
+        unknown = http.post("/similar_items", json={"item_id": "no-such"}).json()
+        assert unknown["known"] is False and unknown["items"] == []
+
+        for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}):
+            response = httpx.post(f"{http.base_url}/recommend", json={"user_id": known},
+                                  headers=headers)  # fmt: skip
+            assert response.status_code == 401
+        assert httpx.get(f"{http.base_url}/healthz").status_code == 200
+        response = http.post("/recommend", json={"user_id": known, "k": 1000})
+        assert response.status_code == 422 and response.json()["detail"][0]["field"] == "k"
+        assert http.get("/metrics").status_code == 200
+
+    # Every served slate was logged as impressions, with propensities and the version.
+    from recloop.eventlog import open_event_log
+
+    with open_event_log(Settings(home=world)) as events:
+        table = events.read().to_pylist()
+    shown = [e for e in table if e["event_type"] == "impression" and e["request_id"] == body[
+        "request_id"]]  # fmt: skip
+    assert sorted(e["position"] for e in shown) == [0, 1, 2, 3, 4]
+    assert {e["model_version"] for e in shown} == {body["model_version"]}
+    assert all(e["propensity"] == 1.0 and e["policy"] == "greedy" for e in shown)
+
+
+def test_alias_change_swaps_versions_with_no_failed_request(world: Path) -> None:
+    import mlflow
+
+    from training import registry
+
+    known = _known_user(world)
+    settings = Settings(home=world)
+    client = registry.configure(settings)
+    champion = str(registry.alias_version(client, registry.CHAMPION).version)
+    versions = sorted(str(v.version) for v in client.search_model_versions(
+        f"name = '{registry.MODEL_NAME}'"))  # fmt: skip
+    other = next(v for v in versions if v != champion)
+    seen: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+    with serving(world, RECLOOP_SERVING__POLICY="plackett_luce") as http:
+
+        def hammer() -> None:
+            with httpx.Client(base_url=http.base_url, headers=HEADERS, timeout=30) as own:
+                while not stop.is_set():
+                    r = own.post("/recommend", json={"user_id": known, "k": 5})
+                    seen.append((r.status_code, r.json().get("model_version")))
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(1.0)
+            registry.set_alias(client, registry.CHAMPION, other)
+            deadline = time.monotonic() + 60
+            while not seen or seen[-1][1] != other:
+                assert time.monotonic() < deadline, "the new champion was never served"
+                time.sleep(0.2)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+            registry.set_alias(client, registry.CHAMPION, champion)
+    assert {status for status, _ in seen} == {200}
+    served = [version for _, version in seen]
+    assert served[0] == champion and served[-1] == other
+    # Once the new version is served, the old one never comes back (an atomic swap).
+    first_new = served.index(other)
+    assert set(served[first_new:]) == {other}
+    del mlflow
+
+
+def test_schemathesis_finds_no_server_error(world: Path) -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    with serving(world) as http:
+        schema = schemathesis.openapi.from_url(f"{http.base_url}/docs.json")
+        failures = []
+        for operation in schema.get_all_operations():
+            op = operation.ok()
+
+            @given(case=op.as_strategy())
+            @settings(max_examples=25, deadline=None, database=None,
+                      suppress_health_check=list(HealthCheck))  # fmt: skip
+            def check(case, path: str = op.path) -> None:
+                response = case.call(headers=HEADERS)
+                try:
+                    case.validate_response(
+                        response, checks=[not_a_server_error, response_schema_conformance]
+                    )
+                except Exception as error:  # schemathesis' failure groups, reported below
+                    failures.append(f"{path}: {error}")
+
+            check()
+        assert not failures, "\n".join(failures[:5])
+
+
+def test_sigkill_during_feedback_loses_no_acknowledged_event(world: Path) -> None:
+    acknowledged: list[str] = []
+    stop = threading.Event()
+    with serving(world) as http:
+
+        def load(worker: int) -> None:
+            with httpx.Client(base_url=http.base_url, headers=HEADERS, timeout=10) as own:
+                n = 0
+                while not stop.is_set():
+                    batch = [_click(f"crash-{worker}", f"i{n % 50:05d}") for _ in range(20)]
+                    n += 1
+                    try:
+                        response = own.post("/feedback", json={"events": batch})
+                    except httpx.TransportError:
+                        return  # the server died mid-request: not acknowledged
+                    if response.status_code == 200:
+                        acknowledged.extend(e["event_id"] for e in batch)
+
+        threads = [threading.Thread(target=load, args=(w,)) for w in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(2.0)
+        os.killpg(http.process.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert len(acknowledged) > 100
+
+    from recloop.eventlog import open_event_log
+
+    # Opening the log recovers what the dead writer left (cut torn lines, seal segments).
+    with open_event_log(Settings(home=world)) as events:
+        ids = [str(e) for e in events.read().column("event_id").to_pylist()]
+    counts = {event_id: 0 for event_id in acknowledged}
+    for event_id in ids:
+        if event_id in counts:
+            counts[event_id] += 1
+    assert set(counts.values()) == {1}, "an acknowledged event is missing or duplicated"

@@ -1,0 +1,102 @@
+"""Policies: the logged propensities are the frequencies the policy really produces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.policies import (
+    Candidates,
+    EpsilonGreedy,
+    Greedy,
+    PlackettLuce,
+    Thompson,
+    make_policy,
+    plackett_luce_marginals,
+)
+
+SCORES = np.array([2.0, 1.6, 1.5, 0.7, 0.2, -0.4])
+K = 3
+
+
+def frequencies_and_logged(policy, candidates: Candidates, draws: int, seed: int = 0):
+    """Empirical P(item at slot) over many slates, and the propensities logged for them."""
+    m = len(candidates.scores)
+    counts = np.zeros((m, K))
+    logged: dict[tuple[int, int], set[float]] = {}
+    for n in range(draws):
+        slate = policy.draw(candidates, K, np.random.default_rng(seed + n))
+        for slot, (item, p) in enumerate(zip(slate.indices, slate.propensities, strict=True)):
+            counts[item, slot] += 1
+            logged.setdefault((int(item), slot), set()).add(round(float(p), 9))
+    return counts / draws, logged
+
+
+def assert_matches(freq, logged, draws, spread=0.0):
+    """Every logged propensity within 4.5 standard errors (plus ``spread`` for a Monte Carlo
+    estimate) of the frequency it claims; every shown pair has a propensity."""
+    for (item, slot), values in logged.items():
+        for p in values:
+            se = np.sqrt(max(p * (1 - p), 1e-4) / draws)
+            assert abs(freq[item, slot] - p) < 4.5 * se + spread, (item, slot, p, freq[item, slot])
+
+
+def test_greedy_is_the_top_k_with_certainty() -> None:
+    slate = Greedy().draw(Candidates(SCORES), K, np.random.default_rng(0))
+    assert slate.indices.tolist() == [0, 1, 2]
+    assert slate.propensities.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_epsilon_greedy_propensities_match_frequencies() -> None:
+    policy = EpsilonGreedy(0.3)
+    freq, logged = frequencies_and_logged(policy, Candidates(SCORES), 6000)
+    assert_matches(freq, logged, 6000)
+    assert logged[(0, 0)] == {0.7}
+    assert logged[(4, 1)] == {round(0.3 / 3, 9)}  # pool of three below the top three
+    assert freq[0, 1] == 0  # a greedy item never moves to another slot
+
+
+def test_plackett_luce_propensities_match_frequencies() -> None:
+    policy = PlackettLuce(0.5)
+    freq, logged = frequencies_and_logged(policy, Candidates(SCORES), 6000)
+    assert_matches(freq, logged, 6000)
+    assert all(len(values) == 1 for values in logged.values())  # fixed scores, fixed marginals
+
+
+@pytest.mark.parametrize("temperature", [0.05, 0.3, 3.0])
+def test_plackett_luce_marginals_are_distributions(temperature: float) -> None:
+    weights = PlackettLuce(temperature).weights(np.random.default_rng(1).normal(size=40))
+    marginals = plackett_luce_marginals(weights, np.arange(40), 5)
+    np.testing.assert_allclose(marginals.sum(axis=0), 1.0, atol=1e-5)  # each slot holds one item
+    assert (marginals.sum(axis=1) <= 1 + 1e-6).all()  # an item holds at most one slot
+    np.testing.assert_allclose(marginals[:, 0], weights / weights.sum(), atol=1e-9)  # softmax
+
+
+def test_thompson_propensities_match_frequencies() -> None:
+    clicks = np.array([30, 12, 10, 2, 1, 0])
+    shown = np.array([100, 60, 40, 20, 10, 0])
+    policy = Thompson(draws=2000)
+    freq, logged = frequencies_and_logged(policy, Candidates(SCORES, clicks, shown), 3000)
+    # Monte Carlo estimates: their own error (at most 0.5 / sqrt(2000) ~ 0.011) is allowed for.
+    assert_matches(freq, logged, 3000, spread=4 * 0.5 / np.sqrt(2000))
+
+
+def test_thompson_needs_counts() -> None:
+    with pytest.raises(ValueError, match="clicks and impressions"):
+        Thompson().draw(Candidates(SCORES), K, np.random.default_rng(0))
+
+
+def test_slates_never_repeat_an_item_and_respect_short_pools() -> None:
+    for policy in (Greedy(), EpsilonGreedy(0.9), PlackettLuce(1.0)):
+        for seed in range(50):
+            slate = policy.draw(Candidates(SCORES[:4]), 10, np.random.default_rng(seed))
+            assert len(slate.indices) == 4 and len(set(slate.indices.tolist())) == 4
+            assert ((slate.propensities > 0) & (slate.propensities <= 1)).all()
+
+
+def test_make_policy_names_the_allowed_values() -> None:
+    assert make_policy("plackett_luce", epsilon=0.1, temperature=0.4, draws=100).name == (
+        "plackett_luce(temperature=0.4)"
+    )
+    with pytest.raises(ValueError, match=r"serving\.policy: unknown 'softmax'"):
+        make_policy("softmax", epsilon=0.1, temperature=0.4, draws=100)
