@@ -66,7 +66,7 @@ PACE = """
 delay = function() return {delay_ms} end
 """
 RANK = """
-items = {{{items}}}
+items = '{items}'
 request = function()
   return wrk.format(nil, "/rank", nil, '{{"user_id": "{user}", "item_ids": [' .. items .. ']}}')
 end
@@ -152,7 +152,7 @@ def main() -> None:
         model = registry.download_model(Settings(home=home), "champion")
         users = sorted(model.histories)[:200]
         user_list = ", ".join(f'"{u}"' for u in users)
-        items = ", ".join(f'\\"{i}\\"' for i in model.item_ids[:100])
+        items = ", ".join(f'"{i}"' for i in model.item_ids[:100])
         post = POST.format(key=KEY)
 
         wrk(url + "/healthz", "", seconds=5)  # warm-up
