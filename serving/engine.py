@@ -25,9 +25,10 @@ import numpy as np
 from recloop.contracts import Event, EventType
 from recloop.settings import Settings
 from serving.models import POSITIVE_EVENTS, Deployment, ModelSet, ModelWatcher
-from serving.policies import Candidates, make_policy
+from serving.policies import Candidates, make_policy, top
 from serving.schemas import (
     FeedbackRequest,
+    Profile,
     RankRequest,
     RecommendRequest,
     SimilarItemsRequest,
@@ -67,10 +68,10 @@ class Engine:
     # -- endpoints ---------------------------------------------------------------------------
 
     def recommend(self, request: RecommendRequest) -> dict[str, Any]:
-        models = self.watcher.current
-        arm, deployment = self.arm(models, request.user_id)
-        fresh = self.features.recent_clicks([request.user_id])[0]
-        deployment, query, served_by = self._query(models, deployment, request, fresh)
+        context = request.context.model_dump(exclude_none=True) if request.context else {}
+        arm, deployment, query, served_by, fresh = self._resolve(
+            request.user_id, context, request.profile
+        )
         model = deployment.model
         if served_by == "popularity":
             scores = np.log1p(model.popularity)
@@ -79,14 +80,13 @@ class Engine:
         if request.exclude_seen:
             seen = [model.item_index[i] for i in (query.history or ()) if i in model.item_index]
             scores[seen] = -np.inf
-        pool = _top(scores, self.settings.serving.candidates)
+        pool = _finite_top(scores, self.settings.serving.candidates)
         items = [model.item_ids[i] for i in pool]
         clicks, shown = self._counts(items)
         request_id = uuid.uuid4().hex
         rng = np.random.default_rng(int(request_id, 16))  # the draw is reproducible from the id
         slate = self.policy.draw(Candidates(scores[pool], clicks, shown), request.k, rng)
         now = datetime.now(UTC)
-        context = request.context.model_dump(exclude_none=True) if request.context else {}
         chosen = [
             {"item_id": items[c], "slot": slot, "score": float(scores[pool[c]]),
              "propensity": float(p)}
@@ -113,11 +113,8 @@ class Engine:
         }  # fmt: skip
 
     def rank(self, request: RankRequest) -> dict[str, Any]:
-        models = self.watcher.current
-        _, deployment = self.arm(models, request.user_id)
-        fresh = self.features.recent_clicks([request.user_id])[0]
-        as_recommend = RecommendRequest(user_id=request.user_id, context=request.context)
-        deployment, query, _ = self._query(models, deployment, as_recommend, fresh)
+        context = request.context.model_dump(exclude_none=True) if request.context else {}
+        _, deployment, query, _, _ = self._resolve(request.user_id, context, None)
         model = deployment.model
         scores = model.score([query], request.item_ids)[0]
         return {
@@ -151,13 +148,12 @@ class Engine:
         row = model.item_index[request.item_id]
         similarity = vectors @ vectors[row]
         similarity[row] = -np.inf
-        top = _top(similarity, request.k)
         return {
             "item_id": request.item_id,
             "known": True,
             "items": [
                 {"item_id": model.item_ids[i], "similarity": float(similarity[i])}
-                for i in top if np.isfinite(similarity[i])
+                for i in _finite_top(similarity, request.k)
             ],
             "model_version": deployment.version,
         }  # fmt: skip
@@ -196,31 +192,34 @@ class Engine:
         return ("challenger", models.challenger) if bucket < share else (
             "champion", models.champion)  # fmt: skip
 
-    def _query(
-        self, models: ModelSet, deployment: Deployment, request: RecommendRequest,
-        fresh: list[str],
-    ) -> tuple[Deployment, UserQuery, str]:  # fmt: skip
-        """Which model answers, with what it knows of the user, and which path that is."""
-        model = deployment.model
-        context = request.context.model_dump(exclude_none=True) if request.context else None
+    def _resolve(
+        self, user_id: str, context: dict[str, Any], profile: Profile | None
+    ) -> tuple[str, Deployment, UserQuery, str, list[str]]:
+        """Who answers and with what: (arm, deployment, query, served_by, fresh clicks).
+
+        The traffic arm's model answers with what it knows of the user, plus any pushed
+        clicks; an unknown user with neither clicks nor a profile gets popularity."""
+        models = self.watcher.current  # read once: the whole request uses this set
+        arm, deployment = self.arm(models, user_id)
+        fresh = self.features.recent_clicks([user_id])[0]
         oldest_first = tuple(reversed(fresh))
-        profile = request.profile
         attributes = (
             {"age": profile.age, "gender": profile.gender, "occupation": profile.occupation}
             if profile is not None else None
         )  # fmt: skip
         text = profile.text if profile is not None else None
-        if request.user_id in model.histories:
-            history = tuple(dict.fromkeys(model.histories[request.user_id] + oldest_first))
-            query = UserQuery(request.user_id, history, attributes, text, context)
-            return deployment, query, "history"
+        known = deployment.model.histories.get(user_id)
+        if known is not None:
+            history = tuple(dict.fromkeys(known + oldest_first))
+            query = UserQuery(user_id, history, attributes, text, context)
+            return arm, deployment, query, "history", fresh
         if fresh:
-            query = UserQuery(request.user_id, oldest_first, attributes, text, context)
-            return deployment, query, "fresh_clicks"
+            query = UserQuery(user_id, oldest_first, attributes, text, context)
+            return arm, deployment, query, "fresh_clicks", fresh
         if profile is not None and models.profile is not None:
-            query = UserQuery(request.user_id, (), attributes, text, context)
-            return models.profile, query, "profile"
-        return deployment, UserQuery(request.user_id, (), None, None, context), "popularity"
+            query = UserQuery(user_id, (), attributes, text, context)
+            return arm, models.profile, query, "profile", fresh
+        return arm, deployment, UserQuery(user_id, (), None, None, context), "popularity", fresh
 
     def _counts(self, items: list[str]) -> tuple[np.ndarray, np.ndarray]:
         counts = self.item_counts
@@ -311,11 +310,8 @@ class ImpressionWriter:
                     log.exception("could not log %d impressions", len(batch))
 
 
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k highest finite scores, best first (ties by position)."""
-    finite = np.flatnonzero(np.isfinite(scores))
-    k = min(k, len(finite))
-    if k == 0:
-        return finite
-    part = finite[np.argpartition(-scores[finite], k - 1)[:k]]
-    return part[np.lexsort((part, -scores[part]))]
+def _finite_top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k highest finite scores, best first (excluded items score -inf and
+    sort last, so they are cut off after the top k)."""
+    ranked = top(scores, k)
+    return ranked[np.isfinite(scores[ranked])]

@@ -127,12 +127,6 @@ class ModelWatcher:
         from training import registry
 
         client = registry.configure(self.settings)
-        wanted = {
-            registry.CHAMPION: registry.alias_version(client, registry.CHAMPION),
-            registry.CHALLENGER: registry.alias_version(client, registry.CHALLENGER)
-            if self.settings.serving.challenger_share > 0
-            else None,
-        }
         loaded = {} if old is None else {
             d.alias: d for d in (old.champion, old.challenger, old.profile) if d is not None
         }  # fmt: skip
@@ -142,18 +136,20 @@ class ModelWatcher:
             if known is not None and known.version == str(version.version):
                 return known
             model = registry.download_model(self.settings, str(version.version))
-            if self.settings.serving.quantize and hasattr(model, "quantize"):
-                model.quantize()
             return Deployment(model, str(version.version), alias)
 
-        champion_version = wanted[registry.CHAMPION]
+        champion_version = registry.alias_version(client, registry.CHAMPION)
         if champion_version is None:
             if old is not None and old.fallback:
                 return old
             return ModelSet(Deployment(popularity_from_events(self.events), FALLBACK_VERSION,
                                        "fallback"))  # fmt: skip
         champion = deployment(registry.CHAMPION, champion_version)
-        challenger_version = wanted[registry.CHALLENGER]
+        challenger_version = (
+            registry.alias_version(client, registry.CHALLENGER)
+            if self.settings.serving.challenger_share > 0
+            else None
+        )
         challenger = (
             deployment(registry.CHALLENGER, challenger_version)
             if challenger_version is not None

@@ -70,8 +70,8 @@ class Greedy:
 
     def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate:
         del rng
-        top = _top(candidates.scores, k)
-        return Slate(top, np.ones(len(top)))
+        best = top(candidates.scores, k)
+        return Slate(best, np.ones(len(best)))
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class EpsilonGreedy:
         object.__setattr__(self, "name", f"epsilon_greedy(epsilon={self.epsilon:g})")
 
     def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate:
-        order = _top(candidates.scores, len(candidates.scores))
+        order = top(candidates.scores, len(candidates.scores))
         greedy, pool = order[:k], order[k:]
         if len(pool) == 0 or self.epsilon == 0:
             return Slate(greedy, np.ones(len(greedy)))
@@ -141,7 +141,7 @@ class Thompson:
         misses = np.maximum(np.asarray(candidates.impressions, dtype=np.float64) - clicks, 0.0)
         alpha, beta = 1.0 + clicks, 1.0 + misses
         k = min(k, len(alpha))
-        indices = _top(rng.beta(alpha, beta), k)
+        indices = top(rng.beta(alpha, beta), k)
         samples = rng.beta(alpha, beta, size=(self.draws, len(alpha)))
         ranked = np.argsort(-samples, axis=1, kind="stable")[:, :k]  # (draws, k)
         propensities = (ranked == indices[None, :]).mean(axis=0)
@@ -199,10 +199,14 @@ def _poisson_binomial_scan(rang: np.ndarray, slots: int) -> np.ndarray:
     return out
 
 
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k highest scores, best first; ties by position (stable)."""
+def top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k highest scores, best first; ties by position (training's top_k on
+    one row, which also handles an empty pool)."""
+    from training.metrics import top_k
+
+    scores = np.asarray(scores)
     k = min(k, len(scores))
-    return np.argsort(-np.asarray(scores), kind="stable")[:k]
+    return top_k(scores[None, :], k)[0] if k > 0 else np.zeros(0, dtype=np.int64)
 
 
 def make_policy(name: str, *, epsilon: float, temperature: float, draws: int) -> Policy:

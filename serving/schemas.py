@@ -39,6 +39,11 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+def _example(name: str) -> ConfigDict:
+    """A request model's config addition: its OpenAPI example (merged with _Body's config)."""
+    return ConfigDict(json_schema_extra={"example": EXAMPLES[name]})
+
+
 class Context(_Body):
     """Request context; the sequential ranker uses it where it was trained with it."""
 
@@ -59,11 +64,7 @@ class Profile(_Body):
 
 
 class RecommendRequest(_Body):
-    model_config = ConfigDict(
-        extra="forbid",
-        str_strip_whitespace=True,
-        json_schema_extra={"example": EXAMPLES["recommend"]},
-    )
+    model_config = _example("recommend")
 
     user_id: Id = Field(description="The user to recommend for; unknown ids are served too.")
     k: int = Field(10, ge=1, le=MAX_K, description=f"Slate size, 1-{MAX_K}.")
@@ -102,11 +103,7 @@ class RecommendResponse(BaseModel):
 
 
 class RankRequest(_Body):
-    model_config = ConfigDict(
-        extra="forbid",
-        str_strip_whitespace=True,
-        json_schema_extra={"example": EXAMPLES["rank"]},
-    )
+    model_config = _example("rank")
 
     user_id: Id = Field(description="The user.")
     item_ids: list[Id] = Field(
@@ -139,11 +136,7 @@ class FeedbackEvent(Event):
 
 
 class FeedbackRequest(_Body):
-    model_config = ConfigDict(
-        extra="forbid",
-        str_strip_whitespace=True,
-        json_schema_extra={"example": EXAMPLES["feedback"]},
-    )
+    model_config = _example("feedback")
 
     events: list[FeedbackEvent] = Field(
         min_length=1, max_length=MAX_EVENTS,
@@ -158,11 +151,7 @@ class FeedbackResponse(BaseModel):
 
 
 class SimilarItemsRequest(_Body):
-    model_config = ConfigDict(
-        extra="forbid",
-        str_strip_whitespace=True,
-        json_schema_extra={"example": EXAMPLES["similar_items"]},
-    )
+    model_config = _example("similar_items")
 
     item_id: Id = Field(description="The item to find neighbours of.")
     k: int = Field(10, ge=1, le=MAX_K, description=f"How many, 1-{MAX_K}.")
