@@ -178,14 +178,6 @@ class ServingSettings(BaseModel):
     watch_seconds: float = Field(
         10.0, gt=0, description="How often the registry aliases are checked for a new version."
     )
-    quantize: bool = Field(
-        False,
-        description="Serve neural kinds through int8 dynamic quantisation (benchmarks/RESULTS.md "
-        "has its speed and quality cost).",
-    )
-    max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
-    max_items: int = Field(1000, ge=1, description="Most item ids one /rank request may carry.")
-    max_events: int = Field(1000, ge=1, description="Most events one /feedback request may carry.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted.")
     fresh_clicks: int = Field(
         20, ge=1, description="Recent clicks kept per user in Feast's push-fed view."
