@@ -23,16 +23,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
 from benchmarks.results import Row, add_output_options, publish
+from serving.launch import free_port, wait_ready
 
 KEY = "benchmark-key"
 BIN = Path(sys.executable).parent
@@ -91,12 +88,6 @@ end
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(args: list[str], env: dict[str, str]) -> None:
     subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -136,7 +127,7 @@ def main() -> None:
     env = {**base, "RECLOOP_HOME": str(home), "RECLOOP_TRAINING__PROTOCOLS": '["P1"]'}
     if args.home is None:
         prepare(args.data, home, env)
-    port = _free_port()
+    port = free_port()
     serve_env = {**env, "RECLOOP_SERVING__API_KEYS": json.dumps([KEY]),
                  "RECLOOP_SERVING__PORT": str(port)}  # fmt: skip
     server = subprocess.Popen(
@@ -145,7 +136,10 @@ def main() -> None:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        status = _wait_ready(url, server)
+        try:
+            status = wait_ready(url, server, timeout=300)
+        except RuntimeError as error:
+            sys.exit(str(error))
         from recloop.settings import Settings
         from training import registry
 
@@ -192,21 +186,6 @@ def main() -> None:
             5000.0, protocol="batches of 100, fsync before ack + Feast push, 8 connections"),
     ]  # fmt: skip
     publish(rows, args, lambda r: f"{r.metric}: {r.value:,.2f} {r.unit} (ratio {r.ratio:.2f})")
-
-
-def _wait_ready(url: str, server: subprocess.Popen) -> dict:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            sys.exit("the service exited while starting")
-        try:
-            response = httpx.get(url + "/readyz", timeout=5)
-            if response.status_code == 200:
-                return response.json()
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    sys.exit("the service did not become ready in 300 s")
 
 
 if __name__ == "__main__":

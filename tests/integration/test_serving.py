@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from recloop.settings import Settings
+from serving.launch import free_port, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,15 +57,9 @@ def world(tmp_path_factory) -> Path:
     return home
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serving(home: Path, **settings: str) -> Iterator[httpx.Client]:
-    port = _free_port()
+    port = free_port()
     env = _env(
         home, RECLOOP_SERVING__API_KEYS=json.dumps([KEY, "other-key"]),
         RECLOOP_SERVING__PORT=str(port), RECLOOP_SERVING__WATCH_SECONDS="0.5", **settings,
@@ -75,16 +69,10 @@ def serving(home: Path, **settings: str) -> Iterator[httpx.Client]:
                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=HEADERS, timeout=30)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"service did not start:\n{(home / log.name).read_text()}")
-            time.sleep(0.5)
+        try:
+            wait_ready(str(client.base_url), process, timeout=180)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}:\n{(home / log.name).read_text()}") from None
         client.process = process  # type: ignore[attr-defined]
         yield client
     finally:
@@ -181,8 +169,6 @@ def test_recommendations_for_known_unknown_and_new_users(world: Path) -> None:
 
 
 def test_alias_change_swaps_versions_with_no_failed_request(world: Path) -> None:
-    import mlflow
-
     from training import registry
 
     known = _known_user(world)
@@ -224,7 +210,6 @@ def test_alias_change_swaps_versions_with_no_failed_request(world: Path) -> None
     # Once the new version is served, the old one never comes back (an atomic swap).
     first_new = served.index(other)
     assert set(served[first_new:]) == {other}
-    del mlflow
 
 
 def test_schemathesis_finds_no_server_error(world: Path) -> None:
