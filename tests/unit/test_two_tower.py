@@ -91,10 +91,13 @@ def test_fit_and_score_shapes(fitted: TwoTower) -> None:
     scores = fitted.score(KNOWN + NEW)
     assert scores.shape == (6, 20)
     assert np.isfinite(scores).all()
+    # Column selection compared within one batch: the same users scored in a batch of six
+    # can differ in the last float32 bit (the matmul kernels split batches differently).
+    known = fitted.score(KNOWN)
     subset = fitted.score(KNOWN, ["i3", "i0", "not-an-item"])
     assert subset.shape == (3, 3)
-    np.testing.assert_array_equal(subset[:, :2], scores[:3][:, [3, 0]])
-    assert (subset[:, 2] < scores[:3].min()).all()
+    np.testing.assert_array_equal(subset[:, :2], known[:, [3, 0]])
+    assert (subset[:, 2] < known.min()).all()
     assert [row["epoch"] for row in fitted.history] == [1, 2, 3]
     assert all(np.isfinite(row["loss"]) for row in fitted.history)
     top = fitted.recommend([UserQuery(user_id="u1")], k=5)[0]
