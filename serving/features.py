@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -33,6 +34,10 @@ class OnlineFeatures:
 
         self.keep = settings.serving.fresh_clicks
         self.store = open_store(settings)
+        # Feast's SQLite online store shares one connection across threads: two concurrent
+        # pushes fail with "cannot start a transaction within a transaction". One push at a
+        # time per process also makes each user's read-merge-write atomic within a replica.
+        self._push_lock = threading.Lock()
         try:
             self.store.get_feature_view("user_recent_activity")
         except Exception as error:
@@ -57,20 +62,21 @@ class OnlineFeatures:
         if not by_user:
             return 0
         users = sorted(by_user)
-        known = self.recent_clicks(users)
-        rows = []
-        for user, old in zip(users, known, strict=True):
-            new = [item for _, item in sorted(by_user[user], reverse=True)]
-            merged = list(dict.fromkeys(new + old))[: self.keep]
-            rows.append({
-                "user_id": user,
-                "recent_click_item_ids": merged,
-                "last_click_at": max(at for at, _ in by_user[user]),
-                "event_timestamp": datetime.now(UTC),
-            })  # fmt: skip
         from feast.data_source import PushMode
 
-        self.store.push(PUSH_SOURCE, pd.DataFrame(rows), to=PushMode.ONLINE)
+        with self._push_lock:
+            known = self.recent_clicks(users)
+            rows = []
+            for user, old in zip(users, known, strict=True):
+                new = [item for _, item in sorted(by_user[user], reverse=True)]
+                merged = list(dict.fromkeys(new + old))[: self.keep]
+                rows.append({
+                    "user_id": user,
+                    "recent_click_item_ids": merged,
+                    "last_click_at": max(at for at, _ in by_user[user]),
+                    "event_timestamp": datetime.now(UTC),
+                })  # fmt: skip
+            self.store.push(PUSH_SOURCE, pd.DataFrame(rows), to=PushMode.ONLINE)
         return len(rows)
 
     def item_counts(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
