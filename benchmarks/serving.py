@@ -130,10 +130,12 @@ def main() -> None:
     port = free_port()
     serve_env = {**env, "RECLOOP_SERVING__API_KEYS": json.dumps([KEY]),
                  "RECLOOP_SERVING__PORT": str(port)}  # fmt: skip
-    server = subprocess.Popen(
-        [str(BIN / "recloop"), "serve"], env=serve_env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server_log = home / "serve.log"  # where a failed request's reason is found
+    with server_log.open("w") as log:
+        server = subprocess.Popen(
+            [str(BIN / "recloop"), "serve"], env=serve_env, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         try:
@@ -166,7 +168,7 @@ def main() -> None:
               (("healthz", healthz), ("recommend", recommend), ("paced", paced), ("rank", rank),
                ("feedback", feedback))}  # fmt: skip
     if any(failed.values()):
-        sys.exit(f"requests failed during the benchmark: {failed}")
+        sys.exit(f"requests failed during the benchmark: {failed} (server log: {server_log})")
     kind = status["models"]["champion"]["kind"]
     ceiling = healthz["rps"]
     rows = [
