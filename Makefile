@@ -1,6 +1,8 @@
 # Two commands on a fresh clone: `make demo` and `make test`. Each creates .venv if missing.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
+# The recloop home the UIs and the service use (`make airflow STATE=var/demo` after a demo).
+STATE ?= var
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # pip-compile flags that produced requirements.lock; `make lock` reuses the existing pins.
@@ -21,12 +23,12 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Grows with every part of the loop: today sources, then the feature pipeline (dbt, gate, Feast).
+# The whole loop in its own home (var/demo, recreated each time): Airflow DAGs, the BentoML
+# service, simulated users, a taste shift, its detection, retraining, the new champion.
+# Afterwards `make airflow STATE=var/demo` and `make mlflow STATE=var/demo` show what it did.
 demo: setup
-	$(BIN)/recloop init
-	$(BIN)/recloop simulate
-	$(BIN)/recloop features run
-	$(BIN)/recloop summary
+	rm -rf var/demo
+	RECLOOP_HOME=$(CURDIR)/var/demo $(BIN)/recloop demo
 
 test: lint
 	$(BIN)/pytest
@@ -35,8 +37,8 @@ test-fast: setup
 	$(BIN)/pytest -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check recloop training serving feature_repo dags tests benchmarks
-	$(BIN)/ruff format --check recloop training serving feature_repo dags tests benchmarks
+	$(BIN)/ruff check recloop training serving monitoring feature_repo dags tests benchmarks
+	$(BIN)/ruff format --check recloop training serving monitoring feature_repo dags tests benchmarks
 	cd dbt_project && ../$(BIN)/sqlfluff lint models
 
 lock: setup
@@ -51,18 +53,19 @@ bench: setup
 # The Airflow UI with the project's DAGs, state under var/airflow; prints the admin password.
 # standalone starts its components as `airflow` from PATH, hence the venv first on PATH.
 airflow: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH AIRFLOW_HOME=$(CURDIR)/var/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
-	AIRFLOW__CORE__LOAD_EXAMPLES=False RECLOOP_HOME=$(CURDIR)/var \
+	PATH=$(CURDIR)/$(BIN):$$PATH AIRFLOW_HOME=$(abspath $(STATE))/airflow \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	RECLOOP_HOME=$(abspath $(STATE)) \
 	$(BIN)/airflow standalone
 
 # The MLflow UI over the local tracking store and registry (runs, plots, model cards, aliases).
 mlflow: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/var/mlflow/mlflow.db --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(STATE))/mlflow/mlflow.db --port 5000
 
 # The BentoML service on the champion (docs page at http://127.0.0.1:3000/). Needs an API key:
 # RECLOOP_SERVING__API_KEYS='["<key>"]' make serve
 serve: setup
-	RECLOOP_HOME=$(CURDIR)/var $(BIN)/recloop serve
+	RECLOOP_HOME=$(abspath $(STATE)) $(BIN)/recloop serve
 
 clean:
 	rm -rf var .pytest_cache

@@ -25,10 +25,14 @@ FEATURES = Asset(name="features", uri="recloop://features")
 )
 def recloop_features():
     @task
-    def plan(data_interval_start=None, data_interval_end=None) -> dict:
+    def plan(data_interval_start=None, data_interval_end=None, dag_run=None) -> dict:
         from recloop.features.tasks import interval
 
-        return interval(data_interval_start.isoformat(), data_interval_end.isoformat())
+        # A manual or asset-triggered run has no data interval: it processes the hour up to
+        # when it was asked for.
+        end = data_interval_end or dag_run.run_after
+        start = data_interval_start if data_interval_start not in (None, end) else None
+        return interval(start.isoformat() if start else None, end.isoformat())
 
     @task
     def ingest_events(window: dict) -> dict:

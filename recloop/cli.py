@@ -52,6 +52,7 @@ def _fail(message: str) -> None:
 @contextmanager
 def _reported() -> Iterator[None]:
     """Expected failures (bad source, busy log or warehouse) as one line, not a traceback."""
+    from recloop.airflow_local import AirflowError
     from recloop.eventlog import EventLogError
     from recloop.features.dbt import DbtError
     from recloop.features.gate import GateFailed
@@ -60,7 +61,8 @@ def _reported() -> Iterator[None]:
 
     try:
         yield
-    except (SourceError, EventLogError, WarehouseUnavailable, DbtError, GateFailed) as error:
+    except (SourceError, EventLogError, WarehouseUnavailable, DbtError, GateFailed,
+            AirflowError) as error:  # fmt: skip
         _fail(str(error))
     except (LookupError, ValueError, FileNotFoundError) as error:
         # Unknown model kind, alias or protocol, a missing export: each names what is wrong.
@@ -379,6 +381,53 @@ def serve(
     # exec: the server replaces this process, so signals reach it directly.
     os.chdir(root)
     os.execve(str(bentoml), [str(bentoml), "serve", "serving.service:Recommender"], env)
+
+
+@app.command()
+def demo(
+    hours: int = typer.Option(8, min=2, help="Simulated hours of live traffic."),
+    shift_hour: int = typer.Option(4, min=1, help="Hour at which every user's taste shifts."),
+    requests: int = typer.Option(1500, min=10, help="Requests per simulated hour."),
+    users: int = typer.Option(500, min=20, help="Users in the simulated world."),
+    items: int = typer.Option(300, min=30, help="Items in the simulated world."),
+    seed: int = typer.Option(42, help="Seed of the world and of the simulated users."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """The whole loop in a fresh home: Airflow DAGs, the BentoML service, simulated users, a
+    taste shift, its detection, retraining through the asset, and the new champion serving."""
+    from recloop.demo import Demo, DemoConfig
+
+    settings = _settings()
+    if shift_hour >= hours:
+        _fail(f"--shift-hour: {shift_hour} must be below --hours ({hours})")
+    config = DemoConfig(hours=hours, shift_hour=shift_hour, requests_per_hour=requests,
+                        users=users, items=items, seed=seed)  # fmt: skip
+    echo = (lambda message: err.print(message)) if as_json else out.print
+    with _reported():
+        summary = Demo(settings, config, echo=echo).run()
+    if as_json:
+        print(json.dumps(summary))
+        return
+    table = Table("hour", "CTR (95% Wilson)", "true CTR", "alarms", "retrain", "served",
+                  title="recloop demo: one row per simulated hour")  # fmt: skip
+    for row in summary["hours"]:
+        estimate = (f"{row['ctr']:.3f} [{row['ctr_low']:.3f}, {row['ctr_high']:.3f}]"
+                    if row["ctr"] is not None else "-")  # fmt: skip
+        alarms = ", ".join(a.split(":")[0] for a in row["alarms"] or [])
+        served = ", ".join(f"v{v}" for v in sorted(row["served_versions"] or {}))
+        table.add_row(str(row["hour"]), estimate, f"{row['true_ctr']:.3f}", alarms,
+                      "requested" if row["retrain_requested"] else "", served)  # fmt: skip
+    out.print(table)
+    out.print(
+        f"champion v{summary['first_champion']} -> v{summary['final_champion']}; drift detected "
+        f"in hours {summary['drift_detected_hours']}; asset-triggered training runs: "
+        f"{len(summary['asset_triggered_training_runs'])}; new champion served from hour "
+        f"{summary['new_champion_served_from_hour']}; {summary['seconds']:.0f} s",
+        soft_wrap=True,
+    )
+    out.print(
+        f"summary: {summary['summary_path']}\ndashboard: {summary['dashboard']}", soft_wrap=True
+    )
 
 
 def _print_report(report: dict[str, Any], as_json: bool) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,7 +33,14 @@ DEFAULT_CONFIG_FILE = "recloop.yaml"
 MASK = "***"
 
 
-class EventLogSettings(BaseModel):
+class _Section(BaseModel):
+    """A nested settings group: an unknown key (a typo in RECLOOP_SERVING__...) is an error
+    naming it, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventLogSettings(_Section):
     """How the local event log groups, seals and syncs its files."""
 
     seal_seconds: float = Field(
@@ -53,7 +60,7 @@ class EventLogSettings(BaseModel):
     )
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(_Section):
     """Limits that decide when a source file is too broken to ingest."""
 
     max_rejected_share: float = Field(
@@ -64,7 +71,7 @@ class IngestSettings(BaseModel):
     )
 
 
-class GateSettings(BaseModel):
+class GateSettings(_Section):
     """The Great Expectations gate between dbt and Feast."""
 
     max_volume_drop: float = Field(
@@ -76,7 +83,7 @@ class GateSettings(BaseModel):
     )
 
 
-class SimulatorSettings(BaseModel):
+class SimulatorSettings(_Section):
     """Defaults of the world simulator that produces the embedded default data set."""
 
     users: int = Field(500, gt=0, description="Users in the world (some arrive later).")
@@ -88,7 +95,7 @@ class SimulatorSettings(BaseModel):
     )
 
 
-class TrainingSettings(BaseModel):
+class TrainingSettings(_Section):
     """What the training pipeline trains and how."""
 
     models: list[str] = Field(
@@ -120,7 +127,7 @@ class TrainingSettings(BaseModel):
     device: str = Field("auto", description="torch device: auto (cuda when present), cpu, cuda.")
 
 
-class PromotionSettings(BaseModel):
+class PromotionSettings(_Section):
     """The champion/challenger gate."""
 
     margin: float = Field(
@@ -141,7 +148,7 @@ class PromotionSettings(BaseModel):
 PolicyName = Literal["greedy", "epsilon_greedy", "plackett_luce", "thompson"]
 
 
-class ServingSettings(BaseModel):
+class ServingSettings(_Section):
     """The BentoML service: policy, traffic split, limits, keys and the model watch."""
 
     host: str = Field("127.0.0.1", description="Address the service binds.")
@@ -211,6 +218,60 @@ class ServingSettings(BaseModel):
         return [key for key in keys if key]
 
 
+AlarmKind = Literal["degradation", "challenger_wins", "feature_drift"]
+
+
+class MonitoringSettings(_Section):
+    """Hourly online metric estimation, off-policy evaluation, drift alarms (monitoring/)."""
+
+    attribution_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="A click counts for an impression when it arrives this soon "
+        "after it (same request and item).",
+    )
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="1 - the level of every interval.")
+    ewma_half_life_hours: float = Field(
+        6.0, gt=0, description="Half-life of the exponentially weighted CTR view, in hours."
+    )
+    adwin_delta: float = Field(
+        0.002,
+        gt=0,
+        lt=1,
+        description="ADWIN's confidence on the champion's click stream: "
+        "smaller detects later but raises fewer false alarms.",
+    )
+    min_requests: int = Field(
+        100, ge=1, description="An hour with fewer requests raises no feature-drift alarm."
+    )
+    psi_threshold: float = Field(
+        0.25,
+        gt=0,
+        description="Population stability index of the requests' device against "
+        "the previous week above which feature drift is raised.",
+    )
+    candidates: list[str] = Field(
+        default_factory=list,
+        description="Registered versions (numbers) evaluated off-policy "
+        "every hour besides the challenger alias.",
+    )
+    newest_of_each_kind: bool = Field(
+        True,
+        description="Also evaluate off-policy the newest registered version of every "
+        "model kind (the candidates the last training run registered).",
+    )
+    retrain_on: list[AlarmKind] = Field(
+        default_factory=lambda: ["degradation", "challenger_wins", "feature_drift"],
+        description="Alarms that emit the Airflow asset retrain_requested.",
+    )
+    retrain_cooldown_hours: float = Field(
+        6.0,
+        ge=0,
+        description="No second retraining request within this many hours of the "
+        "last one (one degradation would otherwise request a retraining every hour).",
+    )
+
+
 @dataclass(frozen=True)
 class PostgresConnection:
     host: str
@@ -251,6 +312,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     mlflow_tracking_uri: SecretStr | None = Field(
         None,
         description="MLflow tracking and registry URI. None: SQLite under home (local) or "
@@ -329,6 +391,11 @@ class Settings(BaseSettings):
     def text_cache_dir(self) -> Path:
         """Cached text embeddings, keyed by model and text (training.text)."""
         return self.home / "cache" / "text"
+
+    @property
+    def monitoring_dir(self) -> Path:
+        """Hourly metric, off-policy and alarm tables (Parquet) and the dashboard."""
+        return self.home / "monitoring"
 
     @property
     def models_dir(self) -> Path:

@@ -11,6 +11,7 @@ issue; asking for it here fails with that reason rather than writing somewhere e
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,12 @@ class WarehouseUnavailable(RuntimeError):
     pass
 
 
-def connect(settings: Settings, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(
+    settings: Settings, *, read_only: bool = False, wait_seconds: float = 0.0
+) -> duckdb.DuckDBPyConnection:
+    """A connection to the local warehouse. ``wait_seconds``: how long to keep trying while
+    another process writes it (a reader in another DAG waits for dbt to finish instead of
+    failing its task); the error after that names the holder."""
     if settings.profile != "local":
         raise WarehouseUnavailable(
             "profile 'production': the Postgres warehouse is built by the production-profile "
@@ -40,21 +46,27 @@ def connect(settings: Settings, *, read_only: bool = False) -> duckdb.DuckDBPyCo
             f"no warehouse at {settings.warehouse_path}: run `recloop init` and ingest first"
         )
     settings.ensure_home()
-    try:
-        con = duckdb.connect(str(settings.warehouse_path), read_only=read_only)
-    except duckdb.IOException as error:
-        detail = str(error).split(". See also")[0]
-        raise WarehouseUnavailable(
-            f"warehouse {settings.warehouse_path} cannot be opened: {detail} "
-            "(DuckDB admits one writing process per file; wait for it to finish)"
-        ) from None
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            con = duckdb.connect(str(settings.warehouse_path), read_only=read_only)
+            break
+        except duckdb.IOException as error:
+            if time.monotonic() < deadline:
+                time.sleep(1.0)
+                continue
+            detail = str(error).split(". See also")[0]
+            raise WarehouseUnavailable(
+                f"warehouse {settings.warehouse_path} cannot be opened: {detail} "
+                "(DuckDB admits one writing process per file; wait for it to finish)"
+            ) from None
     con.execute("SET TimeZone = 'UTC'")
     return con
 
 
 def init_warehouse(settings: Settings) -> None:
     """Create the raw schema and tables (idempotent)."""
-    with connect(settings) as con:
+    with connect(settings, wait_seconds=300) as con:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {RAW_SCHEMA}")
         for table, contract in TABLES.items():
             columns = ", ".join(f"{name} {kind}" for name, kind in duckdb_columns(contract).items())
@@ -63,6 +75,22 @@ def init_warehouse(settings: Settings) -> None:
                 f"({columns}, PRIMARY KEY ({KEYS[table]}))"
             )
         refresh_events_view(con, settings)
+        refresh_monitoring_views(con, settings)
+
+
+def refresh_monitoring_views(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Views ``monitoring.<table>`` over the hourly Parquet files the metrics DAG writes
+    (``monitoring.store``), for tables that have any; hours may differ in columns."""
+    from monitoring.store import TABLES, glob
+
+    con.execute("CREATE SCHEMA IF NOT EXISTS monitoring")
+    for table in TABLES:
+        if any((settings.monitoring_dir / table).glob("hour=*.parquet")):
+            pattern = glob(settings, table).replace("'", "''")
+            con.execute(
+                f"CREATE OR REPLACE VIEW monitoring.{table} AS SELECT * FROM "
+                f"read_parquet('{pattern}', union_by_name = true)"
+            )
 
 
 def refresh_events_view(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:

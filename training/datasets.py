@@ -28,7 +28,8 @@ class NoTrainingData(RuntimeError):
 def _read(settings: Settings, query: str) -> pd.DataFrame:
     from recloop import warehouse
 
-    with warehouse.connect(settings, read_only=True) as con:
+    # The features DAG may be running dbt: wait for it rather than fail the training task.
+    with warehouse.connect(settings, read_only=True, wait_seconds=600) as con:
         return con.execute(query).df()
 
 

@@ -6,18 +6,21 @@ between tasks) and reads the settings from the environment of the worker.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from recloop.settings import load_settings
 
 
-def interval(start: str, end: str) -> dict[str, str | None]:
-    """The interval to process: the data interval, or everything up to its end when the
-    online store was never loaded (the first run of a home backfills)."""
+def interval(start: str | None, end: str) -> dict[str, str | None]:
+    """The interval to process: the data interval (the hour before ``end`` when the run has
+    none), or everything up to its end when the online store was never loaded (the first run
+    of a home backfills)."""
     from recloop.features import store
 
     first = not store.has_materialized(load_settings())
+    if start is None:
+        start = (datetime.fromisoformat(end) - timedelta(hours=1)).isoformat()
     return {"start": None if first else start, "end": end}
 
 

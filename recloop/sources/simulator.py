@@ -12,7 +12,8 @@ The world (``World``) is a pure function of its ``WorldConfig``:
   attributes carry signal too; most users have a short profile text drawn from their taste;
 - arrivals: a share of users and items exist at the start, the rest arrive uniformly over the
   simulated days (cold start happens all the time);
-- drift: each user's taste moves linearly from an initial taste towards a second one;
+- drift: each user's taste moves linearly from an initial taste towards a second one; and
+  optionally, at ``shift_at``, suddenly towards a trend shared by everyone (the demo's shift);
 - context: each topic has a device affinity and a peak hour of day, so the same user prefers
   different items on a phone at night than on a desktop at noon;
 - clicks: a position-based model, P(click at slot k) = examination(k) * attractiveness, with
@@ -128,6 +129,10 @@ class WorldConfig:
     base_utility: float = -2.2  # sets the overall click-through rate
     examination_decay: float = 1.0  # position bias: examination(k) = 1 / (k + 1) ** decay
     profile_text_share: float = 0.6  # users who wrote a profile text
+    # A sudden preference shift (the demo's): from shift_at on, every user's taste moves
+    # shift_weight of the way towards a trend on the two topics least liked at the start.
+    shift_at: datetime | None = None
+    shift_weight: float = 0.7
 
     # Traffic (the logging policy and user activity), used by generate_traffic.
     slate_size: int = 10
@@ -139,12 +144,15 @@ class WorldConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["start"] = self.start.isoformat()
+        data["shift_at"] = self.shift_at.isoformat() if self.shift_at else None
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorldConfig:
         data = dict(data)
         data["start"] = datetime.fromisoformat(data["start"])
+        if data.get("shift_at"):
+            data["shift_at"] = datetime.fromisoformat(data["shift_at"])
         return cls(**data)
 
 
@@ -174,6 +182,11 @@ class World:
         self.item_index = {item.item_id: n for n, item in enumerate(self.items)}
         self._user_created = np.array([u.created_at.timestamp() for u in self.users])
         self._item_created = np.array([i.created_at.timestamp() for i in self.items])
+        # The shift's trend, derived from the world without drawing from its generator, so
+        # a config with and without a shift builds the same users and items.
+        least_liked = np.argsort(self.taste_start.mean(axis=0))[:2]
+        self.trend = np.zeros(len(TOPICS))
+        self.trend[least_liked] = 0.5
 
     @property
     def end(self) -> datetime:
@@ -185,7 +198,11 @@ class World:
         span = (self.end - self.config.start).total_seconds()
         progress = min(max((at - self.config.start).total_seconds() / span, 0.0), 1.0)
         weight = self.config.drift * progress
-        return (1 - weight) * self.taste_start[n] + weight * self.taste_end[n]
+        taste = (1 - weight) * self.taste_start[n] + weight * self.taste_end[n]
+        shift_at = self.config.shift_at
+        if shift_at is not None and at >= shift_at:
+            taste = (1 - self.config.shift_weight) * taste + self.config.shift_weight * self.trend
+        return taste
 
     def context_affinity(self, context: dict[str, Any] | None) -> np.ndarray:
         """Per-topic utility from the request context (device and hour of day)."""

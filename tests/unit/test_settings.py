@@ -94,3 +94,13 @@ def test_postgres_connection_splits_and_decodes_the_url() -> None:
         "db.internal", 6543, "app", "p@ss", "features")  # fmt: skip
     defaults = Settings(postgres_url="postgresql://db").postgres_connection()
     assert (defaults.port, defaults.user, defaults.database) == (5432, "postgres", "postgres")
+
+
+def test_an_unknown_nested_key_is_refused_by_name(monkeypatch) -> None:
+    monkeypatch.setenv("RECLOOP_SERVING__TYPO", "1")
+    with pytest.raises(ValidationError, match=r"serving\.typo"):
+        Settings()
+    monkeypatch.delenv("RECLOOP_SERVING__TYPO")
+    monkeypatch.setenv("RECLOOP_MONITORING__RETRAIN_ON", '["nope"]')
+    with pytest.raises(ValidationError, match=r"monitoring\.retrain_on"):
+        Settings()

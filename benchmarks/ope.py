@@ -1,0 +1,191 @@
+"""Off-policy estimation accuracy on simulator logs whose truth is known exactly.
+
+``.venv/bin/python -m benchmarks.ope --json``
+
+Setup (DESIGN.md's OPE protocol): the simulated world's position-based click model gives the
+exact click probability of any item in any slot. 10,000 requests (user, context, 30 candidate
+items) are drawn once. The logging policy is Plackett-Luce (temperature 0.5) over a noisy
+score (the true utility plus unit Gaussian noise); the target is a *different* Plackett-Luce
+policy over an independently noisy score. Both policies' per-slot marginals are exact
+(``serving.policies.plackett_luce_marginals``), so the truths are exact expectations:
+V(pi) = mean over requests of sum_k sum_a pi_k(a|x) * P(click | a at k, x) / k.
+
+Each of 100 seeded repetitions logs 100,000 impressions (10 slots x 10,000 slates) by
+sampling the logging policy's slates and the users' clicks, then estimates the target's CTR
+with IPS, SNIPS and doubly robust (monitoring.estimators; DR's reward model is monitoring.ope's
+cross-fitted position-based model), and with vw-estimators' IPS and SNIPS (and its Gaussian
+interval and confidence sequence) on the same impressions. It also checks the on-policy CTR
+of the logging policy against its Wilson interval. The truth is conditional on the drawn
+requests (the repetitions resample slates and clicks).
+
+Metrics: mean relative error per estimator, and the share of repetitions whose 95% interval
+holds the truth (goals: relative error <= 5%, coverage >= 90%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+from rich.progress import track
+
+from benchmarks.results import Row, add_output_options, publish
+from monitoring import estimators
+from monitoring.ope import cross_fit
+from recloop.sources.simulator import DEVICES, WorldConfig, build_world
+from serving.policies import PlackettLuce, plackett_luce_marginals
+
+SLOTS = 10
+CANDIDATES = 30
+TEMPERATURE = 0.5
+
+
+def _requests(count: int, seed: int):
+    """Contexts, candidates, true click probabilities, and both policies' marginals."""
+    world = build_world(WorldConfig(users=500, items=300, seed=seed))
+    rng = np.random.default_rng([seed, 11])
+    at = world.end
+    users = world.users_at(at)
+    items = world.items_at(at)
+    exam = world.examination(SLOTS)
+    policy = PlackettLuce(TEMPERATURE)
+    candidates = np.empty((count, CANDIDATES), dtype=np.int64)
+    click = np.empty((count, CANDIDATES, SLOTS))  # P(click | candidate a at slot k)
+    logging = np.empty((count, CANDIDATES, SLOTS))
+    target = np.empty((count, CANDIDATES, SLOTS))
+    log_weights = np.empty((count, CANDIDATES))
+    everyone = np.arange(CANDIDATES)
+    for n in track(range(count), description="drawing requests", transient=True):
+        user = world.users[int(users[rng.integers(len(users))])].user_id
+        context = {"hour": int(rng.integers(24)), "device": DEVICES[int(rng.integers(3))]}
+        chosen = rng.choice(items, size=CANDIDATES, replace=False)
+        ids = [world.items[i].item_id for i in chosen]
+        utility = world.utility(user, ids, at, context)
+        attract = 1.0 / (1.0 + np.exp(-utility))
+        candidates[n] = chosen
+        click[n] = attract[:, None] * exam[None, :]
+        w_log = policy.weights(utility + rng.normal(0, 1, CANDIDATES))
+        w_target = policy.weights(utility + rng.normal(0, 1, CANDIDATES))
+        log_weights[n] = w_log
+        logging[n] = plackett_luce_marginals(w_log, everyone, SLOTS)
+        target[n] = plackett_luce_marginals(w_target, everyone, SLOTS)
+    return candidates, click, logging, target, log_weights
+
+
+def _log(rng, candidates, click, logging, target, log_weights) -> pd.DataFrame:
+    """One repetition's impressions: Plackett-Luce slates (Gumbel top-k) and clicks."""
+    count = len(candidates)
+    keys = np.log(log_weights) + rng.gumbel(size=log_weights.shape)
+    slates = np.argsort(-keys, axis=1)[:, :SLOTS]  # (count, SLOTS) candidate positions
+    rows = np.repeat(np.arange(count), SLOTS)
+    slots = np.tile(np.arange(SLOTS), count)
+    shown = slates.ravel()
+    p_click = click[rows, shown, slots]
+    return pd.DataFrame({
+        "request": rows, "request_id": rows.astype(str), "position": slots,
+        "candidate": shown, "item_id": candidates[rows, shown].astype(str),
+        "clicked": (rng.random(len(rows)) < p_click).astype(int),
+        "propensity": logging[rows, shown, slots], "target": target[rows, shown, slots],
+    })  # fmt: skip
+
+
+def _doubly_robust(frame: pd.DataFrame, candidates, target) -> estimators.Estimate:
+    """DR with the cross-fitted position-based reward model; the direct term sums the
+    target's exact marginals over every candidate of the request."""
+    requests = frame["request"].to_numpy()
+    slots = frame["position"].to_numpy()
+    predicted, fitted = cross_fit(frame, requests % 2)
+    direct = np.zeros(len(frame))
+    ids = candidates.astype(str)
+    for mine, model in fitted:
+        exam = model.examination[np.minimum(np.arange(SLOTS), len(model.examination) - 1)]
+        known, default = model.attractiveness, model.default
+        attract = np.vectorize(lambda i, known=known, default=default: known.get(i, default))(ids)
+        value = np.einsum("nas,na,s->ns", target, attract, exam)  # (requests, slots)
+        direct[mine] = value[requests[mine], slots[mine]]
+    return estimators.doubly_robust(
+        frame["clicked"], frame["propensity"], frame["target"], frame["request_id"],
+        predicted=predicted, direct=direct,
+    )  # fmt: skip
+
+
+def _vw(frame: pd.DataFrame, with_cs: bool) -> dict[str, tuple[float, float, float]]:
+    from estimators.bandits import cs, gaussian
+    from estimators.bandits import ips as vw_ips
+    from estimators.bandits import snips as vw_snips
+
+    point_ips, point_snips, interval = vw_ips.Estimator(), vw_snips.Estimator(), gaussian.Interval()
+    sequence = cs.Interval() if with_cs else None
+    for p_log, r, p_pred in zip(
+        frame["propensity"], frame["clicked"], frame["target"], strict=True
+    ):
+        point_ips.add_example(p_log, r, p_pred)
+        point_snips.add_example(p_log, r, p_pred)
+        interval.add_example(p_log, r, p_pred)
+        if sequence is not None:
+            sequence.add_example(p_log, r, p_pred)
+    low, high = interval.get(0.05)
+    out = {"ips": (point_ips.get(), low, high), "snips": (point_snips.get(), np.nan, np.nan)}
+    if sequence is not None:
+        cs_low, cs_high = sequence.get(0.05)
+        out["cs"] = (point_ips.get(), cs_low, cs_high)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repetitions", type=int, default=100)
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--cs-repetitions", type=int, default=20,
+                        help="repetitions that also run vw-estimators' confidence sequence "
+                        "(pure Python, seconds per 100k impressions)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=42)
+    add_output_options(parser)
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    candidates, click, logging, target, log_weights = _requests(args.requests, args.seed)
+    truth = float(np.einsum("nas,nas->", target, click) / (args.requests * SLOTS))
+    on_policy = float(np.einsum("nas,nas->", logging, click) / (args.requests * SLOTS))
+    results: dict[str, list[tuple[float, float, float]]] = {}
+    wilson_hits = []
+    for rep in track(range(args.repetitions), description="repetitions", transient=True):
+        rng = np.random.default_rng([args.seed, 23, rep])
+        frame = _log(rng, candidates, click, logging, target, log_weights)
+        clicks, logged, weights, slates = (frame["clicked"], frame["propensity"],
+                                           frame["target"], frame["request_id"])  # fmt: skip
+        for name, estimate in (
+            ("ips", estimators.ips(clicks, logged, weights, slates)),
+            ("snips", estimators.snips(clicks, logged, weights, slates)),
+            ("dr", _doubly_robust(frame, candidates, target)),
+        ):
+            results.setdefault(name, []).append((estimate.value, estimate.low, estimate.high))
+        for name, triple in _vw(frame, rep < args.cs_repetitions).items():
+            results.setdefault(f"vw_{name}", []).append(triple)
+        low, high = estimators.wilson(int(clicks.sum()), len(clicks))
+        wilson_hits.append(low <= on_policy <= high)
+    seconds = time.perf_counter() - started
+
+    protocol = (f"{args.requests * SLOTS:,} impressions x {args.repetitions} seeds; PL log vs "
+                f"PL target (T={TEMPERATURE}); truth {truth:.4f}")  # fmt: skip
+    rows = []
+    for name, triples in results.items():
+        values = np.array(triples, dtype=np.float64)
+        error = float(np.mean(np.abs(values[:, 0] - truth) / truth))
+        rows.append(Row("ope", f"{name}_rel_error", error, "x", "goal", 0.05, protocol=protocol,
+                        digits=4))  # fmt: skip
+        if np.isfinite(values[:, 1]).all():
+            coverage = float(np.mean((values[:, 1] <= truth) & (truth <= values[:, 2])))
+            runs = f"{len(values)} seeds" if len(values) != args.repetitions else protocol
+            rows.append(Row("ope", f"{name}_ci_coverage", coverage, "share", "goal", 0.90,
+                            protocol=runs, digits=2))  # fmt: skip
+    rows.append(Row("ope", "wilson_on_policy_coverage", float(np.mean(wilson_hits)), "share",
+                    "goal", 0.90, protocol=f"on-policy CTR {on_policy:.4f}", digits=2))  # fmt: skip
+    rows.append(Row("ope", "seconds", seconds, "s", "none", seconds, protocol=protocol))
+    publish(rows, args, lambda r: f"{r.metric}: {r.value:.4f} (reference {r.reference_value})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Hourly online metrics: estimate -> publish, and decide -> (maybe) request retraining.
+
+Each run reads what the service logged in its hour (and the week before it) and writes the
+online metrics with intervals, the off-policy estimates of the challenger, and the alarms
+(monitoring.hourly). `publish` logs the hour to MLflow (experiment `online-metrics`) and
+redraws the dashboard under the home's `monitoring/`. When an alarm of a configured kind
+fires (a degradation of the champion's CTR, drifted request features, or a challenger whose
+off-policy lower bound beats the champion), `request_retraining` updates the asset
+`retrain_requested`, which schedules `recloop_training`: the loop closes through the asset.
+
+Trigger with {"start": ISO, "end": ISO} to estimate another hour than the run's interval.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import Asset, Param, dag, task
+
+RETRAIN_REQUESTED = Asset(name="retrain_requested", uri="recloop://retrain_requested")
+
+
+@dag(
+    dag_id="recloop_metrics",
+    schedule="@hourly",
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1), "owner": "recloop"},
+    params={
+        "start": Param(None, type=["null", "string"], description="Hour start (ISO, UTC)."),
+        "end": Param(None, type=["null", "string"], description="Hour end (ISO, UTC)."),
+    },
+    tags=["recloop", "monitoring"],
+    doc_md=__doc__,
+)
+def recloop_metrics():
+    @task
+    def plan(params=None, data_interval_start=None, data_interval_end=None, dag_run=None) -> dict:
+        from monitoring.tasks import hour
+
+        end = data_interval_end or dag_run.run_after
+        start = data_interval_start or end
+        return hour(params.get("start"), params.get("end"), start.isoformat(), end.isoformat())
+
+    @task
+    def estimate(window: dict) -> dict:
+        from monitoring import tasks
+
+        return tasks.estimate(window)
+
+    @task
+    def publish(window: dict) -> dict:
+        from monitoring import tasks
+
+        return tasks.publish(window)
+
+    @task.short_circuit
+    def decide(window: dict) -> bool:
+        from monitoring import tasks
+
+        return tasks.decide(window)["requested"]
+
+    @task(outlets=[RETRAIN_REQUESTED])
+    def request_retraining(window: dict) -> str:
+        return window["end"]
+
+    window = plan()
+    estimated = estimate(window)
+    published = publish(window)
+    wanted = decide(window)
+    # The decision does not wait on MLflow: a tracking server down must not stop the loop.
+    estimated >> [published, wanted]
+    wanted >> request_retraining(window)
+
+
+recloop_metrics()

@@ -1,0 +1,205 @@
+"""Estimators with intervals, on plain arrays: click-through rates of what was served and
+off-policy values of what could have been served.
+
+Everything here is per impression (one row per item shown in a slot). Clicks within one
+slate share a user and a moment, so they are not independent: every interval below is
+cluster-robust by slate (the variance is computed over per-slate sums), which is what makes
+the 95% intervals hold their level on slate logs (``benchmarks/ope.py`` measures it).
+
+On-policy: ``wilson`` (statsmodels' Wilson score interval) for the CTR, and ``ewma_ctr`` for an
+exponentially weighted CTR with the Wilson interval at its effective sample size.
+
+Off-policy, under the item-position click model (a click depends on the item, the slot and
+the context, not on the other items of the slate; Li et al. 2018, "Offline evaluation of
+ranking policies with click models"), the target policy's expected CTR is estimated from the
+logging policy's per-slot marginal propensities ``logged`` = mu_k(a|x) and the target's
+``target`` = pi_k(a|x) of the same item in the same slot, weight w = pi / mu:
+
+- ``ips``: mean of w * click. vw-estimators' ``bandits.ips`` computes the same point value
+  (the tests check it); ours adds the slate-clustered interval.
+- ``snips``: sum(w * click) / sum(w), with a delta-method interval. Same point value as
+  vw-estimators' ``bandits.snips``.
+- ``doubly_robust``: direct + w * (click - predicted), where ``predicted`` is a reward model's
+  click probability for the logged item in its slot and ``direct`` is the target's expected
+  click in that slot under the same model (sum over items of pi_k(a|x) * model(a, k)).
+  vw-estimators has no doubly robust bandit estimator, so this one is ours; with a zero
+  reward model it reduces to IPS exactly (tested).
+- ``confidence_sequence``: vw-estimators' off-policy confidence sequence (Waudby-Smith et al.,
+  Karampatziakis et al. 2021) for the IPS value: valid at every look, so an hourly DAG that
+  checks the same cumulative log again and again keeps its error rate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A value with its interval at level 1 - alpha, and how much data it rests on."""
+
+    estimator: str
+    value: float
+    low: float
+    high: float
+    impressions: int
+    slates: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def covers(self, truth: float) -> bool:
+        return self.low <= truth <= self.high
+
+
+def _check(name: str, values: np.ndarray, size: int) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (size,):
+        raise ValueError(f"{name}: expected {size} values (one per impression), got {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"{name}: every value must be finite")
+    return values
+
+
+def _inputs(
+    clicks: Any, logged: Any, target: Any, slates: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    clicks = np.asarray(clicks, dtype=np.float64)
+    size = clicks.shape[0] if clicks.ndim == 1 else -1
+    clicks = _check("clicks", clicks, size)
+    logged = _check("logged", logged, size)
+    target = _check("target", target, size)
+    if size == 0:
+        raise ValueError("clicks: no impressions to estimate from")
+    if (logged <= 0).any() or (logged > 1).any():
+        raise ValueError("logged: propensities must lie in (0, 1]")
+    if (target < 0).any() or (target > 1).any():
+        raise ValueError("target: probabilities must lie in [0, 1]")
+    groups = np.unique(np.asarray(slates), return_inverse=True)[1].ravel()
+    if groups.shape != (size,):
+        raise ValueError(f"slates: expected {size} slate ids (one per impression)")
+    return clicks, logged, target, groups
+
+
+def _cluster_sums(terms: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    return np.bincount(groups, weights=terms)
+
+
+def _normal_interval(
+    name: str, value: float, centred: np.ndarray, scale: float, n: int, slates: int, alpha: float
+) -> Estimate:
+    """Interval from slate sums of the centred per-impression terms (a sandwich variance
+    with the small-sample factor J / (J - 1))."""
+    if slates < 2:
+        return Estimate(name, value, -math.inf, math.inf, n, slates)
+    variance = slates / (slates - 1) * float(np.sum(centred**2)) / scale**2
+    half = stats.norm.ppf(1 - alpha / 2) * math.sqrt(max(variance, 0.0))
+    return Estimate(name, value, value - half, value + half, n, slates)
+
+
+def wilson(clicks: float, impressions: float, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval of a click-through rate (statsmodels). Counts may be
+    fractional, as for a weighted rate at its effective sample size."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    if impressions <= 0:
+        return (0.0, 1.0)
+    low, high = proportion_confint(clicks, impressions, alpha=alpha, method="wilson")
+    return float(low), float(high)
+
+
+def ewma_ctr(
+    clicks: Any, ages_hours: Any, half_life_hours: float, alpha: float = 0.05
+) -> tuple[float, float, float, float]:
+    """(CTR, low, high, effective impressions) with weights 0.5 ** (age / half-life).
+
+    The interval is Wilson's at Kish's effective sample size (sum w)^2 / sum w^2, which is
+    what the weighted mean's variance corresponds to for Bernoulli clicks.
+    """
+    clicks = np.asarray(clicks, dtype=np.float64)
+    ages = np.asarray(ages_hours, dtype=np.float64)
+    if clicks.shape != ages.shape:
+        raise ValueError("ages_hours: one age per impression")
+    if half_life_hours <= 0:
+        raise ValueError("half_life_hours: must be above 0")
+    if clicks.size == 0:
+        return (math.nan, 0.0, 1.0, 0.0)
+    weights = 0.5 ** (np.maximum(ages, 0.0) / half_life_hours)
+    rate = float(np.sum(weights * clicks) / np.sum(weights))
+    effective = float(np.sum(weights) ** 2 / np.sum(weights**2))
+    low, high = wilson(rate * effective, effective, alpha)
+    return rate, low, high, effective
+
+
+def _mean_of_terms(name: str, terms: np.ndarray, groups: np.ndarray, alpha: float) -> Estimate:
+    """The mean of per-impression terms with its slate-clustered interval (IPS and DR)."""
+    n = len(terms)
+    value = float(terms.sum() / n)
+    sizes = np.bincount(groups).astype(np.float64)
+    centred = _cluster_sums(terms, groups) - value * sizes
+    return _normal_interval(name, value, centred, n, n, len(sizes), alpha)
+
+
+def ips(clicks: Any, logged: Any, target: Any, slates: Any, alpha: float = 0.05) -> Estimate:
+    """Inverse propensity scoring: the target's CTR as mean(w * click)."""
+    clicks, logged, target, groups = _inputs(clicks, logged, target, slates)
+    return _mean_of_terms("ips", target / logged * clicks, groups, alpha)
+
+
+def snips(clicks: Any, logged: Any, target: Any, slates: Any, alpha: float = 0.05) -> Estimate:
+    """Self-normalised IPS: sum(w * click) / sum(w); bounded by the clicks' range, and far
+    less variable than IPS when weights are large."""
+    clicks, logged, target, groups = _inputs(clicks, logged, target, slates)
+    weights = target / logged
+    total = float(weights.sum())
+    n = len(weights)
+    slates_count = int(groups.max()) + 1
+    if total == 0:
+        # The target never agrees with the log: nothing to say about its value.
+        return Estimate("snips", math.nan, -math.inf, math.inf, n, slates_count)
+    value = float(np.sum(weights * clicks) / total)
+    centred = _cluster_sums(weights * (clicks - value), groups)
+    return _normal_interval("snips", value, centred, total, n, slates_count, alpha)
+
+
+def doubly_robust(
+    clicks: Any,
+    logged: Any,
+    target: Any,
+    slates: Any,
+    *,
+    predicted: Any,
+    direct: Any,
+    alpha: float = 0.05,
+) -> Estimate:
+    """Doubly robust: the reward model's value of the target, corrected by the weighted
+    residual of the logged click. Unbiased when the propensities are right, whatever the
+    model; low variance when the model is good (Dudik et al. 2011)."""
+    clicks, logged, target, groups = _inputs(clicks, logged, target, slates)
+    n = len(clicks)
+    predicted = _check("predicted", predicted, n)
+    direct = _check("direct", direct, n)
+    return _mean_of_terms("dr", direct + target / logged * (clicks - predicted), groups, alpha)
+
+
+def confidence_sequence(
+    clicks: Any, logged: Any, target: Any, alpha: float = 0.05
+) -> tuple[float, float]:
+    """vw-estimators' anytime-valid interval for the target's IPS value, over impressions in
+    time order. Valid under repeated looks; wider than the fixed-time intervals above."""
+    from estimators.bandits import cs
+
+    interval = cs.Interval()
+    for p_log, r, p_pred in zip(
+        np.asarray(logged, float), np.asarray(clicks, float), np.asarray(target, float), strict=True
+    ):
+        interval.add_example(p_log=float(p_log), r=float(r), p_pred=float(p_pred))
+    low, high = interval.get(alpha)
+    if low is None or high is None:
+        return (0.0, 1.0)
+    return float(low), float(high)

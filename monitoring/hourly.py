@@ -1,0 +1,237 @@
+"""One hour of monitoring: estimate -> write -> decide, as the recloop_metrics DAG runs it.
+
+``estimate`` reads the week of impressions that ends at the hour's end, computes the online
+metrics (monitoring.online), the off-policy estimates of the challenger and of any configured
+candidate on the champion's logged slates (monitoring.ope), and the alarms (monitoring.drift,
+plus ``challenger_wins``), and writes them to the hour's Parquet files (monitoring.store).
+``publish`` logs the hour to MLflow (experiment ``online-metrics``, one run per hour) and
+redraws the dashboard. ``decide`` says whether to request a retraining: an alarm of a kind
+in ``monitoring.retrain_on`` and no request within the cooldown.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from monitoring import drift, logs, online, ope, store
+from monitoring.estimators import confidence_sequence, wilson
+from recloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WEEK = timedelta(days=7)
+EXPERIMENT = "online-metrics"
+
+
+def _registry_versions(settings: Settings) -> dict[str, Any]:
+    """champion and challenger ModelVersions (None when unset), and the other candidates:
+    ``monitoring.candidates`` and, by default, the newest version of every model kind."""
+    from training import registry
+
+    if settings.profile == "local" and not (settings.mlflow_dir / "mlflow.db").exists():
+        return {"champion": None, "challenger": None, "extra": []}
+    client = registry.configure(settings)
+    extra = [
+        client.get_model_version(registry.MODEL_NAME, v) for v in settings.monitoring.candidates
+    ]
+    if settings.monitoring.newest_of_each_kind:
+        newest: dict[str, Any] = {}
+        for version in client.search_model_versions(f"name='{registry.MODEL_NAME}'"):
+            kind = version.tags.get("kind", "unknown")
+            if kind not in newest or int(version.version) > int(newest[kind].version):
+                newest[kind] = version
+        extra += list(newest.values())
+    return {
+        "champion": registry.alias_version(client, registry.CHAMPION),
+        "challenger": registry.alias_version(client, registry.CHALLENGER),
+        "extra": extra,
+    }
+
+
+def _on_policy_bounds(rows: pd.DataFrame, alpha: float) -> tuple[float, float]:
+    """The champion's own CTR as a confidence sequence (weights 1), comparable with the
+    candidates' anytime-valid bounds."""
+    propensity = rows["propensity"].to_numpy(dtype=np.float64)
+    return confidence_sequence(rows["clicked"], propensity, propensity, alpha)
+
+
+def _off_policy(
+    settings: Settings, champion_rows: pd.DataFrame, start: datetime, candidates: list[Any]
+) -> tuple[pd.DataFrame, list[drift.Alarm]]:
+    """Estimates per candidate over the hour and since its registration (the latter with the
+    confidence sequence the alarm uses)."""
+    from training import registry
+
+    alpha = settings.monitoring.alpha
+    rows, alarms = [], []
+    for version in candidates:
+        registered = pd.Timestamp(version.creation_timestamp, unit="ms", tz="UTC")
+        since = champion_rows[champion_rows["ts"] >= registered]
+        if since.empty:
+            continue
+        model = registry.download_model(settings, str(version.version))
+        slates = ope.greedy_slates(model, since)
+        champion_cs = _on_policy_bounds(since, alpha)
+        for window, part in (("hour", since[since["ts"] >= pd.Timestamp(start)]),
+                             ("since_registered", since)):  # fmt: skip
+            if part.empty:
+                continue
+            result = ope.evaluate(part, slates, alpha)
+            low, high = wilson(int(part["clicked"].sum()), len(part), alpha)
+            common = {
+                "candidate_version": str(version.version),
+                "candidate_kind": version.tags.get("kind", "unknown"),
+                "window": window, "impressions": result["impressions"],
+                "matches": result.get("matches", 0),
+                "champion_ctr": float(part["clicked"].mean()),
+                "champion_low": low, "champion_high": high,
+            }  # fmt: skip
+            for name, estimate in result["estimates"].items():
+                rows.append({**common, "estimator": name, "value": estimate.value,
+                             "low": estimate.low, "high": estimate.high})  # fmt: skip
+            if window == "since_registered" and result["estimates"]:
+                cs_low, cs_high = result["cs"]
+                ips_value = result["estimates"]["ips"].value
+                rows.append({**common, "estimator": "ips_cs", "value": ips_value,
+                             "low": cs_low, "high": cs_high})  # fmt: skip
+                if cs_low > champion_cs[1]:
+                    alarms.append(drift.Alarm(
+                        "challenger_wins", str(version.version),
+                        f"version {version.version}'s off-policy CTR lower bound {cs_low:.4f} "
+                        f"(confidence sequence) is above the champion's upper bound "
+                        f"{champion_cs[1]:.4f}", champion_cs[1], cs_low,
+                    ))  # fmt: skip
+    return pd.DataFrame(rows), alarms
+
+
+def estimate(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]:
+    """Compute and write the hour [start, end). Returns a summary for the task log."""
+    config = settings.monitoring
+    events = logs.read_events(
+        settings, end - WEEK, end + timedelta(seconds=config.attribution_seconds)
+    )
+    week = logs.impressions(settings, end - WEEK, end, events=events)
+    catalogue = len(set(events.column("item_id").to_pylist())) if events.num_rows else 0
+    metrics = online.online_metrics(
+        week, start, end, catalogue=catalogue, alpha=config.alpha,
+        half_life_hours=config.ewma_half_life_hours,
+    )  # fmt: skip
+    versions = _registry_versions(settings)
+    champion = versions["champion"]
+    champion_version = str(champion.version) if champion is not None else None
+    alarms: list[drift.Alarm] = []
+    hour = week[week["ts"] >= pd.Timestamp(start)]
+    alarms += drift.feature_drift(hour, week[week["ts"] < pd.Timestamp(start)],
+                                  config.psi_threshold, config.min_requests)  # fmt: skip
+    off_policy = pd.DataFrame()
+    if champion_version is not None:
+        served = week[(week["model_version"] == champion_version) & (week["arm"] == "champion")]
+        started = int((served["ts"] < pd.Timestamp(start)).sum())
+        alarm = drift.degradation(served["clicked"].to_numpy(), started, champion_version,
+                                  config.adwin_delta)  # fmt: skip
+        if alarm is not None:
+            alarms.append(alarm)
+        candidates = [v for v in [versions["challenger"], *versions["extra"]]
+                      if v is not None and str(v.version) != champion_version]  # fmt: skip
+        unique = {str(v.version): v for v in candidates}
+        off_policy, wins = _off_policy(settings, served, start, list(unique.values()))
+        alarms += wins
+    stamp = {"hour_start": pd.Timestamp(start), "hour_end": pd.Timestamp(end),
+             "champion_version": champion_version}  # fmt: skip
+    store.write(settings, "online_metrics", end, metrics.assign(hour_start=pd.Timestamp(start)))
+    store.write(settings, "off_policy", end, off_policy.assign(**stamp) if len(off_policy) else
+                pd.DataFrame())  # fmt: skip
+    store.write(settings, "alarms", end,
+                pd.DataFrame([{**stamp, **a.to_dict()} for a in alarms]))  # fmt: skip
+    hour_rows = metrics[(metrics["window"] == "hour")]
+    return {
+        "hour_start": start.isoformat(), "hour_end": end.isoformat(),
+        "impressions": int(hour_rows["impressions"].sum()) if len(hour_rows) else 0,
+        "clicks": int(hour_rows["clicks"].sum()) if len(hour_rows) else 0,
+        "champion_version": champion_version,
+        "alarms": [a.to_dict() for a in alarms],
+        "off_policy_rows": len(off_policy),
+    }  # fmt: skip
+
+
+def decide(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]:
+    """Request a retraining when the hour raised an alarm of a configured kind, unless one was
+    requested within the cooldown. The decision is written either way."""
+    config = settings.monitoring
+    alarms = store.read(settings, "alarms")
+    hour_alarms = alarms[alarms["hour_end"] == pd.Timestamp(end)] if len(alarms) else alarms
+    triggering = [row for row in hour_alarms.to_dict("records") if row["kind"] in config.retrain_on]
+    past = store.read(settings, "decisions")
+    recent = pd.DataFrame()
+    if len(past):
+        cutoff = pd.Timestamp(end) - pd.Timedelta(hours=config.retrain_cooldown_hours)
+        recent = past[past["requested"] & (past["hour_end"] > cutoff)
+                      & (past["hour_end"] < pd.Timestamp(end))]  # fmt: skip
+    requested = bool(triggering) and recent.empty
+    if not triggering:
+        reason = "no alarm of a kind in monitoring.retrain_on"
+    elif not recent.empty:
+        reason = (f"alarm ({', '.join(sorted({r['kind'] for r in triggering}))}) within the "
+                  f"cooldown of the request at {recent['hour_end'].max().isoformat()}")  # fmt: skip
+    else:
+        reason = "; ".join(row["detail"] for row in triggering)
+    decision = {"hour_start": pd.Timestamp(start), "hour_end": pd.Timestamp(end),
+                "requested": requested, "reason": reason}  # fmt: skip
+    store.write(settings, "decisions", end, pd.DataFrame([decision]))
+    return {"requested": requested, "reason": reason, "hour_end": end.isoformat()}
+
+
+def publish(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]:
+    """The hour in MLflow (one run per hour, rerun = same run) and the dashboard redrawn."""
+    import mlflow
+
+    from monitoring import dashboard
+    from training import registry
+
+    tables = store.read_all(settings)
+    page, figures = dashboard.render(settings, tables)
+    registry.configure(settings, experiment=EXPERIMENT)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    key = store.hour_key(end)
+    existing = client.search_runs([experiment.experiment_id], f"tags.`recloop.hour` = '{key}'")
+    metrics = tables["online_metrics"]
+    hour = metrics[(metrics["hour_end"] == pd.Timestamp(end))] if len(metrics) else metrics
+    off_policy = tables["off_policy"]
+    off_hour = (off_policy[off_policy["hour_end"] == pd.Timestamp(end)]
+                if len(off_policy) else off_policy)  # fmt: skip
+    run_id = existing[0].info.run_id if existing else None
+    with mlflow.start_run(run_id=run_id, run_name=f"hour {end.isoformat()}") as run:
+        mlflow.set_tags({"recloop.hour": key, "hour_start": start.isoformat(),
+                         "hour_end": end.isoformat()})  # fmt: skip
+        values: dict[str, float] = {}
+        for row in hour.to_dict("records"):
+            if row["window"] not in ("hour", "ewma"):
+                continue
+            name = f"{row['window']}.{row['arm']}.v{row['model_version']}"
+            for field in ("ctr", "ctr_low", "ctr_high", "impressions", "ndcg", "mrr"):
+                value = row.get(field)
+                if value is not None and isinstance(value, int | float) and math.isfinite(value):
+                    values[f"{name}.{field}"] = float(value)
+        for row in off_hour.to_dict("records"):
+            name = f"ope.{row['window']}.v{row['candidate_version']}.{row['estimator']}"
+            for field in ("value", "low", "high"):
+                if math.isfinite(row[field]):
+                    values[f"{name}.{field}"] = float(row[field])
+        # MLflow metric names allow letters, digits, _ - . / and spaces only.
+        clean = {
+            k.replace("(", "_").replace(")", "").replace("=", "_"): v for k, v in values.items()
+        }
+        if clean:
+            mlflow.log_metrics(clean)
+        for name, figure in figures.items():
+            mlflow.log_figure(figure, f"plots/{name}.png")
+        mlflow.log_artifact(str(page), "dashboard")
+        run_id = run.info.run_id
+    return {"run_id": run_id, "dashboard": str(page), "metrics_logged": len(clean)}

@@ -1,0 +1,47 @@
+"""What each task of the recloop_metrics DAG does, as plain functions of the hour.
+
+The DAG passes ISO timestamps; the settings come from the worker's environment. An hour is
+the run's data interval, or the ``start``/``end`` the run was triggered with (a manual run or
+the demo's simulated hours), or the hour before the run when the interval is empty.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from recloop.settings import load_settings
+
+
+def hour(start: str | None, end: str | None, interval_start: str, interval_end: str) -> dict:
+    """The hour to estimate, as ISO strings; validated so that a bad trigger conf fails here
+    with the field named, not three tasks later."""
+    chosen_end = datetime.fromisoformat(end or interval_end)
+    chosen_start = datetime.fromisoformat(start or interval_start)
+    if chosen_start >= chosen_end:
+        chosen_start = chosen_end - timedelta(hours=1)
+    if chosen_end.tzinfo is None or chosen_start.tzinfo is None:
+        raise ValueError("start/end: must carry a time zone (UTC expected)")
+    return {"start": chosen_start.isoformat(), "end": chosen_end.isoformat()}
+
+
+def _bounds(window: dict) -> tuple[datetime, datetime]:
+    return datetime.fromisoformat(window["start"]), datetime.fromisoformat(window["end"])
+
+
+def estimate(window: dict) -> dict[str, Any]:
+    from monitoring.hourly import estimate as run
+
+    return run(load_settings(), *_bounds(window))
+
+
+def publish(window: dict) -> dict[str, Any]:
+    from monitoring.hourly import publish as run
+
+    return run(load_settings(), *_bounds(window))
+
+
+def decide(window: dict) -> dict[str, Any]:
+    from monitoring.hourly import decide as run
+
+    return run(load_settings(), *_bounds(window))

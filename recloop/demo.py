@@ -1,0 +1,356 @@
+"""The whole loop on one machine, with simulated users: ``recloop demo`` / ``make demo``.
+
+1. A simulated world (``recloop.sources.simulator``) with two weeks of logged traffic that ends
+   now, landed in a fresh home.
+2. A real Airflow for that home (``recloop.airflow_local``): ``recloop_features`` and
+   ``recloop_training`` run through its scheduler; the first champion is registered in MLflow.
+3. The BentoML service (``recloop serve``) on that champion, exploring (epsilon-greedy).
+4. Simulated hours: simulated users ask ``/recommend`` and click by the world's true click
+   model, sending ``/feedback``. Halfway, every user's taste shifts towards a trend. After
+   each hour, ``recloop_features`` and ``recloop_metrics`` run for it; when the metrics DAG
+   detects the degradation it updates the asset ``retrain_requested``, Airflow's scheduler
+   starts ``recloop_training``, the gate promotes a new champion, and the service swaps to it.
+5. A summary per hour (estimated CTR with its interval, the true CTR of what was served,
+   alarms, the version serving) printed and written to ``<home>/demo/summary.json``.
+
+Time is simulated: each hour lasts as long as its requests take, and the events carry the
+wall-clock times at which they really happened, so every window the DAGs read is real.
+The world's clock (taste, hour of day) advances one simulated hour per demo hour.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from recloop.settings import Settings
+from serving.launch import free_port, wait_ready
+
+DAGS = ["recloop_features", "recloop_training", "recloop_metrics"]
+HISTORY_MARGIN_HOURS = 4  # ratings follow clicks by up to 3 hours in the simulator
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    hours: int = 8  # simulated hours of live traffic
+    shift_hour: int = 4  # the taste shift happens at the start of this hour
+    requests_per_hour: int = 1500
+    users: int = 500
+    items: int = 300
+    history_days: int = 14
+    seed: int = 42
+    models: tuple[str, ...] = ("popularity", "ease")
+    epsilon: float = 0.2  # the service's exploration
+    extra_hours: int = 4  # hours added, at most, until a new champion serves
+    shift_weight: float = 0.9  # how far every taste moves towards the trend at the shift
+    concurrency: int = 8  # simultaneous simulated users
+
+
+@dataclass
+class HourRecord:
+    hour: int
+    simulated_start: str
+    start: str
+    end: str
+    requests: int
+    impressions: int
+    clicks: int
+    true_ctr: float  # expected CTR of the slates served, from the world's click model
+    ctr: float | None = None  # estimated by recloop_metrics
+    ctr_low: float | None = None
+    ctr_high: float | None = None
+    alarms: list[str] | None = None
+    retrain_requested: bool = False
+    served_versions: dict[str, int] | None = None
+    champion_version: str | None = None
+    seconds: dict[str, float] | None = None
+
+
+class Demo:
+    def __init__(self, settings: Settings, config: DemoConfig, echo=print):
+        self.settings = settings
+        self.config = config
+        self.echo = echo
+        self.key = secrets.token_urlsafe(24)
+        self.service: subprocess.Popen | None = None
+        self.airflow = None
+        self.world = None
+        self.records: list[HourRecord] = []
+
+    # -- setup ---------------------------------------------------------------------------
+    def task_env(self) -> dict[str, str]:
+        """Settings every Airflow task and the service run with (the demo's choices)."""
+        return {
+            "RECLOOP_HOME": str(self.settings.home),
+            "RECLOOP_TRAINING__MODELS": json.dumps(list(self.config.models)),
+            # The log's files become visible to readers a second after they are written, so
+            # each simulated hour's events are there when its DAG runs read them.
+            "RECLOOP_EVENT_LOG__SEAL_SECONDS": "1",
+        }
+
+    def build_world(self) -> None:
+        from recloop import warehouse
+        from recloop.ingest import ingest_simulation
+        from recloop.sources.simulator import WorldConfig, build_world
+
+        now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        # The history ends hours before now: its last clicks are rated up to three hours
+        # later, and the data gate rightly fails events stamped in the future.
+        end = now - timedelta(hours=HISTORY_MARGIN_HOURS)
+        base = WorldConfig(
+            users=self.config.users, items=self.config.items, days=self.config.history_days,
+            seed=self.config.seed, start=end - timedelta(days=self.config.history_days),
+            drift=0.0,
+        )  # fmt: skip
+        if self.settings.events_dir.exists() and any(self.settings.events_dir.iterdir()):
+            raise RuntimeError(
+                f"{self.settings.home} already holds an event log: the demo needs a fresh home "
+                "(set RECLOOP_HOME to a new folder, or `make clean`)"
+            )
+        self.settings.ensure_home()
+        warehouse.init_warehouse(self.settings)
+        self.echo(f"simulating {self.config.history_days} days of history ...")
+        ingest_simulation(self.settings, base)
+        history_end = base.start + timedelta(days=base.days)
+        shifted = replace(base, shift_at=history_end + timedelta(hours=self.config.shift_hour),
+                          shift_weight=self.config.shift_weight)  # fmt: skip
+        self.world = build_world(shifted)
+        self.history_end = history_end
+        (self.settings.home / "demo").mkdir(parents=True, exist_ok=True)
+        (self.settings.home / "demo" / "world.json").write_text(json.dumps(shifted.to_dict()))
+
+    def start_airflow(self) -> None:
+        from recloop.airflow_local import LocalAirflow
+
+        self.airflow = LocalAirflow(self.settings, free_port(), self.task_env())
+        self.echo(f"starting Airflow (home {self.settings.home / 'airflow'}) ...")
+        self.airflow.start()
+        self.airflow.wait_for_dags(DAGS)
+
+    def start_service(self) -> None:
+        port = free_port()
+        env = {
+            **os.environ, **self.task_env(),
+            "RECLOOP_SERVING__API_KEYS": json.dumps([self.key]),
+            "RECLOOP_SERVING__PORT": str(port),
+            "RECLOOP_SERVING__POLICY": "epsilon_greedy",
+            "RECLOOP_SERVING__EPSILON": str(self.config.epsilon),
+            "RECLOOP_SERVING__WATCH_SECONDS": "2",
+        }  # fmt: skip
+        log = open(self.settings.home / "demo" / "serve.log", "ab")  # noqa: SIM115
+        recloop = str(Path(sys.executable).with_name("recloop"))
+        self.service = subprocess.Popen(
+            [recloop, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        ready = wait_ready(self.url, self.service, timeout=180)
+        champion = (ready.get("models") or {}).get("champion") or {}
+        self.echo(f"service ready at {self.url} (champion v{champion.get('version')})")
+
+    # -- one simulated hour of traffic ----------------------------------------------------
+    def _one_request(self, client: httpx.Client, hour: int, n: int) -> dict[str, Any]:
+        from recloop.sources.simulator import DEVICES
+
+        world, config = self.world, self.config
+        rng = np.random.default_rng([config.seed, 7, hour, n])
+        at = self.history_end + timedelta(hours=hour + n / config.requests_per_hour)
+        users = world.users_at(at)
+        user = int(users[rng.integers(len(users))])
+        user_id = world.users[user].user_id
+        device = DEVICES[rng.choice(len(DEVICES), p=world.user_devices[user])]
+        context = {"hour": at.hour, "weekday": at.weekday(), "device": device}
+        response = client.post("/recommend", json={"user_id": user_id, "k": 10, "context": context})
+        response.raise_for_status()
+        slate = response.json()
+        items = [row["item_id"] for row in slate["items"]]
+        truth = world.click_probabilities(user_id, items, at, context)
+        clicked = rng.random(len(items)) < truth
+        events = []
+        for row, click in zip(slate["items"], clicked, strict=True):
+            if not click:
+                continue
+            common = {"user_id": user_id, "item_id": row["item_id"],
+                      "request_id": slate["request_id"], "position": row["slot"],
+                      "propensity": row["propensity"], "model_version": slate["model_version"],
+                      "policy": slate["policy"], "context": context}  # fmt: skip
+            now = datetime.now(UTC).isoformat()
+            events.append({"event_id": str(uuid.uuid4()), "ts": now, "event_type": "click",
+                           **common})  # fmt: skip
+            if rng.random() < 0.5:
+                events.append({"event_id": str(uuid.uuid4()), "ts": now, "event_type": "rating",
+                               "value": world.rating(user_id, row["item_id"], at),
+                               **common})  # fmt: skip
+        if events:
+            client.post("/feedback", json={"events": events}).raise_for_status()
+        return {"impressions": len(items), "clicks": int(clicked.sum()),
+                "expected": float(truth.sum()), "version": slate["model_version"]}  # fmt: skip
+
+    def traffic(self, hour: int) -> HourRecord:
+        start = datetime.now(UTC)
+        headers = {"X-API-Key": self.key}
+        with (
+            httpx.Client(base_url=self.url, headers=headers, timeout=60) as client,
+            ThreadPoolExecutor(self.config.concurrency) as pool,
+        ):
+            results = list(pool.map(lambda n: self._one_request(client, hour, n),
+                                    range(self.config.requests_per_hour)))  # fmt: skip
+        end = datetime.now(UTC)
+        impressions = sum(r["impressions"] for r in results)
+        return HourRecord(
+            hour=hour, simulated_start=(self.history_end + timedelta(hours=hour)).isoformat(),
+            start=start.isoformat(), end=end.isoformat(), requests=len(results),
+            impressions=impressions, clicks=sum(r["clicks"] for r in results),
+            true_ctr=sum(r["expected"] for r in results) / max(impressions, 1),
+            served_versions=dict(Counter(r["version"] for r in results)),
+        )  # fmt: skip
+
+    def trigger_hour(self, record: HourRecord) -> tuple[str, str]:
+        """Start the hour's runs of recloop_features and recloop_metrics (its exact interval)."""
+        time.sleep(2.5)  # the service's impression flush (0.2 s) and the log's seal (1 s)
+        features = self.airflow.trigger("recloop_features")
+        metrics = self.airflow.trigger("recloop_metrics",
+                                       {"start": record.start, "end": record.end})  # fmt: skip
+        return features, metrics
+
+    def collect_hour(self, record: HourRecord, runs: tuple[str, str]) -> None:
+        """Wait for the hour's runs and read back what recloop_metrics concluded."""
+        from monitoring import store
+
+        features, metrics = runs
+        self.airflow.wait("recloop_metrics", metrics)
+        self.airflow.wait("recloop_features", features)
+        end = datetime.fromisoformat(record.end)
+        rows = store.read(self.settings, "online_metrics")
+        hour = rows[(rows["hour_end"] == end) & (rows["window"] == "hour")]
+        if len(hour):
+            clicks, shown = int(hour["clicks"].sum()), int(hour["impressions"].sum())
+            from monitoring.estimators import wilson
+
+            record.ctr = clicks / shown
+            record.ctr_low, record.ctr_high = wilson(clicks, shown, self.settings.monitoring.alpha)
+        alarms = store.read(self.settings, "alarms")
+        if len(alarms):
+            record.alarms = [f"{a['kind']}: {a['detail']}" for a in
+                             alarms[alarms["hour_end"] == end].to_dict("records")]  # fmt: skip
+        decisions = store.read(self.settings, "decisions")
+        mine = decisions[decisions["hour_end"] == end]
+        record.retrain_requested = bool(len(mine) and mine["requested"].iloc[-1])
+        record.champion_version = self._champion()
+
+    def _champion(self) -> str | None:
+        from training import registry
+
+        client = registry.configure(self.settings)
+        version = registry.alias_version(client, registry.CHAMPION)
+        return str(version.version) if version is not None else None
+
+    # -- the whole run -------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        began = time.monotonic()
+        try:
+            self.build_world()
+            self.start_airflow()
+            # Unpaused one at a time: each runs its latest scheduled interval at once, which
+            # builds the features, then trains the first champion, as a new deployment would.
+            self.echo("first features and champion: the DAGs' scheduled runs ...")
+            for dag_id in DAGS:
+                started = time.monotonic()
+                self.airflow.unpause(dag_id)
+                run = self.airflow.wait_for_first(dag_id, "scheduled")
+                self.echo(f"  {dag_id}: {run['state']} in {time.monotonic() - started:.0f} s")
+            first_champion = self._champion()
+            if first_champion is None:
+                raise RuntimeError("recloop_training promoted no champion; see its MLflow run")
+            self.start_service()
+            # Users do not wait for the DAGs: each hour's runs go on while the next hour's
+            # traffic flows, as they would in production.
+            hour, last, pending = 0, self.config.hours, None
+            while hour < last or pending is not None:
+                hour_started = time.monotonic()
+                record = self.traffic(hour) if hour < last else None
+                traffic_seconds = time.monotonic() - hour_started
+                if pending is not None:
+                    done, runs = pending
+                    self.collect_hour(done, runs)
+                    self.records.append(done)
+                    self._echo_hour(done)
+                pending = None
+                if record is not None:
+                    record.seconds = {"traffic": round(traffic_seconds, 1)}
+                    pending = (record, self.trigger_hour(record))
+                    hour += 1
+                served_new = any(v != first_champion for r in self.records
+                                 for v in (r.served_versions or {}))  # fmt: skip
+                waiting = any(r.retrain_requested for r in self.records) and not served_new
+                most = self.config.hours + self.config.extra_hours
+                if hour == last and waiting and last < most:
+                    last += 1  # keep the users coming until the new champion serves them
+            return self.summary(first_champion, time.monotonic() - began)
+        finally:
+            self.stop()
+
+    def _echo_hour(self, r: HourRecord) -> None:
+        interval = f"[{r.ctr_low:.3f}, {r.ctr_high:.3f}]" if r.ctr is not None else "-"
+        estimate = f"{r.ctr:.3f}" if r.ctr is not None else "-"
+        served = ",".join(f"v{v}" for v in sorted(r.served_versions or {}))
+        self.echo(
+            f"hour {r.hour:2d}: CTR {estimate} {interval} true {r.true_ctr:.3f} served {served}"
+            f"{' ALARM ' + '; '.join(a.split(':')[0] for a in r.alarms) if r.alarms else ''}"
+            f"{' -> retrain requested' if r.retrain_requested else ''} "
+            f"({r.seconds['traffic']:.0f} s of traffic)"
+        )
+
+    def summary(self, first_champion: str, seconds: float) -> dict[str, Any]:
+        training_runs = self.airflow.runs("recloop_training")
+        asset_runs = [r for r in training_runs if r["run_type"] == "asset_triggered"]
+        final = self._champion()
+        covered = [r.ctr_low <= r.true_ctr <= r.ctr_high for r in self.records
+                   if r.ctr is not None]  # fmt: skip
+        summary = {
+            "config": asdict(self.config),
+            "seconds": round(seconds, 1),
+            "shift_hour": self.config.shift_hour,
+            "first_champion": first_champion,
+            "final_champion": final,
+            "drift_detected_hours": [r.hour for r in self.records if r.alarms and
+                                     any(a.startswith("degradation") for a in r.alarms)],
+            "retrain_requested_hours": [r.hour for r in self.records if r.retrain_requested],
+            "asset_triggered_training_runs": [
+                {"run_id": r["dag_run_id"], "state": r["state"]} for r in asset_runs
+            ],
+            "new_champion_served_from_hour": next(
+                (r.hour for r in self.records
+                 if final != first_champion and final in (r.served_versions or {})), None),
+            "ctr_interval_coverage": sum(covered) / len(covered) if covered else None,
+            "hours": [asdict(r) for r in self.records],
+            "dashboard": str(self.settings.monitoring_dir / "dashboard.html"),
+            "airflow_home": str(self.settings.home / "airflow"),
+        }  # fmt: skip
+        path = self.settings.home / "demo" / "summary.json"
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+        summary["summary_path"] = str(path)
+        return summary
+
+    def stop(self) -> None:
+        from recloop.processes import stop_tree
+
+        if self.service is not None:
+            stop_tree(self.service)
+            self.service = None
+        if self.airflow is not None:
+            self.airflow.stop()

@@ -1,0 +1,122 @@
+"""monitoring.estimators against hand-computed values and against vw-estimators."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from estimators.bandits import ips as vw_ips
+from estimators.bandits import snips as vw_snips
+
+from monitoring import estimators
+
+
+def test_ips_and_snips_by_hand() -> None:
+    # Two slates of two slots. Weights pi/mu: 2, 0, 1, 4; clicks 1, 1, 0, 1.
+    clicks = [1, 1, 0, 1]
+    logged = [0.5, 0.5, 1.0, 0.25]
+    target = [1.0, 0.0, 1.0, 1.0]
+    slates = ["a", "a", "b", "b"]
+    ips = estimators.ips(clicks, logged, target, slates)
+    assert ips.value == pytest.approx((2 + 0 + 0 + 4) / 4)
+    snips = estimators.snips(clicks, logged, target, slates)
+    assert snips.value == pytest.approx(6 / 7)
+    # Slate sums of w*c: a = 2, b = 4; centred by value * size (1.5 * 2 = 3): -1, +1.
+    # var = J/(J-1) * sum(centred^2) / n^2 = 2 * 2 / 16 = 0.25.
+    half = 1.959963984540054 * math.sqrt(0.25)
+    assert (ips.low, ips.high) == pytest.approx((1.5 - half, 1.5 + half))
+    assert ips.impressions == 4 and ips.slates == 2
+
+
+def _random_log(
+    seed: int, n: int, lowest_propensity: float, ctr: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logged propensities, target probabilities, clicks) of n impressions."""
+    rng = np.random.default_rng(seed)
+    logged = rng.uniform(lowest_propensity, 1.0, n)
+    target = rng.uniform(0.0, 1.0, n)
+    clicks = (rng.random(n) < ctr).astype(float)
+    return logged, target, clicks
+
+
+def test_point_values_match_vw_estimators() -> None:
+    n = 2000
+    logged, target, clicks = _random_log(3, n, lowest_propensity=0.05, ctr=0.2)
+    slates = np.arange(n) // 10
+    vw_i, vw_s = vw_ips.Estimator(), vw_snips.Estimator()
+    for p_log, r, p_pred in zip(logged, clicks, target, strict=True):
+        vw_i.add_example(p_log, r, p_pred)
+        vw_s.add_example(p_log, r, p_pred)
+    assert estimators.ips(clicks, logged, target, slates).value == pytest.approx(vw_i.get())
+    assert estimators.snips(clicks, logged, target, slates).value == pytest.approx(vw_s.get())
+
+
+def test_doubly_robust_reduces_to_ips_with_a_zero_model_and_is_exact_with_a_perfect_one() -> None:
+    n = 500
+    logged, target, clicks = _random_log(5, n, lowest_propensity=0.1, ctr=0.3)
+    slates = np.arange(n)
+    zero = estimators.doubly_robust(clicks, logged, target, slates,
+                                    predicted=np.zeros(n), direct=np.zeros(n))  # fmt: skip
+    assert zero.value == pytest.approx(estimators.ips(clicks, logged, target, slates).value)
+    # A model that predicts every click exactly leaves only the direct term.
+    exact = estimators.doubly_robust(clicks, logged, target, slates,
+                                     predicted=clicks, direct=np.full(n, 0.42))  # fmt: skip
+    assert exact.value == pytest.approx(0.42)
+    assert exact.high - exact.low == pytest.approx(0.0, abs=1e-12)
+
+
+def test_on_policy_ips_is_the_ctr() -> None:
+    clicks = np.array([1, 0, 0, 1, 0, 0, 0, 0])
+    p = np.full(8, 0.3)
+    estimate = estimators.ips(clicks, p, p, np.arange(8) // 2)
+    assert estimate.value == pytest.approx(0.25)
+    assert estimators.snips(clicks, p, p, np.arange(8) // 2).value == pytest.approx(0.25)
+
+
+def test_wilson_matches_the_formula() -> None:
+    low, high = estimators.wilson(5, 50)
+    z = 1.959963984540054
+    p, n = 0.1, 50
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert (low, high) == pytest.approx((centre - half, centre + half))
+    # A fractional count (a weighted rate at its effective size) gives the same interval.
+    assert estimators.wilson(0.1 * 50.0, 50.0) == pytest.approx((low, high))
+
+
+def test_ewma_weights_recent_impressions_more() -> None:
+    clicks = np.array([0, 0, 0, 0, 1, 1])
+    ages = np.array([10.0, 10.0, 10.0, 10.0, 0.0, 0.0])
+    rate, low, high, effective = estimators.ewma_ctr(clicks, ages, half_life_hours=1.0)
+    assert rate > 0.9 and low < rate < high and 2.0 <= effective < 6.0
+    flat, *_ = estimators.ewma_ctr(clicks, np.zeros(6), half_life_hours=1.0)
+    assert flat == pytest.approx(2 / 6)
+
+
+def test_confidence_sequence_holds_the_value_and_is_wider_than_the_fixed_interval() -> None:
+    rng = np.random.default_rng(9)
+    n = 3000
+    p = np.full(n, 0.5)
+    clicks = (rng.random(n) < 0.1).astype(float)
+    low, high = estimators.confidence_sequence(clicks, p, p)
+    fixed = estimators.wilson(int(clicks.sum()), n)
+    assert low <= 0.1 <= high
+    assert high - low > fixed[1] - fixed[0]
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs", "message"),
+    [
+        ("logged", {"logged": [0.0, 0.5]}, "logged: propensities must lie in (0, 1]"),
+        ("target", {"target": [1.5, 0.5]}, "target: probabilities must lie in [0, 1]"),
+        ("clicks", {"clicks": [1.0]}, "logged: expected 1 values"),
+        ("slates", {"slates": ["a"]}, "slates: expected 2 slate ids"),
+    ],
+)
+def test_bad_input_names_the_field(field: str, kwargs: dict, message: str) -> None:
+    arguments = {"clicks": [1.0, 0.0], "logged": [0.5, 0.5], "target": [1.0, 0.0],
+                 "slates": ["a", "b"], **kwargs}  # fmt: skip
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):  # fmt: skip
+        estimators.ips(**arguments)

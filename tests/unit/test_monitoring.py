@@ -1,0 +1,151 @@
+"""monitoring.online, monitoring.drift and monitoring.ope on small hand-made logs."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monitoring import drift, online, ope
+
+
+def _frame(rows: list[tuple[str, int, str, int]]) -> pd.DataFrame:
+    """(request_id, position, item_id, clicked) rows of one hour, one version and arm."""
+    start = datetime(2026, 1, 1, 10, tzinfo=UTC)
+    return pd.DataFrame(
+        [{"ts": pd.Timestamp(start + timedelta(minutes=n)), "request_id": r, "position": p,
+          "item_id": i, "clicked": c, "user_id": "u1", "propensity": 1.0,
+          "model_version": "3", "policy": "greedy", "arm": "champion", "rating": None,
+          "device": "mobile", "served_by": "history", "hour": 10}
+         for n, (r, p, i, c) in enumerate(rows)]
+    )  # fmt: skip
+
+
+def test_slate_metrics_by_hand() -> None:
+    frame = _frame([
+        ("r1", 0, "a", 0), ("r1", 1, "b", 1), ("r1", 2, "c", 0),  # one click at slot 1
+        ("r2", 0, "a", 1), ("r2", 1, "b", 1), ("r2", 2, "c", 0),  # ideal: two at the top
+        ("r3", 0, "a", 0), ("r3", 1, "b", 0), ("r3", 2, "c", 0),  # nothing
+    ])  # fmt: skip
+    per = online.slate_metrics(frame)
+    assert per.loc["r1", "ndcg"] == pytest.approx((1 / math.log2(3)) / 1.0)
+    assert per.loc["r2", "ndcg"] == pytest.approx(1.0)
+    assert per.loc["r3", "ndcg"] == 0.0
+    assert list(per["mrr"]) == pytest.approx([0.5, 1.0, 0.0])
+
+
+def test_online_metrics_windows_and_counts() -> None:
+    frame = _frame([("r1", 0, "a", 1), ("r1", 1, "b", 0), ("r2", 0, "c", 0), ("r2", 1, "a", 0)])
+    end = datetime(2026, 1, 1, 11, tzinfo=UTC)
+    metrics = online.online_metrics(frame, end - timedelta(hours=1), end, catalogue=10)
+    assert set(metrics["window"]) == {"hour", "day", "week", "ewma"}
+    hour = metrics[metrics["window"] == "hour"].iloc[0]
+    assert (hour["impressions"], hour["clicks"], hour["requests"]) == (4, 1, 2)
+    assert hour["ctr"] == 0.25 and hour["ctr_low"] < 0.25 < hour["ctr_high"]
+    assert hour["coverage"] == pytest.approx(3 / 10)
+    assert hour["mrr"] == pytest.approx(0.5)
+
+
+def test_adwin_raises_degradation_only_inside_the_hour() -> None:
+    rng = np.random.default_rng(0)
+    stream = np.r_[rng.random(6000) < 0.12, rng.random(4000) < 0.05].astype(float)
+    alarm = drift.degradation(stream, hour_starts_at=6000, version="7", delta=0.002)
+    assert alarm is not None and alarm.kind == "degradation"
+    assert alarm.after < alarm.before
+    # The same change, already behind us: the hour that starts later raises nothing.
+    assert drift.degradation(stream, hour_starts_at=9990, version="7", delta=0.002) is None
+    # A stable stream raises nothing.
+    flat = (rng.random(10000) < 0.1).astype(float)
+    assert drift.degradation(flat, hour_starts_at=6000, version="7", delta=0.002) is None
+
+
+def test_an_improvement_is_not_a_degradation() -> None:
+    rng = np.random.default_rng(1)
+    stream = np.r_[rng.random(6000) < 0.05, rng.random(4000) < 0.12].astype(float)
+    assert drift.degradation(stream, hour_starts_at=6000, version="7", delta=0.002) is None
+
+
+def test_psi_by_hand_and_feature_drift() -> None:
+    expected = pd.Series({"mobile": 50, "desktop": 50})
+    actual = pd.Series({"mobile": 90, "desktop": 10})
+    e = np.array([50.5, 50.5]) / 101
+    a = np.array([90.5, 10.5]) / 101
+    assert drift.psi(expected, actual) == pytest.approx(float(np.sum((a - e) * np.log(a / e))))
+    assert drift.psi(expected, expected) == pytest.approx(0.0)
+    week = pd.DataFrame({"request_id": [f"w{n}" for n in range(400)], "served_by": "history",
+                         "device": ["mobile", "desktop"] * 200})  # fmt: skip
+    hour = pd.DataFrame({"request_id": [f"h{n}" for n in range(200)],
+                         "device": ["tv"] * 200, "served_by": "history"})  # fmt: skip
+    alarms = drift.feature_drift(hour, week, threshold=0.25, min_requests=100)
+    assert [a.subject for a in alarms] == ["device"]
+    assert drift.feature_drift(hour.head(50), week, threshold=0.25, min_requests=100) == []
+
+
+def test_off_policy_recovers_a_known_target_value() -> None:
+    """A position-based world with known click probabilities, a uniformly exploring log, and
+    a greedy target: IPS, SNIPS and DR intervals hold the target's true CTR."""
+    rng = np.random.default_rng(42)
+    items = np.array([f"i{n}" for n in range(8)])
+    attract = np.linspace(0.9, 0.1, 8)
+    exam = np.array([1.0, 0.6, 0.4])
+    target_slate = list(items[[7, 0, 1]])  # a deliberately odd target
+    truth = float(np.mean(exam * attract[[7, 0, 1]]))
+    rows = []
+    for request in range(6000):
+        shown = rng.choice(8, size=3, replace=False)  # uniform: P(item at slot) = 1/8
+        for slot, item in enumerate(shown):
+            clicked = rng.random() < exam[slot] * attract[item]
+            rows.append({"request_id": f"r{request}", "position": slot, "item_id": items[item],
+                         "propensity": 1 / 8, "clicked": int(clicked)})  # fmt: skip
+    frame = pd.DataFrame(rows)
+    result = ope.evaluate(frame, {f"r{n}": target_slate for n in range(6000)})
+    assert result["impressions"] == 18000 and result["uncovered"] == 0
+    for name in ("ips", "snips", "dr"):
+        estimate = result["estimates"][name]
+        assert estimate.covers(truth), (name, estimate, truth)
+    # The reward model makes DR tighter than IPS on the same log.
+    width = {k: e.high - e.low for k, e in result["estimates"].items()}
+    assert width["dr"] < width["ips"]
+    low, high = result["cs"]
+    assert low <= truth <= high
+
+
+def test_position_based_model_orders_slots_and_items() -> None:
+    rows = []
+    rng = np.random.default_rng(2)
+    for request in range(3000):
+        for slot in range(3):
+            item = rng.choice(["good", "bad"])
+            p = [1.0, 0.5, 0.25][slot] * (0.6 if item == "good" else 0.1)
+            rows.append({"request_id": f"r{request}", "position": slot, "item_id": item,
+                         "clicked": int(rng.random() < p)})  # fmt: skip
+    model = ope.PositionBasedModel.fit(pd.DataFrame(rows))
+    assert model.examination[0] == 1.0 > model.examination[1] > model.examination[2]
+    assert model.examination[1] == pytest.approx(0.5, abs=0.08)
+    good, bad = model.predict(["good", "bad"], [0, 0])
+    assert good == pytest.approx(0.6, abs=0.05) and bad == pytest.approx(0.1, abs=0.03)
+
+
+def test_store_rewrites_an_hour_and_the_warehouse_views_read_every_hour(tmp_path) -> None:
+    from monitoring import store
+    from recloop import warehouse
+    from recloop.settings import Settings
+
+    settings = Settings(home=tmp_path)
+    first, second = (datetime(2026, 1, 1, h, tzinfo=UTC) for h in (10, 11))
+    store.write(settings, "alarms", first, pd.DataFrame([{"kind": "degradation", "before": 0.1}]))
+    store.write(settings, "alarms", second, pd.DataFrame([{"kind": "feature_drift"}]))
+    assert list(store.read(settings, "alarms")["kind"]) == ["degradation", "feature_drift"]
+    # A rerun of the second hour that finds nothing clears that hour, and only that hour.
+    store.write(settings, "alarms", second, pd.DataFrame())
+    assert list(store.read(settings, "alarms")["kind"]) == ["degradation"]
+    store.write(settings, "alarms", second, pd.DataFrame([{"kind": "feature_drift", "x": 1}]))
+    warehouse.init_warehouse(settings)
+    with warehouse.connect(settings, read_only=True) as con:
+        rows = con.execute("SELECT kind, before, x FROM monitoring.alarms ORDER BY kind").fetchall()
+    assert rows == [("degradation", 0.1, None), ("feature_drift", None, 1)]
+    with pytest.raises(ValueError, match="table: 'nope' is not one of"):
+        store.write(settings, "nope", first, pd.DataFrame([{"a": 1}]))
