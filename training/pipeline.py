@@ -292,8 +292,9 @@ def judge(
     off_policy: dict[str, float] | None = None,
     show_progress: bool = True,
 ) -> TrainingReport:
-    """Pick the challenger (best P1 NDCG@10), run the gate against the champion, move the
-    aliases, and close the parent run."""
+    """Pick the challenger (best P1 NDCG@10), run the gate against the champion (and, when
+    the challenger loses, the refresh of the champion's recipe), move the aliases, and close
+    the parent run."""
     from training import registry
 
     client = registry.configure(settings)
@@ -310,10 +311,13 @@ def judge(
                        if s["recipe"]["kind"] == "popularity" and s is not best), None)  # fmt: skip
     champion_evaluations = None
     champion_recipe = registry.recipe_of(champion_version) if champion_version else None
+    # The champion's own recipe, retrained in this run on current data (when it was).
+    refreshed = None
     if champion_recipe is not None:
         same = [s for s in summaries if s["recipe"] == champion_recipe]
         if same:
-            champion_evaluations = evaluations[same[0]["version"]]
+            refreshed = same[0]
+            champion_evaluations = evaluations[refreshed["version"]]
         else:
             data = _load_data(settings, data)
             splits = make_splits(data, list(settings.training.protocols), settings.seed)
@@ -325,9 +329,24 @@ def judge(
         data_gate_passed=plan["data_gate_passed"], popularity=popularity,
         off_policy=off_policy, refresh=challenger.recipe == champion_recipe, seed=settings.seed,
     )  # fmt: skip
-    _log_decision(decision, challenger, champion_version, plan["parent_run_id"])
+    promoted = challenger.version
+    if not decision.promote and refreshed is not None and refreshed is not best:
+        # The challenger lost to the champion's recipe, which this run retrained on current
+        # data: those newer weights replace the champion's (a refresh, judged as one), or a
+        # loop whose challengers keep losing would serve the same old weights for ever.
+        refresh = decide(
+            evaluations[refreshed["version"]], None, settings.promotion,
+            data_gate_passed=plan["data_gate_passed"],
+            popularity=popularity if refreshed["recipe"]["kind"] != "popularity" else None,
+            refresh=True, seed=settings.seed,
+        )  # fmt: skip
+        numbers = {**decision.numbers, **{f"refresh.{k}": v for k, v in refresh.numbers.items()}}
+        decision = Decision(refresh.promote, decision.reasons + refresh.reasons, numbers)
+        promoted = refreshed["version"]
+    _log_decision(decision, challenger, champion_version, plan["parent_run_id"],
+                  promoted=promoted if decision.promote else None)  # fmt: skip
     if decision.promote:
-        registry.set_alias(client, registry.CHAMPION, challenger.version)
+        registry.set_alias(client, registry.CHAMPION, promoted)
     client.set_terminated(plan["parent_run_id"])
     new_champion = registry.alias_version(client, registry.CHAMPION)
     return TrainingReport(
@@ -468,7 +487,12 @@ def _log_candidate(
 
 
 def _log_decision(
-    decision: Decision, challenger: Candidate, champion_version, parent_run_id: str | None = None
+    decision: Decision,
+    challenger: Candidate,
+    champion_version,
+    parent_run_id: str | None = None,
+    *,
+    promoted: str | None = None,
 ) -> None:
     import mlflow
 
@@ -479,6 +503,7 @@ def _log_decision(
                 "recloop.promoted": str(decision.promote),
                 "challenger_version": challenger.version,
                 "champion_version": champion_version.version if champion_version else "none",
+                "promoted_version": promoted or "none",
             }
         )
         mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in decision.numbers.items()})

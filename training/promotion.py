@@ -9,7 +9,9 @@ The challenger is promoted only if, on the same evaluation data:
    entirely below the champion's observed online value.
 With no champion yet, a challenger that passes 1 (and beats popularity, when it was trained)
 becomes the first champion; the same holds for the champion's own recipe retrained on newer
-data (a refresh), which would otherwise never replace the older weights. Every decision
+data (a refresh), which would otherwise never replace the older weights. When a run's best
+candidate loses the gate and the run also retrained the champion's recipe, the pipeline judges
+that as a refresh (``training.pipeline.judge``). Every decision
 comes back with its reasons and numbers, which the pipeline logs to MLflow.
 """
 

@@ -63,6 +63,25 @@ def test_training_registers_candidates_and_sets_aliases(settings: Settings) -> N
 
 
 @pytest.mark.integration
+def test_a_losing_challenger_still_lets_the_champions_recipe_refresh(settings: Settings) -> None:
+    data = synthetic(users=60, items=40)
+    first = run_training(settings, kinds=["popularity"], data=data, show_progress=False)
+    assert first.champion_version is not None
+    # No challenger can clear a margin of a whole NDCG point: EASE loses the gate, and the
+    # popularity recipe retrained in the same run replaces the champion's older weights.
+    strict = settings.model_copy(
+        update={"promotion": settings.promotion.model_copy(update={"margin": 1.0})}
+    )
+    again = run_training(strict, kinds=["popularity", "ease"], data=data, show_progress=False)
+    assert again.challenger["kind"] == "ease"
+    reasons = again.decision["reasons"]
+    assert "does not clear the margin" in reasons[0] and "refreshes the champion" in reasons[-1]
+    refreshed = next(c for c in again.candidates if c["kind"] == "popularity")
+    assert again.champion_changed and again.champion_version == refreshed["version"]
+    assert again.champion_version != first.champion_version
+
+
+@pytest.mark.integration
 def test_promote_and_evaluate_commands_use_the_registry(settings: Settings) -> None:
     data = synthetic(users=60, items=40)
     run_training(settings, kinds=["popularity"], data=data, show_progress=False)
