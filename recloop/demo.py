@@ -15,7 +15,8 @@
 
 Time is simulated: each hour lasts as long as its requests take, and the events carry the
 wall-clock times at which they really happened, so every window the DAGs read is real.
-The world's clock (taste, hour of day) advances one simulated hour per demo hour.
+The world's clock (taste, hour of day) starts at a fixed hour of day and advances one simulated
+hour per demo hour, so a run's CTR curve does not depend on when it ran.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class DemoConfig:
     epsilon: float = 0.2  # the service's exploration
     extra_hours: int = 4  # hours added, at most, until a new champion serves
     shift_weight: float = 0.9  # how far every taste moves towards the trend at the shift
+    # The world's hour of day when the live hours start. Preferences depend on the hour of
+    # day, so a clock tied to the wall clock would make each run's CTR curve depend on when
+    # it ran; 20:00 is the history's busiest hour.
+    start_hour_of_day: int = 20
     concurrency: int = 8  # simultaneous simulated users
 
 
@@ -126,10 +131,13 @@ class Demo:
         self.echo(f"simulating {self.config.history_days} days of history ...")
         ingest_simulation(self.settings, base)
         history_end = base.start + timedelta(days=base.days)
-        shifted = replace(base, shift_at=history_end + timedelta(hours=self.config.shift_hour),
+        # The world's clock for the live hours: the first start_hour_of_day after the history.
+        # (Only the world's taste and context read it; events carry wall-clock times.)
+        wait = (self.config.start_hour_of_day - history_end.hour) % 24
+        self.live_start = history_end + timedelta(hours=wait)
+        shifted = replace(base, shift_at=self.live_start + timedelta(hours=self.config.shift_hour),
                           shift_weight=self.config.shift_weight)  # fmt: skip
         self.world = build_world(shifted)
-        self.history_end = history_end
         (self.settings.home / "demo").mkdir(parents=True, exist_ok=True)
         (self.settings.home / "demo" / "world.json").write_text(json.dumps(shifted.to_dict()))
 
@@ -168,7 +176,7 @@ class Demo:
 
         world, config = self.world, self.config
         rng = np.random.default_rng([config.seed, 7, hour, n])
-        at = self.history_end + timedelta(hours=hour + n / config.requests_per_hour)
+        at = self.live_start + timedelta(hours=hour + n / config.requests_per_hour)
         users = world.users_at(at)
         user = int(users[rng.integers(len(users))])
         user_id = world.users[user].user_id
@@ -212,7 +220,7 @@ class Demo:
         end = datetime.now(UTC)
         impressions = sum(r["impressions"] for r in results)
         return HourRecord(
-            hour=hour, simulated_start=(self.history_end + timedelta(hours=hour)).isoformat(),
+            hour=hour, simulated_start=(self.live_start + timedelta(hours=hour)).isoformat(),
             start=start.isoformat(), end=end.isoformat(), requests=len(results),
             impressions=impressions, clicks=sum(r["clicks"] for r in results),
             true_ctr=sum(r["expected"] for r in results) / max(impressions, 1),
