@@ -61,6 +61,32 @@ def environment(
     }
 
 
+def wait_for_api(
+    url: str, processes: dict[str, subprocess.Popen], logs: Path, timeout: float
+) -> None:
+    """Return once Airflow's API at ``url`` answers its health check. AirflowError when one
+    of ``processes`` (name -> process, logging to ``<logs>/<name>.log``) exits first or
+    ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _check_alive(processes, logs)
+        try:
+            if httpx.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise AirflowError(f"Airflow's API did not answer within {timeout:.0f} s (logs: {logs})")
+
+
+def _check_alive(processes: dict[str, subprocess.Popen], logs: Path) -> None:
+    for name, process in processes.items():
+        if process.poll() is not None:
+            raise AirflowError(
+                f"airflow {name} exited with {process.returncode}; see {logs / (name + '.log')}"
+            )
+
+
 @dataclass
 class LocalAirflow:
     settings: Settings
@@ -96,26 +122,10 @@ class LocalAirflow:
                 command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                if httpx.get(f"{self.url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise AirflowError(
-            f"Airflow's API did not answer within {timeout:.0f} s (logs: {home}/logs)"
-        )
+        wait_for_api(self.url, self.processes, home / "logs", timeout)
 
     def _check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                raise AirflowError(
-                    f"airflow {name} exited with {process.returncode}; see "
-                    f"{airflow_home(self.settings) / 'logs' / (name + '.log')}"
-                )
+        _check_alive(self.processes, airflow_home(self.settings) / "logs")
 
     def stop(self) -> None:
         from recloop.processes import stop_tree

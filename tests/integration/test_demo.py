@@ -14,11 +14,9 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from recloop.demo import Demo, DemoConfig
@@ -88,7 +86,7 @@ def test_airflow_ui_shows_the_three_dags_with_a_successful_run_each(
 ) -> None:
     from playwright.sync_api import sync_playwright
 
-    from recloop.airflow_local import environment
+    from recloop.airflow_local import environment, wait_for_api
     from serving.launch import free_port
 
     home: Path = demo["home"]
@@ -101,16 +99,7 @@ def test_airflow_ui_shows_the_three_dags_with_a_successful_run_each(
                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert standalone.poll() is None, (tmp_path / "standalone.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "airflow standalone did not answer in 180 s"
-            time.sleep(1)
+        wait_for_api(url, {"standalone": standalone}, tmp_path, timeout=180)
         passwords = home / "airflow" / "simple_auth_manager_passwords.json.generated"
         password = json.loads(passwords.read_text())["admin"]
         with sync_playwright() as playwright:
