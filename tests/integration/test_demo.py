@@ -109,7 +109,10 @@ def test_airflow_ui_shows_the_three_dags_with_a_successful_run_each(
             page.fill("input[name=username]", "admin")
             page.fill("input[name=password]", password)
             page.click("button:has-text('Sign in')")
-            page.wait_for_url(f"{url}/**")
+            # Past the login page, and the app settled: a goto while its post-login redirect
+            # is still in flight is aborted (net::ERR_ABORTED).
+            page.wait_for_url(lambda address: "/auth/" not in address)
+            page.wait_for_load_state("networkidle")
             page.goto(f"{url}/dags")
             for dag_id in ("recloop_features", "recloop_training", "recloop_metrics"):
                 page.wait_for_selector(f"text={dag_id}", timeout=60_000)
