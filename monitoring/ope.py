@@ -153,7 +153,7 @@ def greedy_slates(model: Any, requests: pd.DataFrame) -> dict[str, list[str]]:
     queries = [
         UserQuery(user_id=row.user_id, context={
             key: value for key, value in (("device", row.device), ("hour", row.hour))
-            if value is not None and value == value
+            if not pd.isna(value)  # None, NaN or pandas' NA: a request sent without it
         })
         for row in per_request.itertuples()
     ]  # fmt: skip

@@ -1,18 +1,23 @@
-"""Where hourly results live: one Parquet file per table and hour under the monitoring folder.
+"""Where hourly results live: warehouse tables ``monitoring.<table>``, one hour at a time.
 
 Tables: ``online_metrics`` (monitoring.online), ``off_policy`` (monitoring.ope), ``alarms``
-and ``decisions``. A rerun of an hour rewrites that hour's files (idempotent), and readers
-(the dashboard, the cooldown check, the warehouse views ``monitoring.*`` that
-``recloop.warehouse.refresh_monitoring_views`` declares over these files on every features
-run) never wait on a lock: the metrics DAG writes no database file that dbt or the service
-holds.
+and ``decisions``. A rerun of an hour rewrites that hour (idempotent).
+
+``local``: one Parquet file per table and hour under the monitoring folder, which the DuckDB
+warehouse's views ``monitoring.*`` read (``recloop.warehouse.refresh_monitoring_views``, on
+every features run); the metrics DAG writes no database file that dbt or the service holds,
+so it never waits on a lock. ``production``: Postgres tables in the warehouse database,
+shared by every worker (the cooldown check reads what any worker wrote); an hour is replaced
+in one transaction, and a column a later hour brings is added to the table.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -32,9 +37,12 @@ def table_dir(settings: Settings, table: str) -> Path:
 
 
 def write(settings: Settings, table: str, end: datetime, frame: pd.DataFrame) -> Path:
-    """Write one hour of a table (atomically: a reader sees the old file or the new one).
-    An empty frame removes the hour's file: a rerun that finds no alarm clears the old ones."""
+    """Write one hour of a table (atomically: a reader sees the old hour or the new one).
+    An empty frame removes the hour: a rerun that finds no alarm clears the old ones."""
     folder = table_dir(settings, table)
+    if settings.profile == "production":
+        _write_postgres(settings, table, hour_key(end), frame)
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"hour={hour_key(end)}.parquet"
     if frame.empty:
@@ -48,6 +56,8 @@ def write(settings: Settings, table: str, end: datetime, frame: pd.DataFrame) ->
 
 def read(settings: Settings, table: str) -> pd.DataFrame:
     """Every hour written so far, oldest first (an empty frame before the first)."""
+    if settings.profile == "production":
+        return _read_postgres(settings, table)
     files = sorted(table_dir(settings, table).glob("hour=*.parquet"))
     frames = [pd.read_parquet(path) for path in files]
     frames = [frame for frame in frames if not frame.empty]
@@ -61,3 +71,105 @@ def read_all(settings: Settings) -> dict[str, pd.DataFrame]:
 
 def glob(settings: Settings, table: str) -> str:
     return str(table_dir(settings, table) / "hour=*.parquet")
+
+
+# ---------------------------------------------------------------------------------------------
+# Production: Postgres tables in the warehouse database
+
+SCHEMA = "monitoring"
+HOUR = "hour_key"  # which hour wrote the row (what a rerun replaces)
+ORDER = "row_order"  # the row's place within its hour
+
+
+def _postgres_type(series: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(series):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(series):
+        return "bigint"
+    if pd.api.types.is_float_dtype(series):
+        return "double precision"
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return "timestamptz"
+    return "text"
+
+
+def _plain(value: Any) -> Any:
+    """A cell as psycopg takes it: None for missing, Python scalars, JSON text for containers."""
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, default=str)
+    if value is None or (not hasattr(value, "__len__") and pd.isna(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    return value.item() if hasattr(value, "item") else value
+
+
+def _write_postgres(settings: Settings, table: str, key: str, frame: pd.DataFrame) -> None:
+    from psycopg import sql
+
+    from recloop import postgres_warehouse
+
+    relation = sql.Identifier(SCHEMA, table)
+    with postgres_warehouse.connect(settings) as con, con.transaction():
+        con.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+        con.execute(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} ({} text NOT NULL, {} integer NOT NULL)").format(
+                relation, sql.Identifier(HOUR), sql.Identifier(ORDER)
+            )
+        )
+        con.execute(
+            sql.SQL("DELETE FROM {} WHERE {} = %s").format(relation, sql.Identifier(HOUR)), [key]
+        )
+        if frame.empty:
+            return
+        existing = dict(
+            con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = %s AND table_name = %s",
+                [SCHEMA, table],
+            ).fetchall()
+        )
+        for column in frame.columns:
+            kind = _postgres_type(frame[column])
+            if column not in existing:
+                change = sql.SQL("ADD COLUMN {} {}")
+            elif existing[column] == "bigint" and kind == "double precision":
+                # An hour with a missing value turns counts into floats: widen, never round.
+                change = sql.SQL("ALTER COLUMN {} TYPE {}")
+            else:
+                continue
+            con.execute(
+                sql.SQL("ALTER TABLE {} ").format(relation)
+                + change.format(sql.Identifier(column), sql.SQL(kind))
+            )
+        names = [HOUR, ORDER, *frame.columns]
+        insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            relation,
+            sql.SQL(", ").join(map(sql.Identifier, names)),
+            sql.SQL(", ").join(sql.Placeholder() * len(names)),
+        )
+        rows = [
+            [key, n, *(_plain(value) for value in row)]
+            for n, row in enumerate(frame.itertuples(index=False, name=None))
+        ]
+        with con.cursor() as cursor:
+            cursor.executemany(insert, rows)
+
+
+def _read_postgres(settings: Settings, table: str) -> pd.DataFrame:
+    from psycopg.errors import UndefinedTable
+
+    from recloop import warehouse
+
+    table_dir(settings, table)  # the same check of the table's name as the local files
+    try:
+        frame = warehouse.read_frame(
+            settings, f"SELECT * FROM {SCHEMA}.{table} ORDER BY {HOUR}, {ORDER}"
+        )
+    except UndefinedTable:
+        return pd.DataFrame()
+    frame = frame.drop(columns=[HOUR, ORDER])
+    for column in frame.columns:
+        if frame[column].map(lambda value: isinstance(value, datetime)).any():
+            frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame

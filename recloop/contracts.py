@@ -211,6 +211,27 @@ def duckdb_columns(contract: type[_Contract]) -> dict[str, str]:
     return columns
 
 
+_POSTGRES_TYPES = {
+    pa.string(): "text",
+    pa.int64(): "bigint",
+    pa.float64(): "double precision",
+    pa.bool_(): "boolean",
+    pa.timestamp("us", tz="UTC"): "timestamptz",
+    pa.list_(pa.string()): "text[]",
+}
+
+
+def postgres_columns(contract: type[_Contract]) -> dict[str, str]:
+    """Column name -> Postgres type, for the production warehouse's ``CREATE TABLE``."""
+    columns = {}
+    for name, info in contract.model_fields.items():
+        inner, _ = _unwrap(info.annotation)
+        columns[name] = (
+            "jsonb" if get_origin(inner) is dict else _POSTGRES_TYPES[_arrow_type(inner)]
+        )
+    return columns
+
+
 def to_record(row: _Contract) -> dict[str, Any]:
     """A validated row as plain data matching ``arrow_schema`` (context as JSON text)."""
     record = row.model_dump(mode="python")

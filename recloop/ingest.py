@@ -109,8 +109,8 @@ def _land_rows(
                 result = log.append(batch)
                 report.events_appended += result.appended
                 report.events_duplicate += result.duplicates
-    with warehouse.connect(settings) as con:
-        warehouse.refresh_events_view(con, settings)
+    # The local events view must see the segments just sealed (Postgres's view is live).
+    warehouse.init_warehouse(settings)
 
 
 def ingest_movielens(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -279,6 +279,7 @@ class PostgresConnection:
     user: str
     password: str
     database: str
+    sslmode: str = "prefer"  # libpq's default; a ?sslmode= in postgres_url overrides it
 
 
 class Settings(BaseSettings):
@@ -316,7 +317,13 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: SecretStr | None = Field(
         None,
         description="MLflow tracking and registry URI. None: SQLite under home (local) or "
-        "the postgres_url database (production).",
+        "the postgres_url database, schema mlflow (production).",
+    )
+    mlflow_artifact_root: str | None = Field(
+        None,
+        description="Where new MLflow experiments keep artifacts (s3://..., a shared folder). "
+        "None: <home>/mlflow/artifacts, or the tracking server's own store when the "
+        "tracking URI is an http(s) server.",
     )
 
     @field_validator("home")
@@ -407,20 +414,39 @@ class Settings(BaseSettings):
             return self.mlflow_tracking_uri.get_secret_value()
         if self.profile == "local":
             return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
-        return self.postgres_url.get_secret_value().replace(
-            "postgresql://", "postgresql+psycopg://", 1
-        )
+        return self.sqlalchemy_url(schema="mlflow")
+
+    def artifact_location(self) -> str | None:
+        """The artifact location of a new MLflow experiment (None: the server decides)."""
+        if self.mlflow_artifact_root is not None:
+            return self.mlflow_artifact_root
+        if self.tracking_uri().startswith(("http://", "https://")):
+            return None
+        return (self.mlflow_dir / "artifacts").as_uri()
 
     def postgres_connection(self) -> PostgresConnection:
         """``postgres_url`` split into the fields that dbt and Feast configure separately."""
         url = urlsplit(self.postgres_url.get_secret_value())
+        query = parse_qs(url.query)
         return PostgresConnection(
             host=url.hostname or "127.0.0.1",
             port=url.port or 5432,
             user=unquote(url.username or "postgres"),
             password=unquote(url.password or ""),
             database=url.path.lstrip("/") or "postgres",
+            sslmode=query.get("sslmode", ["prefer"])[0],
         )
+
+    def sqlalchemy_url(self, schema: str | None = None) -> str:
+        """``postgres_url`` for SQLAlchemy (psycopg 3 driver), optionally confined to one
+        schema through ``search_path`` (MLflow's and Feast's registry tables live apart)."""
+        url = self.postgres_url.get_secret_value().replace(
+            "postgresql://", "postgresql+psycopg://", 1
+        )
+        if schema is None:
+            return url
+        separator = "&" if "?" in url else "?"
+        return f"{url}{separator}options=-csearch_path%3D{schema}"
 
     def ensure_home(self) -> Path:
         """Create the local state folders; the only place settings touch the disk."""

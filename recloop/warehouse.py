@@ -5,8 +5,9 @@
 ``raw.events`` over the event log's sealed files. DuckDB admits one writing process per file:
 only ingest and dbt write it, the serving process never does.
 
-The production warehouse (Postgres, through dbt-postgres) belongs to the production-profile
-issue; asking for it here fails with that reason rather than writing somewhere else.
+The production profile's warehouse is Postgres (``recloop.postgres_warehouse``, the same
+schemas and tables). ``init_warehouse``, ``upsert``, ``read_frame`` and ``summary`` serve both
+profiles; ``connect`` and the view refreshes are the local file's own.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ import duckdb
 
 from recloop.contracts import Item, User, duckdb_columns, to_table
 from recloop.eventlog.local import events_sql
+from recloop.postgres_warehouse import WarehouseUnavailable
 from recloop.settings import Settings
+
+__all__ = ["WarehouseUnavailable", "connect", "init_warehouse", "read_frame", "summary", "upsert"]
 
 RAW_SCHEMA = "raw"
 TABLES: dict[str, Any] = {"users": User, "items": Item}
 KEYS = {"users": "user_id", "items": "item_id"}
-
-
-class WarehouseUnavailable(RuntimeError):
-    pass
 
 
 def connect(
@@ -38,8 +38,8 @@ def connect(
     failing its task); the error after that names the holder."""
     if settings.profile != "local":
         raise WarehouseUnavailable(
-            "profile 'production': the Postgres warehouse is built by the production-profile "
-            "issue; this build lands raw data in the local DuckDB warehouse only"
+            "warehouse.connect opens the local DuckDB file; the production profile's warehouse "
+            "is Postgres: use read_frame, or recloop.postgres_warehouse.connect"
         )
     if read_only and not settings.warehouse_path.exists():
         raise WarehouseUnavailable(
@@ -66,6 +66,11 @@ def connect(
 
 def init_warehouse(settings: Settings) -> None:
     """Create the raw schema and tables (idempotent)."""
+    if settings.profile == "production":
+        from recloop import postgres_warehouse
+
+        postgres_warehouse.init_warehouse(settings)
+        return
     with connect(settings, wait_seconds=300) as con:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {RAW_SCHEMA}")
         for table, contract in TABLES.items():
@@ -105,6 +110,10 @@ def upsert(settings: Settings, table: str, rows: Sequence[Any]) -> int:
     """Insert or replace contract rows by key; returns the number of rows written."""
     if not rows:
         return 0
+    if settings.profile == "production":
+        from recloop import postgres_warehouse
+
+        return postgres_warehouse.upsert(settings, table, rows)
     batch = to_table(TABLES[table], rows)
     with connect(settings) as con:
         con.register("batch", batch)
@@ -113,44 +122,67 @@ def upsert(settings: Settings, table: str, rows: Sequence[Any]) -> int:
     return len(rows)
 
 
+def read_frame(
+    settings: Settings, query: str, params: dict[str, Any] | None = None, *, wait_seconds: float = 0
+) -> Any:
+    """The rows of a query over the profile's warehouse, as a pandas DataFrame.
+
+    Placeholders are written ``$name`` (DuckDB's syntax; the Postgres backend translates them),
+    so one query text serves both profiles. ``wait_seconds``: see ``connect``.
+    """
+    if settings.profile == "production":
+        from recloop import postgres_warehouse
+
+        return postgres_warehouse.read_frame(settings, query, params)
+    with connect(settings, read_only=True, wait_seconds=wait_seconds) as con:
+        return con.execute(query, params or {}).df()
+
+
 def summary(settings: Settings) -> dict[str, Any]:
     """Counts and a few telling figures of what the warehouse and event log hold."""
+    if settings.profile == "production":
+        from recloop import postgres_warehouse
+
+        init_warehouse(settings)
+        return _summary(lambda query: postgres_warehouse.fetchall(settings, query))
     with connect(settings) as con:
         refresh_events_view(con, settings)
-        counts = {
-            table: con.execute(f"SELECT count(*) FROM {RAW_SCHEMA}.{table}").fetchone()[0]
-            for table in TABLES
-        }
-        by_type = dict(
-            con.execute(
-                f"SELECT event_type, count(*) FROM {RAW_SCHEMA}.events GROUP BY 1 ORDER BY 1"
-            ).fetchall()
+        return _summary(lambda query: con.execute(query).fetchall())
+
+
+def _summary(fetchall: Any) -> dict[str, Any]:
+    # Plain SQL that DuckDB and Postgres read alike.
+    counts = {
+        table: fetchall(f"SELECT count(*) FROM {RAW_SCHEMA}.{table}")[0][0] for table in TABLES
+    }
+    by_type = dict(
+        fetchall(f"SELECT event_type, count(*) FROM {RAW_SCHEMA}.events GROUP BY 1 ORDER BY 1")
+    )
+    span = fetchall(f"SELECT min(ts), max(ts) FROM {RAW_SCHEMA}.events")[0]
+    # Click-through by slot, for logs that have impressions: position bias at a glance.
+    ctr_by_position = fetchall(
+        f"""
+        WITH impressions AS (
+            SELECT request_id, item_id, position FROM {RAW_SCHEMA}.events
+            WHERE event_type = 'impression'
+        ),
+        clicks AS (
+            SELECT DISTINCT request_id, item_id FROM {RAW_SCHEMA}.events
+            WHERE event_type = 'click'
         )
-        span = con.execute(f"SELECT min(ts), max(ts) FROM {RAW_SCHEMA}.events").fetchone()
-        # Click-through by slot, for logs that have impressions: position bias at a glance.
-        ctr_by_position = con.execute(
-            f"""
-            WITH impressions AS (
-                SELECT request_id, item_id, position FROM {RAW_SCHEMA}.events
-                WHERE event_type = 'impression'
-            ),
-            clicks AS (
-                SELECT DISTINCT request_id, item_id FROM {RAW_SCHEMA}.events
-                WHERE event_type = 'click'
-            )
-            SELECT impressions.position, count(*) AS shown, count(clicks.item_id) AS clicked
-            FROM impressions LEFT JOIN clicks USING (request_id, item_id)
-            GROUP BY 1 ORDER BY 1
-            """
-        ).fetchall()
-        top_items = con.execute(
-            f"""
-            SELECT items.item_id, items.title, count(*) AS interactions
-            FROM {RAW_SCHEMA}.events AS events JOIN {RAW_SCHEMA}.items AS items USING (item_id)
-            WHERE events.event_type IN ('click', 'rating')
-            GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT 5
-            """
-        ).fetchall()
+        SELECT impressions.position, count(*) AS shown, count(clicks.item_id) AS clicked
+        FROM impressions LEFT JOIN clicks USING (request_id, item_id)
+        GROUP BY 1 ORDER BY 1
+        """
+    )
+    top_items = fetchall(
+        f"""
+        SELECT items.item_id, items.title, count(*) AS interactions
+        FROM {RAW_SCHEMA}.events AS events JOIN {RAW_SCHEMA}.items AS items USING (item_id)
+        WHERE events.event_type IN ('click', 'rating')
+        GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT 5
+        """
+    )
     return {
         "users": counts["users"],
         "items": counts["items"],

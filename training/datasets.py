@@ -29,25 +29,45 @@ def _read(settings: Settings, query: str) -> pd.DataFrame:
     from recloop import warehouse
 
     # The features DAG may be running dbt: wait for it rather than fail the training task.
-    with warehouse.connect(settings, read_only=True, wait_seconds=600) as con:
-        return con.execute(query).df()
+    return warehouse.read_frame(settings, query, wait_seconds=600)
+
+
+POSITIVES = (
+    "SELECT interaction_id, user_id, item_id, interacted_at, context "
+    "FROM {relation} WHERE is_positive ORDER BY interacted_at, interaction_id"
+)
 
 
 def _positives(settings: Settings) -> pd.DataFrame:
-    path = settings.features_dir / "feast_interactions.parquet"
-    if not path.exists():
-        raise NoTrainingData(
-            f"{path} does not exist: run the feature pipeline first "
-            "(`recloop features run` or the recloop_features DAG)"
-        )
-    import duckdb
+    """The positive rows of the interactions export that Feast reads (the Parquet file in
+    the local profile, the dbt relation in production)."""
+    if settings.profile == "production":
+        from psycopg.errors import UndefinedTable
 
-    frame = duckdb.sql(
-        "SELECT interaction_id, user_id, item_id, interacted_at, context "
-        f"FROM read_parquet('{path}') WHERE is_positive ORDER BY interacted_at, interaction_id"
-    ).df()
+        from recloop.features.store import FEAST_SCHEMA
+
+        relation = f"{FEAST_SCHEMA}.feast_interactions"
+        try:
+            frame = _read(settings, POSITIVES.format(relation=relation))
+        except UndefinedTable:
+            raise NoTrainingData(
+                f"{relation} does not exist: run the feature pipeline first "
+                "(`recloop features run` or the recloop_features DAG)"
+            ) from None
+        where = relation
+    else:
+        import duckdb
+
+        path = settings.features_dir / "feast_interactions.parquet"
+        if not path.exists():
+            raise NoTrainingData(
+                f"{path} does not exist: run the feature pipeline first "
+                "(`recloop features run` or the recloop_features DAG)"
+            )
+        frame = duckdb.sql(POSITIVES.format(relation=f"read_parquet('{path}')")).df()
+        where = str(path)
     if frame.empty:
-        raise NoTrainingData(f"{path} holds no positive interactions yet")
+        raise NoTrainingData(f"{where} holds no positive interactions yet")
     frame["interacted_at"] = pd.to_datetime(frame["interacted_at"], utc=True)
     return frame
 

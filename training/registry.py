@@ -32,16 +32,12 @@ def configure(settings: Settings, experiment: str = EXPERIMENT):
     import mlflow
 
     uri = settings.tracking_uri()
-    if settings.profile == "local":
-        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = mlflow.MlflowClient(uri, uri)
     if client.get_experiment_by_name(experiment) is None:
-        location = (
-            (settings.mlflow_dir / "artifacts").as_uri() if settings.profile == "local" else None
-        )
-        client.create_experiment(experiment, artifact_location=location)
+        client.create_experiment(experiment, artifact_location=settings.artifact_location())
     mlflow.set_experiment(experiment)
     return client
 

@@ -22,10 +22,10 @@
             cast(user_id as varchar) as user_id,
             cast(item_id as varchar) as item_id,
             cast(event_type as varchar) as event_type,
-            cast(value as double) as value,
+            cast(value as double precision) as value,
             cast(request_id as varchar) as request_id,
             cast(position as integer) as position,
-            cast(propensity as double) as propensity,
+            cast(propensity as double precision) as propensity,
             cast(model_version as varchar) as model_version,
             cast(policy as varchar) as policy,
             cast(context as json) as context,
@@ -65,4 +65,16 @@
         (select max(observed_at) from {{ relation }}),
         cast('-infinity' as timestamptz)
     )
+{%- endmacro %}
+
+{#- The staged event columns, in order, qualified by `relation` when given (Postgres has no
+    `select * exclude`, so checked_events' own columns are listed by name). -#}
+{% macro event_columns(relation=none) -%}
+    {%- set columns = [
+        'event_id', 'ts', 'user_id', 'item_id', 'event_type', 'value', 'request_id',
+        'position', 'propensity', 'model_version', 'policy', 'context', 'logged_at',
+    ] -%}
+    {%- for column in columns -%}
+        {{ relation ~ '.' if relation }}{{ column }}{{ ', ' if not loop.last }}
+    {%- endfor -%}
 {%- endmacro %}

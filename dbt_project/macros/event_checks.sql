@@ -13,7 +13,7 @@
         -- Future means after the wall clock of this run, not after as_of: a backfill up to an
         -- earlier as_of must not quarantine events that simply happened later.
         when ts > {{ run_started() }}
-            + interval ({{ var('future_tolerance_minutes') }}) minute
+            + {{ minutes(var('future_tolerance_minutes')) }}
             then 'ts: ' || cast(ts as varchar) || ' is in the future'
         when event_type = 'rating' and (value is null or value < 0.5 or value > 5)
             then 'value: rating ' || coalesce(cast(value as varchar), 'null') || ' is outside [0.5, 5]'

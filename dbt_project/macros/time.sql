@@ -7,11 +7,16 @@
     {%- endif -%}
 {%- endmacro %}
 
+{#- Written so that DuckDB (local) and Postgres (production) read them alike. -#}
 {% macro hours(n) -%}
-    interval ({{ n }}) hour
+    (interval '1 hour' * ({{ n }}))
+{%- endmacro %}
+
+{% macro minutes(n) -%}
+    (interval '1 minute' * ({{ n }}))
 {%- endmacro %}
 
 {#- Fractional days between two timestamps. -#}
 {% macro days_between(start, finish) -%}
-    (epoch({{ finish }}) - epoch({{ start }})) / 86400.0
+    (date_part('epoch', {{ finish }}) - date_part('epoch', {{ start }})) / 86400.0
 {%- endmacro %}

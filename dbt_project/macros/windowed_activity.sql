@@ -9,6 +9,10 @@
 
     `hourly` has one row per entity and hour (int_<entity>_activity_hourly). -#}
 {% macro windowed_activity(key, hourly, since=none) -%}
+    {%- set running_totals = [
+        'interactions_all_time', 'impressions_all_time', 'clicks_all_time',
+        'ratings_all_time', 'rating_total_all_time', 'last_interaction_at',
+    ] -%}
     with
 
     hourly as (
@@ -77,7 +81,7 @@
             cast(sum(impressions) over history as bigint) as impressions_all_time,
             cast(sum(clicks) over history as bigint) as clicks_all_time,
             cast(sum(ratings) over history as bigint) as ratings_all_time,
-            cast(sum(rating_total) over history as double) as rating_total_all_time,
+            cast(sum(rating_total) over history as double precision) as rating_total_all_time,
             max(last_interaction_at) over history as last_interaction_at
 
         from hourly
@@ -92,16 +96,7 @@
     totals as (
 
         -- The running totals of the last active hour before each point.
-        select
-            points.{{ key }},
-            points.observed_at,
-            running.* exclude ({{ key }}, activity_hour)
-
-        from points
-        asof left join running
-            on
-                points.{{ key }} = running.{{ key }}
-                and points.observed_at > running.activity_hour
+        {{ last_running_totals(key, running_totals) }}
 
     ),
 
@@ -109,7 +104,9 @@
 
         select
             windowed.*,
-            totals.* exclude ({{ key }}, observed_at)
+            {% for column in running_totals -%}
+                totals.{{ column }}{{ ',' if not loop.last }}
+            {% endfor %}
 
         from windowed
         inner join totals

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from recloop.eventlog.base import (
     AppendResult,
     EventLog,
@@ -21,6 +23,7 @@ __all__ = [
     "EventLogBusy",
     "EventLogError",
     "InvalidEvents",
+    "count_events",
     "open_event_log",
 ]
 
@@ -41,3 +44,16 @@ def open_event_log(settings: Settings, **options: object) -> EventLog:
         fsync=config.fsync,
         **options,  # type: ignore[arg-type]
     )
+
+
+def count_events(settings: Settings, start: datetime | None, end: datetime | None) -> int:
+    """How many events the profile's log holds with ``start <= ts < end`` (the local log:
+    sealed segments only), without taking the writer's lock."""
+    if settings.profile == "production":
+        from recloop.eventlog.postgres import PostgresEventLog
+
+        with PostgresEventLog(settings.postgres_url.get_secret_value()) as log:
+            return log.count(start, end)
+    from recloop.eventlog.local import count_events as count_local
+
+    return count_local(settings.events_dir, start, end)

@@ -42,6 +42,17 @@ def _identifier(name: str) -> str:
     return name
 
 
+def _ts_filter(start: datetime | None, end: datetime | None) -> tuple[str, list[datetime]]:
+    where, params = [], []
+    if start is not None:
+        where.append("ts >= %s")
+        params.append(start)
+    if end is not None:
+        where.append("ts < %s")
+        params.append(end)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), params
+
+
 class PostgresEventLog:
     """Event log in a Postgres table (created on first use)."""
 
@@ -107,14 +118,8 @@ class PostgresEventLog:
         return AppendResult(appended=appended, duplicates=len(rows) - appended)
 
     def read(self, start: datetime | None = None, end: datetime | None = None) -> pa.Table:
-        where, params = [], []
-        if start is not None:
-            where.append("ts >= %s")
-            params.append(start)
-        if end is not None:
-            where.append("ts < %s")
-            params.append(end)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        """Events with ``start <= ts < end``, sorted by ts then event_id, as Arrow."""
+        clause, params = _ts_filter(start, end)
         columns = [*_POSTGRES_TYPES, LOGGED_AT]
         select = ", ".join(
             f"{name}::text" if name in ("event_id", "context") else name for name in columns
@@ -126,9 +131,12 @@ class PostgresEventLog:
             rows = cursor.fetchall()
         return pa.Table.from_pylist([dict(zip(columns, row, strict=True)) for row in rows])
 
-    def count(self) -> int:
+    def count(self, start: datetime | None = None, end: datetime | None = None) -> int:
+        """How many events have ``start <= ts < end``."""
+        clause, params = _ts_filter(start, end)
         with self._conn.transaction():
-            return self._conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
+            query = f"SELECT count(*) FROM {self.table} {clause}"
+            return self._conn.execute(query, params).fetchone()[0]
 
     def close(self) -> None:
         self._conn.close()

@@ -61,6 +61,7 @@ def profile(settings: Settings) -> dict[str, Any]:
             "user": postgres.user,
             "password": postgres.password,
             "dbname": postgres.database,
+            "sslmode": postgres.sslmode,
             "schema": "public",
             "threads": 4,
         }

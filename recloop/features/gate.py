@@ -83,10 +83,11 @@ class Dataset:
 # Reading the batches
 
 
-def _between(column: str, start: datetime | None, end: datetime) -> tuple[str, list[Any]]:
+def _between(column: str, start: datetime | None, end: datetime) -> tuple[str, dict[str, Any]]:
+    """``column`` in (start, end], with ``$start``/``$end`` placeholders (both profiles)."""
     if start is None:
-        return f"{column} <= ?", [end]
-    return f"{column} > ? AND {column} <= ?", [start, end]
+        return f"{column} <= $end", {"end": end}
+    return f"{column} > $start AND {column} <= $end", {"start": start, "end": end}
 
 
 def read_raw_events(settings: Settings, start: datetime | None, end: datetime) -> pd.DataFrame:
@@ -102,6 +103,8 @@ def read_raw_events(settings: Settings, start: datetime | None, end: datetime) -
 
     from recloop.eventlog.local import has_sealed_segments, sealed_pattern
 
+    if settings.profile == "production":
+        return _read_postgres_events(settings, start, end)
     if not has_sealed_segments(settings.events_dir):
         return pd.DataFrame(columns=[*EVENT_COLUMNS, LOGGED_AT])
     pattern = sealed_pattern(settings.events_dir).replace("'", "''")
@@ -113,7 +116,7 @@ def read_raw_events(settings: Settings, start: datetime | None, end: datetime) -
         f"(SELECT json FROM read_json_objects('{pattern}', format='newline_delimited') "
         f"WHERE ({happened}) OR ({arrived}))"
     )
-    params = happened_params + arrived_params
+    params = {**happened_params, **arrived_params}
     numeric = {"value": "DOUBLE", "position": "BIGINT", "propensity": "DOUBLE"}
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
@@ -134,13 +137,32 @@ def read_raw_events(settings: Settings, start: datetime | None, end: datetime) -
     return frame.drop(columns=missing if len(frame) else [])
 
 
+def _read_postgres_events(
+    settings: Settings, start: datetime | None, end: datetime
+) -> pd.DataFrame:
+    """The production log's rows of the interval (same rule as the files). Its table has the
+    contract's columns and types, so nothing unexpected can appear."""
+    from recloop import warehouse
+
+    happened, params = _between("ts", start, end)
+    arrived, _ = _between(LOGGED_AT, start, end)
+    text = {"event_id", "context"}
+    selected = ", ".join(
+        f"{c}::text AS {c}" if c in text else c for c in (*EVENT_COLUMNS, LOGGED_AT)
+    )
+    return warehouse.read_frame(
+        settings,
+        f"SELECT {selected} FROM raw.events WHERE ({happened}) OR ({arrived})",
+        params,
+    )
+
+
 def _mart_reader(relation: str, column: str) -> Callable[..., pd.DataFrame]:
     def read(settings: Settings, start: datetime | None, end: datetime) -> pd.DataFrame:
         from recloop import warehouse
 
         where, params = _between(column, start, end)
-        with warehouse.connect(settings, read_only=True) as con:
-            return con.execute(f"SELECT * FROM {relation} WHERE {where}", params).df()
+        return warehouse.read_frame(settings, f"SELECT * FROM {relation} WHERE {where}", params)
 
     return read
 

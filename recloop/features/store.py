@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from recloop.settings import Settings, write_rendered_config
 
 PROJECT = "recloop"
+#: The dbt schema of the relations Feast reads in production (dbt_project.yml: models/feast).
+FEAST_SCHEMA = "feast"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -39,22 +41,29 @@ def config(settings: Settings) -> dict[str, Any]:
         }
     postgres = settings.postgres_connection()
     redis = urlsplit(settings.redis_url.get_secret_value())
-    registry_url = settings.postgres_url.get_secret_value()
+    redis_options = [f"db={redis.path.lstrip('/')}"] if redis.path.lstrip("/") else []
+    if redis.password:
+        redis_options.append(f"password={redis.password}")
+    if redis.scheme == "rediss":
+        redis_options.append("ssl=true")
     return {
         "project": PROJECT,
         "provider": "local",
         # Feast's SQL registry on SQLite is broken upstream (feast#5565); on Postgres it works.
-        "registry": {"registry_type": "sql", "path": registry_url.replace(
-            "postgresql://", "postgresql+psycopg://", 1), "cache_ttl_seconds": 60},
+        # Its tables live in their own schema (recloop.postgres_warehouse.TENANT_SCHEMAS).
+        "registry": {"registry_type": "sql", "path": settings.sqlalchemy_url("feast_registry"),
+                     "cache_ttl_seconds": 60},
         "offline_store": {
             "type": "postgres", "host": postgres.host, "port": postgres.port,
             "database": postgres.database, "user": postgres.user,
-            "password": postgres.password, "db_schema": "feast",
+            "password": postgres.password, "db_schema": FEAST_SCHEMA,
+            "sslmode": postgres.sslmode,
         },
         "online_store": {
             "type": "redis",
-            "connection_string": f"{redis.hostname}:{redis.port or 6379}"
-            + (f",password={redis.password}" if redis.password else ""),
+            "connection_string": ",".join(
+                [f"{redis.hostname}:{redis.port or 6379}", *redis_options]
+            ),
         },
         "entity_key_serialization_version": 3,
     }  # fmt: skip
@@ -74,7 +83,13 @@ def open_store(settings: Settings):
 
 
 def definitions(settings: Settings) -> list[Any]:
-    """Every object of feature_repo/, with file sources resolved into the features folder."""
+    """Every object of feature_repo/, with its file sources resolved for the profile.
+
+    ``local``: into the features folder, where dbt-duckdb writes the Parquet exports.
+    ``production``: each file source becomes a Postgres source of the same name over the dbt
+    relation named as the file (``feast_user_features.parquet`` -> ``feast.feast_user_features``),
+    so the declarations are written once for both profiles.
+    """
     from feast import FileSource
 
     from feature_repo import data_sources, entities, feature_services, feature_views
@@ -89,17 +104,45 @@ def definitions(settings: Settings) -> list[Any]:
     ]  # fmt: skip
     # One deep copy of the whole list, so that a view and its source stay the same object.
     resolved = copy.deepcopy(declared)
-    seen: set[int] = set()
+    swapped: dict[int, Any] = {}
 
-    def resolve(source: Any) -> None:
-        if isinstance(source, FileSource) and id(source) not in seen:
-            seen.add(id(source))
-            source.file_options.uri = str(settings.features_dir / Path(source.path).name)
+    def resolve(source: Any) -> Any:
+        if not isinstance(source, FileSource):
+            return source
+        if id(source) not in swapped:
+            if settings.profile == "production":
+                swapped[id(source)] = _postgres_source(source)
+            else:
+                source.file_options.uri = str(settings.features_dir / Path(source.path).name)
+                swapped[id(source)] = source
+        return swapped[id(source)]
 
-    for thing in resolved:
-        resolve(thing)
-        resolve(getattr(thing, "batch_source", None))
+    for index, thing in enumerate(resolved):
+        resolved[index] = thing = resolve(thing)
+        for attribute in ("batch_source", "data_source"):
+            if getattr(thing, attribute, None) is not None:
+                setattr(thing, attribute, resolve(getattr(thing, attribute)))
+        stream = getattr(thing, "stream_source", None)
+        if stream is not None and getattr(stream, "batch_source", None) is not None:
+            stream.batch_source = resolve(stream.batch_source)
     return resolved
+
+
+def _postgres_source(source: Any) -> Any:
+    from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+        PostgreSQLSource,
+    )
+
+    return PostgreSQLSource(
+        name=source.name,
+        table=f"{FEAST_SCHEMA}.{Path(source.path).stem}",
+        timestamp_field=source.timestamp_field,
+        created_timestamp_column=source.created_timestamp_column,
+        field_mapping=source.field_mapping,
+        description=source.description,
+        tags=source.tags,
+        owner=source.owner,
+    )
 
 
 def apply(settings: Settings) -> None:

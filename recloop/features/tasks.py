@@ -33,12 +33,12 @@ def _bounds(window: dict[str, str | None]) -> tuple[datetime | None, datetime]:
 def ingest_events(window: dict[str, str | None]) -> dict[str, Any]:
     """Make the raw layer current: the warehouse and its view over the sealed event log."""
     from recloop import warehouse
-    from recloop.eventlog.local import count_events
+    from recloop.eventlog import count_events
 
     settings = load_settings()
     warehouse.init_warehouse(settings)
     start, end = _bounds(window)
-    return {"events_in_interval": count_events(settings.events_dir, start, end)}
+    return {"events_in_interval": count_events(settings, start, end)}
 
 
 def build(window: dict[str, str | None]) -> None:

@@ -23,7 +23,7 @@ positives as (
         events.event_type,
         events.value,
         events.ts,
-        coalesce(items.categories, []) as categories
+        coalesce(items.categories, cast(array[] as varchar[])) as categories
 
     from events
     left join items

@@ -34,7 +34,8 @@ items_before_point as (
         activity.observed_at,
         positives.item_id,
         max(positives.ts) as last_interaction_at,
-        any_value(positives.categories) as categories,
+        -- The item's categories, the same on every row (min: Postgres 15 has no any_value).
+        min(positives.categories) as categories,
         count(*) as interactions
 
     from activity
@@ -51,7 +52,7 @@ recent_items as (
     select
         user_id,
         observed_at,
-        list(item_id order by last_interaction_at desc, item_id)[1:{{ var('recent_items') }}]
+        (array_agg(item_id order by last_interaction_at desc, item_id))[1:{{ var('recent_items') }}]
             as recent_item_ids
 
     from items_before_point
@@ -77,7 +78,7 @@ top_categories as (
     select
         user_id,
         observed_at,
-        list(category order by interactions desc, category)[1:{{ var('top_categories') }}]
+        (array_agg(category order by interactions desc, category))[1:{{ var('top_categories') }}]
             as top_categories
 
     from category_counts
@@ -103,8 +104,13 @@ final as (
         activity.last_interaction_at,
         {{ days_between('activity.last_interaction_at', 'activity.observed_at') }}
             as days_since_last_interaction,
-        coalesce(top_categories.top_categories, []) as top_categories,
-        coalesce(recent_items.recent_item_ids, []) as recent_item_ids
+        -- text[], not varchar[]: Feast's Postgres offline store maps only the former to a list.
+        coalesce(
+            cast(top_categories.top_categories as text[]), cast(array[] as text[])
+        ) as top_categories,
+        coalesce(
+            cast(recent_items.recent_item_ids as text[]), cast(array[] as text[])
+        ) as recent_item_ids
 
     from activity
     left join recent_items

@@ -41,7 +41,7 @@ rejected as (
             coalesce(checked.event_id, '') || '|' || coalesce(cast(checked.logged_at as varchar), '')
             || '|' || cast(checked.occurrence as varchar)
         ) as quarantine_id,
-        checked.* exclude (rejection_reason, occurrence),
+        {{ event_columns('checked') }},
         coalesce(
             checked.rejection_reason,
             case

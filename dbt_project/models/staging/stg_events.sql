@@ -24,7 +24,7 @@ checked as (
 
 accepted as (
 
-    select * exclude (rejection_reason, occurrence)
+    select {{ event_columns() }}
     from checked
     where
         rejection_reason is null

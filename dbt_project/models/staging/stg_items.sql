@@ -12,7 +12,7 @@ renamed as (
         cast(item_id as varchar) as item_id,
         title,
         coalesce(text, '') as item_text,
-        coalesce(categories, []) as categories,
+        coalesce(categories, cast(array[] as varchar[])) as categories,
         cast(created_at as timestamptz) as created_at
 
     from source
