@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 LOCK_FLAGS := --strip-extras --extra dev --allow-unsafe --generate-hashes \
 	--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
-.PHONY: setup demo test test-fast lint lock lock-upgrade bench airflow mlflow serve clean
+.PHONY: setup demo test test-fast lint lock lock-upgrade bench airflow mlflow serve clean bento images
 
 setup: $(STAMP)
 
@@ -37,8 +37,8 @@ test-fast: setup
 	$(BIN)/pytest -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check recloop training serving monitoring feature_repo dags tests benchmarks
-	$(BIN)/ruff format --check recloop training serving monitoring feature_repo dags tests benchmarks
+	$(BIN)/ruff check recloop training serving monitoring feature_repo dags tests benchmarks docker
+	$(BIN)/ruff format --check recloop training serving monitoring feature_repo dags tests benchmarks docker
 	cd dbt_project && ../$(BIN)/sqlfluff lint models
 
 lock: setup
@@ -69,3 +69,14 @@ serve: setup
 
 clean:
 	rm -rf var .pytest_cache
+
+VERSION ?= 0.1.0
+
+# The serving Bento (bentofile.yaml) and the three images of docker/compose.yaml (Docker needed).
+bento: setup
+	$(BIN)/bentoml build -f bentofile.yaml --version $(VERSION)
+
+images: bento
+	docker build -f docker/airflow.Dockerfile -t recloop-airflow:$(VERSION) .
+	docker build -f docker/airflow.Dockerfile --target training -t recloop-training:$(VERSION) .
+	$(BIN)/bentoml containerize recloop:$(VERSION) -t recloop-serving:$(VERSION)

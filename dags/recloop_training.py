@@ -41,7 +41,10 @@ def recloop_training():
     def candidates(plan: dict) -> list:
         return plan["recipes"]
 
-    @task(max_active_tis_per_dagrun=1)  # one training at a time: each uses every core
+    # One training at a time: each uses every core. Under the CeleryExecutor the `training`
+    # queue's workers take it (bigger machines: docker/compose.yaml's training-worker); the
+    # local executor ignores queues.
+    @task(queue="training", max_active_tis_per_dagrun=1)
     def train(the_recipe: dict, plan: dict) -> dict:
         from training import tasks
 
