@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
@@ -50,7 +51,8 @@ def ensure_database(settings: Settings) -> None:
     from psycopg import sql
 
     target = settings.postgres_connection()
-    maintenance = settings.postgres_url.get_secret_value().rsplit("/", 1)[0] + "/postgres"
+    url = urlsplit(settings.postgres_url.get_secret_value())
+    maintenance = urlunsplit(url._replace(path="/postgres"))  # same server, user and options
     with _connect_url(maintenance, autocommit=True) as con:
         exists = con.execute(
             "SELECT 1 FROM pg_database WHERE datname = %s", [target.database]

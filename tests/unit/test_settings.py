@@ -104,3 +104,29 @@ def test_an_unknown_nested_key_is_refused_by_name(monkeypatch) -> None:
     monkeypatch.setenv("RECLOOP_MONITORING__RETRAIN_ON", '["nope"]')
     with pytest.raises(ValidationError, match=r"monitoring\.retrain_on"):
         Settings()
+
+
+def test_production_config_is_rendered_from_the_urls(tmp_path: Path) -> None:
+    from recloop.features import dbt, store
+
+    settings = Settings(
+        profile="production",
+        home=tmp_path,
+        postgres_url="postgresql://app:pw@db.example:5433/recs?sslmode=require",
+        redis_url="redis://:secret@cache.example:6380/3",
+    )
+    feast = store.config(settings)
+    assert feast["online_store"]["connection_string"] == "cache.example:6380,db=3,password=secret"
+    assert feast["offline_store"]["sslmode"] == "require"
+    assert feast["offline_store"]["db_schema"] == "feast"
+    assert feast["registry"]["path"].startswith("postgresql+psycopg://app:pw@db.example:5433/recs")
+    assert feast["registry"]["path"].endswith("&options=-csearch_path%3Dfeast_registry")
+    output = dbt.profile(settings)["recloop"]["outputs"]["production"]
+    assert (output["host"], output["port"], output["sslmode"]) == ("db.example", 5433, "require")
+    # MLflow: the same database, its own schema; artifacts under home unless told otherwise.
+    assert settings.tracking_uri().endswith("?sslmode=require&options=-csearch_path%3Dmlflow")
+    assert settings.artifact_location() == (tmp_path / "mlflow" / "artifacts").as_uri()
+    served = Settings(profile="production", mlflow_tracking_uri="http://mlflow:5000")
+    assert served.artifact_location() is None  # the server's own artifact store
+    shared = Settings(profile="production", mlflow_artifact_root="s3://bucket/mlflow")
+    assert shared.artifact_location() == "s3://bucket/mlflow"
