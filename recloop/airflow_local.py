@@ -1,29 +1,49 @@
 """A real Airflow for one home: its api-server, scheduler and dag-processor as child processes,
 and the few REST calls (Airflow's public API v2) that the demo and the end-to-end test make.
 
-State lives under ``<home>/airflow`` (SQLite metadata, LocalExecutor, task logs), the same
-folder ``make airflow`` opens, so every run the demo made can be inspected in the UI
-afterwards. The API listens on 127.0.0.1 only; calls authenticate as the simple auth
-manager's ``admin`` with the password Airflow generated into its home (never logged).
+Two executors, chosen by ``LocalAirflow(executor=...)`` (default: by the settings' profile):
+
+- ``local`` (the local profile): SQLite metadata and the LocalExecutor. State lives under
+  ``<home>/airflow`` (metadata, task logs), the same folder ``make airflow`` opens, so every
+  run the demo made can be inspected in the UI afterwards.
+- ``celery`` (the production profile): metadata in a Postgres database on the server of
+  ``postgres_url`` (``<database>_airflow``, created when missing: Airflow's migrations and
+  MLflow's both keep an ``alembic_version`` table, so they cannot share one database), the
+  CeleryExecutor with ``redis_url`` as its broker and the same Postgres database as its result
+  backend, and ``workers`` Celery workers (``airflow celery worker``) as further children.
+  Each worker has its own name (its Celery node name, and the host Airflow records for every
+  task it runs); task logs are still files under ``<home>/airflow/logs``.
+
+The API listens on 127.0.0.1 only; calls authenticate as the simple auth manager's ``admin``
+with the password Airflow generated into its home (never logged).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from recloop.airflow_hostname import WORKER_NAME
 from recloop.settings import Settings
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
 TERMINAL = {"success", "failed"}
+Executor = Literal["local", "celery"]
+# Airflow's own default queue ([operators] default_queue).
+DEFAULT_QUEUE = "default"
+# The queue of recloop_training's train task (bigger machines in a cluster: docker/compose.yaml);
+# the workers started here serve it too.
+TRAINING_QUEUE = "training"
 
 
 class AirflowError(RuntimeError):
@@ -61,6 +81,61 @@ def environment(
     }
 
 
+def metadata_database(settings: Settings) -> str:
+    """The Postgres database for Airflow's metadata: ``<postgres_url's database>_airflow``."""
+    return f"{settings.postgres_connection().database}_airflow"
+
+
+def postgres_url(settings: Settings, database: str, driver: str = "psycopg") -> str:
+    """``postgres_url`` with another database (and a SQLAlchemy driver, when given)."""
+    url = urlsplit(settings.postgres_url.get_secret_value())
+    scheme = f"postgresql+{driver}" if driver else "postgresql"
+    return urlunsplit(url._replace(scheme=scheme, path=f"/{database}"))
+
+
+def create_database(settings: Settings, database: str) -> bool:
+    """Create ``database`` on the server of ``postgres_url`` unless it exists; True if created.
+    Connects to the server's ``postgres`` database to do so."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(postgres_url(settings, "postgres", driver=""), autocommit=True,
+                         connect_timeout=10) as connection:  # fmt: skip
+        exists = connection.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [database]
+        ).fetchone()
+        if exists:
+            return False
+        try:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        except psycopg.errors.DuplicateDatabase:  # created meanwhile by another process
+            return False
+        return True
+
+
+def celery_environment(settings: Settings, database: str, namespace: str | None) -> dict[str, str]:
+    """What the CeleryExecutor adds to every component's environment: Postgres metadata, the
+    Redis broker, a Postgres result backend, and the queue (``namespace``, when given, is both
+    the queue and a prefix of every broker key, so two Airflows can share one Redis)."""
+    metadata = postgres_url(settings, database)
+    env = {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": settings.redis_url.get_secret_value(),
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata}",
+        # One task slot per worker, and no message taken ahead of a free slot: a worker busy
+        # with a task leaves the next one on the queue for an idle worker.
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+        "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+        "AIRFLOW__OPERATORS__DEFAULT_QUEUE": namespace or DEFAULT_QUEUE,
+        # The host each task instance records: the worker's own name (recloop.airflow_hostname).
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "recloop.airflow_hostname.worker_name",
+    }
+    if namespace:
+        env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX"] = f"{namespace}:"
+    return env
+
+
 def wait_for_api(
     url: str, processes: dict[str, subprocess.Popen], logs: Path, timeout: float
 ) -> None:
@@ -89,11 +164,36 @@ def _check_alive(processes: dict[str, subprocess.Popen], logs: Path) -> None:
 
 @dataclass
 class LocalAirflow:
+    """Airflow's components for one home, as child processes of this one.
+
+    ``executor``: ``local`` or ``celery`` (see the module's docstring); None picks ``celery``
+    for the production profile and ``local`` otherwise. The executor does not change which
+    backends recloop's own tasks use: those follow the settings the tasks read (``extra_env``).
+    With ``celery``: ``workers`` Celery workers, the metadata in ``database`` (default
+    ``metadata_database(settings)``), and ``namespace`` (default: none, Airflow's queue
+    ``default`` and unprefixed broker keys) to keep this Airflow's queue and broker keys apart
+    from any other's on the same Redis.
+    """
+
     settings: Settings
     port: int
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     _token: str | None = None
+    executor: Executor | None = None
+    workers: int = 2
+    database: str | None = None
+    namespace: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.executor is None:
+            self.executor = "celery" if self.settings.profile == "production" else "local"
+        if self.executor not in ("local", "celery"):
+            raise ValueError(f"executor: {self.executor!r} is neither 'local' nor 'celery'")
+        if self.executor == "celery" and self.workers < 1:
+            raise ValueError("workers: the CeleryExecutor needs at least one worker")
+        if self.database is None and self.executor == "celery":
+            self.database = metadata_database(self.settings)
 
     @property
     def url(self) -> str:
@@ -101,7 +201,23 @@ class LocalAirflow:
 
     @property
     def env(self) -> dict[str, str]:
+        if self.executor == "celery":
+            assert self.database is not None
+            celery = celery_environment(self.settings, self.database, self.namespace)
+            return environment(self.settings, self.port, {**celery, **self.extra_env})
         return environment(self.settings, self.port, self.extra_env)
+
+    @property
+    def queue(self) -> str:
+        return self.namespace or DEFAULT_QUEUE
+
+    @property
+    def worker_names(self) -> list[str]:
+        """The Celery node names of the workers, which are also the hosts Airflow records for
+        the task instances they run (``worker-<n>@<this machine>``)."""
+        if self.executor != "celery":
+            return []
+        return [f"worker-{n}@{socket.gethostname()}" for n in range(1, self.workers + 1)]
 
     def start(self, timeout: float = 180.0) -> None:
         """Migrate the metadata database and start the components; returns once the API
@@ -109,6 +225,9 @@ class LocalAirflow:
         home = airflow_home(self.settings)
         (home / "logs").mkdir(parents=True, exist_ok=True)
         airflow = str(Path(sys.executable).with_name("airflow"))
+        if self.executor == "celery":
+            assert self.database is not None
+            create_database(self.settings, self.database)
         subprocess.run([airflow, "db", "migrate"], env=self.env, check=True, capture_output=True)
         commands = {
             "api-server": [airflow, "api-server", "--host", "127.0.0.1", "--port", str(self.port)],
@@ -116,10 +235,17 @@ class LocalAirflow:
             "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
             "dag-processor": [airflow, "dag-processor"],
         }
+        envs = dict.fromkeys(commands, self.env)
+        for name in self.worker_names:
+            short = name.split("@")[0]
+            commands[short] = [airflow, "celery", "worker", "--celery-hostname", name,
+                               "--queues", f"{self.queue},{TRAINING_QUEUE}",
+                               "--concurrency", "1", "--skip-serve-logs"]  # fmt: skip
+            envs[short] = {**self.env, WORKER_NAME: name}
         for name, command in commands.items():
             log = open(home / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
             self.processes[name] = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                command, env=envs[name], stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
         wait_for_api(self.url, self.processes, home / "logs", timeout)
@@ -133,6 +259,42 @@ class LocalAirflow:
         for process in self.processes.values():
             stop_tree(process)
         self.processes.clear()
+
+    # -- the Celery workers, through Celery's remote control over the broker -----------------
+    def _celery(self) -> Any:
+        """A Celery client of this Airflow's broker (for remote control, not for tasks)."""
+        from celery import Celery
+
+        options = {"global_keyprefix": f"{self.namespace}:"} if self.namespace else {}
+        return Celery(broker=self.settings.redis_url.get_secret_value(),
+                      broker_transport_options=options)  # fmt: skip
+
+    def wait_for_workers(self, timeout: float = 180.0) -> None:
+        """Return once every worker answers a ping over the broker."""
+        if self.executor != "celery":
+            return
+        expected = set(self.worker_names)
+        deadline = time.monotonic() + timeout
+        with self._celery() as app:
+            while time.monotonic() < deadline:
+                self._check_alive()
+                replies = app.control.ping(destination=sorted(expected), timeout=1.0)
+                if expected <= {node for reply in replies for node in reply}:
+                    return
+                time.sleep(1)
+        logs = airflow_home(self.settings) / "logs"
+        raise AirflowError(
+            f"Celery workers {sorted(expected)} did not answer in {timeout:.0f} s (logs: {logs})"
+        )
+
+    def remove_queue(self, worker: str) -> None:
+        """Stop ``worker`` (a node name) taking tasks from the queue; it finishes the task it
+        holds and stays up. As ``airflow celery remove-queue -H <worker> -q <queue>``."""
+        with self._celery() as app:
+            replies = app.control.cancel_consumer(self.queue, destination=[worker], reply=True,
+                                                  timeout=10.0)  # fmt: skip
+        if not any(worker in reply for reply in replies):
+            raise AirflowError(f"Celery worker {worker} did not confirm leaving {self.queue}")
 
     def _headers(self) -> dict[str, str]:
         if self._token is None:
@@ -177,6 +339,10 @@ class LocalAirflow:
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         body = {"logical_date": None, "conf": conf or {}}
         return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+        return self.request("GET", path)["task_instances"]
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
