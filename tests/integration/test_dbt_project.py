@@ -1,5 +1,9 @@
 """The dbt project on real simulator output: features checked against an independent
-computation from the raw event log, reruns, incremental runs and quarantine."""
+computation from the raw event log, reruns, incremental runs and quarantine.
+
+The tests of the built project run on both profiles: DuckDB (local) and Postgres (production,
+a database of the test's own: tests/production.py), the same SQL through dbt-duckdb and
+dbt-postgres."""
 
 from __future__ import annotations
 
@@ -12,11 +16,15 @@ import duckdb
 import pandas as pd
 import pytest
 
-from recloop.eventlog.local import LocalEventLog, read_events
+from recloop import warehouse
+from recloop.eventlog import open_event_log
+from recloop.eventlog.local import LocalEventLog
 from recloop.features.dbt import run_dbt
+from recloop.features.store import FEAST_SCHEMA
 from recloop.ingest import ingest_simulation
 from recloop.settings import Settings
 from recloop.sources.simulator import WorldConfig
+from tests.production import production_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,9 +42,14 @@ def simulated_home(root: Path) -> Settings:
 
 
 def query(settings: Settings, sql: str) -> pd.DataFrame:
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
-        con.execute("SET TimeZone = 'UTC'")
-        return con.sql(sql).df()
+    return warehouse.read_frame(settings, sql)
+
+
+def logged_events(settings: Settings) -> pd.DataFrame:
+    with open_event_log(settings) as log:
+        events = log.read().to_pandas()
+    events["ts"] = pd.to_datetime(events.ts, utc=True)
+    return events
 
 
 def fingerprints(settings: Settings) -> dict[str, tuple]:
@@ -50,15 +63,24 @@ def fingerprints(settings: Settings) -> dict[str, tuple]:
         }
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Settings:
-    settings = simulated_home(tmp_path_factory.mktemp("dbt"))
-    run_dbt(settings, ["build"], as_of=AS_OF)
-    return settings
+@pytest.fixture(
+    scope="module", params=["local", pytest.param("production", marks=pytest.mark.production)]
+)
+def built(request, tmp_path_factory) -> Settings:
+    root = tmp_path_factory.mktemp(f"dbt-{request.param}")
+    if request.param == "local":
+        settings = simulated_home(root)
+        run_dbt(settings, ["build"], as_of=AS_OF)
+        yield settings
+        return
+    with production_settings(root / "var") as settings:
+        ingest_simulation(settings, WORLD)
+        run_dbt(settings, ["build"], as_of=AS_OF)
+        yield settings
 
 
 def test_every_logged_event_is_staged_once(built: Settings) -> None:
-    logged = read_events(built.events_dir).num_rows
+    logged = len(logged_events(built))
     counts = query(
         built, "SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM staging.stg_events"
     )
@@ -67,7 +89,7 @@ def test_every_logged_event_is_staged_once(built: Settings) -> None:
 
 
 def test_user_features_match_an_independent_computation(built: Settings) -> None:
-    events = read_events(built.events_dir).to_pandas()
+    events = logged_events(built)
     items = query(built, "SELECT item_id, categories FROM staging.stg_items")
     categories = dict(zip(items.item_id, items.categories, strict=True))
     features = query(built, "SELECT * FROM marts.user_features").sample(40, random_state=1)
@@ -101,10 +123,13 @@ def test_user_features_match_an_independent_computation(built: Settings) -> None
         assert list(row.top_categories) == top
 
 
-def test_parquet_exports_for_feast_equal_the_marts(built: Settings) -> None:
+def test_what_feast_reads_equals_the_marts(built: Settings) -> None:
     for name in ("user_features", "item_features", "interactions"):
-        exported = pd.read_parquet(built.features_dir / f"feast_{name}.parquet")
-        assert len(exported) == len(query(built, f"SELECT * FROM marts.{name}"))
+        if built.profile == "local":  # Parquet exports: Feast's DuckDB offline store reads files
+            exported = len(pd.read_parquet(built.features_dir / f"feast_{name}.parquet"))
+        else:  # the dbt relations in the feast schema
+            exported = query(built, f"SELECT count(*) AS n FROM {FEAST_SCHEMA}.feast_{name}").n[0]
+        assert exported == len(query(built, f"SELECT * FROM marts.{name}"))
 
 
 def test_rerun_changes_nothing_and_new_events_extend_the_features(tmp_path: Path) -> None:
