@@ -1,25 +1,30 @@
 """Feast on real pipeline output: online values equal the marts, historical retrieval is
-point-in-time correct, and a failing gate leaves the online store as it was."""
+point-in-time correct, and a failing gate leaves the online store as it was.
+
+The store's tests run on both profiles: DuckDB offline store, SQLite online store and file
+registry (local); Postgres offline store, Redis online store and SQL registry (production, in
+a database and a Redis database of the test's own: tests/production.py)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import duckdb
 import pandas as pd
 import pytest
 
-from recloop.eventlog.local import read_events
+from recloop import warehouse
+from recloop.eventlog import open_event_log
 from recloop.features import store
 from recloop.features.gate import GateFailed
 from recloop.features.pipeline import run_pipeline
 from recloop.ingest import ingest_simulation
 from recloop.settings import Settings
 from recloop.sources.simulator import WorldConfig
+from tests.production import production_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,21 +39,33 @@ ITEM_FEATURES = ["popularity_last_24_hours", "popularity_all_time", "click_throu
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory) -> Settings:
+def local_published(tmp_path_factory) -> Settings:
     settings = Settings(home=tmp_path_factory.mktemp("feast") / "var")
     ingest_simulation(settings, WORLD)
     run_pipeline(settings, None, AS_OF, echo=False)
     return settings
 
 
+@pytest.fixture(
+    scope="module", params=["local", pytest.param("production", marks=pytest.mark.production)]
+)
+def published(request, tmp_path_factory) -> Iterator[Settings]:
+    if request.param == "local":
+        yield request.getfixturevalue("local_published")
+        return
+    with production_settings(tmp_path_factory.mktemp("feast-production") / "var") as settings:
+        ingest_simulation(settings, WORLD)
+        run_pipeline(settings, None, AS_OF, echo=False)
+        yield settings
+
+
 def latest_rows(settings: Settings, mart: str, key: str, at: datetime) -> pd.DataFrame:
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
-        con.execute("SET TimeZone = 'UTC'")
-        return con.execute(
-            f"SELECT * FROM marts.{mart} WHERE observed_at <= ? "
-            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY observed_at DESC) = 1",
-            [at],
-        ).df()
+    return warehouse.read_frame(
+        settings,
+        f"SELECT DISTINCT ON ({key}) * FROM marts.{mart} WHERE observed_at <= $at "
+        f"ORDER BY {key}, observed_at DESC",
+        {"at": at},
+    )
 
 
 def online(settings: Settings, rows: list[dict]) -> dict[str, list]:
@@ -88,7 +105,9 @@ def test_online_values_equal_the_marts(published: Settings) -> None:
 
 
 def test_historical_features_exclude_events_after_the_entity_timestamp(published) -> None:
-    events = read_events(published.events_dir).to_pandas()
+    with open_event_log(published) as log:
+        events = log.read().to_pandas()
+    events["ts"] = pd.to_datetime(events.ts, utc=True)
     positives = events[events.event_type.isin(["click", "rating", "purchase"])]
     # Entity times one second into an hour in which the user went on to interact: everything
     # the user did later that hour happened after the entity timestamp.
@@ -103,6 +122,8 @@ def test_historical_features_exclude_events_after_the_entity_timestamp(published
     history = feature_store.get_historical_features(
         entity_df=entities, features=["user_features:interactions_all_time"]
     ).to_df()
+    # Feast's Postgres offline store returns the timestamps without a zone (the database's: UTC).
+    history["event_timestamp"] = pd.to_datetime(history.event_timestamp, utc=True)
     for row in history.itertuples():
         mine = positives[positives.user_id == row.user_id]
         before = int((mine.ts < row.event_timestamp).sum())
@@ -124,8 +145,10 @@ def test_apply_is_idempotent_and_services_are_versioned(published: Settings) -> 
     assert names == {"recommender_v1_training", "recommender_v1_serving"}
 
 
-def test_a_failing_gate_leaves_the_online_store_as_it_was(published, tmp_path: Path) -> None:
-    shutil.copytree(published.home, tmp_path / "var")
+def test_a_failing_gate_leaves_the_online_store_as_it_was(local_published, tmp_path) -> None:
+    # A copy of the local home (its databases are files); test_production.py poisons the
+    # production profile's log the same way.
+    shutil.copytree(local_published.home, tmp_path / "var")
     settings = Settings(home=tmp_path / "var")
     before = online(settings, [{"user_id": "u00001", "item_id": "i00001"}])
     later = AS_OF + timedelta(hours=6)
