@@ -47,7 +47,7 @@ def _connect_url(url: str, **options: Any):
 
 def ensure_database(settings: Settings) -> None:
     """Create the settings' database when missing (through the server's ``postgres``
-    database), and make UTC its time zone."""
+    database), and make UTC its time zone when it is not yet."""
     from psycopg import sql
 
     target = settings.postgres_connection()
@@ -59,11 +59,26 @@ def ensure_database(settings: Settings) -> None:
         ).fetchone()
         if not exists:
             con.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.database)))
-        con.execute(
-            sql.SQL("ALTER DATABASE {} SET timezone TO 'UTC'").format(
-                sql.Identifier(target.database)
+    with _connect_url(settings.postgres_url.get_secret_value(), autocommit=True) as con:
+        # Sessions that do not set it themselves (dbt's, Feast's) take the database's default.
+        if con.execute("SHOW TimeZone").fetchone()[0] not in ("UTC", "Etc/UTC"):
+            con.execute(
+                sql.SQL("ALTER DATABASE {} SET timezone TO 'UTC'").format(
+                    sql.Identifier(target.database)
+                )
             )
-        )
+
+
+def ensure_schema(settings: Settings, schema: str) -> None:
+    """One tenant's schema (Feast's registry, MLflow), which may be needed before ``recloop
+    init`` ran: their tables cannot be created in a schema that is missing."""
+    if schema not in TENANT_SCHEMAS:
+        raise ValueError(f"schema: {schema!r} is not one of {', '.join(TENANT_SCHEMAS)}")
+    with connect(settings) as con:
+        # Looked up first: CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege even when the
+        # schema exists, which a serving role need not have.
+        if not con.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone():
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
 
 
 def connect(settings: Settings):

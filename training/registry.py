@@ -33,6 +33,10 @@ def configure(settings: Settings, experiment: str = EXPERIMENT):
 
     uri = settings.tracking_uri()
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    if settings.profile == "production" and settings.mlflow_tracking_uri is None:
+        from recloop.postgres_warehouse import ensure_schema
+
+        ensure_schema(settings, "mlflow")  # the default URI's schema
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = mlflow.MlflowClient(uri, uri)

@@ -79,6 +79,10 @@ def open_store(settings: Settings):
 
     path = render_config(settings)
     settings.features_dir.mkdir(parents=True, exist_ok=True)
+    if settings.profile == "production":
+        from recloop.postgres_warehouse import ensure_schema
+
+        ensure_schema(settings, "feast_registry")
     return FeatureStore(repo_path=str(settings.features_dir), fs_yaml_file=path)
 
 

@@ -281,3 +281,31 @@ def test_a_row_breaking_the_contract_stops_the_gate_and_is_quarantined(published
     )
     assert list(quarantined.rejection_reason) == ["value: rating 9 is outside [0.5, 5]"]
     assert online(published, [{"user_id": user, "item_id": item}]) == before
+
+
+def test_the_registries_create_their_schemas_before_init(tmp_path) -> None:
+    """MLflow's and Feast's registries on a database that `recloop init` never saw: each
+    creates its schema (their tables cannot be created in a missing one)."""
+    import psycopg
+
+    from training import registry
+
+    with production_settings(tmp_path / "var") as settings:
+        # A database made elsewhere, with a zone other than UTC: init's check must fix it.
+        name = settings.postgres_connection().database
+        server = settings.postgres_url.get_secret_value().rsplit("/", 1)[0]
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+            admin.execute(f"ALTER DATABASE \"{name}\" SET timezone TO 'America/New_York'")
+        postgres_warehouse.ensure_database(settings)
+        registry.configure(settings)
+        store.apply(settings)
+        schemas = warehouse.read_frame(
+            settings,
+            "SELECT table_schema FROM information_schema.tables "
+            "WHERE table_name IN ('experiments', 'feature_views') ORDER BY 1",
+        )
+        assert list(schemas.table_schema) == ["feast_registry", "mlflow"]
+        # A session that sets no zone (dbt's, Feast's) gets UTC from the database.
+        with psycopg.connect(settings.postgres_url.get_secret_value()) as con:
+            assert con.execute("SHOW TimeZone").fetchone()[0] in ("UTC", "Etc/UTC")
