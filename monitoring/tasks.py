@@ -18,10 +18,11 @@ def hour(start: str | None, end: str | None, interval_start: str, interval_end: 
     with the field named, not three tasks later."""
     chosen_end = datetime.fromisoformat(end or interval_end)
     chosen_start = datetime.fromisoformat(start or interval_start)
-    if chosen_start >= chosen_end:
-        chosen_start = chosen_end - timedelta(hours=1)
+    # Checked before comparing: a naive and an aware time cannot be compared at all.
     if chosen_end.tzinfo is None or chosen_start.tzinfo is None:
         raise ValueError("start/end: must carry a time zone (UTC expected)")
+    if chosen_start >= chosen_end:
+        chosen_start = chosen_end - timedelta(hours=1)
     return {"start": chosen_start.isoformat(), "end": chosen_end.isoformat()}
 
 

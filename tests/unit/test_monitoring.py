@@ -149,3 +149,17 @@ def test_store_rewrites_an_hour_and_the_warehouse_views_read_every_hour(tmp_path
     assert rows == [("degradation", 0.1, None), ("feature_drift", None, 1)]
     with pytest.raises(ValueError, match="table: 'nope' is not one of"):
         store.write(settings, "nope", first, pd.DataFrame([{"a": 1}]))
+
+
+def test_the_metrics_hour_needs_zoned_times_and_names_the_fields() -> None:
+    from monitoring.tasks import hour
+
+    window = hour(None, None, "2026-01-05T09:00:00+00:00", "2026-01-05T10:00:00+00:00")
+    assert window == {"start": "2026-01-05T09:00:00+00:00", "end": "2026-01-05T10:00:00+00:00"}
+    # A start at or after the end falls back to the hour before the end.
+    assert hour("2026-01-05T11:00:00+00:00", "2026-01-05T10:00:00+00:00", "x", "y")["start"] == (
+        "2026-01-05T09:00:00+00:00"
+    )
+    # A conf with a naive time, beside an aware one, is refused by name (not a TypeError).
+    with pytest.raises(ValueError, match="start/end: must carry a time zone"):
+        hour("2026-01-05T09:00:00", None, "x", "2026-01-05T10:00:00+00:00")
