@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import tempfile
 import time
-import uuid
 from datetime import timedelta
-from pathlib import Path
 
+from benchmarks.production import add_production_options, production_settings
 from benchmarks.results import Row, add_output_options, publish
 from recloop.settings import Settings
 
@@ -92,33 +90,16 @@ def measure(settings: Settings, requests: int) -> dict[str, list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default="postgresql://postgres@127.0.0.1:5432")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/15",
-                        help="a Redis database of its own: flushed before and after")  # fmt: skip
+    add_production_options(parser)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--items", type=int, default=300)
     parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--requests", type=int, default=3000)
     add_output_options(parser)
     args = parser.parse_args()
-
-    import psycopg
-    import redis
-
-    database = f"recloop_bench_{uuid.uuid4().hex[:8]}"
-    home = Path(tempfile.mkdtemp(prefix="recloop-bench-feast-")) / "var"
-    settings = Settings(profile="production", home=home, redis_url=args.redis,
-                        postgres_url=f"{args.server}/{database}")  # fmt: skip
-    store = redis.Redis.from_url(args.redis)
-    if store.dbsize():
-        raise SystemExit(f"{args.redis} holds data: give the benchmark an empty database")
-    try:
+    with production_settings(args.server, args.redis) as settings:
         prepare(settings, args.users, args.items, args.days)
         timings = measure(settings, args.requests)
-    finally:
-        store.flushdb()
-        with psycopg.connect(f"{args.server}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     protocol = (
         f"{args.requests} sequential requests, 1 user + 1 item each; "
         f"{args.users} users, {args.items} items; local Redis"
