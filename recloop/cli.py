@@ -385,23 +385,27 @@ def serve(
 
 @app.command()
 def demo(
-    hours: int = typer.Option(8, min=2, help="Simulated hours of live traffic."),
-    shift_hour: int = typer.Option(4, min=1, help="Hour at which every user's taste shifts."),
-    requests: int = typer.Option(1500, min=10, help="Requests per simulated hour."),
-    users: int = typer.Option(500, min=20, help="Users in the simulated world."),
-    items: int = typer.Option(300, min=30, help="Items in the simulated world."),
-    seed: int = typer.Option(42, help="Seed of the world and of the simulated users."),
+    hours: int | None = typer.Option(None, min=2, help="Simulated hours of live traffic."),
+    shift_hour: int | None = typer.Option(
+        None, min=1, help="Hour at which every user's taste shifts."
+    ),
+    requests: int | None = typer.Option(None, min=10, help="Requests per simulated hour."),
+    users: int | None = typer.Option(None, min=20, help="Users in the simulated world."),
+    items: int | None = typer.Option(None, min=30, help="Items in the simulated world."),
+    seed: int | None = typer.Option(None, help="Seed of the world and of the simulated users."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """The whole loop in a fresh home: Airflow DAGs, the BentoML service, simulated users, a
-    taste shift, its detection, retraining through the asset, and the new champion serving."""
+    taste shift, its detection, retraining through the asset, and the new champion serving.
+    Options left out take recloop.demo.DemoConfig's defaults."""
     from recloop.demo import Demo, DemoConfig
 
     settings = _settings()
-    if shift_hour >= hours:
-        _fail(f"--shift-hour: {shift_hour} must be below --hours ({hours})")
-    config = DemoConfig(hours=hours, shift_hour=shift_hour, requests_per_hour=requests,
-                        users=users, items=items, seed=seed)  # fmt: skip
+    given = {"hours": hours, "shift_hour": shift_hour, "requests_per_hour": requests,
+             "users": users, "items": items, "seed": seed}  # fmt: skip
+    config = DemoConfig(**{name: value for name, value in given.items() if value is not None})
+    if config.shift_hour >= config.hours:
+        _fail(f"--shift-hour: {config.shift_hour} must be below --hours ({config.hours})")
     echo = (lambda message: err.print(message)) if as_json else out.print
     with _reported():
         summary = Demo(settings, config, echo=echo).run()
