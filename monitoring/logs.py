@@ -17,25 +17,15 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from recloop.eventlog import read_events
 from recloop.settings import Settings
+
+__all__ = ["COLUMNS", "impressions", "read_events"]
 
 COLUMNS = (
     "ts", "request_id", "user_id", "item_id", "position", "propensity", "model_version",
     "policy", "arm", "served_by", "device", "hour", "clicked", "rating",
 )  # fmt: skip
-
-
-def read_events(settings: Settings, start: datetime, end: datetime) -> pa.Table:
-    """Events with start <= ts < end from the profile's event log, without taking the
-    writer's lock (the service keeps writing while the metrics DAG reads)."""
-    if settings.profile == "local":
-        from recloop.eventlog.local import read_events as read_local
-
-        return read_local(settings.events_dir, start, end)
-    from recloop.eventlog.postgres import PostgresEventLog
-
-    with PostgresEventLog(settings.postgres_url.get_secret_value()) as log:
-        return log.read(start, end)
 
 
 JOIN = """

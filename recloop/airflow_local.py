@@ -29,11 +29,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from recloop.airflow_hostname import WORKER_NAME
+from recloop.postgres_warehouse import create_database, database_url
 from recloop.settings import Settings
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
@@ -86,38 +86,11 @@ def metadata_database(settings: Settings) -> str:
     return f"{settings.postgres_connection().database}_airflow"
 
 
-def postgres_url(settings: Settings, database: str, driver: str = "psycopg") -> str:
-    """``postgres_url`` with another database (and a SQLAlchemy driver, when given)."""
-    url = urlsplit(settings.postgres_url.get_secret_value())
-    scheme = f"postgresql+{driver}" if driver else "postgresql"
-    return urlunsplit(url._replace(scheme=scheme, path=f"/{database}"))
-
-
-def create_database(settings: Settings, database: str) -> bool:
-    """Create ``database`` on the server of ``postgres_url`` unless it exists; True if created.
-    Connects to the server's ``postgres`` database to do so."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(postgres_url(settings, "postgres", driver=""), autocommit=True,
-                         connect_timeout=10) as connection:  # fmt: skip
-        exists = connection.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", [database]
-        ).fetchone()
-        if exists:
-            return False
-        try:
-            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-        except psycopg.errors.DuplicateDatabase:  # created meanwhile by another process
-            return False
-        return True
-
-
 def celery_environment(settings: Settings, database: str, namespace: str | None) -> dict[str, str]:
     """What the CeleryExecutor adds to every component's environment: Postgres metadata, the
     Redis broker, a Postgres result backend, and the queue (``namespace``, when given, is both
     the queue and a prefix of every broker key, so two Airflows can share one Redis)."""
-    metadata = postgres_url(settings, database)
+    metadata = database_url(settings, database, driver="psycopg")
     env = {
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
@@ -227,7 +200,7 @@ class LocalAirflow:
         airflow = str(Path(sys.executable).with_name("airflow"))
         if self.executor == "celery":
             assert self.database is not None
-            create_database(self.settings, self.database)
+            create_database(self.settings, self.database)  # Airflow's, beside recloop's
         subprocess.run([airflow, "db", "migrate"], env=self.env, check=True, capture_output=True)
         commands = {
             "api-server": [airflow, "api-server", "--host", "127.0.0.1", "--port", str(self.port)],

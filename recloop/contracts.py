@@ -204,11 +204,7 @@ def arrow_schema(contract: type[_Contract]) -> pa.Schema:
 
 def duckdb_columns(contract: type[_Contract]) -> dict[str, str]:
     """Column name -> DuckDB type, for ``read_json(columns=...)`` and ``CREATE TABLE``."""
-    columns = {}
-    for name, info in contract.model_fields.items():
-        inner, _ = _unwrap(info.annotation)
-        columns[name] = "JSON" if get_origin(inner) is dict else _DUCKDB_TYPES[_arrow_type(inner)]
-    return columns
+    return _columns(contract, _DUCKDB_TYPES, json_type="JSON")
 
 
 _POSTGRES_TYPES = {
@@ -223,12 +219,17 @@ _POSTGRES_TYPES = {
 
 def postgres_columns(contract: type[_Contract]) -> dict[str, str]:
     """Column name -> Postgres type, for the production warehouse's ``CREATE TABLE``."""
+    return _columns(contract, _POSTGRES_TYPES, json_type="jsonb")
+
+
+def _columns(
+    contract: type[_Contract], types: dict[pa.DataType, str], json_type: str
+) -> dict[str, str]:
+    """Column name -> a database's type, through each field's Arrow type (dicts are JSON)."""
     columns = {}
     for name, info in contract.model_fields.items():
         inner, _ = _unwrap(info.annotation)
-        columns[name] = (
-            "jsonb" if get_origin(inner) is dict else _POSTGRES_TYPES[_arrow_type(inner)]
-        )
+        columns[name] = json_type if get_origin(inner) is dict else types[_arrow_type(inner)]
     return columns
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 from recloop.contracts import Item, User, postgres_columns, to_record
 from recloop.settings import Settings
 
+# The raw layer both warehouses share (recloop.warehouse imports it): schema, tables, keys.
 RAW_SCHEMA = "raw"
 TABLES: dict[str, Any] = {"users": User, "items": Item}
 KEYS = {"users": "user_id", "items": "item_id"}
@@ -45,27 +46,42 @@ def _connect_url(url: str, **options: Any):
         raise WarehouseUnavailable(f"cannot connect to the production warehouse: {error}") from None
 
 
-def ensure_database(settings: Settings) -> None:
-    """Create the settings' database when missing (through the server's ``postgres``
-    database), and make UTC its time zone when it is not yet."""
+def database_url(settings: Settings, database: str, driver: str = "") -> str:
+    """``postgres_url`` with another database on the same server (same user and options), and
+    a SQLAlchemy driver when given (``psycopg``)."""
+    url = urlsplit(settings.postgres_url.get_secret_value())
+    scheme = f"postgresql+{driver}" if driver else "postgresql"
+    return urlunsplit(url._replace(scheme=scheme, path=f"/{database}"))
+
+
+def create_database(settings: Settings, database: str) -> bool:
+    """Create ``database`` on the server of ``postgres_url`` unless it exists (through the
+    server's ``postgres`` database); True when it was created."""
+    import psycopg
     from psycopg import sql
 
-    target = settings.postgres_connection()
-    url = urlsplit(settings.postgres_url.get_secret_value())
-    maintenance = urlunsplit(url._replace(path="/postgres"))  # same server, user and options
-    with _connect_url(maintenance, autocommit=True) as con:
-        exists = con.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", [target.database]
-        ).fetchone()
-        if not exists:
-            con.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.database)))
+    with _connect_url(database_url(settings, "postgres"), autocommit=True) as con:
+        if con.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
+            return False
+        try:
+            con.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        except psycopg.errors.DuplicateDatabase:  # created meanwhile by another process
+            return False
+        return True
+
+
+def ensure_database(settings: Settings) -> None:
+    """Create the settings' database when missing, and make UTC its time zone when it is not
+    yet."""
+    from psycopg import sql
+
+    database = settings.postgres_connection().database
+    create_database(settings, database)
     with _connect_url(settings.postgres_url.get_secret_value(), autocommit=True) as con:
         # Sessions that do not set it themselves (dbt's, Feast's) take the database's default.
         if con.execute("SHOW TimeZone").fetchone()[0] not in ("UTC", "Etc/UTC"):
             con.execute(
-                sql.SQL("ALTER DATABASE {} SET timezone TO 'UTC'").format(
-                    sql.Identifier(target.database)
-                )
+                sql.SQL("ALTER DATABASE {} SET timezone TO 'UTC'").format(sql.Identifier(database))
             )
 
 

@@ -18,16 +18,15 @@ from typing import Any
 
 import duckdb
 
-from recloop.contracts import Item, User, duckdb_columns, to_table
+from recloop.contracts import duckdb_columns, to_table
 from recloop.eventlog.local import events_sql
-from recloop.postgres_warehouse import WarehouseUnavailable
+from recloop.postgres_warehouse import KEYS, RAW_SCHEMA, TABLES, WarehouseUnavailable
 from recloop.settings import Settings
 
-__all__ = ["WarehouseUnavailable", "connect", "init_warehouse", "read_frame", "summary", "upsert"]
-
-RAW_SCHEMA = "raw"
-TABLES: dict[str, Any] = {"users": User, "items": Item}
-KEYS = {"users": "user_id", "items": "item_id"}
+__all__ = [
+    "KEYS", "RAW_SCHEMA", "TABLES", "WarehouseUnavailable",
+    "connect", "init_warehouse", "read_frame", "summary", "upsert",
+]  # fmt: skip
 
 
 def connect(

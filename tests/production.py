@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from recloop.settings import Settings
+from recloop.settings import Settings, mask_url
 
 SERVER = os.environ.get("RECLOOP_TEST_POSTGRES_SERVER", "postgresql://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("RECLOOP_TEST_REDIS_SERVER", "redis://127.0.0.1:6379")
@@ -33,15 +33,21 @@ def _redis_database():
     pytest.fail("every Redis database 1-15 holds data: flush the ones a crashed test left")
 
 
+def postgres_admin():
+    """An autocommit connection to the server's ``postgres`` database (to make and drop a
+    test's databases); skips the test, with the reason, when the server is unreachable."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        return psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        pytest.skip(f"Postgres unreachable at {mask_url(SERVER)}: {error}")
+
+
 @contextmanager
 def production_settings(home: Path, **overrides) -> Iterator[Settings]:
     """Production settings whose Postgres database and Redis database are this test's own."""
-    psycopg = pytest.importorskip("psycopg")
     redis = pytest.importorskip("redis")
-    try:
-        admin = psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        pytest.skip(f"Postgres unreachable at {SERVER}: {error}")
+    admin = postgres_admin()
     try:
         number, client = _redis_database()
     except redis.ConnectionError as error:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pyarrow as pa
+
 from recloop.eventlog.base import (
     AppendResult,
     EventLog,
@@ -25,6 +27,7 @@ __all__ = [
     "InvalidEvents",
     "count_events",
     "open_event_log",
+    "read_events",
 ]
 
 
@@ -44,6 +47,20 @@ def open_event_log(settings: Settings, **options: object) -> EventLog:
         fsync=config.fsync,
         **options,  # type: ignore[arg-type]
     )
+
+
+def read_events(settings: Settings, start: datetime | None, end: datetime | None) -> pa.Table:
+    """Events with ``start <= ts < end`` from the profile's log (the local log: sealed segments
+    only), sorted by ts then event_id, without taking the writer's lock (the service keeps
+    writing while the metrics DAG reads)."""
+    if settings.profile == "production":
+        from recloop.eventlog.postgres import PostgresEventLog
+
+        with PostgresEventLog(settings.postgres_url.get_secret_value()) as log:
+            return log.read(start, end)
+    from recloop.eventlog.local import read_events as read_local
+
+    return read_local(settings.events_dir, start, end)
 
 
 def count_events(settings: Settings, start: datetime | None, end: datetime | None) -> int:

@@ -59,3 +59,18 @@ class EventLog(Protocol):
     def __enter__(self) -> EventLog: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+def ts_filter(
+    start: datetime | None, end: datetime | None, placeholder: str
+) -> tuple[str, list[datetime]]:
+    """``WHERE start <= ts < end`` (either bound may be missing) with the driver's
+    ``placeholder`` (DuckDB ``?``, psycopg ``%s``), and its parameters."""
+    where, params = [], []
+    if start is not None:
+        where.append(f"ts >= {placeholder}")
+        params.append(start)
+    if end is not None:
+        where.append(f"ts < {placeholder}")
+        params.append(end)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), params

@@ -45,7 +45,13 @@ import duckdb
 import pyarrow as pa
 
 from recloop.contracts import LOGGED_AT, Event, duckdb_columns, validate_rows
-from recloop.eventlog.base import AppendResult, EventLogBusy, EventLogError, InvalidEvents
+from recloop.eventlog.base import (
+    AppendResult,
+    EventLogBusy,
+    EventLogError,
+    InvalidEvents,
+    ts_filter,
+)
 
 SEALED_SUFFIX = ".jsonl"
 OPEN_SUFFIX = ".jsonl.open"
@@ -100,22 +106,11 @@ def events_sql(root: Path | str) -> str:
     )
 
 
-def _ts_filter(start: datetime | None, end: datetime | None) -> tuple[str, list[datetime]]:
-    where, params = [], []
-    if start is not None:
-        where.append("ts >= ?")
-        params.append(start)
-    if end is not None:
-        where.append("ts < ?")
-        params.append(end)
-    return (f"WHERE {' AND '.join(where)}" if where else ""), params
-
-
 def read_events(
     root: Path | str, start: datetime | None = None, end: datetime | None = None
 ) -> pa.Table:
     """Sealed events with ``start <= ts < end``, sorted by ts then event_id, as Arrow."""
-    clause, params = _ts_filter(start, end)
+    clause, params = ts_filter(start, end, "?")
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         query = f"SELECT * FROM {events_sql(root)} {clause} ORDER BY ts, event_id"
@@ -126,7 +121,7 @@ def count_events(
     root: Path | str, start: datetime | None = None, end: datetime | None = None
 ) -> int:
     """How many sealed events have ``start <= ts < end``, without reading them out."""
-    clause, params = _ts_filter(start, end)
+    clause, params = ts_filter(start, end, "?")
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         return con.execute(f"SELECT count(*) FROM {events_sql(root)} {clause}", params).fetchone()[

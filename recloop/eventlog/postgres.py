@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from recloop.contracts import LOGGED_AT, Event, validate_rows
-from recloop.eventlog.base import AppendResult, EventLogError, InvalidEvents
+from recloop.eventlog.base import AppendResult, EventLogError, InvalidEvents, ts_filter
 
 DEFAULT_TABLE = "events"
 
@@ -40,17 +40,6 @@ def _identifier(name: str) -> str:
     if not name.replace("_", "").isalnum():
         raise ValueError(f"table: {name!r} is not a plain SQL identifier")
     return name
-
-
-def _ts_filter(start: datetime | None, end: datetime | None) -> tuple[str, list[datetime]]:
-    where, params = [], []
-    if start is not None:
-        where.append("ts >= %s")
-        params.append(start)
-    if end is not None:
-        where.append("ts < %s")
-        params.append(end)
-    return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
 
 class PostgresEventLog:
@@ -119,7 +108,7 @@ class PostgresEventLog:
 
     def read(self, start: datetime | None = None, end: datetime | None = None) -> pa.Table:
         """Events with ``start <= ts < end``, sorted by ts then event_id, as Arrow."""
-        clause, params = _ts_filter(start, end)
+        clause, params = ts_filter(start, end, "%s")
         columns = [*_POSTGRES_TYPES, LOGGED_AT]
         select = ", ".join(
             f"{name}::text" if name in ("event_id", "context") else name for name in columns
@@ -133,7 +122,7 @@ class PostgresEventLog:
 
     def count(self, start: datetime | None = None, end: datetime | None = None) -> int:
         """How many events have ``start <= ts < end``."""
-        clause, params = _ts_filter(start, end)
+        clause, params = ts_filter(start, end, "%s")
         with self._conn.transaction():
             query = f"SELECT count(*) FROM {self.table} {clause}"
             return self._conn.execute(query, params).fetchone()[0]

@@ -14,7 +14,6 @@ the worker that takes the first task is then unsubscribed from the queue (as
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
@@ -22,17 +21,14 @@ from pathlib import Path
 import pytest
 
 from recloop import warehouse
-from recloop.airflow_local import AirflowError, LocalAirflow, postgres_url
+from recloop.airflow_local import AirflowError, LocalAirflow
 from recloop.features import store
 from recloop.ingest import ingest_simulation
-from recloop.settings import mask_url
+from recloop.postgres_warehouse import database_url
 from recloop.sources.simulator import WorldConfig
 from serving.launch import free_port
-from tests.production import production_settings
+from tests.production import postgres_admin, production_settings
 
-POSTGRES = os.environ.get(
-    "RECLOOP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 DAG = "recloop_features"
 TASKS = {"plan", "ingest_events", "dbt_build", "validate", "publish"}
 
@@ -44,11 +40,7 @@ def namespace():
     """A fresh name for this test's Airflow metadata database and Celery namespace (its broker
     keys go with the test's Redis database); the database is dropped afterwards. Skips when
     Postgres is unreachable."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        connection = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        pytest.skip(f"Postgres unreachable at {mask_url(POSTGRES)}: {error}")
+    connection = postgres_admin()
     name = f"recloop_celery_{uuid.uuid4().hex[:12]}"
     yield name
     connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -120,7 +112,7 @@ def test_features_run_on_two_celery_workers(tmp_path: Path, namespace: str) -> N
     assert set(ran_on.values()) == set(workers), ran_on
     # What the REST API showed is Airflow's metadata in Postgres, and each task went through
     # Celery with its result in the Postgres result backend.
-    metadata = postgres_url(settings, namespace, driver="")
+    metadata = database_url(settings, namespace)
     with psycopg.connect(metadata, connect_timeout=10) as connection:
         recorded = dict(connection.execute(
             "SELECT task_id, hostname FROM task_instance WHERE dag_id = %s AND run_id = %s",

@@ -1,6 +1,5 @@
 """The production event log against the running Postgres: same contract as the local one."""
 
-import os
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -9,8 +8,9 @@ import pytest
 
 from recloop.eventlog import InvalidEvents, open_event_log
 from recloop.settings import Settings
+from tests.production import SERVER, postgres_admin
 
-URL = os.environ.get("RECLOOP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+URL = f"{SERVER}/postgres"
 START = datetime(2026, 1, 5, 10, tzinfo=UTC)
 
 pytestmark = [pytest.mark.production, pytest.mark.integration]
@@ -18,11 +18,7 @@ pytestmark = [pytest.mark.production, pytest.mark.integration]
 
 @pytest.fixture
 def schema():
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        connection = psycopg.connect(URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        pytest.skip(f"Postgres unreachable at {URL}: {error}")
+    connection = postgres_admin()
     name = f"test_{uuid.uuid4().hex[:12]}"
     yield name
     connection.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")

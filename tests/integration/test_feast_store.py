@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from recloop import warehouse
 from recloop.eventlog import open_event_log
 from recloop.features import store
 from recloop.features.gate import GateFailed
@@ -24,6 +23,7 @@ from recloop.features.pipeline import run_pipeline
 from recloop.ingest import ingest_simulation
 from recloop.settings import Settings
 from recloop.sources.simulator import WorldConfig
+from tests.feature_reads import latest_rows, online
 from tests.production import production_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -57,24 +57,6 @@ def published(request, tmp_path_factory) -> Iterator[Settings]:
         ingest_simulation(settings, WORLD)
         run_pipeline(settings, None, AS_OF, echo=False)
         yield settings
-
-
-def latest_rows(settings: Settings, mart: str, key: str, at: datetime) -> pd.DataFrame:
-    return warehouse.read_frame(
-        settings,
-        f"SELECT DISTINCT ON ({key}) * FROM marts.{mart} WHERE observed_at <= $at "
-        f"ORDER BY {key}, observed_at DESC",
-        {"at": at},
-    )
-
-
-def online(settings: Settings, rows: list[dict]) -> dict[str, list]:
-    feature_store = store.open_store(settings)
-    return feature_store.get_online_features(
-        features=feature_store.get_feature_service("recommender_v1_serving"),
-        entity_rows=rows,
-        full_feature_names=True,
-    ).to_dict()
 
 
 def same(left, right) -> bool:

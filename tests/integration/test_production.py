@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+import redis
 
 from recloop import postgres_warehouse, warehouse
 from recloop.features import store
@@ -25,17 +26,13 @@ from recloop.ingest import ingest_simulation
 from recloop.settings import Settings
 from recloop.sources.simulator import WorldConfig
 from serving.launch import free_port, wait_ready
+from tests.feature_reads import latest_rows, online
 from tests.production import production_settings
 
 pytestmark = [pytest.mark.production, pytest.mark.integration, pytest.mark.slow]
 
 WORLD = WorldConfig(users=60, items=40, days=3, seed=21)
 AS_OF = WORLD.start + timedelta(days=WORLD.days + 1)
-USER_FEATURES = ["interactions_last_24_hours", "interactions_all_time", "click_through_rate",
-                 "rating_mean", "days_since_last_interaction", "top_categories",
-                 "recent_item_ids"]  # fmt: skip
-ITEM_FEATURES = ["popularity_last_24_hours", "popularity_all_time", "click_through_rate",
-                 "rating_count", "age_in_days"]  # fmt: skip
 KEY = "production-test-key"
 COUNTED = ["staging.stg_events", "staging.quarantined_events", "marts.user_features",
            "marts.item_features", "marts.interactions"]  # fmt: skip
@@ -49,30 +46,6 @@ def published(tmp_path_factory):
         yield settings
 
 
-def latest(settings: Settings, mart: str, key: str) -> pd.DataFrame:
-    return warehouse.read_frame(
-        settings,
-        f"SELECT DISTINCT ON ({key}) * FROM marts.{mart} WHERE observed_at <= $at "
-        f"ORDER BY {key}, observed_at DESC",
-        {"at": AS_OF},
-    )
-
-
-def online(settings: Settings, rows: list[dict]) -> dict[str, list]:
-    feature_store = store.open_store(settings)
-    return feature_store.get_online_features(
-        features=feature_store.get_feature_service("recommender_v1_serving"),
-        entity_rows=rows,
-        full_feature_names=True,
-    ).to_dict()
-
-
-def same(left, right) -> bool:
-    if isinstance(left, float) or isinstance(right, float):
-        return (pd.isna(left) and pd.isna(right)) or left == pytest.approx(right)
-    return list(left) == list(right) if isinstance(right, list | tuple) else left == right
-
-
 def counts(settings: Settings) -> dict[str, int]:
     return {
         relation: int(warehouse.read_frame(settings, f"SELECT count(*) AS n FROM {relation}").n[0])
@@ -80,23 +53,10 @@ def counts(settings: Settings) -> dict[str, int]:
     }
 
 
-def test_the_marts_are_built_in_postgres_and_served_from_redis(published: Settings) -> None:
-    users = latest(published, "user_features", "user_id").sample(12, random_state=0)
-    items = latest(published, "item_features", "item_id").sample(12, random_state=0)
-    values = online(
-        published,
-        [{"user_id": u, "item_id": i} for u, i in zip(users.user_id, items.item_id, strict=True)],
-    )
-    for n, user in enumerate(users.itertuples()):
-        for name in USER_FEATURES:
-            got = values[f"user_features__{name}"][n]
-            assert same(got, getattr(user, name)), (user.user_id, name, got)
-    for n, item in enumerate(items.itertuples()):
-        for name in ITEM_FEATURES:
-            got = values[f"item_features__{name}"][n]
-            assert same(got, getattr(item, name)), (item.item_id, name, got)
-    # Where each part lives: the marts as Postgres tables, Feast's registry in its schema, the
-    # online values in this test's Redis database.
+def test_each_part_lives_in_postgres_or_redis(published: Settings) -> None:
+    """Where the pipeline put things: the marts as Postgres tables, the views Feast reads and
+    Feast's registry in their schemas, the online values in this test's Redis database.
+    (test_feast_store.py checks the values themselves, on this profile too.)"""
     tables = warehouse.read_frame(
         published,
         "SELECT table_schema, count(*) AS n FROM information_schema.tables "
@@ -104,33 +64,10 @@ def test_the_marts_are_built_in_postgres_and_served_from_redis(published: Settin
     )
     assert set(tables.table_schema) == {"marts", "feast", "feast_registry"}
     assert store.config(published)["online_store"]["type"] == "redis"
-
-
-def test_historical_features_come_from_the_postgres_offline_store(published) -> None:
-    """Point in time: a feature row observed at an hour counts the positives before that
-    hour, so a user's all-time count at t is their positives before t's hour, never later."""
-    positives = warehouse.read_frame(
-        published,
-        "SELECT user_id, ts FROM raw.events WHERE event_type IN ('click', 'rating', 'purchase')",
-    )
-    positives["ts"] = pd.to_datetime(positives.ts, utc=True)
-    entity_df = positives.sample(30, random_state=1).rename(columns={"ts": "event_timestamp"})
-    history = (
-        store.open_store(published)
-        .get_historical_features(
-            entity_df=entity_df, features=["user_features:interactions_all_time"]
-        )
-        .to_df()
-    )
-    assert len(history) == len(entity_df)
-    # Feast's Postgres store hands the timestamps back without a zone; the database's is UTC.
-    history["event_timestamp"] = pd.to_datetime(history.event_timestamp, utc=True)
-    for row in history.itertuples():
-        at = row.event_timestamp
-        mine = positives[positives.user_id == row.user_id]
-        expected = int((mine.ts < at.floor("h")).sum())
-        got = 0 if pd.isna(row.interactions_all_time) else int(row.interactions_all_time)
-        assert got == expected, (row.user_id, at, got, expected)
+    assert redis.Redis.from_url(published.redis_url.get_secret_value()).dbsize() > 1
+    user = latest_rows(published, "user_features", "user_id", AS_OF).iloc[0]
+    values = online(published, [{"user_id": user.user_id, "item_id": "none"}])
+    assert values["user_features__interactions_all_time"] == [user.interactions_all_time]
 
 
 def test_a_rerun_of_the_same_interval_changes_nothing(published: Settings) -> None:
