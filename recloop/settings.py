@@ -195,6 +195,19 @@ class ServingSettings(_Section):
         description="Impressions are appended in the background at least this often; a crash "
         "loses at most this much of them (they were never acknowledged to a client).",
     )
+    quantization: Literal["none", "int8"] = Field(
+        "none",
+        description="int8: serve from int8-quantised dense layers and score tables (torch "
+        "dynamic quantisation; see training/quantization.py). Not the default: its quality "
+        "loss, measured in benchmarks/RESULTS.md (quantization), is over the 1% allowed.",
+    )
+    compute_threads: int = Field(
+        1,
+        ge=1,
+        description="BLAS and torch threads per server process. One request's math is small; "
+        "parallelism comes from concurrent requests and workers, and idle BLAS threads spinning "
+        "beside the event loop cost more than they save (measured: benchmarks.serving).",
+    )
     workers: int = Field(
         1,
         ge=1,

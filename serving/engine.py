@@ -38,6 +38,15 @@ from training.data import UserQuery
 log = logging.getLogger("recloop.serving")
 
 
+def limit_compute_threads(threads: int) -> None:
+    """BLAS (numpy) and torch thread pools of this process, to ``serving.compute_threads``."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+    torch.set_num_threads(threads)
+
+
 class Engine:
     def __init__(self, settings: Settings):
         from recloop.eventlog import open_event_log
@@ -45,6 +54,7 @@ class Engine:
 
         self.settings = settings
         config = settings.serving
+        limit_compute_threads(config.compute_threads)
         self.policy = make_policy(
             config.policy, epsilon=config.epsilon, temperature=config.temperature,
             draws=config.thompson_draws,
@@ -60,6 +70,9 @@ class Engine:
         self.item_counts: dict[str, tuple[float, float]] = {}
         self._similar: dict[tuple[str, str], np.ndarray] = {}
         self._refresh_item_counts()
+        # The first Feast read opens the online store and parses the registry (about half a
+        # second): done here, so that no client's first request pays for it.
+        self.features.recent_clicks(["warm-up"])
         self.impressions = ImpressionWriter(self.events, config.impression_flush_seconds)
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._watch_loop, name="recloop-watch", daemon=True)

@@ -16,6 +16,7 @@ popularity counted from the event log, and ``ModelSet.fallback`` says so.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections import Counter
@@ -64,7 +65,8 @@ class ModelSet:
 
     def describe(self) -> dict[str, Any]:
         def one(d: Deployment | None) -> dict[str, Any] | None:
-            return None if d is None else {"version": d.version, "kind": d.kind}
+            return None if d is None else {"version": d.version, "kind": d.kind,
+                                           "int8": d.model.quantized}  # fmt: skip
 
         return {
             "champion": one(self.champion),
@@ -95,6 +97,20 @@ def popularity_from_events(events: EventLog) -> Recommender:
     return model
 
 
+def settle_heap() -> None:
+    """Collect once, then freeze what survives out of the cyclic collector's sight.
+
+    A loaded service holds about half a million long-lived objects (histories, vocabularies,
+    the event log's id set); a full collection walks them all, a pause of about 300 ms measured
+    on MovieLens-100K, landing on whichever request happens to trigger it. Frozen objects are
+    never walked again (refcounting still frees them). Run after each swap, so the replaced
+    model's cycles are collected before the new one is frozen: one pause per swap, in the
+    watcher's thread, instead of one at random."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class ModelWatcher:
     """Loads the aliased versions and reloads them when an alias moves."""
 
@@ -120,6 +136,7 @@ class ModelWatcher:
             if changed:
                 self._current = new  # the swap: one reference assignment
                 log.info("serving %s", new.describe())
+                settle_heap()
             self.last_error = None
             return changed
 
@@ -136,6 +153,8 @@ class ModelWatcher:
             if known is not None and known.version == str(version.version):
                 return known
             model = registry.download_model(self.settings, str(version.version))
+            if self.settings.serving.quantization == "int8":
+                model.quantize()  # before the swap: requests never see a half-converted model
             return Deployment(model, str(version.version), alias)
 
         champion_version = registry.alias_version(client, registry.CHAMPION)

@@ -30,6 +30,10 @@ from typing import Protocol
 
 import numpy as np
 
+# At import, not per call: the first call would otherwise pay for importing scipy (about a
+# second), on some client's request.
+from training.metrics import top_k
+
 # Quadrature grid for the Plackett-Luce integral: points per decade of t, and how far past
 # the last chosen item's clock the integral runs (exp(-40) is far below float precision).
 _POINTS_PER_DECADE = 16
@@ -202,8 +206,6 @@ def _poisson_binomial_scan(rang: np.ndarray, slots: int) -> np.ndarray:
 def top(scores: np.ndarray, k: int) -> np.ndarray:
     """Positions of the k highest scores, best first; ties by position (training's top_k on
     one row, which also handles an empty pool)."""
-    from training.metrics import top_k
-
     scores = np.asarray(scores)
     k = min(k, len(scores))
     return top_k(scores[None, :], k)[0] if k > 0 else np.zeros(0, dtype=np.int64)

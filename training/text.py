@@ -6,12 +6,17 @@ mean-pooled over tokens and L2-normalised, as sentence-transformers does for thi
 
 Encoding is the slow part of training on CPU (about 180 short texts per second on 2 cores),
 so vectors are cached on disk per model, keyed by a hash of the text: retraining re-encodes
-only new or changed texts.
+only new or changed texts. The loaded encoder is kept per process (the service encodes the
+profile text of each new user at request time, and loading it takes a second). ``int8=True``
+encodes with the int8-quantised encoder (the service's ``serving.quantization``), whose
+vectors are cached apart from the float ones.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +46,20 @@ def load_encoder(model_path: str | None = None, device: str = "cpu"):
     return tokenizer, model
 
 
+@functools.lru_cache(maxsize=4)
+def _shared_encoder(path: str, device: str, int8: bool):
+    """(tokenizer, model, lock) kept for the process: encode() never changes the model (LoRA
+    training loads its own through load_encoder). The lock: a fast tokenizer must not be used
+    by two threads at once ("Already borrowed")."""
+    tokenizer, model = load_encoder(path, "cpu" if int8 else device)
+    model.eval()
+    if int8:
+        from training.quantization import int8_layers
+
+        model = int8_layers(model)
+    return tokenizer, model, threading.Lock()
+
+
 def mean_pool(hidden, attention_mask):
     """Mean of token vectors, ignoring padding: (batch, tokens, dim) -> (batch, dim)."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -55,24 +74,25 @@ def encode(
     batch_size: int = 64,
     device: str = "cpu",
     show_progress: bool = True,
+    int8: bool = False,
 ) -> np.ndarray:
-    """(len(texts), dim) float32 unit vectors."""
+    """(len(texts), dim) float32 unit vectors; ``int8``: from the int8-quantised encoder."""
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
     path = model_path or default_model_path()
     keys = [hashlib.sha256(text.encode()).hexdigest()[:24] for text in texts]
-    cache = _Cache(Path(cache_dir), path) if cache_dir else None
+    cache = _Cache(Path(cache_dir), path, "int8" if int8 else "") if cache_dir else None
     known = cache.read() if cache else {}
     missing = sorted(
         {key: text for key, text in zip(keys, texts, strict=True) if key not in known}.items()
     )
     if missing:
-        tokenizer, model = load_encoder(path, device)
-        model.eval()
+        tokenizer, model, lock = _shared_encoder(path, device, int8)
+        device = "cpu" if int8 else device
         batches = range(0, len(missing), batch_size)
-        with torch.inference_mode():
+        with lock, torch.inference_mode():
             for start in tqdm(
                 batches, desc="encoding text", unit="batch", disable=not show_progress
             ):
@@ -93,9 +113,9 @@ def encode(
 class _Cache:
     """One .npz per model folder: text hash -> vector."""
 
-    def __init__(self, root: Path, model_path: str):
+    def __init__(self, root: Path, model_path: str, variant: str = ""):
         name = hashlib.sha256(str(Path(model_path).resolve()).encode()).hexdigest()[:16]
-        self.path = root / f"{name}.npz"
+        self.path = root / f"{name}{'-' + variant if variant else ''}.npz"
 
     def read(self) -> dict[str, np.ndarray]:
         if not self.path.exists():

@@ -40,6 +40,7 @@ class Recommender(ABC):
         self.attributes: dict[str, dict[str, Any]] = {}
         self.profile_texts: dict[str, str] = {}
         self.popularity: np.ndarray = np.zeros(0)
+        self.quantized = False  # True once quantize() switched it to the int8 path
 
     @classmethod
     def default_config(cls) -> Any:
@@ -63,11 +64,17 @@ class Recommender(ABC):
     def _load_state(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
         del path, arrays
 
+    def _quantize(self) -> bool:
+        """Switch to int8 layers and score tables; False for kinds with nothing to quantise."""
+        return False
+
     # -- the interface -----------------------------------------------------------------------
 
     def fit(self, data: InteractionData, warm_start: Recommender | None = None) -> Self:
         """Learn from ``data``. ``warm_start``: a trained model of the same kind to continue
         from (the DAG's warm-start mode trains on the newest interval only)."""
+        if self.quantized or (warm_start is not None and warm_start.quantized):
+            raise ValueError("fit: int8-quantised models only score; train from float weights")
         if warm_start is not None and warm_start.kind != self.kind:
             raise ValueError(
                 f"warm_start: a {warm_start.kind!r} model cannot start a {self.kind!r}"
@@ -117,12 +124,25 @@ class Recommender(ABC):
             for r in range(len(users))
         ]
 
+    def quantize(self) -> Self:
+        """Serve from int8 weights from now on (``serving.quantization = "int8"``; see
+        training/quantization.py): faster on the CPU, with the quality loss recorded in
+        benchmarks/RESULTS.md. Meant for a loaded model that will only score; it cannot be
+        trained or saved afterwards. ``quantized`` says whether the kind had anything to
+        quantise (popularity has not)."""
+        if not self.quantized:
+            self.quantized = self._quantize()
+        return self
+
     def item_embeddings(self) -> np.ndarray | None:
         """(catalogue items, dim) vectors whose cosine says how alike two items are, or None
         for kinds without any (similar items then come from co-occurrence in histories)."""
         return None
 
     def save(self, path: Path | str) -> Path:
+        if self.quantized:
+            raise RuntimeError(f"{self.kind}: an int8-quantised model cannot be saved; save "
+                               "the float model it was made from")  # fmt: skip
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         manifest = {

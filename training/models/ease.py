@@ -19,6 +19,7 @@ from training.data import InteractionData
 from training.models.base import Recommender, ResolvedUser
 
 DEFAULT_L2 = 300.0  # the reference "ease_plain" of the quality benchmark
+SPARSE_USERS = 8  # up to this many users per call, scores sum weight rows (see _score)
 
 
 @dataclass
@@ -109,7 +110,31 @@ class Ease(Recommender):
         return best_l2
 
     def _score(self, users: list[ResolvedUser]) -> np.ndarray:
-        return self.history_matrix(users) @ self.weights + self.popularity_prior()
+        if len(users) <= SPARSE_USERS and not self.quantized:
+            # A request's few users: sum the rows of the items each has seen. It reads tens of
+            # rows, where the dense product reads the whole items x items matrix (11 MB on
+            # MovieLens-100K) per call. Same scores, summed in another order.
+            scores = np.zeros((len(users), len(self.item_ids)), dtype=self.weights.dtype)
+            for row, user in enumerate(users):
+                seen = list(dict.fromkeys(
+                    self.item_index[i] for i in user.history if i in self.item_index))  # fmt: skip
+                if seen:
+                    scores[row] = self.weights[seen].sum(axis=0)
+            return scores + self.popularity_prior()
+        history = self.history_matrix(users)
+        if self.quantized:
+            from training.quantization import apply
+
+            return apply(self.int8_weights, history) + self.popularity_prior()
+        return history @ self.weights + self.popularity_prior()
+
+    def _quantize(self) -> bool:
+        from training.quantization import int8_table
+
+        # Scores are history @ weights: a layer whose rows are the weights' columns, so each
+        # item's score gets its own int8 scale.
+        self.int8_weights = int8_table(self.weights.T)
+        return True
 
     def item_embeddings(self) -> np.ndarray:
         # Row i: how much item i speaks for every other item; alike items have alike rows.

@@ -411,15 +411,16 @@ class TwoTower(Recommender):
     def _item_texts(data: InteractionData) -> list[str]:
         return [item_text(row) for _, row in data.items.iterrows()]
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
+    def _encode(self, texts: list[str], disk_cache: bool = True) -> np.ndarray:
         from training.text import encode
 
         c = self.config
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         return encode(
-            texts, c.text_model, cache_dir=c.text_cache_dir, device=str(self.device),
-            show_progress=c.show_progress,
+            texts, c.text_model, cache_dir=c.text_cache_dir if disk_cache else None,
+            device=str(self.device),
+            show_progress=c.show_progress, int8=self.quantized,
         )  # fmt: skip
 
     def _set_profiles(self, data: InteractionData) -> None:
@@ -519,7 +520,23 @@ class TwoTower(Recommender):
         self.item_vectors = vectors.cpu().numpy()
 
     def _score(self, users: list[ResolvedUser]) -> np.ndarray:
+        if self.quantized:
+            from training.quantization import apply
+
+            return apply(self.int8_items, self.user_vectors(users))
         return self.user_vectors(users) @ self.item_vectors.T
+
+    def _quantize(self) -> bool:
+        from training.quantization import int8_layers, int8_table
+
+        # The user tower runs per request: its dense layers go int8. The item tower ran once,
+        # into item_vectors; those become an int8 score table. Profile text is encoded by the
+        # int8 encoder from now on (see _encode). Quantised kernels are CPU kernels.
+        self.device = torch.device("cpu")
+        self.towers.cpu()
+        self.towers.users = int8_layers(self.towers.users)
+        self.int8_items = int8_table(self.item_vectors)
+        return True
 
     def item_embeddings(self) -> np.ndarray:
         return self.item_vectors[:, :-1]  # the last column is the bias
@@ -548,7 +565,10 @@ class TwoTower(Recommender):
         out = np.zeros((len(texts), self.text.shape[1]), dtype=np.float32)
         missing = sorted({t for t in texts if t and t not in self.profile_cache})
         if missing:
-            self.profile_cache.update(zip(missing, self._encode(missing), strict=True))
+            # Scoring time (a request, in the service): profile_cache is the cache; rewriting
+            # the disk cache for each new user's text would cost more than encoding it.
+            vectors = self._encode(missing, disk_cache=False)
+            self.profile_cache.update(zip(missing, vectors, strict=True))
         for row, text in enumerate(texts):
             if text:
                 out[row] = self.profile_cache[text]
