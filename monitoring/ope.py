@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -166,3 +167,31 @@ def greedy_slates(model: Any, requests: pd.DataFrame) -> dict[str, list[str]]:
         for request_id, items in zip(per_request.index[start : start + batch], ranked, strict=True):
             slates[request_id] = [item for item, _ in items]
     return slates
+
+
+def gate_estimate(settings, model: Any, end: datetime, hours: float) -> dict[str, float]:
+    """What the promotion gate weighs: ``model``'s doubly robust CTR estimate (and interval)
+    as the greedy target, on every impression logged in the ``hours`` before ``end``, beside
+    the CTR those impressions actually had. ``impressions`` is 0 when none were logged."""
+    from monitoring import logs
+    from monitoring.estimators import wilson
+
+    frame = logs.impressions(settings, end - timedelta(hours=hours), end)
+    if frame.empty:
+        return {"impressions": 0.0}
+    result = evaluate(frame, greedy_slates(model, frame), settings.monitoring.alpha)
+    if not result["estimates"]:
+        return {"impressions": 0.0}
+    dr = result["estimates"]["dr"]
+    clicks, shown = int(frame["clicked"].sum()), len(frame)
+    low, high = wilson(clicks, shown, settings.monitoring.alpha)
+    return {
+        "impressions": float(result["impressions"]),
+        "matches": float(result["matches"]),
+        "challenger_value": dr.value,
+        "challenger_low": dr.low,
+        "challenger_upper": dr.high,
+        "champion_online": clicks / shown,
+        "champion_low": low,
+        "champion_high": high,
+    }

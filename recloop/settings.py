@@ -143,6 +143,21 @@ class PromotionSettings(_Section):
     )
     bootstrap_samples: int = Field(2000, ge=100, description="Paired bootstrap resamples.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Bootstrap interval level.")
+    off_policy_hours: float = Field(
+        24.0,
+        ge=0,
+        description="The gate also estimates the challenger's CTR off-policy (doubly robust) "
+        "on the impressions the service logged in this many hours before the training data's "
+        "newest interaction, and refuses a challenger whose upper bound is below the served "
+        "policy's observed CTR. 0 turns it off.",
+    )
+    off_policy_min_matches: int = Field(
+        50,
+        ge=1,
+        description="Logged impressions whose item the challenger would have shown in the same "
+        "slot, at the least, for the off-policy estimate to join the decision: with less "
+        "overlap (a logging policy that barely explores) the estimate says little.",
+    )
 
 
 PolicyName = Literal["greedy", "epsilon_greedy", "plackett_luce", "thompson"]

@@ -34,6 +34,8 @@ class OnlineFeatures:
 
         self.keep = settings.serving.fresh_clicks
         self.store = open_store(settings)
+        self.views_ttl = settings.serving.watch_seconds
+        self._views: tuple[float, list[str]] | None = None  # (resolved at, view names)
         # Feast's SQLite online store shares one connection across threads: two concurrent
         # pushes fail with "cannot start a transaction within a transaction". One push at a
         # time per process also makes each user's read-merge-write atomic within a replica.
@@ -62,8 +64,6 @@ class OnlineFeatures:
         if not by_user:
             return 0
         users = sorted(by_user)
-        from feast.data_source import PushMode
-
         with self._push_lock:
             known = self.recent_clicks(users)
             rows = []
@@ -76,8 +76,32 @@ class OnlineFeatures:
                     "last_click_at": max(at for at, _ in by_user[user]),
                     "event_timestamp": datetime.now(UTC),
                 })  # fmt: skip
-            self.store.push(PUSH_SOURCE, pd.DataFrame(rows), to=PushMode.ONLINE)
+            frame = pd.DataFrame(rows)
+            # What FeatureStore.push(to=ONLINE) does, minus two registry walks per call:
+            # push() lists every feature view (to find those the push source feeds) and every
+            # feature service (to refresh precomputed vectors, which recloop does not use),
+            # rebuilding each from its protobuf: two thirds of a push's time, measured. The
+            # views fed are resolved once per serving.watch_seconds instead.
+            for view in self._push_views():
+                self.store.write_to_online_store(view, frame)
         return len(rows)
+
+    def _push_views(self) -> list[str]:
+        """Names of the feature views the push source feeds (re-read after a while, so that a
+        ``feast apply`` that changes them reaches a running service)."""
+        import time
+
+        now = time.monotonic()
+        if self._views is None or now - self._views[0] > self.views_ttl:
+            views = [*self.store.list_stream_feature_views(), *self.store.list_feature_views()]
+            names = [
+                view.name for view in views
+                if view.stream_source is not None and view.stream_source.name == PUSH_SOURCE
+            ]  # fmt: skip
+            if not names:
+                raise RuntimeError(f"Feast registry: no feature view reads {PUSH_SOURCE!r}")
+            self._views = (now, names)
+        return self._views[1]
 
     def item_counts(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(clicks, impressions) per item; 0 for items the batch view does not hold."""

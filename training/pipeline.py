@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, fields, is_dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +324,9 @@ def judge(
             champion_evaluations, _ = evaluate_recipe(
                 champion_recipe, splits, settings, show_progress=show_progress
             )
+    if (off_policy is None and champion_evaluations is not None
+            and challenger.recipe != champion_recipe):  # fmt: skip
+        off_policy = gate_off_policy(settings, best["version"], plan["data"])
     decision = decide(
         challenger.evaluations, champion_evaluations, settings.promotion,
         data_gate_passed=plan["data_gate_passed"], popularity=popularity,
@@ -396,6 +399,24 @@ def load_evaluations(run_id: str) -> dict[str, Evaluation]:
             per_user=values, users=users.tolist(),
         )  # fmt: skip
     return evaluations
+
+
+def gate_off_policy(
+    settings: Settings, version: str, data: dict[str, Any]
+) -> dict[str, float] | None:
+    """The gate's off-policy numbers for a registered version, on the impressions logged in
+    ``promotion.off_policy_hours`` before the training data's newest interaction (``data``:
+    its ``describe()``). None when turned off, or when the data has no time (read from a
+    source folder: no service logged anything for it)."""
+    from monitoring.ope import gate_estimate
+    from training import registry
+
+    hours = settings.promotion.off_policy_hours
+    end = data.get("last_interaction_at")
+    if hours <= 0 or end is None:
+        return None
+    model = registry.download_model(settings, version)
+    return gate_estimate(settings, model, datetime.fromisoformat(end), hours)
 
 
 def _data_gate_passed(settings: Settings, data: InteractionData) -> bool:
@@ -551,6 +572,8 @@ def promote_challenger(
     popularity = None
     if registry.recipe_of(challenger)["kind"] != "popularity":
         popularity, _ = evaluate_recipe(recipe("popularity", settings), splits, settings)
+    if off_policy is None and champion_evaluations is not None:
+        off_policy = gate_off_policy(settings, str(challenger.version), data.describe())
     decision = decide(
         challenger_evaluations, champion_evaluations, settings.promotion,
         data_gate_passed=_data_gate_passed(settings, data), popularity=popularity,

@@ -5,8 +5,10 @@ The challenger is promoted only if, on the same evaluation data:
 2. its P1 NDCG@10 gain over the champion has a paired-bootstrap interval (per-user
    differences resampled; Efron & Tibshirani 1993) whose lower bound is above the margin;
 3. its cold-start NDCG@10 (P2, P3a, P3b, where evaluated) drops by no more than the tolerance;
-4. when the monitoring DAG supplied off-policy estimates, the challenger's interval is not
-   entirely below the champion's observed online value.
+4. when the service has logged impressions (with their propensities) in the
+   ``promotion.off_policy_hours`` before the data's end, the challenger's doubly robust CTR
+   interval on them (``monitoring.ope.gate_estimate``) is not entirely below the CTR those
+   impressions had; with too little overlap the estimate is reported and not used.
 With no champion yet, a challenger that passes 1 (and beats popularity, when it was trained)
 becomes the first champion; the same holds for the champion's own recipe retrained on newer
 data (a refresh), which would otherwise never replace the older weights. When a run's best
@@ -153,13 +155,40 @@ def decide(
                 f"tolerance {settings.cold_start_tolerance}"
             )
 
-    if off_policy:
+    if off_policy is not None:
         numbers.update({f"off_policy.{k}": v for k, v in off_policy.items()})
-        upper, online = off_policy.get("challenger_upper"), off_policy.get("champion_online")
-        if upper is not None and online is not None and upper < online:
-            promote = False
-            reasons.append(
-                f"off-policy: the challenger's CTR upper bound {upper:.4f} is below "
-                f"the champion's online CTR {online:.4f}"
-            )
+        verdict, reason = _off_policy_verdict(off_policy, settings)
+        reasons.append(reason)
+        promote = promote and verdict
     return Decision(promote, reasons, numbers)
+
+
+def _off_policy_verdict(
+    estimate: dict[str, float], settings: PromotionSettings
+) -> tuple[bool, str]:
+    """(may promote, why) from ``monitoring.ope.gate_estimate``'s numbers. Only a challenger
+    whose whole interval lies below what the served policy achieved is refused: the offline
+    protocols already decided that it is better, and a wide interval is no evidence either
+    way."""
+    impressions = int(estimate.get("impressions", 0))
+    if impressions == 0:
+        return True, "off-policy: no logged impressions to estimate on; not used"
+    matches = int(estimate.get("matches", 0))
+    if matches < settings.off_policy_min_matches:
+        return True, (
+            f"off-policy: only {matches} of {impressions} logged impressions match the "
+            f"challenger's slates (fewer than {settings.off_policy_min_matches}); not used"
+        )
+    value, low, upper = (estimate["challenger_value"], estimate["challenger_low"],
+                         estimate["challenger_upper"])  # fmt: skip
+    online = estimate["champion_online"]
+    interval = f"{value:.4f} [{low:.4f}, {upper:.4f}]"
+    if upper < online:
+        return False, (
+            f"off-policy: the challenger's doubly robust CTR {interval} lies below the served "
+            f"policy's online CTR {online:.4f} ({impressions} impressions)"
+        )
+    return True, (
+        f"off-policy: the challenger's doubly robust CTR {interval} against the served "
+        f"policy's online CTR {online:.4f} ({impressions} impressions, {matches} matched)"
+    )

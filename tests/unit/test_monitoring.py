@@ -163,3 +163,58 @@ def test_the_metrics_hour_needs_zoned_times_and_names_the_fields() -> None:
     # A conf with a naive time, beside an aware one, is refused by name (not a TypeError).
     with pytest.raises(ValueError, match="start/end: must carry a time zone"):
         hour("2026-01-05T09:00:00", None, "x", "2026-01-05T10:00:00+00:00")
+
+
+def test_the_gate_estimate_reads_the_logged_impressions_and_holds_the_truth(tmp_path) -> None:
+    """Impressions and clicks written to a real (local) event log by a uniformly exploring
+    policy; the gate's doubly robust interval for a fixed greedy target holds its true CTR,
+    and the served CTR is what the log shows."""
+    import uuid
+
+    from recloop.contracts import Event
+    from recloop.eventlog import open_event_log
+    from recloop.settings import Settings
+    from tests.unit.training_data import synthetic
+    from training.data import UserQuery
+    from training.models import create
+
+    settings = Settings(home=tmp_path)
+    # Popularity on this data ranks i0..i29 in a fixed order; its top 3 is the target slate.
+    model = create("popularity").fit(synthetic())
+    top = model.recommend([UserQuery(user_id="new-user")], k=3, exclude_seen=False)[0]
+    target = [item for item, _ in top]
+    items = list(dict.fromkeys([f"i{n}" for n in range(10)] + target))
+    attract = {item: 0.05 + 0.5 * (item in target) for item in items}
+    exam = [1.0, 0.6, 0.4]
+    truth = float(np.mean([exam[s] * attract[target[s]] for s in range(3)]))
+    rng = np.random.default_rng(7)
+    start = datetime(2026, 1, 5, 8, tzinfo=UTC)
+    events, served = [], []
+    for request in range(2500):
+        at = start + timedelta(seconds=5 * request)
+        request_id = uuid.uuid4().hex
+        for slot, index in enumerate(rng.choice(len(items), size=3, replace=False)):
+            item = items[index]
+            events.append(Event(event_id=uuid.uuid4(), ts=at, user_id="new-user", item_id=item,
+                                event_type="impression", request_id=request_id, position=slot,
+                                propensity=1 / len(items), model_version="1", policy="uniform",
+                                context={"arm": "champion"}))  # fmt: skip
+            clicked = rng.random() < exam[slot] * attract[item]
+            served.append(clicked)
+            if clicked:
+                events.append(Event(event_id=uuid.uuid4(), ts=at + timedelta(seconds=1),
+                                    user_id="new-user", item_id=item, event_type="click",
+                                    request_id=request_id))  # fmt: skip
+    log = open_event_log(settings)
+    try:
+        log.append(events)
+    finally:
+        log.close()
+    end = start + timedelta(hours=4)
+    estimate = ope.gate_estimate(settings, model, end, hours=4)
+    assert estimate["impressions"] == 7500
+    assert estimate["champion_online"] == pytest.approx(np.mean(served))
+    assert estimate["challenger_low"] <= truth <= estimate["challenger_upper"], (estimate, truth)
+    assert estimate["challenger_value"] > estimate["champion_online"]  # the target is better
+    # A window before anything was logged has nothing to weigh.
+    assert ope.gate_estimate(settings, model, start, hours=1) == {"impressions": 0.0}

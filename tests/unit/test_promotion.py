@@ -68,8 +68,37 @@ def test_first_champion_must_beat_popularity() -> None:
     assert not decision.promote
 
 
-def test_off_policy_estimates_join_the_decision() -> None:
+def off_policy(value: float, low: float, high: float, matches: int = 400) -> dict[str, float]:
+    return {"impressions": 5000.0, "matches": float(matches), "challenger_value": value,
+            "challenger_low": low, "challenger_upper": high, "champion_online": 0.05,
+            "champion_low": 0.044, "champion_high": 0.056}  # fmt: skip
+
+
+def test_off_policy_refuses_a_challenger_whose_interval_lies_below_the_online_ctr() -> None:
     decision = decide(evaluations(BASE + 0.05), evaluations(BASE), SETTINGS, data_gate_passed=True,
-                      off_policy={"challenger_upper": 0.02, "champion_online": 0.05})  # fmt: skip
+                      off_policy=off_policy(0.02, 0.01, 0.03))  # fmt: skip
     assert not decision.promote
-    assert any("off-policy" in reason for reason in decision.reasons)
+    assert "lies below the served policy's online CTR 0.0500" in decision.reasons[-1]
+    assert decision.numbers["off_policy.challenger_upper"] == 0.03
+
+
+@pytest.mark.parametrize(
+    ("estimate", "reason"),
+    [
+        (off_policy(0.07, 0.06, 0.08), "against the served policy's online CTR"),
+        (off_policy(0.04, 0.01, 0.07), "against the served policy's online CTR"),  # wide: no
+        (off_policy(0.0, 0.0, 0.0, matches=3), "only 3 of 5000 logged impressions match"),
+        ({"impressions": 0.0}, "no logged impressions"),
+    ],
+)
+def test_off_policy_never_blocks_without_evidence_against(estimate, reason: str) -> None:
+    decision = decide(evaluations(BASE + 0.05), evaluations(BASE), SETTINGS, data_gate_passed=True,
+                      off_policy=estimate)  # fmt: skip
+    assert decision.promote, decision.reasons
+    assert reason in decision.reasons[-1]
+
+
+def test_off_policy_does_not_rescue_a_challenger_the_protocols_refuse() -> None:
+    decision = decide(evaluations(BASE - 0.1), evaluations(BASE), SETTINGS, data_gate_passed=True,
+                      off_policy=off_policy(0.09, 0.08, 0.10))  # fmt: skip
+    assert not decision.promote
