@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -169,22 +168,18 @@ def greedy_slates(model: Any, requests: pd.DataFrame) -> dict[str, list[str]]:
     return slates
 
 
-def gate_estimate(settings, model: Any, end: datetime, hours: float) -> dict[str, float]:
+def gate_estimate(frame: pd.DataFrame, model: Any, alpha: float = 0.05) -> dict[str, float]:
     """What the promotion gate weighs: ``model``'s doubly robust CTR estimate (and interval)
-    as the greedy target, on every impression logged in the ``hours`` before ``end``, beside
-    the CTR those impressions actually had. ``impressions`` is 0 when none were logged."""
-    from monitoring import logs
+    as the greedy target on the logged impressions ``frame`` (``monitoring.logs.impressions``),
+    beside the CTR those impressions actually had. ``impressions`` is 0 when there are none."""
     from monitoring.estimators import wilson
 
-    frame = logs.impressions(settings, end - timedelta(hours=hours), end)
     if frame.empty:
         return {"impressions": 0.0}
-    result = evaluate(frame, greedy_slates(model, frame), settings.monitoring.alpha)
-    if not result["estimates"]:
-        return {"impressions": 0.0}
+    result = evaluate(frame, greedy_slates(model, frame), alpha)
     dr = result["estimates"]["dr"]
     clicks, shown = int(frame["clicked"].sum()), len(frame)
-    low, high = wilson(clicks, shown, settings.monitoring.alpha)
+    low, high = wilson(clicks, shown, alpha)
     return {
         "impressions": float(result["impressions"]),
         "matches": float(result["matches"]),

@@ -153,8 +153,9 @@ class ModelWatcher:
             if known is not None and known.version == str(version.version):
                 return known
             model = registry.download_model(self.settings, str(version.version))
-            if self.settings.serving.quantization == "int8":
-                model.quantize()  # before the swap: requests never see a half-converted model
+            quantization = self.settings.serving.quantization
+            if quantization != "none":  # before the swap: no request sees a half-converted model
+                model.quantize(text_encoder=quantization == "int8_text")
             return Deployment(model, str(version.version), alias)
 
         champion_version = registry.alias_version(client, registry.CHAMPION)

@@ -408,6 +408,7 @@ def gate_off_policy(
     ``promotion.off_policy_hours`` before the training data's newest interaction (``data``:
     its ``describe()``). None when turned off, or when the data has no time (read from a
     source folder: no service logged anything for it)."""
+    from monitoring.logs import impressions
     from monitoring.ope import gate_estimate
     from training import registry
 
@@ -415,8 +416,12 @@ def gate_off_policy(
     end = data.get("last_interaction_at")
     if hours <= 0 or end is None:
         return None
+    end = datetime.fromisoformat(end)
+    frame = impressions(settings, end - timedelta(hours=hours), end)
+    if frame.empty:
+        return {"impressions": 0.0}
     model = registry.download_model(settings, version)
-    return gate_estimate(settings, model, datetime.fromisoformat(end), hours)
+    return gate_estimate(frame, model, settings.monitoring.alpha)
 
 
 def _data_gate_passed(settings: Settings, data: InteractionData) -> bool:

@@ -1,14 +1,19 @@
-"""The int8 serving path: torch dynamic quantisation of a trained model's dense layers and of
-its score tables.
+"""The int8 serving path: torch dynamic quantisation of a trained model's dense layers, and
+int8 tables.
 
-``model.quantize()`` (``serving.quantization = "int8"``) calls into here. Two building blocks:
+``model.quantize()`` (``serving.quantization = "int8"``) calls into here. Each kind quantises
+what pays at the service's shape, one user per call (measured in benchmarks/RESULTS.md,
+``quantization``): the transformers (the two-tower's text encoder, which a request runs for a
+new user's profile text, and SASRec's blocks) and EASE's items x items weights. Small layers
+and tables stay float32: at one row per call, int8's per-call quantisation of the input costs
+more than the int8 product saves (measured here: a 320-256-64 MLP 37 -> 61 us, a 1682 x 65
+table product 12 -> 34 us). The building blocks:
 
 - ``int8_layers(module)``: every ``nn.Linear`` inside ``module`` becomes a dynamically
   quantised one (int8 weights, one scale per output row; activations quantised per call), run
   by fbgemm's int8 kernels on the CPU.
-- ``int8_table(weights, bias)``: a score table (item vectors, EASE's item-item weights) held
-  as the weight of such a layer, so ``scores = table(user_vectors)`` is one int8 matrix product
-  instead of a float32 one, on a table a quarter of the size.
+- ``int8_rows(weights)``: a table (EASE's item-item weights) as int8 values and one scale per
+  row, quantised the same way, for code that sums a few rows rather than multiplying.
 
 Why ``torch.ao.quantization.quantize_dynamic`` although torch marks it deprecated in favour of
 torchao: measured here (torch 2.13 CPU, torchao 0.18), torchao's eager int8 configs ran the
@@ -27,8 +32,6 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import nn
-
-INT8 = "int8"
 
 
 @contextmanager
@@ -52,30 +55,16 @@ def int8_layers(module: nn.Module) -> nn.Module:
         )
 
 
-def int8_table(weights: np.ndarray | torch.Tensor, bias=None) -> nn.Module:
-    """``(rows, dim)`` weights as an int8 layer: ``layer(x) == x @ weights.T + bias``, to
-    int8 rounding. One scale per row, so a row of small values keeps its precision."""
+def int8_rows(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, dim)`` float weights as int8 ``values`` and one ``scale`` per row, the way
+    ``int8_layers`` quantises a layer's weights (symmetric, zero point 0), so that
+    ``values * scale[:, None]`` is the weights to int8 rounding; a row of small values keeps
+    its precision. Plain arrays: summing a few int8 rows is the fast path for sparse inputs."""
     weights = torch.as_tensor(np.asarray(weights, dtype=np.float32))
-    layer = nn.Linear(weights.shape[1], weights.shape[0], bias=bias is not None)
+    layer = nn.Linear(weights.shape[1], weights.shape[0], bias=False)
     with torch.no_grad():
         layer.weight.copy_(weights)
-        if bias is not None:
-            layer.bias.copy_(torch.as_tensor(np.asarray(bias, dtype=np.float32)))
-    return int8_layers(nn.Sequential(layer))
-
-
-@torch.inference_mode()
-def apply(table: nn.Module, x: np.ndarray) -> np.ndarray:
-    """``table(x)`` for a float32 ``(n, dim)`` array, as a float32 array."""
-    return table(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
-
-
-def int8_bytes(module: nn.Module) -> int:
-    """Bytes of a quantised module's packed weights and float parameters (what it holds)."""
-    total = 0
-    for _, value in module.state_dict().items():
-        if isinstance(value, torch.Tensor):
-            total += value.numel() * value.element_size()
-        elif isinstance(value, tuple):  # packed params: (weight, bias)
-            total += sum(v.numel() * v.element_size() for v in value if isinstance(v, torch.Tensor))
-    return total
+    quantised = int8_layers(nn.Sequential(layer))[0]
+    with _quiet():
+        weight = quantised.weight()
+        return weight.int_repr().numpy(), weight.q_per_channel_scales().numpy().astype(np.float32)

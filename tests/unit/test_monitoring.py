@@ -167,10 +167,11 @@ def test_the_metrics_hour_needs_zoned_times_and_names_the_fields() -> None:
 
 def test_the_gate_estimate_reads_the_logged_impressions_and_holds_the_truth(tmp_path) -> None:
     """Impressions and clicks written to a real (local) event log by a uniformly exploring
-    policy; the gate's doubly robust interval for a fixed greedy target holds its true CTR,
-    and the served CTR is what the log shows."""
+    policy and read back as the gate reads them; the doubly robust interval for a fixed greedy
+    target holds its true CTR, and the served CTR is what the log shows."""
     import uuid
 
+    from monitoring import logs
     from recloop.contracts import Event
     from recloop.eventlog import open_event_log
     from recloop.settings import Settings
@@ -210,11 +211,12 @@ def test_the_gate_estimate_reads_the_logged_impressions_and_holds_the_truth(tmp_
         log.append(events)
     finally:
         log.close()
-    end = start + timedelta(hours=4)
-    estimate = ope.gate_estimate(settings, model, end, hours=4)
+    frame = logs.impressions(settings, start, start + timedelta(hours=4))
+    estimate = ope.gate_estimate(frame, model)
     assert estimate["impressions"] == 7500
     assert estimate["champion_online"] == pytest.approx(np.mean(served))
     assert estimate["challenger_low"] <= truth <= estimate["challenger_upper"], (estimate, truth)
     assert estimate["challenger_value"] > estimate["champion_online"]  # the target is better
     # A window before anything was logged has nothing to weigh.
-    assert ope.gate_estimate(settings, model, start, hours=1) == {"impressions": 0.0}
+    before = logs.impressions(settings, start - timedelta(hours=1), start)
+    assert ope.gate_estimate(before, model) == {"impressions": 0.0}

@@ -12,7 +12,7 @@ import torch
 from tests.unit.training_data import synthetic
 from training.data import InteractionData, UserQuery
 from training.models import create, load_model
-from training.quantization import apply, int8_table
+from training.quantization import int8_rows
 
 # Small but real: the two-tower model encodes item text with the packaged MiniLM.
 CONFIGS = {
@@ -41,26 +41,21 @@ def saved(data: InteractionData, tmp_path_factory: pytest.TempPathFactory) -> di
     return paths
 
 
-def test_an_int8_table_computes_the_float_product_to_rounding() -> None:
+def test_int8_rows_rebuild_the_weights_to_rounding() -> None:
     rng = np.random.default_rng(0)
     weights = rng.normal(size=(50, 16)).astype(np.float32)
     weights[0] *= 1e-3  # a row of small values keeps its precision: one scale per row
-    bias = rng.normal(size=50).astype(np.float32)
-    x = rng.normal(size=(4, 16)).astype(np.float32)
-    layer = int8_table(weights, bias)
-    out = apply(layer, x)
-    exact = x @ weights.T + bias
-    assert out.shape == (4, 50) and out.dtype == np.float32
-    np.testing.assert_allclose(out, exact, atol=0.05 * np.abs(exact).max())
-    np.testing.assert_allclose(out[:, 0] - bias[0], exact[:, 0] - bias[0], atol=1e-3)
-    assert any(type(m).__name__ == "Linear" and "quantized" in type(m).__module__
-               for m in layer.modules())  # fmt: skip
+    values, scale = int8_rows(weights)
+    assert values.dtype == np.int8 and values.shape == (50, 16) and scale.shape == (50,)
+    rebuilt = values * scale[:, None]
+    assert (np.abs(rebuilt - weights) <= scale[:, None] / 2 + 1e-7).all()
+    assert np.abs(rebuilt[0] - weights[0]).max() < 1e-4
 
 
 @pytest.mark.parametrize("kind", list(CONFIGS))
 def test_each_kind_scores_as_its_float_self_to_int8_rounding(kind: str, saved, data) -> None:
     float_model = load_model(saved[kind])
-    int8_model = load_model(saved[kind]).quantize()
+    int8_model = load_model(saved[kind]).quantize(text_encoder=True)
     assert int8_model.quantized and not float_model.quantized
     users = [UserQuery(user_id=u) for u in sorted(float_model.histories)[:10]]
     users.append(UserQuery(user_id=None, history=("i0", "i2", "i4")))  # a new user's clicks
@@ -76,16 +71,32 @@ def test_each_kind_scores_as_its_float_self_to_int8_rounding(kind: str, saved, d
         assert len(best & set(np.argsort(-close[row])[:8])) >= 4
 
 
-def test_two_tower_serves_profiles_through_the_int8_encoder(saved) -> None:
-    model = load_model(saved["two_tower"]).quantize()
-    assert any("quantized" in type(m).__module__ for m in model.towers.users.modules())
+def test_two_tower_encodes_new_profiles_with_the_int8_encoder(saved) -> None:
+    from training.text import _shared_encoder, default_model_path
+
+    exact, model = load_model(saved["two_tower"]), load_model(saved["two_tower"]).quantize(True)
+    # Without the text encoder, a two-tower model has nothing it would gain from int8.
+    assert not load_model(saved["two_tower"]).quantize().quantized
+    text = "I watch quiet dramas"
+    vector, reference = model._profiles([text])[0], exact._profiles([text])[0]
+    # int8 rounding, not another encoder: the unit vectors nearly coincide.
+    assert float(vector @ reference) > 0.95 and not np.array_equal(vector, reference)
+    _, encoder, _ = _shared_encoder(default_model_path(), "cpu", True)
+    assert any("quantized" in type(m).__module__ for m in encoder.modules())
     profile = UserQuery(user_id=None, attributes={"age": 30, "gender": "F",
-                        "occupation": "writer"}, profile_text="I watch quiet dramas")  # fmt: skip
-    scores = model.score([profile])
-    assert np.isfinite(scores).all()
-    # The int8 encoder's vectors are not written into the float encoder's disk cache.
-    cache = Path(model.config.text_cache_dir)
-    assert not list(cache.glob("*-int8.npz"))  # scoring does not touch the disk cache
+                        "occupation": "writer"}, profile_text=text)  # fmt: skip
+    assert np.isfinite(model.score([profile])).all()
+    # Scoring never rewrites the disk cache of text vectors (profile_cache is the cache).
+    assert not list(Path(model.config.text_cache_dir).glob("*-int8.npz"))
+
+
+def test_int8_ease_holds_a_quarter_of_the_weights(saved) -> None:
+    exact, model = load_model(saved["ease"]), load_model(saved["ease"]).quantize()
+    assert not hasattr(model, "weights") and model.int8_rows.dtype == np.int8
+    assert model.int8_rows.nbytes == exact.weights.nbytes // 4
+    users = [UserQuery(user_id=u) for u in sorted(model.histories)[:12]]  # a batch, too
+    np.testing.assert_allclose(model.score(users), exact.score(users), atol=0.02)
+    assert model.item_embeddings().shape == exact.weights.shape
 
 
 def test_popularity_has_nothing_to_quantise(data) -> None:

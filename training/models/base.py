@@ -64,8 +64,10 @@ class Recommender(ABC):
     def _load_state(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
         del path, arrays
 
-    def _quantize(self) -> bool:
-        """Switch to int8 layers and score tables; False for kinds with nothing to quantise."""
+    def _quantize(self, text_encoder: bool) -> bool:
+        """Switch to int8 weights (and, with ``text_encoder``, the int8 text encoder where the
+        kind encodes text at scoring time); False when the kind has nothing to quantise."""
+        del text_encoder
         return False
 
     # -- the interface -----------------------------------------------------------------------
@@ -124,14 +126,15 @@ class Recommender(ABC):
             for r in range(len(users))
         ]
 
-    def quantize(self) -> Self:
-        """Serve from int8 weights from now on (``serving.quantization = "int8"``; see
-        training/quantization.py): faster on the CPU, with the quality loss recorded in
-        benchmarks/RESULTS.md. Meant for a loaded model that will only score; it cannot be
-        trained or saved afterwards. ``quantized`` says whether the kind had anything to
-        quantise (popularity has not)."""
+    def quantize(self, text_encoder: bool = False) -> Self:
+        """Serve from int8 weights from now on (``serving.quantization``; see
+        training/quantization.py), with the speed and quality measured in
+        benchmarks/RESULTS.md. ``text_encoder``: also encode text met at scoring time (a new
+        user's profile) with the int8 encoder, which costs quality. Meant for a loaded model
+        that will only score; it cannot be trained or saved afterwards. ``quantized`` says
+        whether the kind had anything to quantise (popularity has not)."""
         if not self.quantized:
-            self.quantized = self._quantize()
+            self.quantized = self._quantize(text_encoder)
         return self
 
     def item_embeddings(self) -> np.ndarray | None:

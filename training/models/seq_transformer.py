@@ -407,26 +407,32 @@ class SeqTransformer(Recommender):
                 sequence = torch.from_numpy(sequences[start : start + SCORE_BATCH]).to(device)
                 context = torch.from_numpy(contexts[start : start + SCORE_BATCH]).to(device)
                 if self.quantized:
-                    state = self.network.hidden(sequence, self.int8_items.table)[:, -1]
-                    state = state + self.network.context(context)
-                    out.append(self.int8_items.scores(state).numpy())
+                    out.append(self._scores_int8(sequence, context))
                 else:
                     out.append(self.network.scores(sequence, context).float().cpu().numpy())
         # Ties (items the model cannot tell apart) break by popularity.
         return np.concatenate(out) + self.popularity_prior().astype(np.float32)
 
     @torch.inference_mode()
-    def _quantize(self) -> bool:
+    def _quantize(self, text_encoder: bool) -> bool:
         from training.quantization import int8_layers
 
-        # The item table (id vectors plus projected text) is fixed once trained: computed here
-        # once, in float, then held as an int8 score layer over the catalogue. The blocks'
-        # dense layers (attention projections, MLP) go int8. Quantised kernels are CPU kernels.
+        del text_encoder  # item text was encoded once, in training
+
+        # The blocks' dense layers (attention projections, MLP) go int8. The item table (id
+        # vectors plus projected text) is fixed once trained: computed here once and kept in
+        # float32, since int8 would slow its one-user product (training/quantization.py).
         network = self.network.cpu().eval()
-        table = network.item_table().detach().clone()
+        self.item_table = network.item_table().detach().clone()  # (items + 2, D)
         network.blocks = int8_layers(network.blocks)
-        self.int8_items = _Int8Items(table, network.item_bias.weight[:, 0], len(self.item_ids))
         return True
+
+    def _scores_int8(self, sequence: torch.Tensor, context: torch.Tensor) -> np.ndarray:
+        """``SasRec.scores`` over the item table computed once by ``_quantize``."""
+        network, table = self.network, self.item_table
+        state = network.hidden(sequence, table)[:, -1] + network.context(context)  # (B, D)
+        catalogue = slice(1, network.items + 1)
+        return (state @ table[catalogue].T + network.item_bias.weight[catalogue, 0]).numpy()
 
     @torch.inference_mode()
     def item_embeddings(self) -> np.ndarray:
@@ -491,17 +497,6 @@ class SeqTransformer(Recommender):
         )
         network.load_state_dict(weights)
         self.network = network.to(self._device()).eval()
-
-
-class _Int8Items:
-    """The trained item table: float rows for the input sequence, int8 rows for the scores."""
-
-    def __init__(self, table: torch.Tensor, bias: torch.Tensor, items: int):
-        from training.quantization import int8_table
-
-        self.table = table  # (items + 2, D): padding, the catalogue, BOS
-        catalogue = slice(1, items + 1)
-        self.scores = int8_table(table[catalogue], bias[catalogue].detach().clone())
 
 
 # -- warm start ---------------------------------------------------------------------------------

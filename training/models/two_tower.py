@@ -520,22 +520,17 @@ class TwoTower(Recommender):
         self.item_vectors = vectors.cpu().numpy()
 
     def _score(self, users: list[ResolvedUser]) -> np.ndarray:
-        if self.quantized:
-            from training.quantization import apply
-
-            return apply(self.int8_items, self.user_vectors(users))
         return self.user_vectors(users) @ self.item_vectors.T
 
-    def _quantize(self) -> bool:
-        from training.quantization import int8_layers, int8_table
-
-        # The user tower runs per request: its dense layers go int8. The item tower ran once,
-        # into item_vectors; those become an int8 score table. Profile text is encoded by the
-        # int8 encoder from now on (see _encode). Quantised kernels are CPU kernels.
+    def _quantize(self, text_encoder: bool) -> bool:
+        # Only the text encoder can go int8 (see _encode): it is the one transformer a request
+        # may run, for a new user's profile text. The towers' layers and the item vectors are
+        # small enough that int8 would slow a one-user call (training/quantization.py), so
+        # they stay float32. The int8 kernels are CPU kernels.
+        if not text_encoder:
+            return False
         self.device = torch.device("cpu")
         self.towers.cpu()
-        self.towers.users = int8_layers(self.towers.users)
-        self.int8_items = int8_table(self.item_vectors)
         return True
 
     def item_embeddings(self) -> np.ndarray:
