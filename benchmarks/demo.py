@@ -1,6 +1,6 @@
 """The closed loop's figures: `recloop demo` in a fresh temporary home, as `make demo` runs it.
 
-``.venv/bin/python -m benchmarks.demo --json``
+``.venv/bin/python -m benchmarks.demo --json`` (add ``--movielens PATH`` for a MovieLens world)
 
 Records how long the whole loop takes (goal: under 15 minutes on these 2 cores), how many
 simulated hours the degradation took to detect, how close the hourly CTR estimates came to
@@ -25,16 +25,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hours", type=int, default=8)
     parser.add_argument("--shift-hour", type=int, default=4)
+    parser.add_argument("--movielens", type=Path, help="a MovieLens folder to build the world")
     add_output_options(parser)
     args = parser.parse_args()
 
-    config = DemoConfig(hours=args.hours, shift_hour=args.shift_hour)
+    movielens = str(args.movielens.resolve()) if args.movielens else None
+    config = DemoConfig(hours=args.hours, shift_hour=args.shift_hour, movielens=movielens)
     with tempfile.TemporaryDirectory(prefix="recloop-demo-") as folder:
         summary = Demo(Settings(home=Path(folder) / "home"), config, echo=print).run()
     hours = summary["hours"]
+    world = (f"MovieLens {args.movielens.name} world" if movielens
+             else f"{config.users} users, {config.items} items")  # fmt: skip
     protocol = (
         f"{config.hours} simulated hours x {config.requests_per_hour} requests, shift at hour "
-        f"{config.shift_hour}; {config.users} users, {config.items} items"
+        f"{config.shift_hour}; {world}"
     )
     served_from = summary["new_champion_served_from_hour"]
     before = [h["true_ctr"] for h in hours if h["hour"] < config.shift_hour]
@@ -62,6 +66,9 @@ def main() -> None:
         Row("demo", "true_ctr_new_champion", float(np.mean(retrained)) if retrained else np.nan,
             "CTR", "before shift", float(np.mean(before)), protocol=protocol, digits=4),
     ]  # fmt: skip
+    if movielens:  # beside the synthetic world's rows, not in their place
+        for row in rows:
+            row.metric = f"{row.metric} (MovieLens {args.movielens.name})"
     publish(rows, args, lambda r: f"{r.metric}: {r.value:.4f} (reference {r.reference_value})")
 
 

@@ -393,6 +393,13 @@ def demo(
     users: int | None = typer.Option(None, min=20, help="Users in the simulated world."),
     items: int | None = typer.Option(None, min=30, help="Items in the simulated world."),
     seed: int | None = typer.Option(None, help="Seed of the world and of the simulated users."),
+    movielens: Path | None = typer.Option(
+        None,
+        help="A MovieLens folder: its users, films and tastes make the world "
+        "(--users and --items are then unused).",
+        exists=True,
+        file_okay=False,
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """The whole loop in a fresh home: Airflow DAGs, the BentoML service, simulated users, a
@@ -402,7 +409,8 @@ def demo(
 
     settings = _settings()
     given = {"hours": hours, "shift_hour": shift_hour, "requests_per_hour": requests,
-             "users": users, "items": items, "seed": seed}  # fmt: skip
+             "users": users, "items": items, "seed": seed,
+             "movielens": str(movielens.resolve()) if movielens else None}  # fmt: skip
     config = DemoConfig(**{name: value for name, value in given.items() if value is not None})
     if config.shift_hour >= config.hours:
         _fail(f"--shift-hour: {config.shift_hour} must be below --hours ({config.hours})")

@@ -1,6 +1,7 @@
 """The whole loop on one machine, with simulated users: ``recloop demo`` / ``make demo``.
 
-1. A simulated world (``recloop.sources.simulator``) with two weeks of logged traffic that ends
+1. A simulated world (``recloop.sources.simulator``; with ``--movielens PATH`` one whose users,
+   items and tastes are that MovieLens data set's) with two weeks of logged traffic that ends
    now, landed in a fresh home.
 2. A real Airflow for that home (``recloop.airflow_local``): ``recloop_features`` and
    ``recloop_training`` run through its scheduler; the first champion is registered in MLflow.
@@ -63,6 +64,9 @@ class DemoConfig:
     # it ran; 20:00 is the history's busiest hour.
     start_hour_of_day: int = 20
     concurrency: int = 8  # simultaneous simulated users
+    # A MovieLens folder: the world's users, items and tastes come from it (users and items
+    # above are then unused; see recloop.sources.simulator.movielens_world).
+    movielens: str | None = None
 
 
 @dataclass
@@ -119,7 +123,7 @@ class Demo:
         base = WorldConfig(
             users=self.config.users, items=self.config.items, days=self.config.history_days,
             seed=self.config.seed, start=end - timedelta(days=self.config.history_days),
-            drift=0.0,
+            drift=0.0, movielens=self.config.movielens,
         )  # fmt: skip
         if self.settings.events_dir.exists() and any(self.settings.events_dir.iterdir()):
             raise RuntimeError(

@@ -141,6 +141,10 @@ class WorldConfig:
     epsilon: float = 0.3  # logging policy: share of uniformly random slates
     rating_share: float = 0.5  # share of clicks followed by a rating
 
+    # A MovieLens folder: the world's users, items and tastes come from it instead (see
+    # movielens_world); users, items, the concentrations and profile_text_share are unused.
+    movielens: str | None = None
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["start"] = self.start.isoformat()
@@ -183,10 +187,19 @@ class World:
         self._user_created = np.array([u.created_at.timestamp() for u in self.users])
         self._item_created = np.array([i.created_at.timestamp() for i in self.items])
         # The shift's trend, derived from the world without drawing from its generator, so
-        # a config with and without a shift builds the same users and items.
-        least_liked = np.argsort(self.taste_start.mean(axis=0))[:2]
-        self.trend = np.zeros(len(TOPICS))
+        # a config with and without a shift builds the same users and items: the two least
+        # liked topics among those with at least half the average topic's items (so that a
+        # catalogue offers something to shift towards: MovieLens has two "unknown" films).
+        mass = self.item_topics.sum(axis=0)
+        eligible = np.flatnonzero(mass >= 0.5 * mass.mean())
+        least_liked = eligible[np.argsort(self.taste_start.mean(axis=0)[eligible])[:2]]
+        self.trend = np.zeros(self.topics)
         self.trend[least_liked] = 0.5
+
+    @property
+    def topics(self) -> int:
+        """How many topics (MovieLens: genres) items and tastes are mixtures of."""
+        return self.item_topics.shape[1]
 
     @property
     def end(self) -> datetime:
@@ -207,7 +220,7 @@ class World:
     def context_affinity(self, context: dict[str, Any] | None) -> np.ndarray:
         """Per-topic utility from the request context (device and hour of day)."""
         context = context or {}
-        affinity = np.zeros(len(TOPICS))
+        affinity = np.zeros(self.topics)
         device = context.get("device")
         if device in DEVICES:
             affinity += self.device_affinity[:, DEVICES.index(device)]
@@ -226,8 +239,8 @@ class World:
         """Utility of each item for the user at a time and context (before position bias)."""
         rows = np.array([self._item(item_id) for item_id in item_ids], dtype=int)
         topics = self.item_topics[rows]  # (k, topics)
-        # Affinity is ~1 for an item unrelated to the taste and up to len(TOPICS) when aligned.
-        affinity = len(TOPICS) * topics @ self.taste(user_id, at)
+        # Affinity is ~1 for an item unrelated to the taste and up to `topics` when aligned.
+        affinity = self.topics * topics @ self.taste(user_id, at)
         config = self.config
         return (
             config.base_utility
@@ -263,7 +276,7 @@ class World:
 
     def rating(self, user_id: str, item_id: str, at: datetime) -> float:
         """The star rating a user gives after a click: taste-driven, 1 to 5."""
-        affinity = len(TOPICS) * self.item_topics[self._item(item_id)] @ self.taste(user_id, at)
+        affinity = self.topics * self.item_topics[self._item(item_id)] @ self.taste(user_id, at)
         score = (
             3.0
             + 1.5 * math.tanh(math.log(max(affinity, 1e-3)))
@@ -314,7 +327,10 @@ def _words(rng: np.random.Generator, mixture: np.ndarray, count: int) -> list[st
 
 
 def build_world(config: WorldConfig) -> World:
-    """Create the world for a config; deterministic in ``config.seed``."""
+    """Create the world for a config; deterministic in ``config.seed`` (and, with
+    ``config.movielens``, in that folder's files)."""
+    if config.movielens is not None:
+        return movielens_world(config)
     rng = np.random.default_rng(config.seed)
     n_topics = len(TOPICS)
 
@@ -393,6 +409,72 @@ def build_world(config: WorldConfig) -> World:
         device_affinity=rng.normal(0.0, 0.6, (n_topics, len(DEVICES))),
         topic_peak_hour=rng.uniform(0, 24, n_topics),
         user_devices=rng.dirichlet(np.ones(len(DEVICES)), config.users),
+    )
+
+
+def movielens_world(config: WorldConfig) -> World:
+    """A world whose users, items and tastes are a MovieLens data set's (any of the formats
+    ``recloop.sources.movielens`` reads), so the loop runs on a real catalogue.
+
+    Topics are the genres; an item is an even mixture of its genres. A user's starting taste
+    is the genre mix of the films they rated 4 or more, smoothed towards everyone's (a user
+    with no such rating has everyone's). An item's quality is its mean rating, shrunk towards
+    the overall mean by 10 ratings' weight and scaled to ``quality_scale``. Users and items are
+    all present at the start, with their attributes, titles and texts. What MovieLens does not
+    record is drawn from the seed as in the synthetic world: device habits, each genre's device
+    affinity and peak hour. Clicks then follow the same position-based model; there is no
+    slow drift (``taste_end`` is the start), only the demo's shift when ``shift_at`` is set.
+    """
+    from recloop.sources.movielens import load_movielens
+
+    data = load_movielens(config.movielens)
+    if not data.users or not data.items:
+        raise ValueError(f"movielens: {config.movielens} holds no users or no items")
+    rng = np.random.default_rng(config.seed)
+    genres = sorted({genre for item in data.items for genre in item.categories})
+    column = {genre: n for n, genre in enumerate(genres)}
+    item_topics = np.full((len(data.items), len(genres)), 1.0 / len(genres))
+    for row, item in enumerate(data.items):
+        if item.categories:
+            item_topics[row] = 0.0
+            item_topics[row, [column[g] for g in item.categories]] = 1.0 / len(item.categories)
+    item_row = {item.item_id: n for n, item in enumerate(data.items)}
+    user_row = {user.user_id: n for n, user in enumerate(data.users)}
+    sums, counts = np.zeros(len(data.items)), np.zeros(len(data.items))
+    liked = np.zeros((len(data.users), len(genres)))
+    for event in data.events:
+        if event.value is None or event.item_id not in item_row or event.user_id not in user_row:
+            continue
+        item = item_row[event.item_id]
+        sums[item] += event.value
+        counts[item] += 1
+        if event.value >= 4:
+            liked[user_row[event.user_id]] += item_topics[item]
+    overall = sums.sum() / max(counts.sum(), 1)
+    mean = (sums + 10 * overall) / (counts + 10)
+    quality = (mean - mean.mean()) / max(mean.std(), 1e-9) * config.quality_scale
+    everyone = liked.sum(axis=0) + 1.0
+    everyone /= everyone.sum()
+    taste = liked + 5 * everyone  # five liked films' worth of everyone's taste
+    taste /= taste.sum(axis=1, keepdims=True)
+    # Present at the start: joined during the month before it.
+    joined = [config.start - timedelta(seconds=float(s)) for s in
+              rng.uniform(0, 30 * 86_400, len(data.users) + len(data.items))]  # fmt: skip
+    users = [user.model_copy(update={"created_at": joined[n]}) for n, user in
+             enumerate(data.users)]  # fmt: skip
+    items = [item.model_copy(update={"created_at": joined[len(users) + n]}) for n, item in
+             enumerate(data.items)]  # fmt: skip
+    return World(
+        config=config,
+        users=users,
+        items=items,
+        item_topics=item_topics,
+        item_quality=quality,
+        taste_start=taste,
+        taste_end=taste.copy(),
+        device_affinity=rng.normal(0.0, 0.6, (len(genres), len(DEVICES))),
+        topic_peak_hour=rng.uniform(0, 24, len(genres)),
+        user_devices=rng.dirichlet(np.ones(len(DEVICES)), len(users)),
     )
 
 

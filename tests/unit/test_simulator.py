@@ -119,3 +119,53 @@ def test_unknown_ids_are_named(world) -> None:
         world.taste("nobody", SMALL.start)
     with pytest.raises(KeyError, match="item_id"):
         world.utility("u00001", ["nothing"], SMALL.start)
+
+
+def test_a_movielens_world_takes_its_users_items_and_tastes_from_the_files(tmp_path) -> None:
+    from datetime import UTC, datetime
+
+    from tests.unit.test_movielens import ml100k_files, write
+
+    # User 1 rated Toy Story (Animation, Children's, Comedy) 5 and GoldenEye 2; user 2 the
+    # opposite: their tastes lean that way, and each finds their own film more clickable.
+    ratings = "1\t1\t5\t881250949\n1\t2\t2\t881250950\n2\t2\t5\t891717742\n2\t1\t1\t891717743\n"
+    folder = write(tmp_path / "ml", ml100k_files(ratings))
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    world = build_world(WorldConfig(movielens=str(folder), start=start, seed=3))
+    assert [u.user_id for u in world.users] == ["1", "2"]
+    assert [i.item_id for i in world.items] == ["1", "2"]
+    assert world.users[1].occupation == "other" and world.items[0].title.startswith("Toy Story")
+    assert world.topics == 6  # the genres the two films have
+    np.testing.assert_allclose(world.item_topics.sum(axis=1), 1.0)
+    np.testing.assert_allclose(world.taste_start.sum(axis=1), 1.0)
+    assert all(u.created_at <= start and i.created_at <= start
+               for u, i in zip(world.users, world.items, strict=True))  # fmt: skip
+    at = start + timedelta(days=1)
+    toy, golden = (world.click_probabilities(u, ["1", "2"], at) for u in ("1", "2"))
+    assert toy[0] / toy[1] > golden[0] / golden[1]  # slot bias cancels out of the comparison
+    assert world.rating("1", "1", at) >= world.rating("1", "2", at)
+    # Deterministic in the seed and the files; traffic runs on it as on a synthetic world.
+    again = build_world(WorldConfig(movielens=str(folder), start=start, seed=3))
+    np.testing.assert_array_equal(again.user_devices, world.user_devices)
+    events = [e for day in generate_traffic(replace(world, config=replace(
+        world.config, days=1, slate_size=1))) for e in day]  # fmt: skip
+    assert events and {e.user_id for e in events} <= {"1", "2"}
+
+
+def test_the_movielens_world_on_ml100k_shifts_towards_genres_it_can_offer(ml100k) -> None:
+    from datetime import UTC, datetime
+
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    shift = start + timedelta(days=14)
+    world = build_world(WorldConfig(movielens=str(ml100k), start=start, shift_at=shift,
+                                    shift_weight=0.9))  # fmt: skip
+    assert (len(world.users), len(world.items), world.topics) == (943, 1682, 19)
+    genres = sorted({g for item in world.items for g in item.categories})
+    trend = [genres[t] for t in np.flatnonzero(world.trend)]
+    assert "unknown" not in trend  # two films: too few to shift everyone towards
+    shown = np.array([sum(g in item.categories for item in world.items) for g in trend])
+    assert (shown >= 0.5 * len(world.items) / world.topics).all()
+    # Users who liked a trend genre before the shift like it much more after it.
+    before = world.taste("1", shift - timedelta(hours=1))
+    after = world.taste("1", shift)
+    assert (after[np.flatnonzero(world.trend)] > before[np.flatnonzero(world.trend)]).all()
