@@ -26,13 +26,18 @@ def main() -> None:
     parser.add_argument("--hours", type=int, default=8)
     parser.add_argument("--shift-hour", type=int, default=4)
     parser.add_argument("--movielens", type=Path, help="a MovieLens folder to build the world")
+    parser.add_argument("--home", type=Path, help="a fresh folder to run in and keep (default: "
+                        "a temporary one, removed after)")  # fmt: skip
     add_output_options(parser)
     args = parser.parse_args()
 
     movielens = str(args.movielens.resolve()) if args.movielens else None
     config = DemoConfig(hours=args.hours, shift_hour=args.shift_hour, movielens=movielens)
-    with tempfile.TemporaryDirectory(prefix="recloop-demo-") as folder:
-        summary = Demo(Settings(home=Path(folder) / "home"), config, echo=print).run()
+    if args.home is not None:
+        summary = Demo(Settings(home=args.home.resolve()), config, echo=print).run()
+    else:
+        with tempfile.TemporaryDirectory(prefix="recloop-demo-") as folder:
+            summary = Demo(Settings(home=Path(folder) / "home"), config, echo=print).run()
     hours = summary["hours"]
     world = (f"MovieLens {args.movielens.name} world" if movielens
              else f"{config.users} users, {config.items} items")  # fmt: skip

@@ -12,7 +12,8 @@ is and once quantised, as the service does. Both are measured in the same run:
   profile text (MovieLens has none): the catalogue's texts stand in, with the two encoders'
   agreement and P2 (new items, scored from text alone) on int8-encoded text;
 - ``score_ms``: one request's scoring, one user per call as ``/recommend`` does, the median
-  over the protocol's first 300 test users, int8 against float;
+  over the protocol's first 300 test users, int8 against float, with the service's thread
+  count (``serving.compute_threads``);
 - ``profile_encode_ms``: encoding a new user's profile text at request time (the two-tower
   model's cold-start path), the int8 text encoder against the float one;
 - ``table_kib``: the size of EASE's weights the service holds, int8 against float32.
@@ -124,6 +125,10 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(KINDS), help="comma-separated kinds")
     add_output_options(parser)
     args = parser.parse_args()
+    # Timed at the service's shape: one thread for BLAS and torch (serving.compute_threads).
+    from serving.engine import limit_compute_threads
+
+    limit_compute_threads(Settings().serving.compute_threads)
     data = from_movielens(args.data)
     kinds = [k.strip() for k in args.models.split(",")]
     home = Path(tempfile.mkdtemp(prefix="recloop-int8-"))

@@ -185,7 +185,7 @@ def gate_estimate(frame: pd.DataFrame, model: Any, alpha: float = 0.05) -> dict[
         "matches": float(result["matches"]),
         "challenger_value": dr.value,
         "challenger_low": dr.low,
-        "challenger_upper": dr.high,
+        "challenger_high": dr.high,
         "champion_online": clicks / shown,
         "champion_low": low,
         "champion_high": high,

@@ -62,6 +62,9 @@ class Engine:
         self.events = open_event_log(settings)
         try:
             self.features = OnlineFeatures(settings)
+            # The first Feast read opens the online store and parses the registry (about half
+            # a second): done here, so that no client's first request pays for it.
+            self.features.recent_clicks(["warm-up"])
             self.watcher = ModelWatcher(settings, self.events)
             self.watcher.refresh()
         except BaseException:
@@ -70,9 +73,6 @@ class Engine:
         self.item_counts: dict[str, tuple[float, float]] = {}
         self._similar: dict[tuple[str, str], np.ndarray] = {}
         self._refresh_item_counts()
-        # The first Feast read opens the online store and parses the registry (about half a
-        # second): done here, so that no client's first request pays for it.
-        self.features.recent_clicks(["warm-up"])
         self.impressions = ImpressionWriter(self.events, config.impression_flush_seconds)
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._watch_loop, name="recloop-watch", daemon=True)

@@ -105,7 +105,9 @@ def settle_heap() -> None:
     on MovieLens-100K, landing on whichever request happens to trigger it. Frozen objects are
     never walked again (refcounting still frees them). Run after each swap, so the replaced
     model's cycles are collected before the new one is frozen: one pause per swap, in the
-    watcher's thread, instead of one at random."""
+    watcher's thread, instead of one at random. That pause still holds the interpreter lock:
+    requests in flight during a swap wait for it, once per swap (and every worker swaps within
+    the same watch period)."""
     gc.unfreeze()
     gc.collect()
     gc.freeze()
@@ -153,6 +155,12 @@ class ModelWatcher:
             if known is not None and known.version == str(version.version):
                 return known
             model = registry.download_model(self.settings, str(version.version))
+            for part in (model, getattr(model, "retriever", None), getattr(model, "ranker", None)):
+                if hasattr(getattr(part, "config", None), "text_cache_dir"):
+                    # The training machine's text cache is not the service's to write (and
+                    # rewriting it per new profile text would cost more than encoding the
+                    # text): the model's own profile_cache keeps what the service encodes.
+                    part.config.text_cache_dir = None
             quantization = self.settings.serving.quantization
             if quantization != "none":  # before the swap: no request sees a half-converted model
                 model.quantize(text_encoder=quantization == "int8_text")

@@ -324,9 +324,10 @@ def judge(
             champion_evaluations, _ = evaluate_recipe(
                 champion_recipe, splits, settings, show_progress=show_progress
             )
-    if (off_policy is None and champion_evaluations is not None
-            and challenger.recipe != champion_recipe):  # fmt: skip
-        off_policy = gate_off_policy(settings, best["version"], plan["data"])
+    if off_policy is None and _weighs_off_policy(champion_evaluations, challenger.recipe,
+                                                 champion_recipe):  # fmt: skip
+        off_policy = gate_off_policy(settings, challenger.recipe, plan["data"], data=data,
+                                     show_progress=show_progress)  # fmt: skip
     decision = decide(
         challenger.evaluations, champion_evaluations, settings.promotion,
         data_gate_passed=plan["data_gate_passed"], popularity=popularity,
@@ -401,27 +402,57 @@ def load_evaluations(run_id: str) -> dict[str, Evaluation]:
     return evaluations
 
 
+def _weighs_off_policy(
+    champion_evaluations: Any, challenger_recipe: dict[str, Any], champion_recipe: Any
+) -> bool:
+    """Whether the gate estimates the challenger off-policy: only against a champion, and not
+    for a refresh (the champion's own recipe on newer data, judged as a refresh)."""
+    return champion_evaluations is not None and challenger_recipe != champion_recipe
+
+
 def gate_off_policy(
-    settings: Settings, version: str, data: dict[str, Any]
+    settings: Settings,
+    the_recipe: dict[str, Any],
+    described: dict[str, Any],
+    *,
+    data: InteractionData | None = None,
+    show_progress: bool = True,
 ) -> dict[str, float] | None:
-    """The gate's off-policy numbers for a registered version, on the impressions logged in
-    ``promotion.off_policy_hours`` before the training data's newest interaction (``data``:
-    its ``describe()``). None when turned off, or when the data has no time (read from a
-    source folder: no service logged anything for it)."""
+    """The gate's off-policy numbers for the challenger's recipe, on the impressions logged in
+    ``promotion.off_policy_hours`` before the training data's newest interaction
+    (``described``: the data's ``describe()``). None when turned off, or when the data has no
+    time (read from a source folder: no service logged anything for it).
+
+    The recipe is refitted on the interactions before that window: the registered challenger
+    learned from the window's clicks, and a model that has seen them cannot be judged on them
+    (it would leave each clicked item out of its own slate as already seen, and never match a
+    click). A failure here does not stop the gate: it is logged, and the decision says the
+    estimate was not computed."""
+    import pandas as pd
+
     from monitoring.logs import impressions
     from monitoring.ope import gate_estimate
-    from training import registry
 
     hours = settings.promotion.off_policy_hours
-    end = data.get("last_interaction_at")
+    end = described.get("last_interaction_at")
     if hours <= 0 or end is None:
         return None
     end = datetime.fromisoformat(end)
-    frame = impressions(settings, end - timedelta(hours=hours), end)
-    if frame.empty:
-        return {"impressions": 0.0}
-    model = registry.download_model(settings, version)
-    return gate_estimate(frame, model, settings.monitoring.alpha)
+    start = end - timedelta(hours=hours)
+    try:
+        frame = impressions(settings, start, end)
+        if frame.empty:
+            return {"impressions": 0.0}
+        data = _load_data(settings, data)
+        before = data.interactions[data.interactions["interacted_at"] < pd.Timestamp(start)]
+        if before.empty:  # nothing to fit on: no match, so the estimate is reported unused
+            return {"impressions": float(len(frame)), "matches": 0.0}
+        model = fit_recipe(the_recipe, data.with_interactions(before), settings,
+                           show_progress=show_progress)  # fmt: skip
+        return gate_estimate(frame, model, settings.monitoring.alpha)
+    except Exception:
+        log.exception("the gate's off-policy estimate failed; the gate decides without it")
+        return {"failed": 1.0}
 
 
 def _data_gate_passed(settings: Settings, data: InteractionData) -> bool:
@@ -577,8 +608,11 @@ def promote_challenger(
     popularity = None
     if registry.recipe_of(challenger)["kind"] != "popularity":
         popularity, _ = evaluate_recipe(recipe("popularity", settings), splits, settings)
-    if off_policy is None and champion_evaluations is not None:
-        off_policy = gate_off_policy(settings, str(challenger.version), data.describe())
+    if off_policy is None and _weighs_off_policy(
+        champion_evaluations, registry.recipe_of(challenger), registry.recipe_of(champion)
+    ):
+        off_policy = gate_off_policy(settings, registry.recipe_of(challenger), data.describe(),
+                                     data=data, show_progress=show_progress)  # fmt: skip
     decision = decide(
         challenger_evaluations, champion_evaluations, settings.promotion,
         data_gate_passed=_data_gate_passed(settings, data), popularity=popularity,

@@ -170,6 +170,8 @@ def _off_policy_verdict(
     whose whole interval lies below what the served policy achieved is refused: the offline
     protocols already decided that it is better, and a wide interval is no evidence either
     way."""
+    if estimate.get("failed"):
+        return True, "off-policy: not computed (the estimate failed: see the training log)"
     impressions = int(estimate.get("impressions", 0))
     if impressions == 0:
         return True, "off-policy: no logged impressions to estimate on; not used"
@@ -180,7 +182,7 @@ def _off_policy_verdict(
             f"challenger's slates (fewer than {settings.off_policy_min_matches}); not used"
         )
     value, low, upper = (estimate["challenger_value"], estimate["challenger_low"],
-                         estimate["challenger_upper"])  # fmt: skip
+                         estimate["challenger_high"])  # fmt: skip
     online = estimate["champion_online"]
     interval = f"{value:.4f} [{low:.4f}, {upper:.4f}]"
     if upper < online:

@@ -13,7 +13,7 @@ table product 12 -> 34 us). The building blocks:
   quantised one (int8 weights, one scale per output row; activations quantised per call), run
   by fbgemm's int8 kernels on the CPU.
 - ``int8_rows(weights)``: a table (EASE's item-item weights) as int8 values and one scale per
-  row, quantised the same way, for code that sums a few rows rather than multiplying.
+  row (symmetric, as above), in numpy, for code that sums a few rows rather than multiplying.
 
 Why ``torch.ao.quantization.quantize_dynamic`` although torch marks it deprecated in favour of
 torchao: measured here (torch 2.13 CPU, torchao 0.18), torchao's eager int8 configs ran the
@@ -55,16 +55,20 @@ def int8_layers(module: nn.Module) -> nn.Module:
         )
 
 
-def int8_rows(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, dim)`` float weights as int8 ``values`` and one ``scale`` per row, the way
-    ``int8_layers`` quantises a layer's weights (symmetric, zero point 0), so that
-    ``values * scale[:, None]`` is the weights to int8 rounding; a row of small values keeps
-    its precision. Plain arrays: summing a few int8 rows is the fast path for sparse inputs."""
-    weights = torch.as_tensor(np.asarray(weights, dtype=np.float32))
-    layer = nn.Linear(weights.shape[1], weights.shape[0], bias=False)
-    with torch.no_grad():
-        layer.weight.copy_(weights)
-    quantised = int8_layers(nn.Sequential(layer))[0]
-    with _quiet():
-        weight = quantised.weight()
-        return weight.int_repr().numpy(), weight.q_per_channel_scales().numpy().astype(np.float32)
+def int8_rows(weights: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, dim)`` float weights as int8 ``values`` and one ``scale`` per row, symmetric
+    (zero point 0) as ``int8_layers`` quantises weights: ``values * scale[:, None]`` is the
+    weights to within half a scale step, and a row of small values keeps its precision.
+    Plain arrays, built ``chunk`` rows at a time so that a large table never needs more than
+    its own size again while it is converted; summing a few int8 rows is the fast path for
+    sparse inputs."""
+    weights = np.asarray(weights)
+    values = np.empty(weights.shape, dtype=np.int8)
+    scale = np.empty(weights.shape[0], dtype=np.float32)
+    for start in range(0, weights.shape[0], chunk):
+        part = weights[start : start + chunk].astype(np.float32)
+        step = np.abs(part).max(axis=1) / 127.0
+        step[step == 0] = 1.0  # an all-zero row: any scale reproduces it
+        values[start : start + chunk] = np.clip(np.rint(part / step[:, None]), -127, 127)
+        scale[start : start + chunk] = step
+    return values, scale

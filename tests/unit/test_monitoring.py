@@ -215,7 +215,7 @@ def test_the_gate_estimate_reads_the_logged_impressions_and_holds_the_truth(tmp_
     estimate = ope.gate_estimate(frame, model)
     assert estimate["impressions"] == 7500
     assert estimate["champion_online"] == pytest.approx(np.mean(served))
-    assert estimate["challenger_low"] <= truth <= estimate["challenger_upper"], (estimate, truth)
+    assert estimate["challenger_low"] <= truth <= estimate["challenger_high"], (estimate, truth)
     assert estimate["challenger_value"] > estimate["champion_online"]  # the target is better
     # A window before anything was logged has nothing to weigh.
     before = logs.impressions(settings, start - timedelta(hours=1), start)

@@ -70,7 +70,7 @@ def test_first_champion_must_beat_popularity() -> None:
 
 def off_policy(value: float, low: float, high: float, matches: int = 400) -> dict[str, float]:
     return {"impressions": 5000.0, "matches": float(matches), "challenger_value": value,
-            "challenger_low": low, "challenger_upper": high, "champion_online": 0.05,
+            "challenger_low": low, "challenger_high": high, "champion_online": 0.05,
             "champion_low": 0.044, "champion_high": 0.056}  # fmt: skip
 
 
@@ -79,7 +79,7 @@ def test_off_policy_refuses_a_challenger_whose_interval_lies_below_the_online_ct
                       off_policy=off_policy(0.02, 0.01, 0.03))  # fmt: skip
     assert not decision.promote
     assert "lies below the served policy's online CTR 0.0500" in decision.reasons[-1]
-    assert decision.numbers["off_policy.challenger_upper"] == 0.03
+    assert decision.numbers["off_policy.challenger_high"] == 0.03
 
 
 @pytest.mark.parametrize(
@@ -88,6 +88,7 @@ def test_off_policy_refuses_a_challenger_whose_interval_lies_below_the_online_ct
         (off_policy(0.07, 0.06, 0.08), "against the served policy's online CTR"),
         (off_policy(0.04, 0.01, 0.07), "against the served policy's online CTR"),  # wide: no
         (off_policy(0.0, 0.0, 0.0, matches=3), "only 3 of 5000 logged impressions match"),
+        ({"failed": 1.0}, "not computed (the estimate failed"),
         ({"impressions": 0.0}, "no logged impressions"),
     ],
 )
@@ -102,3 +103,66 @@ def test_off_policy_does_not_rescue_a_challenger_the_protocols_refuse() -> None:
     decision = decide(evaluations(BASE - 0.1), evaluations(BASE), SETTINGS, data_gate_passed=True,
                       off_policy=off_policy(0.09, 0.08, 0.10))  # fmt: skip
     assert not decision.promote
+
+
+def test_the_gates_estimate_is_fitted_before_the_window_it_is_judged_on(tmp_path) -> None:
+    """Known users click in the logged window, and those clicks are in the training data. A
+    model that learned them leaves each clicked item out of its own slate (already seen) and
+    never matches a click; the gate refits the recipe on what came before the window, and
+    its interval holds the target's true CTR."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
+
+    from monitoring import logs, ope
+    from recloop.contracts import Event
+    from recloop.eventlog import open_event_log
+    from recloop.settings import Settings
+    from tests.unit.training_data import synthetic
+    from training.data import UserQuery
+    from training.pipeline import fit_recipe, gate_off_policy, recipe
+
+    settings = Settings(home=tmp_path)
+    history = synthetic()  # interactions from 2026-01-01 over about forty days
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    the_recipe = recipe("popularity", settings)
+    before = fit_recipe(the_recipe, history, settings, show_progress=False)
+    users = [f"u{n}" for n in range(10)]
+    target = {u: [i for i, _ in before.recommend([UserQuery(u)], k=3)[0]] for u in users}
+    items = [f"i{n}" for n in range(30)]
+    exam = [1.0, 0.6, 0.4]
+    rng = np.random.default_rng(3)
+    events, clicks = [], []
+    truth = float(np.mean([0.5 * e for e in exam]))  # the target shows 3 clickable items
+    for request in range(3000):
+        user, at = users[request % 10], start + timedelta(seconds=4 * request)
+        request_id = uuid.uuid4().hex
+        for slot, item in enumerate(rng.choice(items, size=3, replace=False)):
+            events.append(Event(
+                event_id=uuid.uuid4(), ts=at, user_id=user, item_id=item, position=slot,
+                event_type="impression", request_id=request_id, propensity=1 / 30,
+                model_version="1", policy="uniform"))  # fmt: skip
+            # Users click only the target's items (at 0.5 x examination): its CTR is known.
+            if item in target[user] and rng.random() < exam[slot] * 0.5:
+                at_click = at + timedelta(seconds=1)
+                events.append(Event(event_id=uuid.uuid4(), ts=at_click, user_id=user,
+                                    item_id=item, event_type="click",
+                                    request_id=request_id))  # fmt: skip
+                clicks.append((user, item, pd.Timestamp(at_click), at_click.hour,
+                               at_click.weekday(), "web"))  # fmt: skip
+    log = open_event_log(settings)
+    try:
+        log.append(events)
+    finally:
+        log.close()
+    window_clicks = pd.DataFrame(clicks, columns=history.interactions.columns)
+    data = history.with_interactions(pd.concat([history.interactions, window_clicks]))
+    end = start + timedelta(hours=4)
+    described = {"last_interaction_at": end.isoformat()}
+    estimate = gate_off_policy(settings, the_recipe, described, data=data, show_progress=False)
+    assert estimate["challenger_low"] <= truth <= estimate["challenger_high"]
+    # The registered model, fitted on everything, is what must not be judged on the window.
+    leaked = fit_recipe(the_recipe, data, settings, show_progress=False)
+    frame = logs.impressions(settings, start, end)
+    assert ope.gate_estimate(frame, leaked)["challenger_high"] < truth

@@ -86,8 +86,11 @@ def test_two_tower_encodes_new_profiles_with_the_int8_encoder(saved) -> None:
     profile = UserQuery(user_id=None, attributes={"age": 30, "gender": "F",
                         "occupation": "writer"}, profile_text=text)  # fmt: skip
     assert np.isfinite(model.score([profile])).all()
-    # Scoring never rewrites the disk cache of text vectors (profile_cache is the cache).
-    assert not list(Path(model.config.text_cache_dir).glob("*-int8.npz"))
+    # The int8 encoder's vectors are cached apart from the float encoder's.
+    cached = {p.name for p in Path(model.config.text_cache_dir).glob("*.npz")}
+    floats = [name for name in cached if not name.endswith("-int8.npz")]
+    assert len(floats) == 1
+    assert cached == {floats[0], floats[0].removesuffix(".npz") + "-int8.npz"}
 
 
 def test_int8_ease_holds_a_quarter_of_the_weights(saved) -> None:
@@ -97,6 +100,17 @@ def test_int8_ease_holds_a_quarter_of_the_weights(saved) -> None:
     users = [UserQuery(user_id=u) for u in sorted(model.histories)[:12]]  # a batch, too
     np.testing.assert_allclose(model.score(users), exact.score(users), atol=0.02)
     assert model.item_embeddings().shape == exact.weights.shape
+
+
+def test_a_two_stage_model_quantises_its_parts(data, tmp_path: Path) -> None:
+    model = create("two_stage", retriever="ease", ranker="seq_transformer",
+                   retriever_config=CONFIGS["ease"],
+                   ranker_config={**CONFIGS["seq_transformer"], "use_text": False})  # fmt: skip
+    saved = model.fit(data).save(tmp_path / "two_stage")
+    int8 = load_model(saved).quantize()
+    assert int8.quantized and int8.retriever.quantized and int8.ranker.quantized
+    users = [UserQuery(user_id=u) for u in sorted(int8.histories)[:5]]
+    assert np.isfinite(int8.score(users)).all() and int8.score(users).shape == (5, 30)
 
 
 def test_popularity_has_nothing_to_quantise(data) -> None:

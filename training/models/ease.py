@@ -132,13 +132,12 @@ class Ease(Recommender):
 
         del text_encoder  # EASE reads no text
 
-        # Scores are history @ weights: quantised as a layer whose rows are the weights'
-        # columns, so each item's score gets its own int8 scale; kept as int8 rows (item ->
-        # what it adds to every score) for the row sums above. The float table goes: holding a
-        # quarter of its memory is what int8 is for here.
+        # Scores are history @ weights: each column (one item's score) gets its own int8
+        # scale, and the int8 rows (item -> what it adds to every score) serve the row sums
+        # above. The float table goes: holding a quarter of its memory is what int8 is for.
         values, self.int8_scale = int8_rows(self.weights.T)
         self.int8_rows = np.ascontiguousarray(values.T)
-        del self.weights
+        del values, self.weights
         return True
 
     def item_embeddings(self) -> np.ndarray:

@@ -83,6 +83,11 @@ class TwoStage(Recommender):
         outside = floor - 1.0 + _unit(first)
         return np.where(pool, blended, outside).astype(np.float32)
 
+    def _quantize(self, text_encoder: bool) -> bool:
+        retriever = self.retriever.quantize(text_encoder).quantized
+        ranker = self.ranker.quantize(text_encoder).quantized
+        return retriever or ranker
+
     def save(self, path: Path | str) -> Path:
         path = super().save(path)
         self.retriever.save(Path(path) / "retriever")

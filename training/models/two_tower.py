@@ -411,15 +411,14 @@ class TwoTower(Recommender):
     def _item_texts(data: InteractionData) -> list[str]:
         return [item_text(row) for _, row in data.items.iterrows()]
 
-    def _encode(self, texts: list[str], disk_cache: bool = True) -> np.ndarray:
+    def _encode(self, texts: list[str]) -> np.ndarray:
         from training.text import encode
 
         c = self.config
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         return encode(
-            texts, c.text_model, cache_dir=c.text_cache_dir if disk_cache else None,
-            device=str(self.device),
+            texts, c.text_model, cache_dir=c.text_cache_dir, device=str(self.device),
             show_progress=c.show_progress, int8=self.quantized,
         )  # fmt: skip
 
@@ -560,10 +559,7 @@ class TwoTower(Recommender):
         out = np.zeros((len(texts), self.text.shape[1]), dtype=np.float32)
         missing = sorted({t for t in texts if t and t not in self.profile_cache})
         if missing:
-            # Scoring time (a request, in the service): profile_cache is the cache; rewriting
-            # the disk cache for each new user's text would cost more than encoding it.
-            vectors = self._encode(missing, disk_cache=False)
-            self.profile_cache.update(zip(missing, vectors, strict=True))
+            self.profile_cache.update(zip(missing, self._encode(missing), strict=True))
         for row, text in enumerate(texts):
             if text:
                 out[row] = self.profile_cache[text]
