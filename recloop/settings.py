@@ -213,10 +213,10 @@ class ServingSettings(_Section):
     quantization: Literal["none", "int8", "int8_text"] = Field(
         "int8",
         description="int8: EASE's weights and the sequential transformer's blocks in int8 "
-        "(torch dynamic quantisation; training/quantization.py): no measurable quality loss, "
-        "a quarter of EASE's memory, SASRec 1.35x faster. int8_text: also the text encoder "
-        "that embeds a new user's profile text, 2.4x faster but 2.2% lower NDCG@10 where only "
-        "text speaks (benchmarks/RESULTS.md, quantization), over the 1% a default may cost.",
+        "(torch dynamic quantisation; training/quantization.py): NDCG@10 within 0.3%, a "
+        "quarter of EASE's memory, SASRec 2.2x faster. int8_text: also the text encoder that "
+        "embeds a new user's profile text, 3.4x faster but 2.2% lower NDCG@10 where only text "
+        "speaks (benchmarks/RESULTS.md, quantization), over the 1% a default may cost.",
     )
     compute_threads: int = Field(
         1,
