@@ -204,3 +204,17 @@ def test_a_wrong_config_value_names_the_field(data, cache_dir, changes, field) -
 def test_data_without_interactions_is_refused(data: InteractionData, cache_dir: str) -> None:
     with pytest.raises(ValueError, match="interactions"):
         small(cache_dir).fit(data.with_interactions(data.interactions.iloc[:0]))
+
+
+def test_profiles_met_at_scoring_time_are_kept_within_a_bound(fitted: TwoTower, monkeypatch):
+    from training.models import two_tower
+
+    monkeypatch.setattr(two_tower, "RECENT_PROFILES", 3)
+    known = dict(fitted.profile_cache)
+    texts = [f"I love film number {n}" for n in range(5)]
+    first = fitted._profiles(texts)  # five new texts in one call: all answered
+    assert np.abs(first).sum(axis=1).min() > 0
+    assert list(fitted.recent_profiles) == texts[2:]  # the three most recent kept
+    assert fitted.profile_cache.keys() == known.keys()  # the training users' are untouched
+    np.testing.assert_allclose(fitted._profiles([texts[4]])[0], first[4])  # from the cache
+    fitted.recent_profiles.clear()

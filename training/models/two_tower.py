@@ -35,6 +35,7 @@ References:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ LOSSES = ("sampled_softmax", "bpr")
 TEXT_ENCODERS = ("frozen", "lora")
 # History lengths a user tower tells apart: 0, 1, 2, 3, 4-5, 6-10, 11-20, 21-50, 51-100, 101+.
 LENGTH_BUCKETS = np.array([1, 2, 3, 4, 6, 11, 21, 51, 101])
+RECENT_PROFILES = 10_000  # profile texts met at scoring time whose vectors are kept
 
 
 @dataclass
@@ -215,6 +217,7 @@ class TwoTower(Recommender):
         self.towers: Towers | None = None
         self.encoder = None  # the LoRA-tuned text encoder while fitting with text_encoder="lora"
         self.item_text_tuned: torch.Tensor | None = None  # its item embeddings, after fitting
+        self.recent_profiles: OrderedDict[str, np.ndarray] = OrderedDict()  # see _profiles
 
     # -- fitting ---------------------------------------------------------------------------
 
@@ -556,13 +559,25 @@ class TwoTower(Recommender):
         return np.concatenate([vectors, np.ones((len(users), 1), np.float32)], axis=1)
 
     def _profiles(self, texts: list[str | None]) -> np.ndarray:
+        """Profile text vectors: the training users' from ``profile_cache`` (saved with the
+        model), any other text encoded now and kept among the RECENT_PROFILES most recently
+        used, so that a service meeting new users for months holds a bounded number."""
         out = np.zeros((len(texts), self.text.shape[1]), dtype=np.float32)
-        missing = sorted({t for t in texts if t and t not in self.profile_cache})
-        if missing:
-            self.profile_cache.update(zip(missing, self._encode(missing), strict=True))
+        recent = self.recent_profiles
+        missing = sorted({t for t in texts if t and t not in self.profile_cache
+                          and t not in recent})  # fmt: skip
+        fresh = dict(zip(missing, self._encode(missing), strict=True)) if missing else {}
         for row, text in enumerate(texts):
-            if text:
-                out[row] = self.profile_cache[text]
+            if not text:
+                continue
+            vector = self.profile_cache.get(text)
+            if vector is None:
+                vector = fresh[text] if text in fresh else recent[text]
+                recent[text] = vector
+                recent.move_to_end(text)
+            out[row] = vector
+        while len(recent) > RECENT_PROFILES:
+            recent.popitem(last=False)
         return out
 
     # -- save and load ---------------------------------------------------------------------
