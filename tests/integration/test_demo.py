@@ -47,14 +47,16 @@ def test_the_loop_closes(demo: dict[str, Any]) -> None:
     summary, config, home = demo["summary"], demo["config"], demo["home"]
     hours = summary["hours"]
     shifted = [h for h in hours if h["hour"] >= config.shift_hour]
-    # The degradation is detected in the hour the served CTR truly falls (below 85% of its
-    # level before the shift) or the next, and never before the shift. (The served CTR may
-    # fall an hour after the shift itself: fresh clicks steer the slates meanwhile.)
+    # The degradation is detected never before the shift, and at the latest in the hour after
+    # the served CTR truly falls (below 85% of its level before the shift). (The served CTR
+    # may fall an hour after the shift itself, as fresh clicks steer the slates meanwhile; or
+    # fall by less than 15% in the shift hour and be caught there already.)
     before = sum(h["true_ctr"] for h in hours[: config.shift_hour]) / config.shift_hour
     fell = [h["hour"] for h in shifted if h["true_ctr"] < 0.85 * before]
     assert fell, json.dumps(hours, indent=1)
     assert summary["drift_detected_hours"], json.dumps(hours, indent=1)
-    assert min(summary["drift_detected_hours"]) in (fell[0], fell[0] + 1), json.dumps(hours)
+    detected = min(summary["drift_detected_hours"])
+    assert config.shift_hour <= detected <= fell[0] + 1, json.dumps(hours)
     assert summary["retrain_requested_hours"][0] >= config.shift_hour
     # Retraining went through the asset: a run of recloop_training that Airflow's scheduler
     # started because recloop_metrics updated retrain_requested (no cron, no manual trigger).
