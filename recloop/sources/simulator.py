@@ -326,6 +326,16 @@ def _words(rng: np.random.Generator, mixture: np.ndarray, count: int) -> list[st
     return words
 
 
+def _habits(rng: np.random.Generator, topics: int, users: int) -> dict[str, np.ndarray]:
+    """The World fields that context depends on, drawn from the seed (MovieLens records none
+    of them either): each topic's device affinity and peak hour, each user's device habits."""
+    return {
+        "device_affinity": rng.normal(0.0, 0.6, (topics, len(DEVICES))),
+        "topic_peak_hour": rng.uniform(0, 24, topics),
+        "user_devices": rng.dirichlet(np.ones(len(DEVICES)), users),
+    }
+
+
 def build_world(config: WorldConfig) -> World:
     """Create the world for a config; deterministic in ``config.seed`` (and, with
     ``config.movielens``, in that folder's files)."""
@@ -406,9 +416,7 @@ def build_world(config: WorldConfig) -> World:
         item_quality=item_quality,
         taste_start=taste_start,
         taste_end=taste_end,
-        device_affinity=rng.normal(0.0, 0.6, (n_topics, len(DEVICES))),
-        topic_peak_hour=rng.uniform(0, 24, n_topics),
-        user_devices=rng.dirichlet(np.ones(len(DEVICES)), config.users),
+        **_habits(rng, n_topics, config.users),
     )
 
 
@@ -472,9 +480,7 @@ def movielens_world(config: WorldConfig) -> World:
         item_quality=quality,
         taste_start=taste,
         taste_end=taste.copy(),
-        device_affinity=rng.normal(0.0, 0.6, (len(genres), len(DEVICES))),
-        topic_peak_hour=rng.uniform(0, 24, len(genres)),
-        user_devices=rng.dirichlet(np.ones(len(DEVICES)), len(users)),
+        **_habits(rng, len(genres), len(users)),
     )
 
 
