@@ -11,6 +11,7 @@ settings.
 from __future__ import annotations
 
 import copy
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,34 @@ def feast_dir(settings: Settings) -> Path:
     return settings.home / "feast"
 
 
+# materialize() commits each view's state MATERIALIZING to the registry while it writes, and
+# by default every other process then refuses to read that view, online or historical: the
+# hourly features run made a concurrent training task (and could make the service) fail. With
+# this, readers keep the last materialised values meanwhile, on the file registry as on the
+# SQL one (Feast warns that it "typically has no effect" on a file registry: it does, since
+# the state is committed to the file every process reads, as test_feast_store shows).
+SERVE_WHILE_MATERIALIZING = {"serve_features_while_materializing": True}
+
+
+class _FileRegistryWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`serve_features_while_materializing` is enabled but" not in record.getMessage()
+
+
+logging.getLogger("feast.repo_config").addFilter(_FileRegistryWarning())
+
+
 def config(settings: Settings) -> dict[str, Any]:
     """The feature_store.yaml content for the settings' profile."""
     if settings.profile == "local":
         return {
             "project": PROJECT,
             "provider": "local",
-            "registry": {"registry_type": "file", "path": str(feast_dir(settings) / "registry.db")},
+            "registry": {
+                "registry_type": "file",
+                "path": str(feast_dir(settings) / "registry.db"),
+                **SERVE_WHILE_MATERIALIZING,
+            },
             "offline_store": {"type": "duckdb"},
             "online_store": {"type": "sqlite", "path": str(feast_dir(settings) / "online.db")},
             "entity_key_serialization_version": 3,
@@ -52,7 +74,7 @@ def config(settings: Settings) -> dict[str, Any]:
         # Feast's SQL registry on SQLite is broken upstream (feast#5565); on Postgres it works.
         # Its tables live in their own schema (recloop.postgres_warehouse.TENANT_SCHEMAS).
         "registry": {"registry_type": "sql", "path": settings.sqlalchemy_url("feast_registry"),
-                     "cache_ttl_seconds": 60},
+                     "cache_ttl_seconds": 60, **SERVE_WHILE_MATERIALIZING},
         "offline_store": {
             "type": "postgres", "host": postgres.host, "port": postgres.port,
             "database": postgres.database, "user": postgres.user,

@@ -121,6 +121,36 @@ def test_historical_features_exclude_events_after_the_entity_timestamp(published
         ), row
 
 
+def test_reads_go_on_while_another_process_materialises(local_published: Settings) -> None:
+    """materialize() commits each view's state MATERIALIZING to the shared registry while it
+    writes; a training task or the service reading meanwhile (another process, another store
+    object) must get the last materialised values, not an error (seen in the demo: the
+    hourly features run made a concurrent training task fail). On the file registry, where it
+    was seen: the SQL registry's apply_feature_view does not store a change of state alone, so
+    this test cannot put it in that state the way materialize() does."""
+    published = local_published
+    from feast.feature_view import FeatureViewState
+
+    writer = store.open_store(published)
+    view = writer.get_feature_view("user_features")
+    previous, view.state = view.state, FeatureViewState.MATERIALIZING  # as materialize() does
+    writer.registry.apply_feature_view(view, store.PROJECT, commit=True)
+    try:
+        reader = store.open_store(published)
+        assert reader.get_feature_view("user_features").state == FeatureViewState.MATERIALIZING
+        user = latest_rows(published, "user_features", "user_id", AS_OF).iloc[0]
+        values = online(published, [{"user_id": user.user_id, "item_id": "nothing"}])
+        assert values["user_features__interactions_all_time"] == [user.interactions_all_time]
+        entities = pd.DataFrame({"user_id": [user.user_id], "event_timestamp": [AS_OF]})
+        history = reader.get_historical_features(
+            entity_df=entities, features=["user_features:interactions_all_time"]
+        ).to_df()
+        assert history.interactions_all_time.tolist() == [user.interactions_all_time]
+    finally:
+        view.state = previous
+        writer.registry.apply_feature_view(view, store.PROJECT, commit=True)
+
+
 def test_apply_is_idempotent_and_services_are_versioned(published: Settings) -> None:
     store.apply(published)
     names = {service.name for service in store.open_store(published).list_feature_services()}
