@@ -33,7 +33,7 @@ from serving.schemas import (
     RecommendRequest,
     SimilarItemsRequest,
 )
-from training.data import UserQuery
+from training.data import UserQuery, item_text
 
 log = logging.getLogger("recloop.serving")
 
@@ -127,17 +127,32 @@ class Engine:
 
     def rank(self, request: RankRequest) -> dict[str, Any]:
         context = request.context.model_dump(exclude_none=True) if request.context else {}
-        _, deployment, query, _, _ = self._resolve(request.user_id, context, None)
+        _, deployment, query, _, _ = self._resolve(
+            request.user_id, context, None, item_ids=[i.item_id for i in request.new_items]
+        )
         model = deployment.model
-        scores = model.score([query], request.item_ids)[0]
+        ids = [*request.item_ids, *(item.item_id for item in request.new_items)]
+        scores = model.score([query], ids)[0]
+        first_new = len(request.item_ids)
+        from_text = [
+            first_new + n for n, item in enumerate(request.new_items)
+            if item.item_id not in model.item_index
+        ]  # fmt: skip
+        if from_text and model.reads_item_text:
+            texts = [item_text(request.new_items[p - first_new].model_dump()) for p in from_text]
+            scores[from_text] = model.score_texts([query], texts)[0]
+        else:
+            from_text = []  # no model reads item text: they rank last, as unknown ids do
+        scored_from_text = set(from_text)
         return {
             "user_id": request.user_id,
             "items": [
-                {"item_id": item, "score": float(score), "known": item in model.item_index}
-                for item, score in zip(request.item_ids, scores, strict=True)
+                {"item_id": item, "score": float(score), "known": item in model.item_index,
+                 "from_text": position in scored_from_text}
+                for position, (item, score) in enumerate(zip(ids, scores, strict=True))
             ],
             "model_version": deployment.version,
-        }
+        }  # fmt: skip
 
     def feedback(self, request: FeedbackRequest) -> dict[str, Any]:
         # Acknowledged only once durable: append returns after the fsync (or the commit).
@@ -206,14 +221,29 @@ class Engine:
             "champion", models.champion)  # fmt: skip
 
     def _resolve(
-        self, user_id: str, context: dict[str, Any], profile: Profile | None
+        self,
+        user_id: str,
+        context: dict[str, Any],
+        profile: Profile | None,
+        item_ids: list[str] | None = None,
     ) -> tuple[str, Deployment, UserQuery, str, list[str]]:
         """Who answers and with what: (arm, deployment, query, served_by, fresh clicks).
 
         The traffic arm's model answers with what it knows of the user, plus any pushed
-        clicks; an unknown user with neither clicks nor a profile gets popularity."""
+        clicks; an unknown user with neither clicks nor a profile gets popularity. When
+        ``item_ids`` (candidates known by their text) holds items the arm's model never saw
+        and cannot read the text of, the text-reading profile model answers instead: two
+        models' scores do not rank together."""
         models = self.watcher.current  # read once: the whole request uses this set
         arm, deployment = self.arm(models, user_id)
+        if (
+            item_ids
+            and models.profile is not None
+            and not deployment.model.reads_item_text
+            and models.profile.model.reads_item_text
+            and any(item not in deployment.model.item_index for item in item_ids)
+        ):
+            deployment = models.profile
         fresh = self.features.recent_clicks([user_id])[0]
         oldest_first = tuple(reversed(fresh))
         attributes = (

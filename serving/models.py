@@ -155,11 +155,11 @@ class ModelWatcher:
             if known is not None and known.version == str(version.version):
                 return known
             model = registry.download_model(self.settings, str(version.version))
-            for part in (model, getattr(model, "retriever", None), getattr(model, "ranker", None)):
+            for part in model.parts():
                 if hasattr(getattr(part, "config", None), "text_cache_dir"):
                     # The training machine's text cache is not the service's to write (and
                     # rewriting it per new profile text would cost more than encoding the
-                    # text): the model's own profile_cache keeps what the service encodes.
+                    # text): the model keeps what the service encodes in its own bounded caches.
                     part.config.text_cache_dir = None
             quantization = self.settings.serving.quantization
             if quantization != "none":  # before the swap: no request sees a half-converted model

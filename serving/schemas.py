@@ -11,13 +11,20 @@ from recloop.contracts import Event, EventType, Id
 
 MAX_K = 100
 MAX_ITEMS = 1000
+MAX_NEW_ITEMS = 100  # each new text may run the text encoder (about 5-20 ms here)
 MAX_EVENTS = 1000
 MAX_TEXT = 2000
 ShortField = Annotated[str, Field(max_length=64)]
 
 EXAMPLES = {
     "recommend": {"user_id": "u1", "k": 10, "context": {"hour": 20, "device": "mobile"}},
-    "rank": {"user_id": "u1", "item_ids": ["i1", "i2", "i3"]},
+    "rank": {
+        "user_id": "u1",
+        "item_ids": ["i1", "i2", "i3"],
+        "new_items": [
+            {"item_id": "n1", "title": "A film released today", "categories": ["Sci-Fi"]}
+        ],
+    },
     "feedback": {
         "events": [
             {
@@ -102,26 +109,70 @@ class RecommendResponse(BaseModel):
     fresh_clicks: int = Field(description="Pushed clicks folded into this request.")
 
 
+class NewItem(_Body):
+    """A candidate the catalogue may not hold yet (added after the last training), described
+    the way the catalogue describes items: the text encoder reads it."""
+
+    item_id: Id = Field(description="The item's id.")
+    title: str = Field(min_length=1, max_length=500, description="The item's title.")
+    categories: list[ShortField] = Field(
+        default_factory=list, max_length=20, description="The item's categories (genres)."
+    )
+    text: str | None = Field(
+        None, max_length=MAX_TEXT,
+        description="The item's own text; when given it is read instead of title and "
+        "categories, as for catalogue items that have one.",
+    )  # fmt: skip
+
+
 class RankRequest(_Body):
     model_config = _example("rank")
 
     user_id: Id = Field(description="The user.")
     item_ids: list[Id] = Field(
-        min_length=1, max_length=MAX_ITEMS, description="Candidates to score, at most 1000."
-    )
+        default_factory=list, max_length=MAX_ITEMS,
+        description=f"Candidates to score, by id, at most {MAX_ITEMS}.",
+    )  # fmt: skip
+    new_items: list[NewItem] = Field(
+        default_factory=list, max_length=MAX_NEW_ITEMS,
+        description=f"Candidates described by their text, at most {MAX_NEW_ITEMS}: items "
+        "the model never saw are scored from their text by a model that reads item text "
+        "(the champion when it does, else the newest two-tower version).",
+    )  # fmt: skip
     context: Context | None = Field(None, description="Request context.")
+
+    @model_validator(mode="after")
+    def _candidates(self) -> RankRequest:
+        if not self.item_ids and not self.new_items:
+            raise ValueError("item_ids: give at least one candidate (or new_items)")
+        if len(self.item_ids) + len(self.new_items) > MAX_ITEMS:
+            raise ValueError(f"item_ids: with new_items, at most {MAX_ITEMS} candidates")
+        new = [item.item_id for item in self.new_items]
+        twice = sorted((set(new) & set(self.item_ids)) | {i for i in new if new.count(i) > 1})
+        if twice:
+            raise ValueError(f"new_items: item ids given twice: {', '.join(twice[:5])}")
+        return self
 
 
 class RankedItem(BaseModel):
     item_id: str
-    score: float = Field(description="Point-wise score; items the model never saw rank last.")
+    score: float = Field(
+        description="Point-wise score; items the model never saw, and could not read the text "
+        "of, rank last."
+    )
     known: bool = Field(description="Whether the model knows the item.")
+    from_text: bool = Field(
+        False, description="Scored from the text given in new_items (the model never saw it)."
+    )
 
 
 class RankResponse(BaseModel):
     user_id: str
-    items: list[RankedItem] = Field(description="In the order given.")
-    model_version: str
+    items: list[RankedItem] = Field(description="In the order given: item_ids, then new_items.")
+    model_version: str = Field(
+        description="Registry version that scored: the traffic arm's, or the text-reading "
+        "model's when new items needed it."
+    )
 
 
 class FeedbackEvent(Event):

@@ -21,6 +21,9 @@ import pytest
 
 from recloop.settings import Settings
 from serving.launch import free_port, wait_ready
+from serving.schemas import NewItem
+from training import registry
+from training.data import UserQuery, item_text
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -142,6 +145,30 @@ def test_recommendations_for_known_unknown_and_new_users(world: Path) -> None:
         ranked = http.post("/rank", json={"user_id": known, "item_ids": [top, "no-such"]}).json()
         assert [row["known"] for row in ranked["items"]] == [True, False]
         assert ranked["items"][0]["score"] > ranked["items"][1]["score"]
+
+        # Items added after training, known only by their text: a model that reads item text
+        # (the champion if it does, else the newest two-tower) answers the whole request, and
+        # its scores are the ones that model gives offline.
+        new_items = [
+            {"item_id": "brand-new-1", "title": "Robots in deep space", "categories": ["Sci-Fi"]},
+            {"item_id": "brand-new-2", "title": "Quiet", "text": "A quiet family drama."},
+        ]
+        ranked = http.post("/rank", json={"user_id": known, "item_ids": [top, "no-such"],
+                                          "new_items": new_items}).json()  # fmt: skip
+        assert [row["known"] for row in ranked["items"]] == [True, False, False, False]
+        assert [row["from_text"] for row in ranked["items"]] == [False, False, True, True]
+        models = ready["models"]
+        reader = models["champion"] if models["champion"]["kind"] == "two_tower" else models[
+            "profile_model"]  # fmt: skip
+        assert ranked["model_version"] == reader["version"]
+        offline = registry.download_model(Settings(home=world), reader["version"])
+        texts = [item_text(NewItem(**item).model_dump()) for item in new_items]
+        expected = offline.score_texts([UserQuery(known)], texts)[0]
+        served = [row["score"] for row in ranked["items"][2:]]
+        assert served == pytest.approx(expected.tolist(), rel=1e-4, abs=1e-4)
+        twice = http.post("/rank", json={"user_id": known, "item_ids": ["brand-new-1"],
+                                         "new_items": new_items[:1]})  # fmt: skip
+        assert twice.status_code == 422 and "new_items" in twice.json()["detail"][0]["reason"]
         similar = http.post("/similar_items", json={"item_id": top, "k": 3}).json()
         assert len(similar["items"]) == 3 and top not in [i["item_id"] for i in similar["items"]]
         unknown = http.post("/similar_items", json={"item_id": "no-such"}).json()

@@ -84,5 +84,7 @@ def test_two_stage_blends_and_round_trips(data, tmp_path: Path) -> None:
     assert (np.sort(scores, axis=1)[:, -1] > np.sort(scores, axis=1)[:, -11]).all()
     loaded = load_model(model.save(tmp_path / "two_stage"))
     np.testing.assert_array_equal(loaded.score(users), scores)
+    assert [part.kind for part in loaded.parts()] == ["two_stage", "ease", "popularity"]
+    assert not loaded.reads_item_text  # neither part reads text: /rank's new items go elsewhere
     with pytest.raises(ValueError, match="ranker_weight"):
         create("two_stage", ranker_weight=2.0)

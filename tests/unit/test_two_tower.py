@@ -130,6 +130,33 @@ def test_an_item_without_interactions_is_scored_from_its_text(fitted: TwoTower) 
     assert not np.isclose(others, cold[:, None]).any()
 
 
+def test_a_new_items_text_scores_as_the_same_item_in_the_catalogue(
+    fitted: TwoTower, data: InteractionData, tmp_path, monkeypatch
+) -> None:
+    from training.data import item_text
+    from training.models import two_tower
+
+    # Loaded without its text cache, as the service loads it: the encoder runs for real.
+    model = load_model(fitted.save(tmp_path / "model"))
+    model.config.text_cache_dir = None
+    assert model.reads_item_text
+    rows = data.items.set_index("item_id", drop=False)
+    cold, other = item_text(rows.loc[COLD_ITEM]), item_text(rows.loc["i3"])
+    users = KNOWN + NEW
+    scores = model.score_texts(users, [cold, other, cold])
+    assert scores.shape == (6, 3)
+    # i19 has no interactions: in the catalogue it is the unknown id plus its text, which is
+    # what a new item gets. (Tolerance: the catalogue's texts were encoded in one padded batch.)
+    np.testing.assert_allclose(scores[:, 0], model.score(users, [COLD_ITEM])[:, 0], atol=1e-3)
+    np.testing.assert_array_equal(scores[:, 2], scores[:, 0])
+    # i3 has interactions and its own id vector; from its text alone it scores otherwise.
+    assert not np.allclose(scores[:, 1], model.score(users, ["i3"])[:, 0], atol=1e-3)
+
+    monkeypatch.setattr(two_tower, "RECENT_ITEM_TEXTS", 2)
+    model.score_texts(users[:1], ["A brand new film. Genres: Horror.", cold])
+    assert list(model.recent_item_texts) == ["A brand new film. Genres: Horror.", cold]
+
+
 def test_a_new_user_with_attributes_only_gets_scores(fitted: TwoTower) -> None:
     writer = UserQuery(attributes={"age": 30, "gender": "F", "occupation": "writer"})
     student = UserQuery(attributes={"age": 19, "gender": "M", "occupation": "student"})
@@ -177,9 +204,12 @@ def test_lora_fine_tunes_the_text_encoder(data: InteractionData, cache_dir: str,
     assert model.encoder is None  # the encoder is only needed while fitting
     assert model.item_text_tuned is not None
     assert not torch.allclose(model.item_text_tuned, model.text)  # the adapters learned
-    np.testing.assert_array_equal(
-        load_model(model.save(tmp_path / "lora")).score(KNOWN + NEW), scores
-    )
+    loaded = load_model(model.save(tmp_path / "lora"))
+    np.testing.assert_array_equal(loaded.score(KNOWN + NEW), scores)
+    # Its adapters are not saved: it cannot read a new item's text the way it was trained to.
+    assert not loaded.reads_item_text
+    with pytest.raises(NotImplementedError, match="LoRA"):
+        loaded.score_texts(KNOWN, ["A brand new film."])
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,24 @@ class Recommender(ABC):
             out[:, columns < 0] = scores.min(axis=1, keepdims=True, initial=0.0) - 1.0
         return out
 
+    def parts(self) -> list[Recommender]:
+        """This model and the models it is made of (a composite kind lists its parts), for
+        settings that apply to every one, such as where a text encoder caches."""
+        return [self]
+
+    @property
+    def reads_item_text(self) -> bool:
+        """Whether ``score_texts`` can score items the model never saw from their text."""
+        return False
+
+    def score_texts(self, users: Sequence[UserQuery], texts: Sequence[str]) -> np.ndarray:
+        """(len(users), len(texts)) scores of items known only by their text (an item added
+        after training), on the same scale as ``score``'s, so both rank together. Texts are
+        written as ``training.data.item_text`` writes a catalogue item's. Only kinds whose
+        ``reads_item_text`` is True can; the others raise NotImplementedError."""
+        del users, texts
+        raise NotImplementedError(f"{self.kind}: scores no item from its text")
+
     def recommend(
         self, users: Sequence[UserQuery], k: int = 10, exclude_seen: bool = True
     ) -> list[list[tuple[str, float]]]:

@@ -83,6 +83,9 @@ class TwoStage(Recommender):
         outside = floor - 1.0 + _unit(first)
         return np.where(pool, blended, outside).astype(np.float32)
 
+    def parts(self) -> list[Recommender]:
+        return [self, *self.retriever.parts(), *self.ranker.parts()]
+
     def _quantize(self, text_encoder: bool) -> bool:
         retriever = self.retriever.quantize(text_encoder).quantized
         ranker = self.ranker.quantize(text_encoder).quantized

@@ -36,6 +36,7 @@ References:
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from torch import nn
 from training.data import (
     ATTRIBUTES,
     InteractionData,
+    UserQuery,
     Vocabulary,
     attribute_tokens,
     item_text,
@@ -60,6 +62,7 @@ TEXT_ENCODERS = ("frozen", "lora")
 # History lengths a user tower tells apart: 0, 1, 2, 3, 4-5, 6-10, 11-20, 21-50, 51-100, 101+.
 LENGTH_BUCKETS = np.array([1, 2, 3, 4, 6, 11, 21, 51, 101])
 RECENT_PROFILES = 10_000  # profile texts met at scoring time whose vectors are kept
+RECENT_ITEM_TEXTS = 10_000  # new items' texts met at scoring time whose vectors are kept
 
 
 @dataclass
@@ -218,6 +221,7 @@ class TwoTower(Recommender):
         self.encoder = None  # the LoRA-tuned text encoder while fitting with text_encoder="lora"
         self.item_text_tuned: torch.Tensor | None = None  # its item embeddings, after fitting
         self.recent_profiles: OrderedDict[str, np.ndarray] = OrderedDict()  # see _profiles
+        self.recent_item_texts: OrderedDict[str, np.ndarray] = OrderedDict()  # see score_texts
 
     # -- fitting ---------------------------------------------------------------------------
 
@@ -537,6 +541,47 @@ class TwoTower(Recommender):
 
     def item_embeddings(self) -> np.ndarray:
         return self.item_vectors[:, :-1]  # the last column is the bias
+
+    @property
+    def reads_item_text(self) -> bool:
+        # A LoRA-tuned encoder's adapters are not saved (only the item vectors it produced),
+        # so a loaded LoRA model could only encode new text with the untuned encoder, whose
+        # vectors its item tower never learnt from.
+        return self.config.text_encoder == "frozen"
+
+    def score_texts(self, users: Sequence[UserQuery], texts: Sequence[str]) -> np.ndarray:
+        """New items through the item tower as P2 trains it for items without interactions:
+        the "unknown" id and the text embedding. An item whose text equals a catalogue
+        item's without interactions gets exactly that item's score."""
+        if not self.reads_item_text:
+            raise NotImplementedError(
+                "two_tower: a LoRA-tuned model scores no new item text (its adapters are not "
+                "saved with it)"
+            )
+        vectors = self._text_item_vectors(list(texts))
+        return self.user_vectors([self.resolve(user) for user in users]) @ vectors.T
+
+    @torch.inference_mode()
+    def _text_item_vectors(self, texts: list[str]) -> np.ndarray:
+        """(texts, dim + 1) item vectors of new items, bias last; the most recently met
+        RECENT_ITEM_TEXTS kept, so a catalogue that keeps growing is not re-encoded per call
+        and the service's memory stays bounded."""
+        recent = self.recent_item_texts
+        missing = sorted({t for t in texts if t not in recent})
+        if missing:
+            self.towers.eval()
+            text = torch.from_numpy(self._encode(missing)).to(self.device)
+            ids = torch.zeros(len(missing), dtype=torch.int64, device=self.device)
+            vectors, bias = self.towers.items(ids, text)
+            fresh = torch.cat([vectors, bias[:, None]], dim=1) / self.config.temperature
+            recent.update(zip(missing, fresh.cpu().numpy(), strict=True))
+        out = np.stack([recent[t] for t in texts]) if texts else np.zeros(
+            (0, self.item_vectors.shape[1]), dtype=np.float32)  # fmt: skip
+        for text in texts:
+            recent.move_to_end(text)
+        while len(recent) > RECENT_ITEM_TEXTS:
+            recent.popitem(last=False)
+        return out
 
     @torch.inference_mode()
     def user_vectors(self, users: list[ResolvedUser]) -> np.ndarray:
