@@ -187,6 +187,28 @@ def doubly_robust(
     return _mean_of_terms("dr", direct + target / logged * (clicks - predicted), groups, alpha)
 
 
+def doubly_robust_gain(
+    clicks: Any,
+    logged: Any,
+    target: Any,
+    slates: Any,
+    *,
+    predicted: Any,
+    direct: Any,
+    alpha: float = 0.05,
+) -> Estimate:
+    """The target's doubly robust CTR less the logging policy's own, on the same impressions:
+    each impression's DR term minus its click. Paired, so the interval is the difference's
+    (both sides' noise, and their correlation, in one slate-clustered interval) rather than a
+    comparison of two separate intervals."""
+    clicks, logged, target, groups = _inputs(clicks, logged, target, slates)
+    n = len(clicks)
+    predicted = _check("predicted", predicted, n)
+    direct = _check("direct", direct, n)
+    terms = direct + target / logged * (clicks - predicted) - clicks
+    return _mean_of_terms("dr_gain", terms, groups, alpha)
+
+
 def confidence_sequence(
     clicks: Any, logged: Any, target: Any, alpha: float = 0.05
 ) -> tuple[float, float]:

@@ -26,6 +26,7 @@ from monitoring.estimators import (
     Estimate,
     confidence_sequence,
     doubly_robust,
+    doubly_robust_gain,
     ips,
     snips,
 )
@@ -129,11 +130,15 @@ def evaluate(
         ),
     }
     low, high = confidence_sequence(clicks, logged, target, alpha)
+    gain = doubly_robust_gain(
+        clicks, logged, target, slates, predicted=predicted, direct=direct, alpha=alpha
+    )
     return {
         "impressions": len(rows),
         "uncovered": int((~covered).sum()),
         "matches": int(target.sum()),
         "estimates": estimates,
+        "gain": gain,  # the target's DR CTR less the logged CTR, paired (the gate's test)
         "cs": (low, high),
     }
 
@@ -177,7 +182,9 @@ def gate_estimate(frame: pd.DataFrame, model: Any, alpha: float = 0.05) -> dict[
     if frame.empty:
         return {"impressions": 0.0}
     result = evaluate(frame, greedy_slates(model, frame), alpha)
-    dr = result["estimates"]["dr"]
+    if not result["estimates"]:  # no impression the slates could cover: nothing matches
+        return {"impressions": float(len(frame)), "matches": 0.0}
+    dr, gain = result["estimates"]["dr"], result["gain"]
     clicks, shown = int(frame["clicked"].sum()), len(frame)
     low, high = wilson(clicks, shown, alpha)
     return {
@@ -189,4 +196,7 @@ def gate_estimate(frame: pd.DataFrame, model: Any, alpha: float = 0.05) -> dict[
         "champion_online": clicks / shown,
         "champion_low": low,
         "champion_high": high,
+        "gain_value": gain.value,
+        "gain_low": gain.low,
+        "gain_high": gain.high,
     }

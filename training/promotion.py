@@ -6,9 +6,10 @@ The challenger is promoted only if, on the same evaluation data:
    differences resampled; Efron & Tibshirani 1993) whose lower bound is above the margin;
 3. its cold-start NDCG@10 (P2, P3a, P3b, where evaluated) drops by no more than the tolerance;
 4. when the service has logged impressions (with their propensities) in the
-   ``promotion.off_policy_hours`` before the data's end, the challenger's doubly robust CTR
-   interval on them (``monitoring.ope.gate_estimate``) is not entirely below the CTR those
-   impressions had; with too little overlap the estimate is reported and not used.
+   ``promotion.off_policy_hours`` before the data's end, the interval of the challenger's
+   doubly robust CTR less the CTR those impressions had, paired impression by impression
+   (``monitoring.ope.gate_estimate``), is not entirely below zero; with too little overlap
+   the estimate is reported and not used.
 With no champion yet, a challenger that passes 1 (and beats popularity, when it was trained)
 becomes the first champion; the same holds for the champion's own recipe retrained on newer
 data (a refresh), which would otherwise never replace the older weights. When a run's best
@@ -167,9 +168,11 @@ def _off_policy_verdict(
     estimate: dict[str, float], settings: PromotionSettings
 ) -> tuple[bool, str]:
     """(may promote, why) from ``monitoring.ope.gate_estimate``'s numbers. Only a challenger
-    whose whole interval lies below what the served policy achieved is refused: the offline
+    whose paired gain interval (its doubly robust CTR less the served CTR, impression by
+    impression, on the same impressions) lies wholly below zero is refused: the offline
     protocols already decided that it is better, and a wide interval is no evidence either
-    way."""
+    way. Paired, the served CTR's own noise is in the interval too; comparing the
+    challenger's interval with the served CTR as if exact would refuse too readily."""
     if estimate.get("failed"):
         return True, "off-policy: not computed (the estimate failed: see the training log)"
     impressions = int(estimate.get("impressions", 0))
@@ -183,14 +186,13 @@ def _off_policy_verdict(
         )
     value, low, upper = (estimate["challenger_value"], estimate["challenger_low"],
                          estimate["challenger_high"])  # fmt: skip
+    gain, gain_low, gain_high = estimate["gain_value"], estimate["gain_low"], estimate["gain_high"]
     online = estimate["champion_online"]
-    interval = f"{value:.4f} [{low:.4f}, {upper:.4f}]"
-    if upper < online:
-        return False, (
-            f"off-policy: the challenger's doubly robust CTR {interval} lies below the served "
-            f"policy's online CTR {online:.4f} ({impressions} impressions)"
-        )
-    return True, (
-        f"off-policy: the challenger's doubly robust CTR {interval} against the served "
-        f"policy's online CTR {online:.4f} ({impressions} impressions, {matches} matched)"
+    said = (
+        f"the challenger's doubly robust CTR {value:.4f} [{low:.4f}, {upper:.4f}] against the "
+        f"served policy's online CTR {online:.4f}: gain {gain:+.4f} "
+        f"[{gain_low:+.4f}, {gain_high:+.4f}] on the same impressions"
     )
+    if gain_high < 0:
+        return False, f"off-policy: {said}, wholly below zero ({impressions} impressions)"
+    return True, f"off-policy: {said} ({impressions} impressions, {matches} matched)"

@@ -217,6 +217,13 @@ def test_the_gate_estimate_reads_the_logged_impressions_and_holds_the_truth(tmp_
     assert estimate["champion_online"] == pytest.approx(np.mean(served))
     assert estimate["challenger_low"] <= truth <= estimate["challenger_high"], (estimate, truth)
     assert estimate["challenger_value"] > estimate["champion_online"]  # the target is better
+    # The paired gain: the same impressions' DR terms less their clicks, around the true gain
+    # over the uniform logging policy (each slot shows each item with the same chance).
+    assert estimate["gain_value"] == pytest.approx(
+        estimate["challenger_value"] - estimate["champion_online"])  # fmt: skip
+    served_truth = float(np.mean([exam[s] * np.mean(list(attract.values())) for s in range(3)]))
+    assert estimate["gain_low"] <= truth - served_truth <= estimate["gain_high"], estimate
+    assert estimate["gain_low"] > 0
     # A window before anything was logged has nothing to weigh.
     before = logs.impressions(settings, start - timedelta(hours=1), start)
     assert ope.gate_estimate(before, model) == {"impressions": 0.0}

@@ -68,25 +68,39 @@ def test_first_champion_must_beat_popularity() -> None:
     assert not decision.promote
 
 
-def off_policy(value: float, low: float, high: float, matches: int = 400) -> dict[str, float]:
+def off_policy(
+    value: float, low: float, high: float, matches: int = 400, widen: float = 0.0
+) -> dict[str, float]:
+    """gate_estimate's numbers against a served CTR of 0.05; the paired gain's interval is
+    the challenger's shifted by it, ``widen`` wider on each side (the served CTR's noise)."""
     return {"impressions": 5000.0, "matches": float(matches), "challenger_value": value,
             "challenger_low": low, "challenger_high": high, "champion_online": 0.05,
-            "champion_low": 0.044, "champion_high": 0.056}  # fmt: skip
+            "champion_low": 0.044, "champion_high": 0.056, "gain_value": value - 0.05,
+            "gain_low": low - 0.05 - widen, "gain_high": high - 0.05 + widen}  # fmt: skip
 
 
-def test_off_policy_refuses_a_challenger_whose_interval_lies_below_the_online_ctr() -> None:
+def test_off_policy_refuses_a_challenger_whose_paired_gain_lies_below_zero() -> None:
     decision = decide(evaluations(BASE + 0.05), evaluations(BASE), SETTINGS, data_gate_passed=True,
                       off_policy=off_policy(0.02, 0.01, 0.03))  # fmt: skip
     assert not decision.promote
-    assert "lies below the served policy's online CTR 0.0500" in decision.reasons[-1]
-    assert decision.numbers["off_policy.challenger_high"] == 0.03
+    assert "online CTR 0.0500: gain -0.0300 [-0.0400, -0.0200]" in decision.reasons[-1]
+    assert "wholly below zero" in decision.reasons[-1]
+    assert decision.numbers["off_policy.gain_high"] == pytest.approx(-0.02)
+
+
+def test_off_policy_weighs_the_served_ctrs_noise_too() -> None:
+    # The challenger's own interval lies below the served CTR, but the served CTR is an
+    # estimate too: the paired gain's interval holds zero, which is no evidence against.
+    decision = decide(evaluations(BASE + 0.05), evaluations(BASE), SETTINGS, data_gate_passed=True,
+                      off_policy=off_policy(0.045, 0.041, 0.049, widen=0.004))  # fmt: skip
+    assert decision.promote, decision.reasons
 
 
 @pytest.mark.parametrize(
     ("estimate", "reason"),
     [
         (off_policy(0.07, 0.06, 0.08), "against the served policy's online CTR"),
-        (off_policy(0.04, 0.01, 0.07), "against the served policy's online CTR"),  # wide: no
+        (off_policy(0.04, 0.01, 0.07), "on the same impressions"),  # wide: no evidence
         (off_policy(0.0, 0.0, 0.0, matches=3), "only 3 of 5000 logged impressions match"),
         ({"failed": 1.0}, "not computed (the estimate failed"),
         ({"impressions": 0.0}, "no logged impressions"),
