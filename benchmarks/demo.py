@@ -28,11 +28,19 @@ def main() -> None:
     parser.add_argument("--movielens", type=Path, help="a MovieLens folder to build the world")
     parser.add_argument("--home", type=Path, help="a fresh folder to run in and keep (default: "
                         "a temporary one, removed after)")  # fmt: skip
+    parser.add_argument("--gate-protocol", choices=("P1", "recent"), default="P1",
+                        help="promotion.protocol for the demo's training runs")  # fmt: skip
+    parser.add_argument("--trending-half-life", type=float, help="popularity as a trending "
+                        "model with this half life in hours")  # fmt: skip
     add_output_options(parser)
     args = parser.parse_args()
 
     movielens = str(args.movielens.resolve()) if args.movielens else None
-    config = DemoConfig(hours=args.hours, shift_hour=args.shift_hour, movielens=movielens)
+    config = DemoConfig(hours=args.hours, shift_hour=args.shift_hour, movielens=movielens,
+                        gate_protocol=args.gate_protocol,
+                        trending_half_life_hours=args.trending_half_life)  # fmt: skip
+    if (config.gate_protocol, config.trending_half_life_hours) != ("P1", None):
+        args.no_record = True  # RESULTS.md's demo rows are the defaults' (make demo's)
     if args.home is not None:
         summary = Demo(Settings(home=args.home.resolve()), config, echo=print).run()
     else:

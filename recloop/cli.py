@@ -284,7 +284,9 @@ def evaluate(
     model_uri: str = typer.Option(
         "champion", help="An alias (champion, challenger), a version number or a models:/ URI."
     ),
-    protocol: str = typer.Option("P1", help="P1, P2, P3a, P3b or P4 (see DESIGN.md)."),
+    protocol: str = typer.Option(
+        "P1", help="P1, P2, P3a, P3b, P4 (see DESIGN.md) or recent (training.recent_share)."
+    ),
     data: Path | None = _movielens_option(
         "Evaluate on a MovieLens folder instead of the feature store's data."
     ),

@@ -56,6 +56,11 @@ class DemoConfig:
     history_days: int = 14
     seed: int = 42
     models: tuple[str, ...] = ("popularity", "ease")
+    # The gate's protocol (promotion.protocol: "P1", or "recent" to judge on the newest
+    # interactions) and, when set, popularity as a trending model with this half life in
+    # hours. Measured both ways (see the README): no clear gain over the defaults yet.
+    gate_protocol: str = "P1"
+    trending_half_life_hours: float | None = None
     epsilon: float = 0.2  # the service's exploration
     extra_hours: int = 4  # hours added, at most, until a new champion serves
     shift_weight: float = 0.9  # how far every taste moves towards the trend at the shift
@@ -103,9 +108,16 @@ class Demo:
     # -- setup ---------------------------------------------------------------------------
     def task_env(self) -> dict[str, str]:
         """Settings every Airflow task and the service run with (the demo's choices)."""
+        overrides = dict(self.settings.training.model_config_overrides)
+        half_life = self.config.trending_half_life_hours
+        if half_life is not None:
+            overrides["popularity"] = {**overrides.get("popularity", {}),
+                                       "half_life_hours": half_life}  # fmt: skip
         return {
             "RECLOOP_HOME": str(self.settings.home),
             "RECLOOP_TRAINING__MODELS": json.dumps(list(self.config.models)),
+            "RECLOOP_TRAINING__MODEL_CONFIG_OVERRIDES": json.dumps(overrides),
+            "RECLOOP_PROMOTION__PROTOCOL": self.config.gate_protocol,
             # The log's files become visible to readers a second after they are written, so
             # each simulated hour's events are there when its DAG runs read them.
             "RECLOOP_EVENT_LOG__SEAL_SECONDS": "1",

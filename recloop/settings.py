@@ -104,8 +104,16 @@ class TrainingSettings(_Section):
     )
     protocols: list[str] = Field(
         default_factory=lambda: ["P1", "P2", "P3a", "P3b"],
-        description="Evaluation protocols each candidate is measured on; P1 picks the "
-        "challenger and the gate compares on P1, P2 and P3.",
+        description="Evaluation protocols each candidate is measured on (P1, P2, P3a, P3b, "
+        "P4, recent); promotion.protocol picks the challenger and the gate compares on it, "
+        "P2 and P3.",
+    )
+    recent_share: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="The `recent` protocol holds out a random quarter of the newest this "
+        "share of interactions (by time), training on the rest of them.",
     )
     model_config_overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -130,11 +138,18 @@ class TrainingSettings(_Section):
 class PromotionSettings(_Section):
     """The champion/challenger gate."""
 
+    protocol: Literal["P1", "recent"] = Field(
+        "P1",
+        description="The protocol whose NDCG@10 picks a run's challenger and decides the "
+        "gate: P1 (a random quarter of every user's history) measures how well a model knows "
+        "the whole history; recent (a random quarter of the newest training.recent_share) how "
+        "well it predicts what users do now, which is what counts after a shift of taste.",
+    )
     margin: float = Field(
         0.0,
         ge=0,
-        description="The challenger's NDCG@10 gain over the champion (P1) must have its "
-        "paired-bootstrap 95% lower bound above this.",
+        description="The challenger's NDCG@10 gain over the champion (on promotion.protocol) "
+        "must have its paired-bootstrap 95% lower bound above this.",
     )
     cold_start_tolerance: float = Field(
         0.01,
@@ -148,8 +163,8 @@ class PromotionSettings(_Section):
         ge=0,
         description="The gate also estimates the challenger's CTR off-policy (doubly robust) "
         "on the impressions the service logged in this many hours before the training data's "
-        "newest interaction, and refuses a challenger whose upper bound is below the served "
-        "policy's observed CTR. 0 turns it off.",
+        "newest interaction, and refuses a challenger whose paired gain over the served "
+        "policy's CTR has its upper bound below zero. 0 turns it off.",
     )
     off_policy_min_matches: int = Field(
         50,

@@ -32,7 +32,7 @@ from training.promotion import Decision, decide
 log = logging.getLogger(__name__)
 
 # P3a and P3b hold out the same users: one fit serves both.
-FIT_GROUP = {"P1": "P1", "P2": "P2", "P3a": "P3", "P3b": "P3", "P4": "P4"}
+FIT_GROUP = {"P1": "P1", "P2": "P2", "P3a": "P3", "P3b": "P3", "P4": "P4", "recent": "recent"}
 
 
 @dataclass
@@ -51,10 +51,6 @@ class Candidate:
 
     def metrics(self) -> dict[str, dict[str, float]]:
         return {protocol: e.metrics for protocol, e in self.evaluations.items()}
-
-    def score(self) -> float:
-        """What picks the challenger among a run's candidates."""
-        return self.evaluations["P1"].metrics["ndcg"]
 
 
 @dataclass
@@ -176,24 +172,41 @@ def train_candidate(
     )
 
 
-def make_splits(data: InteractionData, names: list[str], seed: int) -> dict[str, protocols.Split]:
+def make_splits(
+    data: InteractionData,
+    names: list[str],
+    seed: int,
+    *,
+    gate: str = "P1",
+    recent_share: float = protocols.RECENT_SHARE,
+) -> dict[str, protocols.Split]:
     """The protocols' splits; a protocol the data cannot fill (no user qualifies, as P3b on a
-    few days of clicks) is left out with a warning, except P1, which the gate needs."""
-    if "P1" not in names:
-        names = ["P1", *names]  # the challenger is chosen and gated on P1
+    few days of clicks) is left out with a warning, except ``gate`` (``promotion.protocol``),
+    which picks the challenger and decides the gate."""
+    if gate not in names:
+        names = [gate, *names]
     splits = {}
     for name in names:
-        split = protocols.split(data, name, seed)
+        split = protocols.split(data, name, seed, recent_share=recent_share)
         if len(split) == 0:
-            if name == "P1":
+            if name == gate:
                 raise ValueError(
-                    f"P1: no user has two interactions in {data.name} "
+                    f"{gate}: no user qualifies in {data.name} "
                     f"({len(data.interactions)} interactions): nothing to train and evaluate on"
+                    + (f" (in the newest {recent_share:.0%})" if gate == "recent" else "")
                 )
             log.warning("%s: no user qualifies in %s; protocol skipped", name, data.name)
             continue
         splits[name] = split
     return splits
+
+
+def settings_splits(data: InteractionData, settings: Settings) -> dict[str, protocols.Split]:
+    """make_splits as the settings configure it."""
+    return make_splits(
+        data, list(settings.training.protocols), settings.seed,
+        gate=settings.promotion.protocol, recent_share=settings.training.recent_share,
+    )  # fmt: skip
 
 
 def run_training(
@@ -209,7 +222,7 @@ def run_training(
     started = time.perf_counter()
     data = _load_data(settings, data)
     plan = begin(settings, kinds=kinds, data=data)
-    splits = make_splits(data, list(settings.training.protocols), settings.seed)
+    splits = settings_splits(data, settings)
     summaries = [
         train_recipe(
             settings, the_recipe, plan, data=data, splits=splits, show_progress=show_progress
@@ -265,7 +278,7 @@ def train_recipe(
 
     data = _load_data(settings, data)
     if splits is None:
-        splits = make_splits(data, list(settings.training.protocols), settings.seed)
+        splits = settings_splits(data, settings)
     client = registry.configure(settings)
     warm = None
     champion = registry.alias_version(client, registry.CHAMPION)
@@ -292,9 +305,9 @@ def judge(
     off_policy: dict[str, float] | None = None,
     show_progress: bool = True,
 ) -> TrainingReport:
-    """Pick the challenger (best P1 NDCG@10), run the gate against the champion (and, when
-    the challenger loses, the refresh of the champion's recipe), move the aliases, and close
-    the parent run."""
+    """Pick the challenger (best NDCG@10 on ``promotion.protocol``), run the gate against the
+    champion (and, when the challenger loses, the refresh of the champion's recipe), move the
+    aliases, and close the parent run."""
     from training import registry
 
     client = registry.configure(settings)
@@ -302,7 +315,8 @@ def judge(
         raise ValueError("summaries: no candidate was trained")
     champion_version = registry.alias_version(client, registry.CHAMPION)
     evaluations = {s["version"]: load_evaluations(s["run_id"]) for s in summaries}
-    best = max(summaries, key=lambda s: s["metrics"]["P1"]["ndcg"])
+    gate = settings.promotion.protocol
+    best = max(summaries, key=lambda s: s["metrics"][gate]["ndcg"])
     registry.set_alias(client, registry.CHALLENGER, best["version"])
     challenger = Candidate(best["recipe"], evaluations[best["version"]], [], best["seconds"],
                           version=best["version"], run_id=best["run_id"])  # fmt: skip
@@ -320,7 +334,7 @@ def judge(
             champion_evaluations = evaluations[refreshed["version"]]
         else:
             data = _load_data(settings, data)
-            splits = make_splits(data, list(settings.training.protocols), settings.seed)
+            splits = settings_splits(data, settings)
             champion_evaluations, _ = evaluate_recipe(
                 champion_recipe, splits, settings, show_progress=show_progress
             )
@@ -594,7 +608,7 @@ def promote_challenger(
     if challenger is None:
         raise LookupError("no version carries the alias 'challenger': run `recloop train` first")
     champion = registry.alias_version(client, registry.CHAMPION)
-    splits = make_splits(data, list(settings.training.protocols), settings.seed)
+    splits = settings_splits(data, settings)
     challenger_evaluations, _ = evaluate_recipe(
         registry.recipe_of(challenger), splits, settings, show_progress=show_progress
     )
@@ -644,7 +658,9 @@ def evaluate_reference(
     from training import registry
 
     data = _load_data(settings, data)
-    split = protocols.split(data, protocol, settings.seed)
+    split = protocols.split(
+        data, protocol, settings.seed, recent_share=settings.training.recent_share
+    )
     model = registry.download_model(settings, reference)
     if as_is:
         return evaluate(model, split)

@@ -2,8 +2,9 @@
 
 The challenger is promoted only if, on the same evaluation data:
 1. the latest data gate passed (no promotion on features from a failed batch);
-2. its P1 NDCG@10 gain over the champion has a paired-bootstrap interval (per-user
-   differences resampled; Efron & Tibshirani 1993) whose lower bound is above the margin;
+2. its NDCG@10 gain over the champion on ``promotion.protocol`` (P1 by default; ``recent``
+   judges on the newest hours) has a paired-bootstrap interval (per-user differences
+   resampled; Efron & Tibshirani 1993) whose lower bound is above the margin;
 3. its cold-start NDCG@10 (P2, P3a, P3b, where evaluated) drops by no more than the tolerance;
 4. when the service has logged impressions (with their propensities) in the
    ``promotion.off_policy_hours`` before the data's end, the interval of the challenger's
@@ -84,25 +85,27 @@ def decide(
     recipe in the same run would compare a model with itself."""
     reasons: list[str] = []
     numbers: dict[str, float] = {}
+    gate = settings.protocol
     if not data_gate_passed:
         return Decision(False, ["the latest data gate failed: nothing is promoted on its features"])
-    if "P1" not in challenger:
-        raise ValueError("challenger: the gate needs a P1 evaluation")
-    numbers["challenger.P1.ndcg"] = challenger["P1"].metrics[GATE_METRIC]
+    if gate not in challenger:
+        raise ValueError(f"challenger: the gate needs a {gate} evaluation (promotion.protocol)")
+    mine = f"challenger.{gate}.ndcg"
+    numbers[mine] = challenger[gate].metrics[GATE_METRIC]
 
     if champion is None or refresh:
         # Nothing to compare with (or the champion's own recipe on newer data): the one bar
         # left is popularity.
         if popularity is not None:
-            pop = popularity["P1"].metrics[GATE_METRIC]
-            numbers["popularity.P1.ndcg"] = pop
-            if numbers["challenger.P1.ndcg"] <= pop:
+            pop = popularity[gate].metrics[GATE_METRIC]
+            numbers[f"popularity.{gate}.ndcg"] = pop
+            if numbers[mine] <= pop:
                 reason = (
                     "the champion's recipe retrained on current data no longer beats "
-                    "popularity on P1: kept the old weights"
+                    f"popularity on {gate}: kept the old weights"
                     if refresh
-                    else f"no champion yet, but the challenger's P1 NDCG@10 "
-                    f"{numbers['challenger.P1.ndcg']:.4f} does not beat popularity's {pop:.4f}"
+                    else f"no champion yet, but the challenger's {gate} NDCG@10 "
+                    f"{numbers[mine]:.4f} does not beat popularity's {pop:.4f}"
                 )
                 return Decision(False, [reason], numbers)
         reason = (
@@ -114,30 +117,30 @@ def decide(
         return Decision(True, [reason], numbers)
 
     mean, low, high = paired_bootstrap(
-        *_aligned(challenger["P1"], champion["P1"], GATE_METRIC),
+        *_aligned(challenger[gate], champion[gate], GATE_METRIC),
         samples=settings.bootstrap_samples,
         confidence=settings.confidence,
         seed=seed,
     )
     numbers.update(
         {
-            "champion.P1.ndcg": champion["P1"].metrics[GATE_METRIC],
-            "gain.P1.ndcg": mean,
-            "gain.P1.ndcg.low": low,
-            "gain.P1.ndcg.high": high,
+            f"champion.{gate}.ndcg": champion[gate].metrics[GATE_METRIC],
+            f"gain.{gate}.ndcg": mean,
+            f"gain.{gate}.ndcg.low": low,
+            f"gain.{gate}.ndcg.high": high,
         }
     )
     promote = True
     level = f"{settings.confidence:.0%}"
     if low > settings.margin:
         reasons.append(
-            f"P1 NDCG@10 gain {mean:+.4f}, {level} interval [{low:+.4f}, {high:+.4f}] "
+            f"{gate} NDCG@10 gain {mean:+.4f}, {level} interval [{low:+.4f}, {high:+.4f}] "
             f"lies above the margin {settings.margin}"
         )
     else:
         promote = False
         reasons.append(
-            f"P1 NDCG@10 gain {mean:+.4f}, {level} interval [{low:+.4f}, {high:+.4f}] "
+            f"{gate} NDCG@10 gain {mean:+.4f}, {level} interval [{low:+.4f}, {high:+.4f}] "
             f"does not clear the margin {settings.margin}"
         )
 

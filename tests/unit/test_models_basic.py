@@ -53,6 +53,33 @@ def test_recommend_excludes_what_the_user_saw(data) -> None:
     assert recommended and not (recommended & seen)
 
 
+def test_trending_popularity_weighs_interactions_by_their_age(data, tmp_path: Path) -> None:
+    model = create("popularity", half_life_hours=2.0).fit(data)
+    frame = data.interactions
+    age = (frame["interacted_at"].max() - frame["interacted_at"]).dt.total_seconds() / 3600
+    weights = (0.5 ** (age / 2.0)).groupby(frame["item_id"]).sum()
+    expected = weights.reindex(model.item_ids, fill_value=0.0).to_numpy()
+    np.testing.assert_allclose(model.popularity, expected)
+    # The newest interaction's item counts 1; one two hours older, a half.
+    newest = frame.loc[frame["interacted_at"].idxmax(), "item_id"]
+    assert model.popularity[model.item_index[newest]] >= 1.0
+    loaded = load_model(model.save(tmp_path / "trending"))
+    assert loaded.config.half_life_hours == 2.0
+    np.testing.assert_array_equal(loaded.popularity, model.popularity)
+    with pytest.raises(ValueError, match="half_life_hours=-1"):
+        create("popularity", half_life_hours=-1)
+
+
+def test_a_popularity_model_saved_without_a_config_still_loads(data, tmp_path: Path) -> None:
+    import json
+
+    path = create("popularity").fit(data).save(tmp_path / "old")
+    manifest = json.loads((path / "model.json").read_text())
+    manifest["config"] = None  # as versions registered before the half life existed
+    (path / "model.json").write_text(json.dumps(manifest))
+    assert load_model(path).config.half_life_hours is None
+
+
 @pytest.mark.parametrize("kind", ["popularity", "ease"])
 def test_save_and_load_score_identically(kind: str, data, tmp_path: Path) -> None:
     model = create(kind).fit(data)

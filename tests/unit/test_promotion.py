@@ -180,3 +180,20 @@ def test_the_gates_estimate_is_fitted_before_the_window_it_is_judged_on(tmp_path
     leaked = fit_recipe(the_recipe, data, settings, show_progress=False)
     frame = logs.impressions(settings, start, end)
     assert ope.gate_estimate(frame, leaked)["challenger_high"] < truth
+
+
+def test_the_gate_can_judge_on_the_recent_protocol() -> None:
+    # Better on the newest interactions, worse on the whole history: promoted when the gate
+    # judges on recent, not on P1.
+    def both(p1: np.ndarray, recent: np.ndarray) -> dict[str, Evaluation]:
+        return {**evaluations(p1), "recent": evaluation("recent", recent)}
+
+    challenger, champion = both(BASE - 0.05, BASE + 0.1), both(BASE, BASE)
+    on_p1 = decide(challenger, champion, SETTINGS, data_gate_passed=True)
+    recent = PromotionSettings(bootstrap_samples=500, protocol="recent")
+    on_recent = decide(challenger, champion, recent, data_gate_passed=True)
+    assert not on_p1.promote and on_recent.promote, on_recent.reasons
+    assert on_recent.reasons[0].startswith("recent NDCG@10 gain +0.1000")
+    assert on_recent.numbers["gain.recent.ndcg.low"] > 0
+    with pytest.raises(ValueError, match="needs a recent evaluation"):
+        decide(evaluations(BASE), champion, recent, data_gate_passed=True)

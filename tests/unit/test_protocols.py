@@ -64,5 +64,23 @@ def test_p4_holds_out_each_users_last_interaction(data) -> None:
 
 
 def test_unknown_protocol_names_the_allowed() -> None:
-    with pytest.raises(ValueError, match="allowed: P1, P2, P3a, P3b, P4"):
+    with pytest.raises(ValueError, match="allowed: P1, P2, P3a, P3b, P4, recent"):
         protocols.split(synthetic(), "P5")
+
+
+def test_recent_holds_out_a_quarter_of_the_newest_tenth(data) -> None:
+    split = protocols.split(data, "recent", recent_share=0.1)
+    frame = data.interactions
+    window = frame.nlargest(round(0.1 * len(frame)), "interacted_at")
+    held = len(frame) - len(split.train.interactions)
+    assert held == round(0.25 * len(window))  # a quarter of the window left training
+    kept = frame.merge(split.train.interactions, how="left", indicator=True)
+    out = kept[kept["_merge"] == "left_only"]
+    assert (out["interacted_at"] >= window["interacted_at"].min()).all()  # only from the window
+    assert len(split.train.interactions.merge(window)) == len(window) - held  # the rest trains
+    for query, relevant, seen in zip(split.queries, split.relevant, split.exclude, strict=True):
+        assert relevant <= set(out[out["user_id"] == query.user_id]["item_id"])
+        assert not (relevant & seen)
+    assert split.relevant == protocols.split(data, "recent", recent_share=0.1).relevant
+    with pytest.raises(ValueError, match="recent_share"):
+        protocols.split(data, "recent", recent_share=1.5)

@@ -187,7 +187,10 @@ class Recommender(ABC):
         config = cls.default_config()
         if is_dataclass(config):
             known = {f.name for f in fields(config)}
-            config = type(config)(**{k: v for k, v in manifest["config"].items() if k in known})
+            # A field the saved config lacks (a model saved before it existed) takes its
+            # default: for popularity, saved with no config at all, plain counts.
+            saved = manifest["config"] or {}
+            config = type(config)(**{k: v for k, v in saved.items() if k in known})
         model = cls(config)
         model._set_catalogue(manifest["item_ids"])
         model.histories = {user: tuple(items) for user, items in manifest["histories"].items()}
