@@ -180,11 +180,19 @@ def doubly_robust(
     """Doubly robust: the reward model's value of the target, corrected by the weighted
     residual of the logged click. Unbiased when the propensities are right, whatever the
     model; low variance when the model is good (Dudik et al. 2011)."""
+    terms, _, groups = _dr_terms(clicks, logged, target, slates, predicted, direct)
+    return _mean_of_terms("dr", terms, groups, alpha)
+
+
+def _dr_terms(
+    clicks: Any, logged: Any, target: Any, slates: Any, predicted: Any, direct: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each impression's doubly robust term, with the checked clicks and the slate groups."""
     clicks, logged, target, groups = _inputs(clicks, logged, target, slates)
     n = len(clicks)
     predicted = _check("predicted", predicted, n)
     direct = _check("direct", direct, n)
-    return _mean_of_terms("dr", direct + target / logged * (clicks - predicted), groups, alpha)
+    return direct + target / logged * (clicks - predicted), clicks, groups
 
 
 def doubly_robust_gain(
@@ -201,12 +209,8 @@ def doubly_robust_gain(
     each impression's DR term minus its click. Paired, so the interval is the difference's
     (both sides' noise, and their correlation, in one slate-clustered interval) rather than a
     comparison of two separate intervals."""
-    clicks, logged, target, groups = _inputs(clicks, logged, target, slates)
-    n = len(clicks)
-    predicted = _check("predicted", predicted, n)
-    direct = _check("direct", direct, n)
-    terms = direct + target / logged * (clicks - predicted) - clicks
-    return _mean_of_terms("dr_gain", terms, groups, alpha)
+    terms, clicks, groups = _dr_terms(clicks, logged, target, slates, predicted, direct)
+    return _mean_of_terms("dr_gain", terms - clicks, groups, alpha)
 
 
 def confidence_sequence(
