@@ -172,41 +172,28 @@ def train_candidate(
     )
 
 
-def make_splits(
-    data: InteractionData,
-    names: list[str],
-    seed: int,
-    *,
-    gate: str = "P1",
-    recent_share: float = protocols.RECENT_SHARE,
-) -> dict[str, protocols.Split]:
-    """The protocols' splits; a protocol the data cannot fill (no user qualifies, as P3b on a
-    few days of clicks) is left out with a warning, except ``gate`` (``promotion.protocol``),
-    which picks the challenger and decides the gate."""
+def make_splits(data: InteractionData, settings: Settings) -> dict[str, protocols.Split]:
+    """The splits of ``training.protocols``; a protocol the data cannot fill (no user
+    qualifies, as P3b on a few days of clicks) is left out with a warning, except
+    ``promotion.protocol``, which picks the challenger and decides the gate."""
+    gate, share = settings.promotion.protocol, settings.training.recent_share
+    names = list(settings.training.protocols)
     if gate not in names:
         names = [gate, *names]
     splits = {}
     for name in names:
-        split = protocols.split(data, name, seed, recent_share=recent_share)
+        split = protocols.split(data, name, settings.seed, recent_share=share)
         if len(split) == 0:
             if name == gate:
                 raise ValueError(
                     f"{gate}: no user qualifies in {data.name} "
                     f"({len(data.interactions)} interactions): nothing to train and evaluate on"
-                    + (f" (in the newest {recent_share:.0%})" if gate == "recent" else "")
+                    + (f" (in the newest {share:.0%})" if gate == "recent" else "")
                 )
             log.warning("%s: no user qualifies in %s; protocol skipped", name, data.name)
             continue
         splits[name] = split
     return splits
-
-
-def settings_splits(data: InteractionData, settings: Settings) -> dict[str, protocols.Split]:
-    """make_splits as the settings configure it."""
-    return make_splits(
-        data, list(settings.training.protocols), settings.seed,
-        gate=settings.promotion.protocol, recent_share=settings.training.recent_share,
-    )  # fmt: skip
 
 
 def run_training(
@@ -222,7 +209,7 @@ def run_training(
     started = time.perf_counter()
     data = _load_data(settings, data)
     plan = begin(settings, kinds=kinds, data=data)
-    splits = settings_splits(data, settings)
+    splits = make_splits(data, settings)
     summaries = [
         train_recipe(
             settings, the_recipe, plan, data=data, splits=splits, show_progress=show_progress
@@ -278,7 +265,7 @@ def train_recipe(
 
     data = _load_data(settings, data)
     if splits is None:
-        splits = settings_splits(data, settings)
+        splits = make_splits(data, settings)
     client = registry.configure(settings)
     warm = None
     champion = registry.alias_version(client, registry.CHAMPION)
@@ -334,7 +321,7 @@ def judge(
             champion_evaluations = evaluations[refreshed["version"]]
         else:
             data = _load_data(settings, data)
-            splits = settings_splits(data, settings)
+            splits = make_splits(data, settings)
             champion_evaluations, _ = evaluate_recipe(
                 champion_recipe, splits, settings, show_progress=show_progress
             )
@@ -608,7 +595,7 @@ def promote_challenger(
     if challenger is None:
         raise LookupError("no version carries the alias 'challenger': run `recloop train` first")
     champion = registry.alias_version(client, registry.CHAMPION)
-    splits = settings_splits(data, settings)
+    splits = make_splits(data, settings)
     challenger_evaluations, _ = evaluate_recipe(
         registry.recipe_of(challenger), splits, settings, show_progress=show_progress
     )

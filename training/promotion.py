@@ -3,7 +3,7 @@
 The challenger is promoted only if, on the same evaluation data:
 1. the latest data gate passed (no promotion on features from a failed batch);
 2. its NDCG@10 gain over the champion on ``promotion.protocol`` (P1 by default; ``recent``
-   judges on the newest hours) has a paired-bootstrap interval (per-user differences
+   judges on the newest interactions) has a paired-bootstrap interval (per-user differences
    resampled; Efron & Tibshirani 1993) whose lower bound is above the margin;
 3. its cold-start NDCG@10 (P2, P3a, P3b, where evaluated) drops by no more than the tolerance;
 4. when the service has logged impressions (with their propensities) in the

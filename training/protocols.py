@@ -16,7 +16,7 @@ the same thing.
 
 ``recent`` is not one of DESIGN.md's: it is the closed loop's own. After a sudden change of
 taste the history no longer says what users want, and P1, drawn from the whole history, keeps
-rewarding the model that knows the past best; ``recent`` asks what the newest hours say.
+rewarding the model that knows the past best; ``recent`` asks what the newest interactions say.
 """
 
 from __future__ import annotations
