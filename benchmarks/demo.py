@@ -4,8 +4,9 @@
 
 Records how long the whole loop takes (goal: under 15 minutes on these 2 cores), how many
 simulated hours the degradation took to detect, how close the hourly CTR estimates came to
-the simulator's true CTR and how often their 95% intervals held it, and the true CTR before
-the shift, after it, and once the retrained champion served.
+the simulator's true CTR and how often their 95% intervals held it, the true CTR before
+the shift, after it, and once the retrained champion served, and that last one against the
+old champion's replayed on the same requests (the recovery, with its interval's lower end).
 """
 
 from __future__ import annotations
@@ -79,6 +80,20 @@ def main() -> None:
         Row("demo", "true_ctr_new_champion", float(np.mean(retrained)) if retrained else np.nan,
             "CTR", "before shift", float(np.mean(before)), protocol=protocol, digits=4),
     ]  # fmt: skip
+    recovery = summary["recovery"]
+    if recovery is not None:
+        # The same requests replayed through both champions (recloop.counterfactual): the
+        # new one's true CTR against the old one's, and their paired difference's interval.
+        gain = recovery["gain"]
+        rows += [
+            Row("demo", "replayed_true_ctr_new_champion", recovery["new_true_ctr"], "CTR",
+                "old champion, same requests", recovery["old_true_ctr"],
+                protocol=protocol, digits=4),
+            Row("demo", "replayed_gain", gain["value"], "CTR", "none", 0.0,
+                protocol=protocol, digits=4),
+            Row("demo", "replayed_gain_low", gain["low"], "CTR", "none", 0.0,
+                protocol=protocol, digits=4),
+        ]  # fmt: skip
     if movielens:  # beside the synthetic world's rows, not in their place
         for row in rows:
             row.metric = f"{row.metric} (MovieLens {args.movielens.name})"

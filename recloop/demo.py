@@ -11,8 +11,12 @@
    each hour, ``recloop_features`` and ``recloop_metrics`` run for it; when the metrics DAG
    detects the degradation it updates the asset ``retrain_requested``, Airflow's scheduler
    starts ``recloop_training``, the gate promotes a new champion, and the service swaps to it.
-5. A summary per hour (estimated CTR with its interval, the true CTR of what was served,
-   alarms, the version serving) printed and written to ``<home>/demo/summary.json``.
+5. Every registered version replayed on the same requests (``recloop.counterfactual``): the
+   true CTR its greedy slates would have had, so the new champion's recovery is measured
+   against the old champion on the very traffic the old one would have kept serving.
+6. A summary per hour (estimated CTR with its interval, the true CTR of what was served,
+   each version's replayed true CTR, alarms, the version serving) printed and written to
+   ``<home>/demo/summary.json``.
 
 Time is simulated: each hour lasts as long as its requests take, and the events carry the
 wall-clock times at which they really happened, so every window the DAGs read is real.
@@ -39,6 +43,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from recloop.counterfactual import LiveRequest
 from recloop.settings import Settings
 from serving.launch import free_port, wait_ready
 
@@ -92,6 +97,9 @@ class HourRecord:
     served_versions: dict[str, int] | None = None
     champion_version: str | None = None
     seconds: dict[str, float] | None = None
+    # version -> true CTR of its greedy top 10 on this hour's requests (recloop.counterfactual);
+    # only versions registered before the hour began
+    replayed_true_ctr: dict[str, float] | None = None
 
 
 class Demo:
@@ -104,6 +112,7 @@ class Demo:
         self.airflow = None
         self.world = None
         self.records: list[HourRecord] = []
+        self.requests: list[LiveRequest] = []
 
     # -- setup ---------------------------------------------------------------------------
     def task_env(self) -> dict[str, str]:
@@ -205,6 +214,14 @@ class Demo:
         truth = world.click_probabilities(user_id, items, at, context)
         clicked = rng.random(len(items)) < truth
         events = []
+        request = LiveRequest(
+            hour=hour,
+            n=n,
+            user_id=user_id,
+            at=at,
+            context=context,
+            clicked=tuple(i for i, c in zip(items, clicked, strict=True) if c),
+        )
         for row, click in zip(slate["items"], clicked, strict=True):
             if not click:
                 continue
@@ -222,7 +239,8 @@ class Demo:
         if events:
             client.post("/feedback", json={"events": events}).raise_for_status()
         return {"impressions": len(items), "clicks": int(clicked.sum()),
-                "expected": float(truth.sum()), "version": slate["model_version"]}  # fmt: skip
+                "expected": float(truth.sum()), "version": slate["model_version"],
+                "request": request}  # fmt: skip
 
     def traffic(self, hour: int) -> HourRecord:
         start = datetime.now(UTC)
@@ -234,6 +252,7 @@ class Demo:
             results = list(pool.map(lambda n: self._one_request(client, hour, n),
                                     range(self.config.requests_per_hour)))  # fmt: skip
         end = datetime.now(UTC)
+        self.requests.extend(r["request"] for r in results)
         impressions = sum(r["impressions"] for r in results)
         return HourRecord(
             hour=hour, simulated_start=(self.live_start + timedelta(hours=hour)).isoformat(),
@@ -324,9 +343,66 @@ class Demo:
                 most = self.config.hours + self.config.extra_hours
                 if hour == last and waiting and last < most:
                     last += 1  # keep the users coming until the new champion serves them
-            return self.summary(first_champion, time.monotonic() - began)
+            replayed = self.replay_versions()
+            return self.summary(first_champion, replayed, time.monotonic() - began)
         finally:
             self.stop()
+
+    def replay_versions(self) -> dict[str, dict[str, Any]]:
+        """Each registered version's greedy slates on the requests of every hour that began
+        after it was registered; their true CTR per hour goes into the hour records. Returns,
+        per version, its kind, first hour and expected clicks per request ((hour, n) keyed)."""
+        from recloop.counterfactual import greedy_expected_clicks
+        from training import registry
+
+        started = time.monotonic()
+        # The demo echoes its own progress; MLflow's bar per download would bury it.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        client = registry.configure(self.settings)
+        versions = client.search_model_versions(f"name='{registry.MODEL_NAME}'")
+        starts = {r.hour: datetime.fromisoformat(r.start) for r in self.records}
+        replayed: dict[str, dict[str, Any]] = {}
+        for version in sorted(versions, key=lambda v: int(v.version)):
+            created = datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
+            hours = sorted(h for h, start in starts.items() if start >= created)
+            if not hours:
+                continue
+            model = registry.download_model(self.settings, str(version.version))
+            mine = [r for r in self.requests if r.hour >= hours[0]]
+            expected, shown = greedy_expected_clicks(
+                model, self.world, mine, k=10,
+                fresh_clicks=self.settings.serving.fresh_clicks,
+                earlier=[r for r in self.requests if r.hour < hours[0]],
+            )  # fmt: skip
+            for record in self.records:
+                rows = [i for i, r in enumerate(mine) if r.hour == record.hour]
+                if rows:
+                    ctr = float(expected[rows].sum() / max(shown[rows].sum(), 1))
+                    record.replayed_true_ctr = {**(record.replayed_true_ctr or {}),
+                                                str(version.version): round(ctr, 5)}  # fmt: skip
+            replayed[str(version.version)] = {
+                "kind": version.tags.get("kind"), "from_hour": hours[0],
+                "expected": {(r.hour, r.n): e for r, e in zip(mine, expected, strict=True)},
+            }  # fmt: skip
+        self.echo(f"replayed {len(replayed)} versions on the live requests "
+                  f"in {time.monotonic() - started:.0f} s")  # fmt: skip
+        return replayed
+
+    def recovery(self, replayed: dict[str, dict[str, Any]], first: str, final: str,
+                 served_from: int | None) -> dict[str, Any] | None:  # fmt: skip
+        """The new champion's true CTR less the old one's, on the requests of the hours the
+        new one served (both replayed greedily, paired per request, t interval)."""
+        from recloop.counterfactual import paired_difference
+
+        if served_from is None or first not in replayed or final not in replayed:
+            return None
+        keys = [(r.hour, r.n) for r in self.requests if r.hour >= served_from]
+        new = np.array([replayed[final]["expected"][key] for key in keys])
+        old = np.array([replayed[first]["expected"][key] for key in keys])
+        gain = paired_difference(new, old, slots=10, alpha=self.settings.monitoring.alpha)
+        return {"from_hour": served_from, "new": final, "old": first,
+                "new_true_ctr": float(new.mean() / 10), "old_true_ctr": float(old.mean() / 10),
+                "gain": gain}  # fmt: skip
 
     def _echo_hour(self, r: HourRecord) -> None:
         interval = f"[{r.ctr_low:.3f}, {r.ctr_high:.3f}]" if r.ctr is not None else "-"
@@ -339,10 +415,15 @@ class Demo:
             f"({r.seconds['traffic']:.0f} s of traffic)"
         )
 
-    def summary(self, first_champion: str, seconds: float) -> dict[str, Any]:
+    def summary(
+        self, first_champion: str, replayed: dict[str, dict[str, Any]], seconds: float
+    ) -> dict[str, Any]:
         training_runs = self.airflow.runs("recloop_training")
         asset_runs = [r for r in training_runs if r["run_type"] == "asset_triggered"]
         final = self._champion()
+        served_from = next((r.hour for r in self.records
+                            if final != first_champion and final in (r.served_versions or {})),
+                           None)  # fmt: skip
         covered = [r.ctr_low <= r.true_ctr <= r.ctr_high for r in self.records
                    if r.ctr is not None]  # fmt: skip
         summary = {
@@ -357,9 +438,12 @@ class Demo:
             "asset_triggered_training_runs": [
                 {"run_id": r["dag_run_id"], "state": r["state"]} for r in asset_runs
             ],
-            "new_champion_served_from_hour": next(
-                (r.hour for r in self.records
-                 if final != first_champion and final in (r.served_versions or {})), None),
+            "new_champion_served_from_hour": served_from,
+            "versions": {version: {"kind": v["kind"], "from_hour": v["from_hour"]}
+                         for version, v in replayed.items()},
+            # The loop's payoff in truth, not in estimates: what the new champion earned on the
+            # hours it served, against what the old one would have earned on the same requests.
+            "recovery": self.recovery(replayed, first_champion, final, served_from),
             "ctr_interval_coverage": sum(covered) / len(covered) if covered else None,
             "hours": [asdict(r) for r in self.records],
             "dashboard": str(self.settings.monitoring_dir / "dashboard.html"),

@@ -67,6 +67,23 @@ def test_the_loop_closes(demo: dict[str, Any]) -> None:
     served_from = summary["new_champion_served_from_hour"]
     assert served_from is not None and served_from > summary["retrain_requested_hours"][0]
     assert any(summary["final_champion"] in (h["served_versions"] or {}) for h in shifted)
+    # Every registered version was replayed on exactly the hours that began after it was
+    # registered, the first champion on all of them; the recovery pairs the new champion with
+    # the old on the requests of the hours the new one served.
+    versions = summary["versions"]
+    assert {summary["first_champion"], summary["final_champion"]} <= set(versions), versions
+    for version, info in versions.items():
+        for hour in hours:
+            replayed = hour["replayed_true_ctr"] or {}
+            assert (version in replayed) == (hour["hour"] >= info["from_hour"]), (version, hour)
+            assert 0 < replayed.get(version, 0.5) < 1, hour
+    assert versions[summary["first_champion"]]["from_hour"] == 0
+    recovery = summary["recovery"]
+    assert recovery["from_hour"] == served_from, recovery
+    assert recovery["gain"]["low"] <= recovery["gain"]["value"] <= recovery["gain"]["high"]
+    assert recovery["gain"]["value"] == pytest.approx(
+        recovery["new_true_ctr"] - recovery["old_true_ctr"]
+    )
     # Estimated CTR against the truth: every hour within a point, and the 95% intervals hold
     # the true CTR in most hours (a 95% interval misses one hour in twenty; three misses or
     # more in nine hours happen in under 1% of runs).
