@@ -198,6 +198,7 @@ class LocalAirflow:
         home = airflow_home(self.settings)
         (home / "logs").mkdir(parents=True, exist_ok=True)
         airflow = str(Path(sys.executable).with_name("airflow"))
+        preload = [sys.executable, "-m", "recloop.airflow_preload"]
         if self.executor == "celery":
             assert self.database is not None
             create_database(self.settings, self.database)  # Airflow's, beside recloop's
@@ -205,13 +206,15 @@ class LocalAirflow:
         commands = {
             "api-server": [airflow, "api-server", "--host", "127.0.0.1", "--port", str(self.port)],
             # Task logs are files in this home; no log server (and no port 8793) is needed.
-            "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
+            # Tasks are forked from the scheduler (LocalExecutor) or a Celery worker, so those
+            # two start with the tasks' libraries imported (recloop.airflow_preload).
+            "scheduler": [*preload, "scheduler", "--skip-serve-logs"],
             "dag-processor": [airflow, "dag-processor"],
         }
         envs = dict.fromkeys(commands, self.env)
         for name in self.worker_names:
             short = name.split("@")[0]
-            commands[short] = [airflow, "celery", "worker", "--celery-hostname", name,
+            commands[short] = [*preload, "celery", "worker", "--celery-hostname", name,
                                "--queues", f"{self.queue},{TRAINING_QUEUE}",
                                "--concurrency", "1", "--skip-serve-logs"]  # fmt: skip
             envs[short] = {**self.env, WORKER_NAME: name}
