@@ -67,7 +67,7 @@ class DemoConfig:
     gate_protocol: str = "P1"
     trending_half_life_hours: float | None = None
     epsilon: float = 0.2  # the service's exploration
-    extra_hours: int = 4  # hours added, at most, until a new champion serves
+    extra_hours: int = 4  # hours added, at most, until a new champion serves a whole hour
     shift_weight: float = 0.9  # how far every taste moves towards the trend at the shift
     # The world's hour of day when the live hours start. Preferences depend on the hour of
     # day, so a clock tied to the wall clock would make each run's CTR curve depend on when
@@ -337,12 +337,15 @@ class Demo:
                     record.seconds = {"traffic": round(traffic_seconds, 1)}
                     pending = (record, self.trigger_hour(record))
                     hour += 1
-                served_new = any(v != first_champion for r in self.records
-                                 for v in (r.served_versions or {}))  # fmt: skip
-                waiting = any(r.retrain_requested for r in self.records) and not served_new
+                # Users keep coming until a new champion has served a whole hour: the replay
+                # judges a version only on hours that began after it was registered.
+                served = [*self.records, *([pending[0]] if pending else [])]
+                served_whole = any(r.served_versions and first_champion not in r.served_versions
+                                   for r in served)  # fmt: skip
+                waiting = any(r.retrain_requested for r in self.records) and not served_whole
                 most = self.config.hours + self.config.extra_hours
                 if hour == last and waiting and last < most:
-                    last += 1  # keep the users coming until the new champion serves them
+                    last += 1
             replayed = self.replay_versions()
             return self.summary(first_champion, replayed, time.monotonic() - began)
         finally:
@@ -391,16 +394,21 @@ class Demo:
     def recovery(self, replayed: dict[str, dict[str, Any]], first: str, final: str,
                  served_from: int | None) -> dict[str, Any] | None:  # fmt: skip
         """The new champion's true CTR less the old one's, on the requests of the hours the
-        new one served (both replayed greedily, paired per request, t interval)."""
+        new one served (both replayed greedily, paired per request, t interval). The new one
+        is replayed only from the first hour that began after it was registered, which is
+        the hour after the swap when the swap came mid-hour."""
         from recloop.counterfactual import paired_difference
 
         if served_from is None or first not in replayed or final not in replayed:
             return None
-        keys = [(r.hour, r.n) for r in self.requests if r.hour >= served_from]
+        start = max(served_from, replayed[final]["from_hour"])
+        keys = [(r.hour, r.n) for r in self.requests if r.hour >= start]
+        if not keys:
+            return None
         new = np.array([replayed[final]["expected"][key] for key in keys])
         old = np.array([replayed[first]["expected"][key] for key in keys])
         gain = paired_difference(new, old, slots=10, alpha=self.settings.monitoring.alpha)
-        return {"from_hour": served_from, "new": final, "old": first,
+        return {"from_hour": start, "new": final, "old": first,
                 "new_true_ctr": float(new.mean() / 10), "old_true_ctr": float(old.mean() / 10),
                 "gain": gain}  # fmt: skip
 
