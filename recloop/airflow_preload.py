@@ -10,8 +10,9 @@ Expectations 5 s, and the hourly features run has five tasks, three of them Feas
 ``python -m recloop.airflow_preload scheduler --skip-serve-logs`` is ``airflow scheduler
 --skip-serve-logs`` after those imports (``recloop.airflow_local`` starts the scheduler and the
 Celery workers so). Only libraries are imported, no recloop module that reads settings, and
-none of them starts a thread or opens a connection at import, so forking stays safe; torch is
-left out (only the neural model kinds need it, and it would add 300 MB to each process).
+none of them opens a connection or starts a Python thread at import, so forking stays safe
+(torch comes in with Feast, which imports it; its thread pools start only when it first
+computes, which the scheduler never does).
 """
 
 from __future__ import annotations
