@@ -61,5 +61,6 @@ USER airflow
 CMD ["airflow", "version"]
 
 FROM airflow AS training
-# One training task at a time per worker: each one uses every core it is given.
-CMD ["airflow", "celery", "worker", "--queues", "training", "--concurrency", "1"]
+# One training task at a time per worker: each one uses every core it is given. Started through
+# recloop.airflow_preload, so the tasks forked from it find Feast and MLflow imported.
+CMD ["python", "-m", "recloop.airflow_preload", "celery", "worker", "--queues", "training", "--concurrency", "1"]

@@ -199,6 +199,7 @@ class LocalAirflow:
         (home / "logs").mkdir(parents=True, exist_ok=True)
         airflow = str(Path(sys.executable).with_name("airflow"))
         preload = [sys.executable, "-m", "recloop.airflow_preload"]
+        scheduler = preload if self.executor == "local" else [airflow]
         if self.executor == "celery":
             assert self.database is not None
             create_database(self.settings, self.database)  # Airflow's, beside recloop's
@@ -206,9 +207,9 @@ class LocalAirflow:
         commands = {
             "api-server": [airflow, "api-server", "--host", "127.0.0.1", "--port", str(self.port)],
             # Task logs are files in this home; no log server (and no port 8793) is needed.
-            # Tasks are forked from the scheduler (LocalExecutor) or a Celery worker, so those
-            # two start with the tasks' libraries imported (recloop.airflow_preload).
-            "scheduler": [*preload, "scheduler", "--skip-serve-logs"],
+            # Tasks are forked from the scheduler (LocalExecutor) or from a Celery worker, so
+            # whichever runs them starts with their libraries imported (recloop.airflow_preload).
+            "scheduler": [*scheduler, "scheduler", "--skip-serve-logs"],
             "dag-processor": [airflow, "dag-processor"],
         }
         envs = dict.fromkeys(commands, self.env)

@@ -8,11 +8,14 @@ it itself pays for it on every run: on these 2 cores Feast alone takes 13 s or m
 Expectations 5 s, and the hourly features run has five tasks, three of them Feast's.
 
 ``python -m recloop.airflow_preload scheduler --skip-serve-logs`` is ``airflow scheduler
---skip-serve-logs`` after those imports (``recloop.airflow_local`` starts the scheduler and the
-Celery workers so). Only libraries are imported, no recloop module that reads settings, and
-none of them opens a connection or starts a Python thread at import, so forking stays safe
-(torch comes in with Feast, which imports it; its thread pools start only when it first
-computes, which the scheduler never does).
+--skip-serve-logs`` after those imports. ``recloop.airflow_local`` starts the LocalExecutor's
+scheduler and the Celery workers so, and ``docker/compose.yaml`` its Celery workers (with the
+CeleryExecutor the scheduler runs no task, so it starts plain).
+
+Only libraries are imported, no recloop module that reads settings, and none of them opens a
+connection or starts a Python thread at import, so forking stays safe (torch comes in with
+Feast, which imports it; its thread pools start only when it first computes, which neither
+the scheduler nor a worker ever does).
 """
 
 from __future__ import annotations

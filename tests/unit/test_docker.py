@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 SECRETS_PREFIX = "/run/secrets/"
+# `airflow celery worker` started through recloop.airflow_preload (its tasks are forked from it).
+PRELOADED_WORKER = ["python", "-m", "recloop.airflow_preload", "celery", "worker"]
 
 # The Compose Specification's keys (compose-spec/schema/compose-spec.json). No package in the
 # lock ships that schema, so a misspelt key is caught by these lists instead.
@@ -381,8 +383,9 @@ def test_airflow_services_share_the_celery_executor_setup(compose):
             if i.keyword == "CMD" and i.stage == training["build"]["target"]
         )
     )
-    assert command[:3] == ["airflow", "celery", "worker"]
+    assert command[:5] == PRELOADED_WORKER
     assert command[command.index("--queues") + 1] == "training"
+    assert _command(compose["services"]["airflow-worker"])[:5] == PRELOADED_WORKER
 
 
 # -- the Dockerfile --------------------------------------------------------------------------
