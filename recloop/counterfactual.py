@@ -26,6 +26,8 @@ import numpy as np
 
 from training.data import UserQuery
 
+BATCH = 2048  # requests scored at once: bounds the (requests x catalogue) score matrix
+
 
 @dataclass(frozen=True)
 class LiveRequest:
@@ -51,8 +53,6 @@ def greedy_expected_clicks(
     """Per request (in the order given), the expected clicks of ``model``'s greedy top k (the
     sum over the slate of the world's true click probabilities) and the slate's length.
     ``earlier``: requests before these whose clicks the service had already been told of."""
-    from training.metrics import top_k
-
     live: dict[str, list[str]] = {}  # each user's live clicks, oldest first
     for request in sorted(earlier, key=lambda r: (r.hour, r.n)):
         live.setdefault(request.user_id, []).extend(request.clicked)
@@ -66,23 +66,34 @@ def greedy_expected_clicks(
             history = tuple(dict.fromkeys((known or ()) + tuple(reversed(fresh))))
             queries[i] = UserQuery(request.user_id, history, None, None, request.context)
         live.setdefault(request.user_id, []).extend(request.clicked)
-    # As serving.engine scores: the model for a user it knows or who clicked, popularity
-    # (log1p of the counts) for anyone else; seen items excluded.
-    scores = np.tile(np.log1p(model.popularity), (len(requests), 1))
+    expected, shown = np.zeros(len(requests)), np.zeros(len(requests), dtype=np.int64)
+    for start in range(0, len(requests), BATCH):
+        rows = range(start, min(start + BATCH, len(requests)))
+        top, scores = _greedy(model, [queries[i] for i in rows], k)
+        for row, i in enumerate(rows):
+            items = [model.item_ids[c] for c in top[row] if np.isfinite(scores[row, c])]
+            if items:
+                request = requests[i]
+                truth = world.click_probabilities(
+                    request.user_id, items, request.at, request.context
+                )
+                expected[i], shown[i] = truth.sum(), len(items)
+    return expected, shown
+
+
+def _greedy(model, queries: list[UserQuery | None], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(top k columns, scores) as serving.engine scores: the model for a user it knows or who
+    clicked, popularity (log1p of the counts) for anyone else (None); seen items excluded."""
+    from training.metrics import top_k
+
+    scores = np.tile(np.log1p(model.popularity), (len(queries), 1))
     answered = [i for i, query in enumerate(queries) if query is not None]
     if answered:
         scores[answered] = model.score([queries[i] for i in answered]).astype(np.float64)
     for i in answered:
         seen = [model.item_index[item] for item in queries[i].history if item in model.item_index]
         scores[i, seen] = -np.inf
-    top = top_k(scores, k)
-    expected, shown = np.zeros(len(requests)), np.zeros(len(requests), dtype=np.int64)
-    for i, request in enumerate(requests):
-        items = [model.item_ids[c] for c in top[i] if np.isfinite(scores[i, c])]
-        if items:
-            truth = world.click_probabilities(request.user_id, items, request.at, request.context)
-            expected[i], shown[i] = truth.sum(), len(items)
-    return expected, shown
+    return top_k(scores, k), scores
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, slots: int, alpha: float) -> dict[str, float]:

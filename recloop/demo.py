@@ -49,6 +49,7 @@ from serving.launch import free_port, wait_ready
 
 DAGS = ["recloop_features", "recloop_training", "recloop_metrics"]
 HISTORY_MARGIN_HOURS = 4  # ratings follow clicks by up to 3 hours in the simulator
+SLATE = 10  # items the simulated users ask for, and each version's replayed slate
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,8 @@ class Demo:
         user_id = world.users[user].user_id
         device = DEVICES[rng.choice(len(DEVICES), p=world.user_devices[user])]
         context = {"hour": at.hour, "weekday": at.weekday(), "device": device}
-        response = client.post("/recommend", json={"user_id": user_id, "k": 10, "context": context})
+        body = {"user_id": user_id, "k": SLATE, "context": context}
+        response = client.post("/recommend", json=body)
         response.raise_for_status()
         slate = response.json()
         items = [row["item_id"] for row in slate["items"]]
@@ -373,7 +375,7 @@ class Demo:
             model = registry.download_model(self.settings, str(version.version))
             mine = [r for r in self.requests if r.hour >= hours[0]]
             expected, shown = greedy_expected_clicks(
-                model, self.world, mine, k=10,
+                model, self.world, mine, k=SLATE,
                 fresh_clicks=self.settings.serving.fresh_clicks,
                 earlier=[r for r in self.requests if r.hour < hours[0]],
             )  # fmt: skip
@@ -407,9 +409,10 @@ class Demo:
             return None
         new = np.array([replayed[final]["expected"][key] for key in keys])
         old = np.array([replayed[first]["expected"][key] for key in keys])
-        gain = paired_difference(new, old, slots=10, alpha=self.settings.monitoring.alpha)
+        gain = paired_difference(new, old, slots=SLATE, alpha=self.settings.monitoring.alpha)
         return {"from_hour": start, "new": final, "old": first,
-                "new_true_ctr": float(new.mean() / 10), "old_true_ctr": float(old.mean() / 10),
+                "new_true_ctr": float(new.mean() / SLATE),
+                "old_true_ctr": float(old.mean() / SLATE),
                 "gain": gain}  # fmt: skip
 
     def _echo_hour(self, r: HourRecord) -> None:

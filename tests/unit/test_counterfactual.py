@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from recloop import counterfactual
 from recloop.counterfactual import LiveRequest, greedy_expected_clicks, paired_difference
 from recloop.sources.simulator import WorldConfig, build_world
 from training.data import InteractionData
@@ -80,6 +81,14 @@ def test_live_clicks_fold_in_in_request_order(world, model) -> None:
     )
     # Only i00001, the newest click, is left out.
     assert expected[0] == pytest.approx(truth(world, "u00005", [ids[0], *ids[2:6]]))
+
+
+def test_batches_change_nothing(world, model, monkeypatch) -> None:
+    requests = [LiveRequest(0, n, f"u{n % 4:05d}", AT, CONTEXT, clicked=()) for n in range(7)]
+    whole = greedy_expected_clicks(model, world, requests, k=5, fresh_clicks=20)
+    monkeypatch.setattr(counterfactual, "BATCH", 2)
+    batched = greedy_expected_clicks(model, world, requests, k=5, fresh_clicks=20)
+    assert np.array_equal(whole[0], batched[0]) and np.array_equal(whole[1], batched[1])
 
 
 def test_paired_difference_is_a_t_interval_over_requests() -> None:
