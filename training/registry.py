@@ -158,9 +158,12 @@ def download_model(settings: Settings, reference: str):
         if alias_version(client, reference) is None:
             raise LookupError(f"{MODEL_NAME}: no version carries the alias {reference!r}")
         uri = f"models:/{MODEL_NAME}@{reference}"
-    target = Path(tempfile.mkdtemp(prefix="recloop-model-"))
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target))
-    return load_model(Path(local) / "artifacts" / ARTIFACT)
+    # Every kind reads its folder whole while loading, so the download goes once it is loaded:
+    # the hourly metrics run and every champion swap download versions, and copies kept in
+    # the temporary folder would pile up there for as long as the machine runs.
+    with tempfile.TemporaryDirectory(prefix="recloop-model-") as target:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=target)
+        return load_model(Path(local) / "artifacts" / ARTIFACT)
 
 
 def model_card(

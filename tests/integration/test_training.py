@@ -3,6 +3,7 @@ MovieLens-100K (a degraded challenger is never promoted, a better one is)."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -21,7 +22,9 @@ from training.promotion import decide
 
 
 @pytest.mark.integration
-def test_training_registers_candidates_and_sets_aliases(settings: Settings) -> None:
+def test_training_registers_candidates_and_sets_aliases(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = synthetic(users=60, items=40)
     report = run_training(settings, kinds=["popularity", "ease"], data=data, show_progress=False)
     assert [c["kind"] for c in report.candidates] == ["popularity", "ease"]
@@ -52,9 +55,13 @@ def test_training_registers_candidates_and_sets_aliases(settings: Settings) -> N
     mlflow.set_tracking_uri(settings.tracking_uri())
     pyfunc = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}@champion")
     frame = pyfunc.predict(pd.DataFrame({"user_id": ["u0", "u1"], "k": [5, 5]}))
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(downloads))
     fast = registry.download_model(settings, "champion")
     expected = [item for item, _ in fast.recommend([UserQuery(user_id="u0")], k=5)[0]]
     assert frame[frame["user_id"] == "u0"]["item_id"].tolist() == expected
+    assert not any(downloads.iterdir())  # the download went once the model was loaded
 
     # The same recipe retrained on current data refreshes the champion.
     again = run_training(settings, kinds=["ease"], data=data, show_progress=False)
