@@ -3,7 +3,8 @@
 Trains each model on each protocol's training part and evaluates the held-out part. Prints
 one JSON line per figure: NDCG@10 on every protocol and AUC on P2 (P3 is reported as P3a,
 attributes only, and P3b, three revealed interactions). `popularity` and `ease_plain` (EASE,
-lambda 300, untuned) are computed in the same run as references; ratios are to ease_plain.
+lambda 300, no dropout, untuned) are computed in the same run as references; ratios are to
+ease_plain.
 With `--training-run`, it also times `recloop train` (the whole candidate set through the real
 pipeline and MLflow) on the same data, against one ease_plain fit.
 
@@ -32,7 +33,7 @@ METRICS = {"P2": ("ndcg", "auc")}
 
 
 def build(name: str, settings: Settings):
-    kind, config = ("ease", {"l2": 300.0}) if name == REFERENCE else (name, {})
+    kind, config = ("ease", {"l2": 300.0, "dropout": 0.0}) if name == REFERENCE else (name, {})
     return create(kind, **_environment_config(kind, settings, show_progress=False), **config)
 
 

@@ -29,16 +29,31 @@ def test_popularity_ranks_by_training_count(data) -> None:
 
 
 def test_ease_matches_the_closed_form(data) -> None:
-    model = create("ease", l2=10.0).fit(data)
+    model = create("ease", l2=10.0, dropout=0.0).fit(data)
     x = model._matrix(data).astype(np.float64)
     p = np.linalg.inv(x.T @ x + 10.0 * np.eye(x.shape[1]))
     b = np.eye(x.shape[1]) - p / np.diag(p)
     np.testing.assert_allclose(model.weights, b, atol=1e-5)
 
 
+def test_dlae_matches_its_closed_form_and_is_tuned_with_lambda(data) -> None:
+    model = create("ease", l2=10.0, dropout=0.5).fit(data)
+    x = model._matrix(data).astype(np.float64)
+    gram = x.T @ x
+    penalty = np.diag(10.0 + 0.5 / 0.5 * np.diag(gram))  # Steck 2020: p / (1 - p) diag(G)
+    b = np.eye(x.shape[1]) - np.linalg.inv(gram + penalty) @ penalty  # B = I - P Lambda
+    np.fill_diagonal(b, 0.0)  # scores only seen items; zeroed as EASE's
+    np.testing.assert_allclose(model.weights, b, atol=1e-5)
+    tuned = create("ease", l2_grid=(10.0, 100.0), dropout_grid=(0.0, 0.5)).fit(data)
+    assert tuned.tuning["l2"] in (10.0, 100.0) and tuned.tuning["dropout"] in (0.0, 0.5)
+    assert (tuned.config.l2, tuned.config.dropout) == (tuned.tuning["l2"], tuned.tuning["dropout"])
+    with pytest.raises(ValueError, match=r"dropout=1\.0 is invalid"):
+        create("ease", dropout=1.0)
+
+
 def test_ease_learns_the_taste_groups_and_folds_in_new_users(data) -> None:
     split = protocols.split(data, "P1")
-    ease = evaluate(create("ease", l2=10.0).fit(split.train), split).metrics["ndcg"]
+    ease = evaluate(create("ease", l2=10.0, dropout=0.0).fit(split.train), split).metrics["ndcg"]
     popularity = evaluate(create("popularity").fit(split.train), split).metrics["ndcg"]
     assert ease > popularity + 0.1
     model = create("ease", l2=10.0).fit(data)
