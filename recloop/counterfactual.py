@@ -8,11 +8,12 @@ time, same context) through version v, take its greedy top k, and read that slat
 clicks off the world. Versions are replayed on the same requests, so two versions' figures
 are paired: their difference is not blurred by who happened to ask in which hour.
 
-Each request is answered as the service would have answered it (``serving.engine``): the
-user's history as the version saw it in training, plus the user's live clicks before this
-request, newest ``fresh_clicks`` of them (what the service reads from Feast's push source),
-with those seen items excluded. A version is replayed only on hours that started after it
-was registered, so nothing it trained on comes from the hours it is judged on.
+Each request is answered by the service's own functions (``serving.engine.user_query`` and
+``slate_scores``): the user's history as the version saw it in training, plus the user's live
+clicks before this request, newest ``fresh_clicks`` of them (what the service reads from
+Feast's push source), with those seen items excluded. A version is replayed only on hours
+that started after it was registered, so nothing it trained on comes from the hours it is
+judged on.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.engine import slate_scores, user_query
 from training.data import UserQuery
 
 BATCH = 2048  # requests scored at once: bounds the (requests x catalogue) score matrix
@@ -61,10 +63,8 @@ def greedy_expected_clicks(
     for i in order:
         request = requests[i]
         fresh = list(dict.fromkeys(reversed(live.get(request.user_id, []))))[:fresh_clicks]
-        known = model.histories.get(request.user_id)
-        if known is not None or fresh:
-            history = tuple(dict.fromkeys((known or ()) + tuple(reversed(fresh))))
-            queries[i] = UserQuery(request.user_id, history, None, None, request.context)
+        answer = user_query(model, request.user_id, fresh, request.context)
+        queries[i] = answer[0] if answer is not None else None
         live.setdefault(request.user_id, []).extend(request.clicked)
     expected, shown = np.zeros(len(requests)), np.zeros(len(requests), dtype=np.int64)
     for start in range(0, len(requests), BATCH):
@@ -82,17 +82,10 @@ def greedy_expected_clicks(
 
 
 def _greedy(model, queries: list[UserQuery | None], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(top k columns, scores) as serving.engine scores: the model for a user it knows or who
-    clicked, popularity (log1p of the counts) for anyone else (None); seen items excluded."""
+    """(top k columns, scores), scored by the service's own function (seen items excluded)."""
     from training.metrics import top_k
 
-    scores = np.tile(np.log1p(model.popularity), (len(queries), 1))
-    answered = [i for i, query in enumerate(queries) if query is not None]
-    if answered:
-        scores[answered] = model.score([queries[i] for i in answered]).astype(np.float64)
-    for i in answered:
-        seen = [model.item_index[item] for item in queries[i].history if item in model.item_index]
-        scores[i, seen] = -np.inf
+    scores = slate_scores(model, queries, exclude_seen=True)
     return top_k(scores, k), scores
 
 

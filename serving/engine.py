@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -86,13 +87,8 @@ class Engine:
             request.user_id, context, request.profile
         )
         model = deployment.model
-        if served_by == "popularity":
-            scores = np.log1p(model.popularity)
-        else:
-            scores = model.score([query])[0].astype(np.float64)
-        if request.exclude_seen:
-            seen = [model.item_index[i] for i in (query.history or ()) if i in model.item_index]
-            scores[seen] = -np.inf
+        answered = None if served_by == "popularity" else query
+        scores = slate_scores(model, [answered], exclude_seen=request.exclude_seen)[0]
         pool = _finite_top(scores, self.settings.serving.candidates)
         items = [model.item_ids[i] for i in pool]
         clicks, shown = self._counts(items)
@@ -245,20 +241,15 @@ class Engine:
         ):
             deployment = models.profile
         fresh = self.features.recent_clicks([user_id])[0]
-        oldest_first = tuple(reversed(fresh))
         attributes = (
             {"age": profile.age, "gender": profile.gender, "occupation": profile.occupation}
             if profile is not None else None
         )  # fmt: skip
         text = profile.text if profile is not None else None
-        known = deployment.model.histories.get(user_id)
-        if known is not None:
-            history = tuple(dict.fromkeys(known + oldest_first))
-            query = UserQuery(user_id, history, attributes, text, context)
-            return arm, deployment, query, "history", fresh
-        if fresh:
-            query = UserQuery(user_id, oldest_first, attributes, text, context)
-            return arm, deployment, query, "fresh_clicks", fresh
+        answer = user_query(deployment.model, user_id, fresh, context, attributes, text)
+        if answer is not None:
+            query, served_by = answer
+            return arm, deployment, query, served_by, fresh
         if profile is not None and models.profile is not None:
             query = UserQuery(user_id, (), attributes, text, context)
             return arm, models.profile, query, "profile", fresh
@@ -351,6 +342,47 @@ class ImpressionWriter:
                 except Exception:
                     self.failures += len(batch)
                     log.exception("could not log %d impressions", len(batch))
+
+
+def user_query(
+    model,
+    user_id: str,
+    fresh: Sequence[str],
+    context: dict[str, Any],
+    attributes: dict[str, Any] | None = None,
+    text: str | None = None,
+) -> tuple[UserQuery, str] | None:
+    """The query ``model`` answers for a user it knows (its training history, then the fresh
+    clicks: served by ``history``) or who has clicked since (``fresh_clicks``); None for
+    anyone else. ``fresh``: the user's pushed clicks, newest first, as Feast returns them.
+    The demo's counterfactual replay asks the same question of every registered version."""
+    oldest_first = tuple(reversed(fresh))
+    known = model.histories.get(user_id)
+    if known is not None:
+        history = tuple(dict.fromkeys(known + oldest_first))
+        return UserQuery(user_id, history, attributes, text, context), "history"
+    if fresh:
+        return UserQuery(user_id, oldest_first, attributes, text, context), "fresh_clicks"
+    return None
+
+
+def slate_scores(model, queries: Sequence[UserQuery | None], *, exclude_seen: bool) -> np.ndarray:
+    """Scores over the catalogue, one row per query, as ``/recommend`` ranks them: the model's
+    for a query, popularity (log1p of the training counts) for None (nobody the model can
+    answer for); items in a query's history at -inf when ``exclude_seen``."""
+    scores = np.empty((len(queries), len(model.item_ids)), dtype=np.float64)
+    answered = [row for row, query in enumerate(queries) if query is not None]
+    others = [row for row, query in enumerate(queries) if query is None]
+    if answered:
+        scores[answered] = model.score([queries[row] for row in answered])
+    if others:
+        scores[others] = np.log1p(model.popularity)
+    if exclude_seen:
+        index = model.item_index
+        for row in answered:
+            seen = [index[item] for item in (queries[row].history or ()) if item in index]
+            scores[row, seen] = -np.inf
+    return scores
 
 
 def _finite_top(scores: np.ndarray, k: int) -> np.ndarray:

@@ -100,3 +100,21 @@ def test_paired_difference_is_a_t_interval_over_requests() -> None:
     assert gain["value"] == pytest.approx(0.14)  # (2 + 0 + 3 + 0 + 2) / 5 / 10
     assert (gain["low"], gain["high"]) == pytest.approx((0.14 - half, 0.14 + half))
     assert gain["requests"] == 5
+
+
+def test_the_replay_and_the_service_share_one_query_and_one_scoring(model) -> None:
+    """serving.engine's functions, which /recommend and the replay both call: a known user's
+    history then fresh clicks (oldest first), a clicked stranger, popularity for anyone else."""
+    from serving.engine import slate_scores, user_query
+
+    query, served_by = user_query(model, "u00000", ["i00005", "i00001"], CONTEXT)
+    assert served_by == "history" and query.history == ("i00000", "i00001", "i00005")
+    query_new, served_new = user_query(model, "u09999", ["i00007", "i00003"], CONTEXT)
+    assert served_new == "fresh_clicks" and query_new.history == ("i00003", "i00007")
+    assert user_query(model, "u09999", [], CONTEXT) is None
+    scores = slate_scores(model, [query, None], exclude_seen=True)
+    seen = [model.item_index[i] for i in query.history]
+    assert np.isneginf(scores[0, seen]).all() and np.isfinite(np.delete(scores[0], seen)).all()
+    np.testing.assert_allclose(scores[1], np.log1p(model.popularity))
+    kept = slate_scores(model, [query], exclude_seen=False)
+    assert np.isfinite(kept).all()
