@@ -215,6 +215,20 @@ class ServingSettings(_Section):
     watch_seconds: float = Field(
         10.0, gt=0, description="How often the registry aliases are checked for a new version."
     )
+    catalogue_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often the item catalogue (dbt's items mart) is re-read, for the items "
+        "no served model trained on.",
+    )
+    new_items: int = Field(
+        2000,
+        ge=0,
+        le=10_000,
+        description="At most this many catalogue items the serving model never trained on "
+        "(the newest first) are scored from their text per request, when its kind reads "
+        "text (two_tower); 0 turns it off.",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted.")
     fresh_clicks: int = Field(
         20, ge=1, description="Recent clicks kept per user in Feast's push-fed view."

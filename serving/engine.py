@@ -8,6 +8,10 @@ mixes versions within a request. Every slate served is logged as impression even
 propensity, model version, policy, request id); the monitoring DAG estimates everything from
 them. Impressions are appended by a background writer every ``impression_flush_seconds``, off
 the request path; feedback is appended before it is acknowledged.
+
+Items that entered the catalogue after the serving model's training (``serving.catalogue``)
+join ``/recommend``'s candidates, scored from their text, when the model reads text; the watch
+thread encodes their texts before any request uses them (``_refresh_catalogue``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import hashlib
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -25,6 +30,7 @@ import numpy as np
 
 from recloop.contracts import Event, EventType
 from recloop.settings import Settings
+from serving.catalogue import Catalogue, read_catalogue
 from serving.models import POSITIVE_EVENTS, Deployment, ModelSet, ModelWatcher
 from serving.policies import Candidates, make_policy, top
 from serving.schemas import (
@@ -37,6 +43,8 @@ from serving.schemas import (
 from training.data import UserQuery, item_text
 
 log = logging.getLogger("recloop.serving")
+
+TEXT_CHUNK = 16  # new item texts encoded per hold of the text lock (about 90 ms of MiniLM)
 
 
 def limit_compute_threads(threads: int) -> None:
@@ -74,6 +82,14 @@ class Engine:
         self.item_counts: dict[str, tuple[float, float]] = {}
         self._similar: dict[tuple[str, str], np.ndarray] = {}
         self._refresh_item_counts()
+        # New items: the catalogue last read, and the (alias, version, catalogue) triples whose
+        # new items' texts are encoded; a request uses a model's new items only once they are.
+        self.catalogue = Catalogue()
+        self.catalogue_error: str | None = None
+        self._catalogue_due = 0.0
+        self._encoded: set[tuple[str, str, datetime | None]] = set()
+        self._text_lock = threading.Lock()  # the text models' vector cache is not thread-safe
+        self._refresh_catalogue()
         self.impressions = ImpressionWriter(self.events, config.impression_flush_seconds)
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._watch_loop, name="recloop-watch", daemon=True)
@@ -89,8 +105,13 @@ class Engine:
         model = deployment.model
         answered = None if served_by == "popularity" else query
         scores = slate_scores(model, [answered], exclude_seen=request.exclude_seen)[0]
+        ids = model.item_ids
+        if answered is not None:
+            new_ids, new_scores = self._new_item_scores(deployment, query, request.exclude_seen)
+            if new_ids:
+                scores, ids = np.concatenate([scores, new_scores]), [*ids, *new_ids]
         pool = _finite_top(scores, self.settings.serving.candidates)
-        items = [model.item_ids[i] for i in pool]
+        items = [ids[i] for i in pool]
         clicks, shown = self._counts(items)
         request_id = uuid.uuid4().hex
         rng = np.random.default_rng(int(request_id, 16))  # the draw is reproducible from the id
@@ -130,13 +151,22 @@ class Engine:
         ids = [*request.item_ids, *(item.item_id for item in request.new_items)]
         scores = model.score([query], ids)[0]
         first_new = len(request.item_ids)
-        from_text = [
-            first_new + n for n, item in enumerate(request.new_items)
+        # Items the model never saw, scored from their text: those the request describes, and
+        # those named by id that the catalogue describes.
+        texts_of = {
+            first_new + n: item_text(item.model_dump()) for n, item in enumerate(request.new_items)
             if item.item_id not in model.item_index
-        ]  # fmt: skip
+        }  # fmt: skip
+        if model.reads_item_text:
+            catalogue = self.catalogue
+            for position, item in enumerate(request.item_ids):
+                text = catalogue.text_of(item) if item not in model.item_index else None
+                if text is not None:
+                    texts_of[position] = text
+        from_text = list(texts_of)
         if from_text and model.reads_item_text:
-            texts = [item_text(request.new_items[p - first_new].model_dump()) for p in from_text]
-            scores[from_text] = model.score_texts([query], texts)[0]
+            with self._text_lock:
+                scores[from_text] = model.score_texts([query], list(texts_of.values()))[0]
         else:
             from_text = []  # no model reads item text: they rank last, as unknown ids do
         scored_from_text = set(from_text)
@@ -193,6 +223,7 @@ class Engine:
             "policy": self.policy.name,
             "challenger_share": self.settings.serving.challenger_share,
             "last_refresh_error": self.watcher.last_error,
+            "catalogue": {**self.catalogue.describe(), "error": self.catalogue_error},
             "impressions_pending": self.impressions.pending(),
             "impressions_failed": self.impressions.failures,
         }
@@ -255,6 +286,65 @@ class Engine:
             return arm, models.profile, query, "profile", fresh
         return arm, deployment, UserQuery(user_id, (), None, None, context), "popularity", fresh
 
+    def _new_item_scores(
+        self, deployment: Deployment, query: UserQuery, exclude_seen: bool
+    ) -> tuple[list[str], np.ndarray]:
+        """Catalogue items the model never trained on, and their scores from their text, when
+        the model reads text and the watch thread has encoded them; else none."""
+        model, catalogue = deployment.model, self.catalogue
+        limit = self.settings.serving.new_items
+        if not (model.reads_item_text and limit and len(catalogue)):
+            return [], np.empty(0)
+        if (deployment.alias, deployment.version, catalogue.read_at) not in self._encoded:
+            return [], np.empty(0)
+        ids, texts = catalogue.new_items((deployment.alias, deployment.version),
+                                         model.item_index, limit)  # fmt: skip
+        if not ids:
+            return [], np.empty(0)
+        with self._text_lock:
+            scores = model.score_texts([query], texts)[0].astype(np.float64)
+        if exclude_seen and query.history:
+            seen = set(query.history)
+            scores[[n for n, item in enumerate(ids) if item in seen]] = -np.inf
+        return ids, scores
+
+    def _refresh_catalogue(self) -> None:
+        """Re-read the catalogue when due; encode the texts of the items each served text
+        model never trained on, a few at a time (a request waits at most for one chunk), and
+        only then let requests use them."""
+        config = self.settings.serving
+        if time.monotonic() >= self._catalogue_due:
+            self._catalogue_due = time.monotonic() + config.catalogue_seconds
+            try:
+                catalogue = read_catalogue(self.settings)
+            except Exception as error:  # keep the catalogue read before; readyz says why
+                self.catalogue_error = f"{type(error).__name__}: {error}"
+                log.warning("catalogue not refreshed: %s", self.catalogue_error)
+            else:
+                self.catalogue_error = None
+                self.catalogue = catalogue
+        catalogue = self.catalogue
+        if not (config.new_items and len(catalogue)):
+            return
+        try:
+            models = self.watcher.current
+        except LookupError:
+            return
+        encoded = set()
+        for deployment in (models.champion, models.challenger, models.profile):
+            if deployment is None or not deployment.model.reads_item_text:
+                continue
+            key = (deployment.alias, deployment.version, catalogue.read_at)
+            if key not in self._encoded:
+                _, texts = catalogue.new_items(key[:2], deployment.model.item_index,
+                                               config.new_items)  # fmt: skip
+                for start in range(0, len(texts), TEXT_CHUNK):
+                    with self._text_lock:
+                        deployment.model.score_texts([UserQuery(history=())],
+                                                     texts[start : start + TEXT_CHUNK])  # fmt: skip
+            encoded.add(key)
+        self._encoded = encoded  # replaced whole: a request reads one set or the other
+
     def _counts(self, items: list[str]) -> tuple[np.ndarray, np.ndarray]:
         counts = self.item_counts
         pairs = [counts.get(item, (0.0, 0.0)) for item in items]
@@ -289,6 +379,7 @@ class Engine:
             try:
                 self.watcher.refresh()
                 self._refresh_item_counts()
+                self._refresh_catalogue()
             except Exception as error:  # keep serving what is loaded; readyz says why
                 self.watcher.last_error = f"{type(error).__name__}: {error}"
                 log.exception("model refresh failed; still serving the loaded versions")

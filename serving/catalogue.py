@@ -1,0 +1,93 @@
+"""The item catalogue the service recommends from, beyond what its models trained on.
+
+dbt's ``items`` mart lists every item that has entered the catalogue by the interval's end,
+interactions or not; its export ``feast_items`` (a Parquet file under the home's features
+folder in the local profile, a view in production) is what the service reads, every
+``serving.catalogue_seconds``, in its model watch thread. A Feast online store cannot list its
+keys, so the catalogue does not come from there.
+
+Items the serving model never trained on are scored from their text when its kind reads text
+(``Recommender.reads_item_text``: the two-tower model's item tower, as protocol P2 trains it),
+so a new item can be recommended before any retraining. Kinds that read no text cannot score
+them, and leave them out until a retraining has seen them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from recloop.settings import Settings
+from training.data import item_text
+
+EXPORT = "feast_items"
+QUERY = (
+    "SELECT item_id, title, item_text AS text, categories FROM {relation} "
+    "ORDER BY created_at DESC, item_id"
+)
+
+
+class Catalogue:
+    """Item ids, newest first, and the text each is encoded from (``training.data.item_text``,
+    the text training gave the same item). Not changed once built: a refresh builds another."""
+
+    def __init__(
+        self, item_ids: tuple[str, ...] = (), texts: tuple[str, ...] = (),
+        read_at: datetime | None = None,
+    ):  # fmt: skip
+        self.item_ids, self.texts, self.read_at = item_ids, texts, read_at
+        self._index = {item: n for n, item in enumerate(item_ids)}
+        self._new: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+
+    def new_items(
+        self, key: tuple[str, str], known: dict[str, int], limit: int
+    ) -> tuple[list[str], list[str]]:
+        """(ids, texts) of up to ``limit`` items, newest first, that are not keys of ``known``
+        (a model's item index). Remembered per ``key`` (a deployment's alias and version), so
+        a request pays for one dict lookup."""
+        cached = self._new.get(key)
+        if cached is None:
+            ids, texts = [], []
+            for item, text in zip(self.item_ids, self.texts, strict=True):
+                if len(ids) == limit:
+                    break
+                if item not in known:
+                    ids.append(item)
+                    texts.append(text)
+            if len(self._new) >= 8:  # versions come and go: keep the few being served
+                self._new.clear()
+            cached = self._new[key] = (ids, texts)
+        return cached
+
+    def text_of(self, item_id: str) -> str | None:
+        index = self._index.get(item_id)
+        return self.texts[index] if index is not None else None
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def describe(self) -> dict[str, object]:
+        return {"items": len(self.item_ids),
+                "read_at": self.read_at.isoformat() if self.read_at else None}  # fmt: skip
+
+
+def read_catalogue(settings: Settings) -> Catalogue:
+    """The catalogue as the last feature pipeline run exported it. Raises FileNotFoundError
+    (local) or the driver's error (production) when there is none yet."""
+    if settings.profile == "production":
+        from recloop import warehouse
+        from recloop.features.store import FEAST_SCHEMA
+
+        frame = warehouse.read_frame(settings, QUERY.format(relation=f"{FEAST_SCHEMA}.{EXPORT}"))
+    else:
+        import duckdb
+
+        path = settings.features_dir / f"{EXPORT}.parquet"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} does not exist: run the feature pipeline (`recloop features run`) "
+                "for the service to know its catalogue"
+            )
+        with duckdb.connect() as con:
+            frame = con.execute(QUERY.format(relation=f"read_parquet('{path}')")).df()
+    texts = tuple(item_text(row) for row in frame.to_dict("records"))
+    return Catalogue(tuple(frame["item_id"].astype(str)), texts, datetime.now(UTC))
