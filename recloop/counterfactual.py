@@ -11,7 +11,9 @@ are paired: their difference is not blurred by who happened to ask in which hour
 Each request is answered by the service's own functions (``serving.engine.user_query`` and
 ``slate_scores``): the user's history as the version saw it in training, plus the user's live
 clicks before this request, newest ``fresh_clicks`` of them (what the service reads from
-Feast's push source), with those seen items excluded. A version is replayed only on hours
+Feast's push source), with those seen items excluded. (Catalogue items a version never
+trained on join only a text-reading model's slates, ``serving.catalogue``; the demo's kinds
+read no text, so the replay, like the service, leaves them out.) A version is replayed only on hours
 that started after it was registered, so nothing it trained on comes from the hours it is
 judged on.
 """
