@@ -7,13 +7,20 @@
   estimated, after which the mean is lower than before, is a degradation. Running it over the
   version's whole stream each hour keeps the DAG stateless: a newly promoted version starts
   a new stream, so an alarm is never raised twice for the same change.
-- ``feature_drift``: the population stability index of the requests' device in the hour
-  against the week before it. (Hour of day and weekday are left out: one hour's requests
-  share them by construction. The serving path (history, fresh clicks, profile, popularity)
-  is left out too: the loop itself moves it, as users gather fresh clicks and a retrained
-  champion knows them, so it raised alarms that asked for retraining after retraining.)
-  PSI = sum (a - e) ln(a / e) over the bins
-  (shares smoothed by half a count); 0.1 is a shift worth a look, 0.25 a large one.
+- ``feature_drift``: the population stability index of each feature of the hour's requests
+  against the week before it: the request's device, and the requesting users' attributes
+  (age group, gender, occupation: dbt's ``user_attributes`` mart; users it does not hold
+  count as "unknown"), so a
+  change of who asks is seen as well as a change of how they ask. (Hour of day and weekday
+  are left out: one hour's requests share them by construction. The serving path (history,
+  fresh clicks, profile, popularity) is left out too: the loop itself moves it, as users
+  gather fresh clicks and a retrained champion knows them, so it raised alarms that asked for
+  retraining after retraining.) PSI = sum (a - e) ln(a / e) over the bins (shares smoothed by
+  half a count); 0.1 is a shift worth a look, 0.25 a large one. PSI says how large a shift
+  is, not whether it is more than the noise of one hour's few requests over many bins (an
+  occupation has 21): an alarm also needs a chi-square test of homogeneity (scipy) to reject
+  "same distribution" at alpha, Bonferroni-divided over the fields tested. Only counts per
+  bin are computed; no attribute of any user is logged.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import numpy as np
 import pandas as pd
 
 CONTEXT_FIELDS = ("device",)
+USER_FIELDS = ("age_group", "gender", "occupation")  # the requesting users' attributes
+UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -91,22 +100,65 @@ def psi(expected: pd.Series, actual: pd.Series) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+def requester_attributes(requests: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
+    """``requests`` (one row per request, with ``user_id``) with the user's attribute groups
+    (USER_FIELDS) beside it, from ``users`` (dbt's ``user_attributes`` mart: age already a
+    group); a user the mart does not hold (yet) is "unknown" in each."""
+    table = users.drop_duplicates("user_id").set_index("user_id")[list(USER_FIELDS)]
+    joined = table.reindex(requests["user_id"].to_numpy()).fillna(UNKNOWN)
+    return requests.assign(**{f: joined[f].to_numpy() for f in USER_FIELDS})
+
+
+def homogeneity_p_value(expected: pd.Series, actual: pd.Series) -> float:
+    """Chi-square test that two count vectors come from one distribution (bins empty in both
+    are dropped; a single bin is trivially the same distribution: p = 1)."""
+    from scipy.stats import chi2_contingency
+
+    bins = expected.index.union(actual.index)
+    table = np.vstack([expected.reindex(bins, fill_value=0).to_numpy(dtype=np.float64),
+                       actual.reindex(bins, fill_value=0).to_numpy(dtype=np.float64)])  # fmt: skip
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2:
+        return 1.0
+    return float(chi2_contingency(table, correction=False).pvalue)
+
+
 def feature_drift(
-    hour: pd.DataFrame, before: pd.DataFrame, threshold: float, min_requests: int
+    hour: pd.DataFrame,
+    before: pd.DataFrame,
+    threshold: float,
+    min_requests: int,
+    *,
+    users: pd.DataFrame | None = None,
+    alpha: float = 0.05,
 ) -> list[Alarm]:
-    """PSI of each request-context field (one row per request) in the hour vs the week."""
-    alarms = []
+    """An alarm per request feature (one row per request) whose distribution in the hour has
+    moved from the week's by PSI > ``threshold`` and beyond chance (see the module's note).
+    ``users``: the warehouse's users, for the requesters' attributes; None tests the request
+    context only."""
+    alarms: list[Alarm] = []
     hour_requests = hour.drop_duplicates("request_id")
     past_requests = before.drop_duplicates("request_id")
     if len(hour_requests) < min_requests or len(past_requests) < min_requests:
         return alarms
-    for field in CONTEXT_FIELDS:
+    fields = list(CONTEXT_FIELDS)
+    if users is not None:
+        hour_requests = requester_attributes(hour_requests, users)
+        past_requests = requester_attributes(past_requests, users)
+        fields += USER_FIELDS
+    tested = []
+    for field in fields:
         expected, actual = past_requests[field].value_counts(), hour_requests[field].value_counts()
         if expected.sum() < min_requests or actual.sum() < min_requests:
             continue  # e.g. traffic logged before the field existed: nothing to compare with
-        index = psi(expected, actual)
-        if math.isfinite(index) and index > threshold:
-            alarms.append(Alarm("feature_drift", field,
-                                f"PSI of request {field} against the week before: {index:.3f}",
-                                threshold, index))  # fmt: skip
+        tested.append((field, psi(expected, actual), homogeneity_p_value(expected, actual)))
+    for field, index, p_value in tested:
+        if math.isfinite(index) and index > threshold and p_value < alpha / len(tested):
+            subject = field if field in CONTEXT_FIELDS else f"user {field}"
+            where = "request" if field in CONTEXT_FIELDS else "requesting users'"
+            alarms.append(Alarm(
+                "feature_drift", subject,
+                f"PSI of {where} {field} against the week before: {index:.3f} "
+                f"(chi-square p = {p_value:.2g})", threshold, index,
+            ))  # fmt: skip
     return alarms

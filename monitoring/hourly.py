@@ -127,8 +127,13 @@ def estimate(settings: Settings, start: datetime, end: datetime) -> dict[str, An
     champion_version = str(champion.version) if champion is not None else None
     alarms: list[drift.Alarm] = []
     hour = week[week["ts"] >= pd.Timestamp(start)]
+    users = logs.user_attributes(settings)
+    if users is None:
+        log.warning("no user_attributes export yet (run the feature pipeline): the requesting "
+                    "users' attributes are not tested for drift this hour")  # fmt: skip
     alarms += drift.feature_drift(hour, week[week["ts"] < pd.Timestamp(start)],
-                                  config.psi_threshold, config.min_requests)  # fmt: skip
+                                  config.psi_threshold, config.min_requests, users=users,
+                                  alpha=config.alpha)  # fmt: skip
     off_policy = pd.DataFrame()
     if champion_version is not None:
         served = week[(week["model_version"] == champion_version) & (week["arm"] == "champion")]

@@ -20,7 +20,9 @@ import pyarrow as pa
 from recloop.eventlog import read_events
 from recloop.settings import Settings
 
-__all__ = ["COLUMNS", "impressions", "read_events"]
+__all__ = ["COLUMNS", "impressions", "read_events", "user_attributes"]
+
+USER_ATTRIBUTES = "feast_user_attributes"  # dbt's export of the user_attributes mart
 
 COLUMNS = (
     "ts", "request_id", "user_id", "item_id", "position", "propensity", "model_version",
@@ -72,3 +74,27 @@ def impressions(
         frame = con.execute(JOIN, {"start": start, "end": end, "attribution": attribution}).df()
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
     return frame[list(COLUMNS)]
+
+
+def user_attributes(settings: Settings) -> pd.DataFrame | None:
+    """The users' coarse attributes (``user_id``, ``age_group``, ``gender``, ``occupation``)
+    as the last feature pipeline run exported them: a Parquet file in the local profile (no
+    warehouse lock), the dbt view in production. None before any feature run exported them."""
+    query = "SELECT user_id, age_group, gender, occupation FROM {relation}"
+    if settings.profile == "production":
+        from psycopg.errors import UndefinedTable
+
+        from recloop import warehouse
+        from recloop.features.store import FEAST_SCHEMA
+
+        try:
+            return warehouse.read_frame(
+                settings, query.format(relation=f"{FEAST_SCHEMA}.{USER_ATTRIBUTES}")
+            )
+        except UndefinedTable:
+            return None
+    path = settings.features_dir / f"{USER_ATTRIBUTES}.parquet"
+    if not path.exists():
+        return None
+    with duckdb.connect() as con:
+        return con.execute(query.format(relation=f"read_parquet('{path}')")).df()

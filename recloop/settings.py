@@ -314,8 +314,9 @@ class MonitoringSettings(_Section):
     psi_threshold: float = Field(
         0.25,
         gt=0,
-        description="Population stability index of the requests' device against "
-        "the previous week above which feature drift is raised.",
+        description="Population stability index of a request feature (device; the "
+        "requesting users' age group, gender, occupation) against the previous week above "
+        "which feature drift is raised, when a chi-square test also rejects at alpha.",
     )
     candidates: list[str] = Field(
         default_factory=list,

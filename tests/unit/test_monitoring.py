@@ -84,6 +84,33 @@ def test_psi_by_hand_and_feature_drift() -> None:
     assert drift.feature_drift(hour.head(50), week, threshold=0.25, min_requests=100) == []
 
 
+def test_feature_drift_of_who_asks_needs_a_shift_beyond_chance() -> None:
+    """The requesting users' attributes (dbt's user_attributes mart, joined on user_id): a
+    different crowd raises an alarm; an hour that differs by chance alone does not, though
+    its PSI over 21 occupations is above the threshold (the chi-square test rejects nothing)."""
+    occupations = [f"occupation-{n}" for n in range(21)]
+    rng = np.random.default_rng(3)
+    users = pd.DataFrame({"user_id": [f"u{n}" for n in range(4100)],
+                          "age_group": "25-34", "gender": "F",
+                          "occupation": rng.choice(occupations, 4100)})  # fmt: skip
+    week = pd.DataFrame({"request_id": [f"w{n}" for n in range(4000)], "device": "mobile",
+                         "user_id": users.user_id[:4000]})  # fmt: skip
+    hour = pd.DataFrame({"request_id": [f"h{n}" for n in range(100)], "device": "mobile",
+                         "user_id": users.user_id[4000:].to_numpy()})  # fmt: skip
+    by_chance = drift.psi(users.occupation[:4000].value_counts(),
+                          users.occupation[4000:].value_counts())  # fmt: skip
+    assert by_chance > 0.25
+    assert drift.feature_drift(hour, week, 0.25, 100, users=users) == []
+    artists = users.assign(occupation=np.where(users.index >= 4000, "artist", users.occupation))
+    alarms = drift.feature_drift(hour, week, 0.25, 100, users=artists)
+    assert [a.subject for a in alarms] == ["user occupation"]
+    assert "chi-square p" in alarms[0].detail and "artist" not in alarms[0].detail
+    # A requester the mart does not hold yet is "unknown", not dropped.
+    strangers = hour.assign(user_id=[f"new-{n}" for n in range(100)])
+    alarms = drift.feature_drift(strangers, week, 0.25, 100, users=users)
+    assert {a.subject for a in alarms} == {"user age_group", "user gender", "user occupation"}
+
+
 def test_off_policy_recovers_a_known_target_value() -> None:
     """A position-based world with known click probabilities, a uniformly exploring log, and
     a greedy target: IPS, SNIPS and DR intervals hold the target's true CTR."""
