@@ -1,4 +1,5 @@
-"""MLflow: tracking, the pyfunc wrapper and the model registry with aliases.
+"""MLflow: tracking, the pyfunc (logged as code: training/pyfunc_model.py) and the model
+registry with aliases.
 
 One registered model, ``recloop-recommender``. Every candidate a run trains becomes a version;
 the best of a run carries the alias ``challenger`` and the served one ``champion`` (MLflow 3
@@ -14,8 +15,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from recloop.settings import Settings
 
@@ -46,33 +45,17 @@ def configure(settings: Settings, experiment: str = EXPERIMENT):
     return client
 
 
-def python_model():
-    """The pyfunc wrapper: ``predict`` takes a frame with ``user_id`` (and ``k``, default 10)
-    and returns one row per recommended item (user_id, rank, item_id, score). Built on call,
-    so that importing this module does not import MLflow."""
-    import mlflow.pyfunc
+def signature():
+    """What the pyfunc takes (``k`` optional, 10 by default) and returns, stated rather than
+    inferred (inferring would load and run the model at logging time)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
 
-    class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
-        def load_context(self, context):
-            from training.models import load_model
-
-            self.model = load_model(context.artifacts[ARTIFACT])
-
-        def predict(self, context, model_input: pd.DataFrame, params=None):
-            from training.data import UserQuery
-
-            # k per request row, as a column: a plain frame in, a plain frame out.
-            k = int(model_input["k"].iloc[0]) if "k" in model_input else 10
-            users = [UserQuery(user_id=str(u)) for u in model_input["user_id"]]
-            rows = []
-            for user, items in zip(users, self.model.recommend(users, k), strict=True):
-                for rank, (item_id, score) in enumerate(items):
-                    rows.append(
-                        {"user_id": user.user_id, "rank": rank, "item_id": item_id, "score": score}
-                    )
-            return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score"])
-
-    return RecommenderPyfunc()
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "user_id"), ColSpec("long", "k", required=False)]),
+        outputs=Schema([ColSpec("string", "user_id"), ColSpec("long", "rank"),
+                        ColSpec("string", "item_id"), ColSpec("double", "score")]),
+    )  # fmt: skip
 
 
 def code_version() -> str:
@@ -109,7 +92,8 @@ def log_model_version(model_dir: Path, *, recipe: dict[str, Any]) -> str:
     recipe_json = json.dumps(recipe, sort_keys=True)
     info = mlflow.pyfunc.log_model(
         name="recommender",
-        python_model=python_model(),
+        python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # logged as code
+        signature=signature(),
         artifacts={ARTIFACT: str(model_dir)},
         registered_model_name=MODEL_NAME,
         pip_requirements=_requirements(),

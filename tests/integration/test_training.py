@@ -62,6 +62,10 @@ def test_training_registers_candidates_and_sets_aliases(
     expected = [item for item, _ in fast.recommend([UserQuery(user_id="u0")], k=5)[0]]
     assert frame[frame["user_id"] == "u0"]["item_id"].tolist() == expected
     assert not any(downloads.iterdir())  # the download went once the model was loaded
+    # Logged as code, not pickled; k is optional (10 by default).
+    flavor = pyfunc.metadata.flavors["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert len(pyfunc.predict(pd.DataFrame({"user_id": ["u0"]}))) == 10
 
     # The same recipe retrained on current data refreshes the champion.
     again = run_training(settings, kinds=["ease"], data=data, show_progress=False)
