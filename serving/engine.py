@@ -89,6 +89,7 @@ class Engine:
         self._catalogue_due = 0.0
         self._encoded: set[tuple[str, str, datetime | None]] = set()
         self._text_lock = threading.Lock()  # the text models' vector cache is not thread-safe
+        self._new_vectors: dict[tuple[str, str, datetime | None], tuple[list[str], Any]] = {}
         self._refresh_catalogue()
         self.impressions = ImpressionWriter(self.events, config.impression_flush_seconds)
         self._stop = threading.Event()
@@ -194,19 +195,26 @@ class Engine:
     def similar_items(self, request: SimilarItemsRequest) -> dict[str, Any]:
         deployment = self.watcher.current.champion
         model = deployment.model
-        if request.item_id not in model.item_index:
+        vectors = self._item_vectors(deployment)
+        ids: list[str] = model.item_ids
+        # A text-reading model also places the catalogue's items it never trained on.
+        new_ids, new_vectors = self._new_item_vectors(deployment)
+        if new_ids:
+            vectors, ids = np.vstack([vectors, new_vectors]), [*ids, *new_ids]
+        row = model.item_index.get(request.item_id)
+        if row is None and request.item_id in new_ids:
+            row = len(model.item_ids) + new_ids.index(request.item_id)
+        if row is None:
             # A 200 that says so, as /rank does: BentoML's own 404 body breaks its schema.
             return {"item_id": request.item_id, "known": False, "items": [],
                     "model_version": deployment.version}  # fmt: skip
-        vectors = self._item_vectors(deployment)
-        row = model.item_index[request.item_id]
         similarity = vectors @ vectors[row]
         similarity[row] = -np.inf
         return {
             "item_id": request.item_id,
             "known": True,
             "items": [
-                {"item_id": model.item_ids[i], "similarity": float(similarity[i])}
+                {"item_id": ids[i], "similarity": float(similarity[i])}
                 for i in _finite_top(similarity, request.k)
             ],
             "model_version": deployment.version,
@@ -308,6 +316,23 @@ class Engine:
             scores[[n for n, item in enumerate(ids) if item in seen]] = -np.inf
         return ids, scores
 
+    def _new_item_vectors(self, deployment: Deployment) -> tuple[list[str], np.ndarray]:
+        """The unit item vectors of the catalogue items a text-reading model never trained on
+        (as ``_new_item_scores`` chooses them), once encoded; kept for the serving version."""
+        model, catalogue = deployment.model, self.catalogue
+        key = (deployment.alias, deployment.version, catalogue.read_at)
+        limit = self.settings.serving.new_items
+        if not (model.reads_item_text and limit and len(catalogue)) or key not in self._encoded:
+            return [], np.empty((0, 0), dtype=np.float32)
+        cached = self._new_vectors.get(key)
+        if cached is None:
+            ids, texts = catalogue.new_items(key[:2], model.item_index, limit)
+            with self._text_lock:
+                vectors = model.text_item_embeddings(texts) if texts else np.empty((0, 0))
+            cached = (ids, _unit_rows(vectors))
+            self._new_vectors = {key: cached}  # only the serving version's are kept
+        return cached
+
     def _refresh_catalogue(self) -> None:
         """Re-read the catalogue when due; encode the texts of the items each served text
         model never trained on, a few at a time (a request waits at most for one chunk), and
@@ -369,8 +394,7 @@ class Engine:
                 for column, history in enumerate(histories):
                     rows = [model.item_index[i] for i in history if i in model.item_index]
                     vectors[rows, column] = 1.0
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+            vectors = _unit_rows(vectors)
             self._similar = {key: vectors}  # only the serving version's vectors are kept
         return vectors
 
@@ -474,6 +498,12 @@ def slate_scores(model, queries: Sequence[UserQuery | None], *, exclude_seen: bo
             seen = [index[item] for item in (queries[row].history or ()) if item in index]
             scores[row, seen] = -np.inf
     return scores
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (zero rows stay zero), as float32: dot products are cosines."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
 def _finite_top(scores: np.ndarray, k: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from recloop.settings import Settings
@@ -344,5 +345,15 @@ def test_an_item_added_after_training_is_recommended_from_its_text(world: Path) 
                                               "item_ids": [item.item_id]}).json()  # fmt: skip
             assert ranked["items"][0]["from_text"] is True
             assert ranked["items"][0]["score"] == pytest.approx(slate[item.item_id], abs=1e-4)
+            # Its neighbours by the item tower's vectors, as the model places it offline
+            # (the served item table may be int8: cosines agree to about 1e-2).
+            similar = http.post("/similar_items", json={"item_id": item.item_id, "k": 3}).json()
+            assert similar["known"] is True and len(similar["items"]) == 3
+            own = model.text_item_embeddings([item_text(item.model_dump())])[0]
+            table = model.item_embeddings()
+            for row in similar["items"]:
+                other = table[model.item_index[row["item_id"]]]
+                cosine = own @ other / (np.linalg.norm(own) * np.linalg.norm(other))
+                assert row["similarity"] == pytest.approx(float(cosine), abs=0.02)
     finally:
         registry.set_alias(client, registry.CHAMPION, champion)

@@ -151,6 +151,10 @@ def test_a_new_items_text_scores_as_the_same_item_in_the_catalogue(
     np.testing.assert_array_equal(scores[:, 2], scores[:, 0])
     # i3 has interactions and its own id vector; from its text alone it scores otherwise.
     assert not np.allclose(scores[:, 1], model.score(users, ["i3"])[:, 0], atol=1e-3)
+    # The same holds for its place among the items (what /similar_items compares).
+    embedded = model.text_item_embeddings([cold])
+    table = model.item_embeddings()
+    np.testing.assert_allclose(embedded[0], table[model.item_index[COLD_ITEM]], atol=1e-3)
 
     monkeypatch.setattr(two_tower, "RECENT_ITEM_TEXTS", 2)
     model.score_texts(users[:1], ["A brand new film. Genres: Horror.", cold])
@@ -210,6 +214,8 @@ def test_lora_fine_tunes_the_text_encoder(data: InteractionData, cache_dir: str,
     assert not loaded.reads_item_text
     with pytest.raises(NotImplementedError, match="LoRA"):
         loaded.score_texts(KNOWN, ["A brand new film."])
+    with pytest.raises(NotImplementedError, match="LoRA"):
+        loaded.text_item_embeddings(["A brand new film."])
 
 
 @pytest.mark.parametrize(

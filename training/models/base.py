@@ -160,6 +160,13 @@ class Recommender(ABC):
         for kinds without any (similar items then come from co-occurrence in histories)."""
         return None
 
+    def text_item_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) vectors, in ``item_embeddings``' space, of items known only by
+        their text (written as ``score_texts`` takes them). Only kinds whose
+        ``reads_item_text`` is True can; the others raise NotImplementedError."""
+        del texts
+        raise NotImplementedError(f"{self.kind}: embeds no item from its text")
+
     def save(self, path: Path | str) -> Path:
         if self.quantized:
             raise RuntimeError(f"{self.kind}: an int8-quantised model cannot be saved; save "

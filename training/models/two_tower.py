@@ -542,6 +542,11 @@ class TwoTower(Recommender):
     def item_embeddings(self) -> np.ndarray:
         return self.item_vectors[:, :-1]  # the last column is the bias
 
+    def text_item_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        if not self.reads_item_text:
+            raise NotImplementedError("two_tower: a LoRA-tuned model embeds no new item text")
+        return self._text_item_vectors(list(texts))[:, :-1]
+
     @property
     def reads_item_text(self) -> bool:
         # A LoRA-tuned encoder's adapters are not saved (only the item vectors it produced),
