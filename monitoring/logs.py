@@ -11,6 +11,7 @@ DAG needs no lock that dbt holds.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 import duckdb
@@ -21,6 +22,8 @@ from recloop.eventlog import read_events
 from recloop.settings import Settings
 
 __all__ = ["COLUMNS", "impressions", "read_events", "user_attributes"]
+
+log = logging.getLogger(__name__)
 
 USER_ATTRIBUTES = "feast_user_attributes"  # dbt's export of the user_attributes mart
 
@@ -96,5 +99,9 @@ def user_attributes(settings: Settings) -> pd.DataFrame | None:
     path = settings.features_dir / f"{USER_ATTRIBUTES}.parquet"
     if not path.exists():
         return None
-    with duckdb.connect() as con:
-        return con.execute(query.format(relation=f"read_parquet('{path}')")).df()
+    try:
+        with duckdb.connect() as con:
+            return con.execute(query.format(relation=f"read_parquet('{path}')")).df()
+    except duckdb.Error as error:  # dbt rewrites the file in place: caught mid-write
+        log.warning("%s could not be read (%s): no attribute drift test this hour", path, error)
+        return None

@@ -224,7 +224,7 @@ class ServingSettings(_Section):
     new_items: int = Field(
         2000,
         ge=0,
-        le=10_000,
+        le=5_000,  # half the two-tower's cache of text vectors (RECENT_ITEM_TEXTS)
         description="At most this many catalogue items the serving model never trained on "
         "(the newest first) are scored from their text per request, when its kind reads "
         "text (two_tower); 0 turns it off.",

@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,14 +83,13 @@ class Engine:
         self.item_counts: dict[str, tuple[float, float]] = {}
         self._similar: dict[tuple[str, str], np.ndarray] = {}
         self._refresh_item_counts()
-        # New items: the catalogue last read, and the (alias, version, catalogue) triples whose
-        # new items' texts are encoded; a request uses a model's new items only once they are.
-        self.catalogue = Catalogue()
+        # New items: the catalogue and the deployments whose new items' texts are encoded,
+        # published together once encoded (a request reads the pair once).
+        self.published = PublishedCatalogue(Catalogue(), frozenset())
         self.catalogue_error: str | None = None
         self._catalogue_due = 0.0
-        self._encoded: set[tuple[str, str, datetime | None]] = set()
         self._text_lock = threading.Lock()  # the text models' vector cache is not thread-safe
-        self._new_vectors: dict[tuple[str, str, datetime | None], tuple[list[str], Any]] = {}
+        self._new_vectors: tuple[Any, ...] = ()  # (published, key, ids, vectors) last built
         self._refresh_catalogue()
         self.impressions = ImpressionWriter(self.events, config.impression_flush_seconds)
         self._stop = threading.Event()
@@ -145,25 +145,25 @@ class Engine:
 
     def rank(self, request: RankRequest) -> dict[str, Any]:
         context = request.context.model_dump(exclude_none=True) if request.context else {}
-        _, deployment, query, _, _ = self._resolve(
-            request.user_id, context, None, item_ids=[i.item_id for i in request.new_items]
-        )
+        published = self.published
+        # Items known only by text: those the request describes, and catalogue items named by
+        # id (a model that reads no text hands the request to one that does, as for the former).
+        by_text = [i.item_id for i in request.new_items]
+        by_text += [i for i in request.item_ids if published.catalogue.text_of(i) is not None]
+        _, deployment, query, _, _ = self._resolve(request.user_id, context, None, by_text)
         model = deployment.model
         ids = [*request.item_ids, *(item.item_id for item in request.new_items)]
         scores = model.score([query], ids)[0]
         first_new = len(request.item_ids)
-        # Items the model never saw, scored from their text: those the request describes, and
-        # those named by id that the catalogue describes.
         texts_of = {
             first_new + n: item_text(item.model_dump()) for n, item in enumerate(request.new_items)
             if item.item_id not in model.item_index
         }  # fmt: skip
-        if model.reads_item_text:
-            catalogue = self.catalogue
-            for position, item in enumerate(request.item_ids):
-                text = catalogue.text_of(item) if item not in model.item_index else None
-                if text is not None:
-                    texts_of[position] = text
+        for position, item in enumerate(request.item_ids):
+            # The catalogue's new items as /recommend has them: encoded, within the limit.
+            text = self._new_item_text(published, deployment, item)
+            if text is not None:
+                texts_of[position] = text
         from_text = list(texts_of)
         if from_text and model.reads_item_text:
             with self._text_lock:
@@ -195,15 +195,11 @@ class Engine:
     def similar_items(self, request: SimilarItemsRequest) -> dict[str, Any]:
         deployment = self.watcher.current.champion
         model = deployment.model
-        vectors = self._item_vectors(deployment)
-        ids: list[str] = model.item_ids
         # A text-reading model also places the catalogue's items it never trained on.
-        new_ids, new_vectors = self._new_item_vectors(deployment)
-        if new_ids:
-            vectors, ids = np.vstack([vectors, new_vectors]), [*ids, *new_ids]
+        ids, vectors, new_rows = self._vectors_with_new_items(deployment)
         row = model.item_index.get(request.item_id)
-        if row is None and request.item_id in new_ids:
-            row = len(model.item_ids) + new_ids.index(request.item_id)
+        if row is None:
+            row = new_rows.get(request.item_id)
         if row is None:
             # A 200 that says so, as /rank does: BentoML's own 404 body breaks its schema.
             return {"item_id": request.item_id, "known": False, "items": [],
@@ -231,7 +227,7 @@ class Engine:
             "policy": self.policy.name,
             "challenger_share": self.settings.serving.challenger_share,
             "last_refresh_error": self.watcher.last_error,
-            "catalogue": {**self.catalogue.describe(), "error": self.catalogue_error},
+            "catalogue": {**self.published.describe(), "error": self.catalogue_error},
             "impressions_pending": self.impressions.pending(),
             "impressions_failed": self.impressions.failures,
         }
@@ -294,81 +290,105 @@ class Engine:
             return arm, models.profile, query, "profile", fresh
         return arm, deployment, UserQuery(user_id, (), None, None, context), "popularity", fresh
 
+    def _new_items(
+        self, published: PublishedCatalogue, deployment: Deployment
+    ) -> tuple[list[str], list[str]]:
+        """The catalogue items ``deployment``'s model never trained on (newest first, at most
+        ``serving.new_items``) and their texts, once the watch thread has encoded them; none
+        for a model that reads no text (the watch thread encodes only for those)."""
+        key = (deployment.alias, deployment.version)
+        if key not in published.encoded:
+            return [], []
+        return published.catalogue.new_items(key, deployment.model.item_index,
+                                             self.settings.serving.new_items)  # fmt: skip
+
+    def _new_item_text(
+        self, published: PublishedCatalogue, deployment: Deployment, item_id: str
+    ) -> str | None:
+        key = (deployment.alias, deployment.version)
+        if key not in published.encoded:
+            return None
+        limit = self.settings.serving.new_items
+        return published.catalogue.new_item_text(key, deployment.model.item_index, limit, item_id)
+
     def _new_item_scores(
         self, deployment: Deployment, query: UserQuery, exclude_seen: bool
     ) -> tuple[list[str], np.ndarray]:
-        """Catalogue items the model never trained on, and their scores from their text, when
-        the model reads text and the watch thread has encoded them; else none."""
-        model, catalogue = deployment.model, self.catalogue
-        limit = self.settings.serving.new_items
-        if not (model.reads_item_text and limit and len(catalogue)):
-            return [], np.empty(0)
-        if (deployment.alias, deployment.version, catalogue.read_at) not in self._encoded:
-            return [], np.empty(0)
-        ids, texts = catalogue.new_items((deployment.alias, deployment.version),
-                                         model.item_index, limit)  # fmt: skip
+        """The new items (``_new_items``) and their scores from their text. (The text path
+        computes the user's vector again: a two-tower user tower pass, about 0.1 ms.)"""
+        ids, texts = self._new_items(self.published, deployment)
         if not ids:
             return [], np.empty(0)
         with self._text_lock:
-            scores = model.score_texts([query], texts)[0].astype(np.float64)
+            scores = deployment.model.score_texts([query], texts)[0].astype(np.float64)
         if exclude_seen and query.history:
             seen = set(query.history)
             scores[[n for n, item in enumerate(ids) if item in seen]] = -np.inf
         return ids, scores
 
-    def _new_item_vectors(self, deployment: Deployment) -> tuple[list[str], np.ndarray]:
-        """The unit item vectors of the catalogue items a text-reading model never trained on
-        (as ``_new_item_scores`` chooses them), once encoded; kept for the serving version."""
-        model, catalogue = deployment.model, self.catalogue
-        key = (deployment.alias, deployment.version, catalogue.read_at)
-        limit = self.settings.serving.new_items
-        if not (model.reads_item_text and limit and len(catalogue)) or key not in self._encoded:
-            return [], np.empty((0, 0), dtype=np.float32)
-        cached = self._new_vectors.get(key)
-        if cached is None:
-            ids, texts = catalogue.new_items(key[:2], model.item_index, limit)
+    def _vectors_with_new_items(
+        self, deployment: Deployment
+    ) -> tuple[list[str], np.ndarray, dict[str, int]]:
+        """(ids, unit item vectors, row of each new item): the model's items, then its new
+        items placed by their text; built once per published catalogue and serving version."""
+        published, key = self.published, (deployment.alias, deployment.version)
+        cached = self._new_vectors
+        if cached and cached[0] is published and cached[1] == key:
+            return cached[2], cached[3], cached[4]
+        model = deployment.model
+        ids, vectors = list(model.item_ids), self._item_vectors(deployment)
+        new_ids, texts = self._new_items(published, deployment)
+        if new_ids:
             with self._text_lock:
-                vectors = model.text_item_embeddings(texts) if texts else np.empty((0, 0))
-            cached = (ids, _unit_rows(vectors))
-            self._new_vectors = {key: cached}  # only the serving version's are kept
-        return cached
+                new_vectors = _unit_rows(model.text_item_embeddings(texts))
+            ids, vectors = [*ids, *new_ids], np.vstack([vectors, new_vectors])
+        rows = {item: len(model.item_ids) + n for n, item in enumerate(new_ids)}
+        self._new_vectors = (published, key, ids, vectors, rows)  # only the newest is kept
+        return ids, vectors, rows
 
     def _refresh_catalogue(self) -> None:
         """Re-read the catalogue when due; encode the texts of the items each served text
-        model never trained on, a few at a time (a request waits at most for one chunk), and
-        only then let requests use them."""
+        model never trained on, a few at a time (a request waits at most for one chunk); then
+        publish the catalogue and what is encoded together. A failure keeps what was
+        published before, and ``/readyz`` says what failed."""
         config = self.settings.serving
+        published = self.published
+        catalogue = published.catalogue
         if time.monotonic() >= self._catalogue_due:
             self._catalogue_due = time.monotonic() + config.catalogue_seconds
             try:
-                catalogue = read_catalogue(self.settings)
+                fresh = read_catalogue(self.settings)
             except Exception as error:  # keep the catalogue read before; readyz says why
                 self.catalogue_error = f"{type(error).__name__}: {error}"
                 log.warning("catalogue not refreshed: %s", self.catalogue_error)
             else:
                 self.catalogue_error = None
-                self.catalogue = catalogue
-        catalogue = self.catalogue
-        if not (config.new_items and len(catalogue)):
-            return
+                if (fresh.item_ids, fresh.texts) != (catalogue.item_ids, catalogue.texts):
+                    catalogue = fresh
         try:
             models = self.watcher.current
         except LookupError:
             return
-        encoded = set()
-        for deployment in (models.champion, models.challenger, models.profile):
-            if deployment is None or not deployment.model.reads_item_text:
-                continue
-            key = (deployment.alias, deployment.version, catalogue.read_at)
-            if key not in self._encoded:
-                _, texts = catalogue.new_items(key[:2], deployment.model.item_index,
-                                               config.new_items)  # fmt: skip
+        wanted = {
+            (d.alias, d.version): d for d in (models.champion, models.challenger, models.profile)
+            if d is not None and d.model.reads_item_text and config.new_items and len(catalogue)
+        }  # fmt: skip
+        if catalogue is published.catalogue and set(wanted) == published.encoded:
+            return
+        try:
+            for key, deployment in wanted.items():
+                if catalogue is published.catalogue and key in published.encoded:
+                    continue
+                _, texts = catalogue.new_items(key, deployment.model.item_index, config.new_items)
                 for start in range(0, len(texts), TEXT_CHUNK):
                     with self._text_lock:
                         deployment.model.score_texts([UserQuery(history=())],
                                                      texts[start : start + TEXT_CHUNK])  # fmt: skip
-            encoded.add(key)
-        self._encoded = encoded  # replaced whole: a request reads one set or the other
+        except Exception as error:
+            self.catalogue_error = f"encoding new items: {type(error).__name__}: {error}"
+            log.exception("new items not encoded; still serving what was published before")
+            return
+        self.published = PublishedCatalogue(catalogue, frozenset(wanted))
 
     def _counts(self, items: list[str]) -> tuple[np.ndarray, np.ndarray]:
         counts = self.item_counts
@@ -403,10 +423,23 @@ class Engine:
             try:
                 self.watcher.refresh()
                 self._refresh_item_counts()
-                self._refresh_catalogue()
             except Exception as error:  # keep serving what is loaded; readyz says why
                 self.watcher.last_error = f"{type(error).__name__}: {error}"
                 log.exception("model refresh failed; still serving the loaded versions")
+            self._refresh_catalogue()  # catches its own failures (catalogue_error)
+
+
+@dataclass(frozen=True)
+class PublishedCatalogue:
+    """The catalogue requests use, and the (alias, version) of each deployment whose new
+    items' texts are encoded: replaced whole, so a request never sees one without the other."""
+
+    catalogue: Catalogue
+    encoded: frozenset[tuple[str, str]]
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.catalogue.describe(),
+                "new_items_for": sorted(f"{a} v{v}" for a, v in self.encoded)}  # fmt: skip
 
 
 class ImpressionWriter:

@@ -5,8 +5,9 @@ beside the model folder and runs it when the model is loaded, and ``set_model`` 
 wrapper. No object is cloudpickled, so a version loads on any Python that can import
 ``training`` (a pickled class would tie it to the Python and cloudpickle that wrote it).
 
-``predict`` takes a frame with ``user_id`` (and ``k``, default 10) and returns one row per
-recommended item: ``user_id``, ``rank``, ``item_id``, ``score``.
+``predict`` takes a frame with ``user_id`` (a string, as every id in recloop) and, per row,
+``k`` (optional, default 10), and returns one row per recommended item: ``user_id``,
+``rank``, ``item_id``, ``score``.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ class RecommenderPyfunc(PythonModel):
         from training.data import UserQuery
 
         # k per request row, as a column: a plain frame in, a plain frame out.
-        k = int(model_input["k"].iloc[0]) if "k" in model_input else 10
+        ks = model_input["k"].astype(int).tolist() if "k" in model_input else [10] * len(
+            model_input)  # fmt: skip
         users = [UserQuery(user_id=str(u)) for u in model_input["user_id"]]
         rows = []
-        for user, items in zip(users, self.model.recommend(users, k), strict=True):
-            for rank, (item_id, score) in enumerate(items):
+        ranked = self.model.recommend(users, max(ks, default=0))
+        for user, k, items in zip(users, ks, ranked, strict=True):
+            for rank, (item_id, score) in enumerate(items[:k]):
                 rows.append(
                     {"user_id": user.user_id, "rank": rank, "item_id": item_id, "score": score}
                 )

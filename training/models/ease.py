@@ -41,6 +41,9 @@ class EaseConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        for name in ("l2_grid", "dropout_grid"):
+            if not getattr(self, name):
+                raise ValueError(f"ease config: {name} is empty (give at least one value)")
         for name, values in (("dropout", [self.dropout]), ("dropout_grid", self.dropout_grid)):
             for value in values:
                 if value is not None and not (isinstance(value, int | float) and 0 <= value < 1):
