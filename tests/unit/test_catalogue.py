@@ -1,0 +1,114 @@
+"""The service's catalogue of items its models never trained on (serving.catalogue and the
+engine's publishing of it): which items are new, and that requests only ever see a catalogue
+whose new items are encoded. The engine method runs alone here, on a stand-in text model;
+that the whole path works is tested through a real server (tests/integration/test_serving)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+from recloop.settings import Settings
+from serving import engine as engine_module
+from serving.catalogue import Catalogue
+from serving.engine import Engine, PublishedCatalogue
+from serving.models import Deployment, ModelSet
+
+
+def catalogue(*ids: str) -> Catalogue:
+    return Catalogue(ids, tuple(f"text of {i}" for i in ids), datetime.now(UTC))
+
+
+def test_new_items_are_the_newest_unknown_ones_within_the_limit() -> None:
+    items = catalogue("n3", "k1", "n2", "n1", "k2")  # newest first
+    known = {"k1": 0, "k2": 1}
+    ids, texts = items.new_items(("champion", "1"), known, 2)
+    assert ids == ["n3", "n2"] and texts == ["text of n3", "text of n2"]
+    assert items.new_item_text(("champion", "1"), known, 2, "n2") == "text of n2"
+    assert items.new_item_text(("champion", "1"), known, 2, "n1") is None  # past the limit
+    assert items.new_item_text(("champion", "1"), known, 2, "k1") is None  # trained on
+    assert items.text_of("k1") == "text of k1" and items.text_of("nope") is None
+
+
+class TextModel:
+    """Stands in for a text-reading model: records what it was asked to encode."""
+
+    reads_item_text = True
+
+    def __init__(self, fail: bool = False):
+        self.item_index = {"k1": 0}
+        self.encoded: list[str] = []
+        self.fail = fail
+
+    def score_texts(self, users, texts):
+        if self.fail:
+            raise RuntimeError("text encoder folder missing")
+        self.encoded += list(texts)
+
+
+class Watcher:
+    def __init__(self, model):
+        self.current = ModelSet(champion=Deployment(model, "7", "champion"))
+
+
+def bare_engine(model, monkeypatch, read) -> Engine:
+    monkeypatch.setattr(engine_module, "read_catalogue", read)
+    engine = object.__new__(Engine)  # no Feast, event log or registry: only this method's state
+    engine.settings = Settings(serving={"catalogue_seconds": 60, "new_items": 100})
+    engine.watcher = Watcher(model)
+    engine.published = PublishedCatalogue(Catalogue(), frozenset())
+    engine.catalogue_error = None
+    engine._catalogue_due = 0.0
+    engine._text_lock = threading.Lock()
+    return engine
+
+
+def test_a_catalogue_is_published_only_once_its_new_items_are_encoded(monkeypatch) -> None:
+    model = TextModel()
+    read = catalogue("n2", "k1", "n1")
+    engine = bare_engine(model, monkeypatch, lambda settings: read)
+    engine._refresh_catalogue()
+    assert model.encoded == ["text of n2", "text of n1"]
+    assert engine.published.catalogue is read
+    assert engine.published.encoded == {("champion", "7")}
+    assert engine.published.describe()["new_items_for"] == ["champion v7"]
+    # The same contents read again: nothing is encoded or republished.
+    engine._catalogue_due = 0.0
+    same = catalogue("n2", "k1", "n1")
+    monkeypatch.setattr(engine_module, "read_catalogue", lambda settings: same)
+    engine._refresh_catalogue()
+    assert engine.published.catalogue is read and model.encoded == ["text of n2", "text of n1"]
+
+
+def test_a_failed_encoding_keeps_what_was_published_and_says_why(monkeypatch) -> None:
+    model = TextModel(fail=True)
+    engine = bare_engine(model, monkeypatch, lambda settings: catalogue("n1", "k1"))
+    before = engine.published
+    engine._refresh_catalogue()  # raises nothing: the service goes on serving
+    assert engine.published is before
+    expected = "encoding new items: RuntimeError: text encoder folder missing"
+    assert engine.catalogue_error == expected
+
+
+def test_a_failed_read_keeps_the_catalogue_read_before(monkeypatch) -> None:
+    model = TextModel()
+    engine = bare_engine(model, monkeypatch, lambda settings: catalogue("n1", "k1"))
+    engine._refresh_catalogue()
+    published = engine.published
+
+    def missing(settings):
+        raise FileNotFoundError("feast_items.parquet does not exist")
+
+    monkeypatch.setattr(engine_module, "read_catalogue", missing)
+    engine._catalogue_due = 0.0
+    engine._refresh_catalogue()
+    assert engine.published is published
+    assert engine.catalogue_error == "FileNotFoundError: feast_items.parquet does not exist"
+
+
+def test_no_new_items_when_turned_off(monkeypatch) -> None:
+    model = TextModel()
+    engine = bare_engine(model, monkeypatch, lambda settings: catalogue("n1", "k1"))
+    engine.settings = Settings(serving={"new_items": 0})
+    engine._refresh_catalogue()
+    assert model.encoded == [] and engine.published.encoded == frozenset()
