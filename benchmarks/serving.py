@@ -12,6 +12,11 @@ trained and the winner promoted), starts ``recloop serve`` and measures, in one 
 - ``rank_rps`` (100 candidates per request) and ``feedback_events_per_s`` (batches of 100,
   durable: fsync before the acknowledgement, plus the Feast push).
 
+``--production`` runs the same on the production profile (Postgres event log, warehouse and
+MLflow registry, Redis online store; a database of the benchmark's own, removed after), with
+``--workers`` service processes (the local event log admits one writer, Postgres any number);
+its rows are labelled ``(production, N workers)``.
+
 Needs ``wrk`` (Debian package ``wrk``). Server and load generator share the same 2 cores, as
 DESIGN.md's reference figure did.
 """
@@ -26,8 +31,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
+from benchmarks.production import add_production_options, production_settings
 from benchmarks.results import Row, add_output_options, publish
 from serving.launch import free_port, wait_ready
 
@@ -117,19 +124,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="MovieLens folder")
     parser.add_argument("--home", type=Path, help="reuse a prepared home (skips training)")
+    parser.add_argument("--production", action="store_true", help="on Postgres and Redis")
+    parser.add_argument("--workers", type=int, default=1, help="service worker processes")
+    add_production_options(parser)
     add_output_options(parser)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk): it is the load generator")
+    if args.workers > 1 and not args.production:
+        sys.exit("--workers > 1 needs --production: the local event log admits one writer")
+    backends = production_settings(args.server, args.redis) if args.production else nullcontext()
+    with backends as production:
+        publish(
+            measure(args, production),
+            args,
+            lambda r: f"{r.label}: {r.value:,.2f} {r.unit} (ratio {r.ratio:.2f})",
+        )
 
-    home = args.home or Path(tempfile.mkdtemp(prefix="recloop-bench-serving-")) / "var"
+
+def measure(args: argparse.Namespace, production) -> list[Row]:
+    from recloop.settings import Settings
+
+    home = production.home if production else (
+        args.home or Path(tempfile.mkdtemp(prefix="recloop-bench-serving-")) / "var")  # fmt: skip
     base = {k: v for k, v in os.environ.items() if not k.startswith("RECLOOP_")}
     env = {**base, "RECLOOP_HOME": str(home), "RECLOOP_TRAINING__PROTOCOLS": '["P1"]'}
-    if args.home is None:
+    if production:
+        env |= {"RECLOOP_PROFILE": "production",
+                "RECLOOP_POSTGRES_URL": production.postgres_url.get_secret_value(),
+                "RECLOOP_REDIS_URL": production.redis_url.get_secret_value()}  # fmt: skip
+    if production or args.home is None:
         prepare(args.data, home, env)
     port = free_port()
     serve_env = {**env, "RECLOOP_SERVING__API_KEYS": json.dumps([KEY]),
-                 "RECLOOP_SERVING__PORT": str(port)}  # fmt: skip
+                 "RECLOOP_SERVING__PORT": str(port),
+                 "RECLOOP_SERVING__WORKERS": str(args.workers)}  # fmt: skip
     server_log = home / "serve.log"  # where a failed request's reason is found
     with server_log.open("w") as log:
         server = subprocess.Popen(
@@ -142,10 +171,9 @@ def main() -> None:
             status = wait_ready(url, server, timeout=300)
         except RuntimeError as error:
             sys.exit(str(error))
-        from recloop.settings import Settings
         from training import registry
 
-        model = registry.download_model(Settings(home=home), "champion")
+        model = registry.download_model(production or Settings(home=home), "champion")
         users = sorted(model.histories)[:200]
         user_list = ", ".join(f'"{u}"' for u in users)
         items = ", ".join(f'"{i}"' for i in model.item_ids[:100])
@@ -171,23 +199,31 @@ def main() -> None:
         sys.exit(f"requests failed during the benchmark: {failed} (server log: {server_log})")
     kind = status["models"]["champion"]["kind"]
     ceiling = healthz["rps"]
-    rows = [
-        Row("serving", "healthz_rps", ceiling, "req/s", "healthz (framework ceiling)", ceiling),
+    # Production rows carry their setting as the model, and (being keyed by their protocol
+    # too) a protocol without measured values, so that a rerun replaces them.
+    setting = f"production, {args.workers} workers" if production else ""
+    paced_at = ("paced at about 300 req/s, 10 connections" if production
+                else f"paced at {paced['rps']:.0f} req/s, 10 connections")  # fmt: skip
+    durability = "commit before ack" if production else "fsync before ack"
+    return [
+        Row("serving", "healthz_rps", ceiling, "req/s", "healthz (framework ceiling)", ceiling,
+            model=setting),
         Row("serving", "recommend_rps", recommend["rps"], "req/s",
             "healthz (framework ceiling)", ceiling,
-            protocol=f"closed loop, 16 connections, {kind} champion, k=10, ml-100k"),
+            protocol=f"closed loop, 16 connections, {kind} champion, k=10, ml-100k",
+            model=setting),
         Row("serving", "recommend_ratio", recommend["rps"] / ceiling, "x", "goal", 0.8,
-            protocol="recommend_rps / healthz_rps", digits=2),
+            protocol="recommend_rps / healthz_rps", digits=2, model=setting),
         Row("serving", "recommend_p99_ms", paced["p99_ms"], "ms", "goal", 15.0,
-            protocol=f"paced at {paced['rps']:.0f} req/s, 10 connections"),
+            protocol=paced_at, model=setting),
         Row("serving", "recommend_p50_ms", paced["p50_ms"], "ms", "goal p99", 15.0,
-            protocol=f"paced at {paced['rps']:.0f} req/s, 10 connections", digits=2),
+            protocol=paced_at, digits=2, model=setting),
         Row("serving", "rank_rps", rank["rps"], "req/s", "healthz (framework ceiling)", ceiling,
-            protocol="100 candidates per request, closed loop"),
+            protocol="100 candidates per request, closed loop", model=setting),
         Row("serving", "feedback_events_per_s", feedback["rps"] * 100, "events/s", "goal",
-            5000.0, protocol="batches of 100, fsync before ack + Feast push, 8 connections"),
+            5000.0, protocol=f"batches of 100, {durability} + Feast push, 8 connections",
+            model=setting),
     ]  # fmt: skip
-    publish(rows, args, lambda r: f"{r.metric}: {r.value:,.2f} {r.unit} (ratio {r.ratio:.2f})")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,18 @@ Durability is Postgres's: a transaction is acknowledged only after its WAL recor
 (``synchronous_commit`` on, the default), so ``append`` returns after the commit. Unlike the
 local backend it admits any number of writer processes: uniqueness of ``event_id`` is the
 table's constraint, not an in-memory set.
+
+Each thread gets a connection of its own: the service appends feedback from BentoML's thread
+pool and impressions from a writer thread at once, and two transactions on one shared
+connection interleave (psycopg: "transaction rollback at the wrong nesting level"; found by
+the production serving benchmark, whose feedback load failed). Separate connections also let
+Postgres commit concurrent appends together.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -46,26 +53,41 @@ class PostgresEventLog:
     """Event log in a Postgres table (created on first use)."""
 
     def __init__(self, url: str, *, table: str = DEFAULT_TABLE, schema: str = "public"):
-        import psycopg
 
         self.table = f"{_identifier(schema)}.{_identifier(table)}"
         missing = set(Event.model_fields) - set(_POSTGRES_TYPES)
         if missing:  # the contract grew: this table definition must grow with it
             raise EventLogError(f"no Postgres column type for {sorted(missing)}")
-        try:
-            self._conn = psycopg.connect(url, autocommit=False)
-        except psycopg.OperationalError as error:
-            raise EventLogError(f"cannot connect to the event log database: {error}") from None
+        self._url = url
+        self._local = threading.local()  # this thread's connection
+        self._connections: list[Any] = []  # every thread's, to close
+        self._lock = threading.Lock()
+        conn = self._connection()
         columns = ", ".join(f"{name} {kind}" for name, kind in _POSTGRES_TYPES.items())
-        with self._conn.transaction():
-            self._conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_identifier(schema)}")
-            self._conn.execute(
+        with conn.transaction():
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_identifier(schema)}")
+            conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.table} ({columns}, "
                 f"{LOGGED_AT} timestamptz NOT NULL DEFAULT now())"
             )
-            self._conn.execute(
+            conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {_identifier(table)}_ts_idx ON {self.table} (ts)"
             )
+
+    def _connection(self):
+        """The calling thread's connection, opened on its first use."""
+        import psycopg
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            try:
+                conn = psycopg.connect(self._url, autocommit=False)
+            except psycopg.OperationalError as error:
+                raise EventLogError(f"cannot connect to the event log database: {error}") from None
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
 
     def append(self, events: Iterable[Event | Mapping[str, Any]]) -> AppendResult:
         checked = validate_rows(Event, events)
@@ -92,7 +114,8 @@ class PostgresEventLog:
             return AppendResult(0, 0)
         names = ", ".join(_POSTGRES_TYPES)
         placeholders = ", ".join(["%s"] * len(_POSTGRES_TYPES))
-        with self._conn.transaction(), self._conn.cursor() as cursor:
+        conn = self._connection()
+        with conn.transaction(), conn.cursor() as cursor:
             cursor.executemany(
                 f"INSERT INTO {self.table} ({names}) VALUES ({placeholders}) "
                 "ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
@@ -113,7 +136,8 @@ class PostgresEventLog:
         select = ", ".join(
             f"{name}::text" if name in ("event_id", "context") else name for name in columns
         )
-        with self._conn.transaction(), self._conn.cursor() as cursor:
+        conn = self._connection()
+        with conn.transaction(), conn.cursor() as cursor:
             cursor.execute(
                 f"SELECT {select} FROM {self.table} {clause} ORDER BY ts, event_id", params
             )
@@ -123,12 +147,16 @@ class PostgresEventLog:
     def count(self, start: datetime | None = None, end: datetime | None = None) -> int:
         """How many events have ``start <= ts < end``."""
         clause, params = ts_filter(start, end, "%s")
-        with self._conn.transaction():
+        conn = self._connection()
+        with conn.transaction():
             query = f"SELECT count(*) FROM {self.table} {clause}"
-            return self._conn.execute(query, params).fetchone()[0]
+            return conn.execute(query, params).fetchone()[0]
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
 
     def __enter__(self) -> PostgresEventLog:
         return self

@@ -81,3 +81,30 @@ def test_many_writer_connections_never_duplicate(schema) -> None:
     assert sum(appended) == 50
     with open_event_log(settings, schema=schema) as log:
         assert log.count() == 50
+
+
+def test_one_log_shared_by_threads_appends_from_all_at_once(schema) -> None:
+    """The service's case: one log object, feedback appended from several threads while the
+    impression writer appends from its own (one shared connection interleaved transactions:
+    psycopg's "transaction rollback at the wrong nesting level")."""
+    settings = Settings(profile="production", postgres_url=URL)
+    batches = [events(20) for _ in range(40)]
+    failures: list[BaseException] = []
+    with open_event_log(settings, schema=schema) as log:
+        start = threading.Barrier(8)
+
+        def write(mine: list[list[dict]]) -> None:
+            start.wait()
+            for batch in mine:
+                try:
+                    log.append(batch)
+                except BaseException as error:  # collected, asserted below
+                    failures.append(error)
+
+        threads = [threading.Thread(target=write, args=(batches[n::8],)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        assert log.count() == 800
