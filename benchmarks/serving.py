@@ -201,7 +201,8 @@ def measure(args: argparse.Namespace, production) -> list[Row]:
     ceiling = healthz["rps"]
     # Production rows carry their setting as the model, and (being keyed by their protocol
     # too) a protocol without measured values, so that a rerun replaces them.
-    setting = f"production, {args.workers} workers" if production else ""
+    workers = f"{args.workers} worker" + ("s" if args.workers > 1 else "")
+    setting = f"production, {workers}" if production else ""
     paced_at = ("paced at about 300 req/s, 10 connections" if production
                 else f"paced at {paced['rps']:.0f} req/s, 10 connections")  # fmt: skip
     durability = "commit before ack" if production else "fsync before ack"
