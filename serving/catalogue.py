@@ -86,10 +86,13 @@ def read_catalogue(settings: Settings) -> Catalogue:
     """The catalogue as the last feature pipeline run exported it. Raises FileNotFoundError
     (local) or the driver's error (production) when there is none yet."""
     if settings.profile == "production":
-        from recloop import warehouse
+        # postgres_warehouse, not recloop.warehouse: the latter also serves the local DuckDB
+        # and the monitoring views, none of which the serving image carries.
+        from recloop import postgres_warehouse
         from recloop.features.store import FEAST_SCHEMA
 
-        frame = warehouse.read_frame(settings, QUERY.format(relation=f"{FEAST_SCHEMA}.{EXPORT}"))
+        relation = f"{FEAST_SCHEMA}.{EXPORT}"
+        frame = postgres_warehouse.read_frame(settings, QUERY.format(relation=relation), None)
     else:
         import duckdb
 

@@ -129,6 +129,10 @@ def test_two_service_workers_serve_from_redis_and_log_to_postgres(published) -> 
             except RuntimeError as error:
                 raise AssertionError(f"{error}:\n{log_path.read_text()}") from None
             assert ready["models"]["champion"]["version"] == str(champion.version)
+            # The catalogue comes from dbt's feast_items view on Postgres.
+            counted = warehouse.read_frame(published, "SELECT count(*) AS n FROM marts.items")
+            items = int(counted.n[0])
+            assert ready["catalogue"]["error"] is None and ready["catalogue"]["items"] == items > 0
             with httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=30) as http:
                 slates = [
                     http.post("/recommend", json={"user_id": f"u0000{n}", "k": 5}) for n in range(8)
