@@ -148,14 +148,16 @@ def feature_drift(
     past_requests = before.drop_duplicates("request_id")
     if len(hour_requests) < min_requests or len(past_requests) < min_requests:
         return alarms
-    fields = list(CONTEXT_FIELDS)
+    # (field, the week's requests, the hour's): context over every request, attributes over
+    # the requests of users the mart holds.
+    frames = [(field, past_requests, hour_requests) for field in CONTEXT_FIELDS]
     if users is not None:
-        hour_requests = requester_attributes(hour_requests, users)
-        past_requests = requester_attributes(past_requests, users)
-        fields += USER_FIELDS
+        past_known = requester_attributes(past_requests, users)
+        hour_known = requester_attributes(hour_requests, users)
+        frames += [(field, past_known, hour_known) for field in USER_FIELDS]
     tested = []
-    for field in fields:
-        expected, actual = past_requests[field].value_counts(), hour_requests[field].value_counts()
+    for field, past, now in frames:
+        expected, actual = past[field].value_counts(), now[field].value_counts()
         if expected.sum() < min_requests or actual.sum() < min_requests:
             continue  # e.g. traffic logged before the field existed: nothing to compare with
         tested.append((field, psi(expected, actual), homogeneity_p_value(expected, actual)))

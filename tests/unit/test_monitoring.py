@@ -110,6 +110,10 @@ def test_feature_drift_of_who_asks_needs_a_shift_beyond_chance() -> None:
     # always look like a shift.
     strangers = hour.assign(user_id=[f"new-{n}" for n in range(100)])
     assert drift.feature_drift(strangers, week, 0.25, 100, users=users) == []
+    # Their requests still count for the request context.
+    on_tv = strangers.assign(device="tv")
+    alarms = drift.feature_drift(on_tv, week, 0.25, 100, users=users)
+    assert [a.subject for a in alarms] == ["device"]
 
 
 def test_the_chi_square_p_value_holds_where_bins_are_sparse() -> None:
