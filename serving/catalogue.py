@@ -15,6 +15,7 @@ them, and leave them out until a retraining has seen them.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from recloop.settings import Settings
 from training.data import item_text
@@ -24,6 +25,17 @@ QUERY = (
     "SELECT item_id, title, item_text AS text, categories FROM {relation} "
     "ORDER BY created_at DESC, item_id"
 )
+
+
+class NewItems(NamedTuple):
+    """A model's new items: ids and texts in the same order, and each id's text."""
+
+    ids: list[str]
+    texts: list[str]
+    text_by_id: dict[str, str]
+
+
+NO_NEW_ITEMS = NewItems([], [], {})
 
 
 class Catalogue:
@@ -36,26 +48,12 @@ class Catalogue:
     ):  # fmt: skip
         self.item_ids, self.texts, self.read_at = item_ids, texts, read_at
         self._index = {item: n for n, item in enumerate(item_ids)}
-        self._new: dict[tuple[str, str], tuple[list[str], list[str], dict[str, str]]] = {}
+        self._new: dict[tuple[str, str], NewItems] = {}
 
-    def new_items(
-        self, key: tuple[str, str], known: dict[str, int], limit: int
-    ) -> tuple[list[str], list[str]]:
-        """(ids, texts) of up to ``limit`` items, newest first, that are not keys of ``known``
-        (a model's item index). Remembered per ``key`` (a deployment's alias and version, whose
-        index never changes), so a request pays for one dict lookup."""
-        ids, texts, _ = self._new_for(key, known, limit)
-        return ids, texts
-
-    def new_item_text(
-        self, key: tuple[str, str], known: dict[str, int], limit: int, item_id: str
-    ) -> str | None:
-        """The text of ``item_id`` when it is one of ``new_items``' items, else None."""
-        return self._new_for(key, known, limit)[2].get(item_id)
-
-    def _new_for(
-        self, key: tuple[str, str], known: dict[str, int], limit: int
-    ) -> tuple[list[str], list[str], dict[str, str]]:
+    def new_items(self, key: tuple[str, str], known: dict[str, int], limit: int) -> NewItems:
+        """Up to ``limit`` items, newest first, that are not keys of ``known`` (a model's item
+        index). Remembered per ``key`` (a deployment's alias and version, whose index never
+        changes), so a request pays for one dict lookup."""
         cached = self._new.get(key)
         if cached is None:
             ids, texts = [], []
@@ -67,7 +65,7 @@ class Catalogue:
                     texts.append(text)
             if len(self._new) >= 8:  # versions come and go: keep the few being served
                 self._new.clear()
-            cached = self._new[key] = (ids, texts, dict(zip(ids, texts, strict=True)))
+            cached = self._new[key] = NewItems(ids, texts, dict(zip(ids, texts, strict=True)))
         return cached
 
     def text_of(self, item_id: str) -> str | None:

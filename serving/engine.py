@@ -31,7 +31,7 @@ import numpy as np
 
 from recloop.contracts import Event, EventType
 from recloop.settings import Settings
-from serving.catalogue import Catalogue, read_catalogue
+from serving.catalogue import NO_NEW_ITEMS, Catalogue, NewItems, read_catalogue
 from serving.models import POSITIVE_EVENTS, Deployment, ModelSet, ModelWatcher
 from serving.policies import Candidates, make_policy, top
 from serving.schemas import (
@@ -81,7 +81,6 @@ class Engine:
             self.events.close()
             raise
         self.item_counts: dict[str, tuple[float, float]] = {}
-        self._similar: dict[tuple[str, str], np.ndarray] = {}
         self._refresh_item_counts()
         # New items: the catalogue and the deployments whose new items' texts are encoded,
         # published together once encoded (a request reads the pair once).
@@ -89,7 +88,7 @@ class Engine:
         self.catalogue_error: str | None = None
         self._catalogue_due = 0.0
         self._text_lock = threading.Lock()  # the text models' vector cache is not thread-safe
-        self._new_vectors: tuple[Any, ...] = ()  # (published, key, ids, vectors) last built
+        self._vectors: tuple[Any, ...] = ()  # (published, key, ids, vectors, rows) last built
         self._refresh_catalogue()
         self.impressions = ImpressionWriter(self.events, config.impression_flush_seconds)
         self._stop = threading.Event()
@@ -159,11 +158,11 @@ class Engine:
             first_new + n: item_text(item.model_dump()) for n, item in enumerate(request.new_items)
             if item.item_id not in model.item_index
         }  # fmt: skip
+        # The catalogue's new items as /recommend has them: encoded, within the limit.
+        new = self._new_items(published, deployment)
         for position, item in enumerate(request.item_ids):
-            # The catalogue's new items as /recommend has them: encoded, within the limit.
-            text = self._new_item_text(published, deployment, item)
-            if text is not None:
-                texts_of[position] = text
+            if item in new.text_by_id:
+                texts_of[position] = new.text_by_id[item]
         from_text = list(texts_of)
         if from_text and model.reads_item_text:
             with self._text_lock:
@@ -290,33 +289,22 @@ class Engine:
             return arm, models.profile, query, "profile", fresh
         return arm, deployment, UserQuery(user_id, (), None, None, context), "popularity", fresh
 
-    def _new_items(
-        self, published: PublishedCatalogue, deployment: Deployment
-    ) -> tuple[list[str], list[str]]:
+    def _new_items(self, published: PublishedCatalogue, deployment: Deployment) -> NewItems:
         """The catalogue items ``deployment``'s model never trained on (newest first, at most
         ``serving.new_items``) and their texts, once the watch thread has encoded them; none
         for a model that reads no text (the watch thread encodes only for those)."""
         key = (deployment.alias, deployment.version)
         if key not in published.encoded:
-            return [], []
+            return NO_NEW_ITEMS
         return published.catalogue.new_items(key, deployment.model.item_index,
                                              self.settings.serving.new_items)  # fmt: skip
-
-    def _new_item_text(
-        self, published: PublishedCatalogue, deployment: Deployment, item_id: str
-    ) -> str | None:
-        key = (deployment.alias, deployment.version)
-        if key not in published.encoded:
-            return None
-        limit = self.settings.serving.new_items
-        return published.catalogue.new_item_text(key, deployment.model.item_index, limit, item_id)
 
     def _new_item_scores(
         self, deployment: Deployment, query: UserQuery, exclude_seen: bool
     ) -> tuple[list[str], np.ndarray]:
         """The new items (``_new_items``) and their scores from their text. (The text path
         computes the user's vector again: a two-tower user tower pass, about 0.1 ms.)"""
-        ids, texts = self._new_items(self.published, deployment)
+        ids, texts, _ = self._new_items(self.published, deployment)
         if not ids:
             return [], np.empty(0)
         with self._text_lock:
@@ -329,21 +317,29 @@ class Engine:
     def _vectors_with_new_items(
         self, deployment: Deployment
     ) -> tuple[list[str], np.ndarray, dict[str, int]]:
-        """(ids, unit item vectors, row of each new item): the model's items, then its new
-        items placed by their text; built once per published catalogue and serving version."""
+        """(ids, unit item vectors, row of each new item): the model's items, then the new
+        items a text-reading model places by their text; built once per published catalogue
+        and serving version."""
         published, key = self.published, (deployment.alias, deployment.version)
-        cached = self._new_vectors
+        cached = self._vectors
         if cached and cached[0] is published and cached[1] == key:
             return cached[2], cached[3], cached[4]
         model = deployment.model
-        ids, vectors = list(model.item_ids), self._item_vectors(deployment)
-        new_ids, texts = self._new_items(published, deployment)
+        vectors = model.item_embeddings()
+        if vectors is None:  # co-occurrence: items alike when the same users liked them
+            histories = list(model.histories.values())
+            vectors = np.zeros((len(model.item_ids), len(histories)), dtype=np.float32)
+            for column, history in enumerate(histories):
+                rows = [model.item_index[i] for i in history if i in model.item_index]
+                vectors[rows, column] = 1.0
+        ids, vectors = list(model.item_ids), _unit_rows(vectors)
+        new_ids, texts, _ = self._new_items(published, deployment)
         if new_ids:
             with self._text_lock:
                 new_vectors = _unit_rows(model.text_item_embeddings(texts))
             ids, vectors = [*ids, *new_ids], np.vstack([vectors, new_vectors])
         rows = {item: len(model.item_ids) + n for n, item in enumerate(new_ids)}
-        self._new_vectors = (published, key, ids, vectors, rows)  # only the newest is kept
+        self._vectors = (published, key, ids, vectors, rows)  # only the newest is kept
         return ids, vectors, rows
 
     def _refresh_catalogue(self) -> None:
@@ -379,11 +375,11 @@ class Engine:
             for key, deployment in wanted.items():
                 if catalogue is published.catalogue and key in published.encoded:
                     continue
-                _, texts = catalogue.new_items(key, deployment.model.item_index, config.new_items)
+                model = deployment.model
+                texts = catalogue.new_items(key, model.item_index, config.new_items).texts
                 for start in range(0, len(texts), TEXT_CHUNK):
-                    with self._text_lock:
-                        deployment.model.score_texts([UserQuery(history=())],
-                                                     texts[start : start + TEXT_CHUNK])  # fmt: skip
+                    with self._text_lock:  # encoded once, kept by the model for its scoring
+                        model.text_item_embeddings(texts[start : start + TEXT_CHUNK])
         except Exception as error:
             self.catalogue_error = f"encoding new items: {type(error).__name__}: {error}"
             log.exception("new items not encoded; still serving what was published before")
@@ -401,22 +397,6 @@ class Engine:
         items = self.watcher.current.champion.model.item_ids
         clicks, shown = self.features.item_counts(items)
         self.item_counts = dict(zip(items, zip(clicks, shown, strict=True), strict=True))
-
-    def _item_vectors(self, deployment: Deployment) -> np.ndarray:
-        key = (deployment.alias, deployment.version)
-        vectors = self._similar.get(key)
-        if vectors is None:
-            model = deployment.model
-            vectors = model.item_embeddings()
-            if vectors is None:  # co-occurrence: items alike when the same users liked them
-                histories = list(model.histories.values())
-                vectors = np.zeros((len(model.item_ids), len(histories)), dtype=np.float32)
-                for column, history in enumerate(histories):
-                    rows = [model.item_index[i] for i in history if i in model.item_index]
-                    vectors[rows, column] = 1.0
-            vectors = _unit_rows(vectors)
-            self._similar = {key: vectors}  # only the serving version's vectors are kept
-        return vectors
 
     def _watch_loop(self) -> None:
         while not self._stop.wait(self.settings.serving.watch_seconds):

@@ -22,11 +22,11 @@ def catalogue(*ids: str) -> Catalogue:
 def test_new_items_are_the_newest_unknown_ones_within_the_limit() -> None:
     items = catalogue("n3", "k1", "n2", "n1", "k2")  # newest first
     known = {"k1": 0, "k2": 1}
-    ids, texts = items.new_items(("champion", "1"), known, 2)
-    assert ids == ["n3", "n2"] and texts == ["text of n3", "text of n2"]
-    assert items.new_item_text(("champion", "1"), known, 2, "n2") == "text of n2"
-    assert items.new_item_text(("champion", "1"), known, 2, "n1") is None  # past the limit
-    assert items.new_item_text(("champion", "1"), known, 2, "k1") is None  # trained on
+    new = items.new_items(("champion", "1"), known, 2)
+    assert new.ids == ["n3", "n2"] and new.texts == ["text of n3", "text of n2"]
+    assert new.text_by_id.get("n2") == "text of n2"
+    assert new.text_by_id.get("n1") is None  # past the limit
+    assert new.text_by_id.get("k1") is None  # trained on
     assert items.text_of("k1") == "text of k1" and items.text_of("nope") is None
 
 
@@ -40,7 +40,7 @@ class TextModel:
         self.encoded: list[str] = []
         self.fail = fail
 
-    def score_texts(self, users, texts):
+    def text_item_embeddings(self, texts):
         if self.fail:
             raise RuntimeError("text encoder folder missing")
         self.encoded += list(texts)
