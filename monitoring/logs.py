@@ -81,27 +81,16 @@ def impressions(
 
 def user_attributes(settings: Settings) -> pd.DataFrame | None:
     """The users' coarse attributes (``user_id``, ``age_group``, ``gender``, ``occupation``)
-    as the last feature pipeline run exported them: a Parquet file in the local profile (no
-    warehouse lock), the dbt view in production. None before any feature run exported them."""
+    as the last feature pipeline run exported them (``recloop.features.exports``: no warehouse
+    lock). None before any feature run exported them."""
+    from recloop.features.exports import ExportMissing, read_export
+
     query = "SELECT user_id, age_group, gender, occupation FROM {relation}"
-    if settings.profile == "production":
-        from psycopg.errors import UndefinedTable
-
-        from recloop import warehouse
-        from recloop.features.store import FEAST_SCHEMA
-
-        try:
-            return warehouse.read_frame(
-                settings, query.format(relation=f"{FEAST_SCHEMA}.{USER_ATTRIBUTES}")
-            )
-        except UndefinedTable:
-            return None
-    path = settings.features_dir / f"{USER_ATTRIBUTES}.parquet"
-    if not path.exists():
-        return None
     try:
-        with duckdb.connect() as con:
-            return con.execute(query.format(relation=f"read_parquet('{path}')")).df()
-    except duckdb.Error as error:  # dbt rewrites the file in place: caught mid-write
-        log.warning("%s could not be read (%s): no attribute drift test this hour", path, error)
+        return read_export(settings, USER_ATTRIBUTES, query)
+    except ExportMissing:
+        return None
+    except duckdb.Error as error:  # dbt rewrites the local file in place: caught mid-write
+        log.warning("%s could not be read (%s): no attribute drift test this hour",
+                    USER_ATTRIBUTES, error)  # fmt: skip
         return None

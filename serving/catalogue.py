@@ -81,26 +81,14 @@ class Catalogue:
 
 
 def read_catalogue(settings: Settings) -> Catalogue:
-    """The catalogue as the last feature pipeline run exported it. Raises FileNotFoundError
-    (local) or the driver's error (production) when there is none yet."""
-    if settings.profile == "production":
-        # postgres_warehouse, not recloop.warehouse: the latter also serves the local DuckDB
-        # and the monitoring views, none of which the serving image carries.
-        from recloop import postgres_warehouse
-        from recloop.features.store import FEAST_SCHEMA
+    """The catalogue as the last feature pipeline run exported it. Raises ExportMissing
+    (``recloop.features.exports``) when there is none yet."""
+    from recloop.features.exports import ExportMissing, read_export
 
-        relation = f"{FEAST_SCHEMA}.{EXPORT}"
-        frame = postgres_warehouse.read_frame(settings, QUERY.format(relation=relation), None)
-    else:
-        import duckdb
-
-        path = settings.features_dir / f"{EXPORT}.parquet"
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path} does not exist: run the feature pipeline (`recloop features run`) "
-                "for the service to know its catalogue"
-            )
-        with duckdb.connect() as con:
-            frame = con.execute(QUERY.format(relation=f"read_parquet('{path}')")).df()
+    try:
+        frame = read_export(settings, EXPORT, QUERY)
+    except ExportMissing as error:
+        raise ExportMissing(f"{error}: run the feature pipeline (`recloop features run`) for "
+                            "the service to know its catalogue") from None  # fmt: skip
     texts = tuple(item_text(row) for row in frame.to_dict("records"))
     return Catalogue(tuple(frame["item_id"].astype(str)), texts, datetime.now(UTC))

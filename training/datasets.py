@@ -41,33 +41,18 @@ POSITIVES = (
 def _positives(settings: Settings) -> pd.DataFrame:
     """The positive rows of the interactions export that Feast reads (the Parquet file in
     the local profile, the dbt relation in production)."""
-    if settings.profile == "production":
-        from psycopg.errors import UndefinedTable
+    from recloop.features.exports import ExportMissing, location, read_export
 
-        from recloop.features.store import FEAST_SCHEMA
-
-        relation = f"{FEAST_SCHEMA}.feast_interactions"
-        try:
-            frame = _read(settings, POSITIVES.format(relation=relation))
-        except UndefinedTable:
-            raise NoTrainingData(
-                f"{relation} does not exist: run the feature pipeline first "
-                "(`recloop features run` or the recloop_features DAG)"
-            ) from None
-        where = relation
-    else:
-        import duckdb
-
-        path = settings.features_dir / "feast_interactions.parquet"
-        if not path.exists():
-            raise NoTrainingData(
-                f"{path} does not exist: run the feature pipeline first "
-                "(`recloop features run` or the recloop_features DAG)"
-            )
-        frame = duckdb.sql(POSITIVES.format(relation=f"read_parquet('{path}')")).df()
-        where = str(path)
+    try:
+        frame = read_export(settings, "feast_interactions", POSITIVES)
+    except ExportMissing as error:
+        raise NoTrainingData(
+            f"{error}: run the feature pipeline first (`recloop features run` or the "
+            "recloop_features DAG)"
+        ) from None
     if frame.empty:
-        raise NoTrainingData(f"{where} holds no positive interactions yet")
+        raise NoTrainingData(f"{location(settings, 'feast_interactions')} holds no positive "
+                             "interactions yet")  # fmt: skip
     frame["interacted_at"] = pd.to_datetime(frame["interacted_at"], utc=True)
     return frame
 
