@@ -94,11 +94,17 @@ def degradation(
     return None
 
 
+def _on_common_bins(expected: pd.Series, actual: pd.Series) -> np.ndarray:
+    """The two count vectors as the rows of one table over the union of their bins (a bin
+    one of them lacks counts 0 there)."""
+    bins = expected.index.union(actual.index)
+    return np.vstack([expected.reindex(bins, fill_value=0).to_numpy(dtype=np.float64),
+                      actual.reindex(bins, fill_value=0).to_numpy(dtype=np.float64)])  # fmt: skip
+
+
 def psi(expected: pd.Series, actual: pd.Series) -> float:
     """Population stability index between two count vectors over the same bins."""
-    bins = expected.index.union(actual.index)
-    e = expected.reindex(bins, fill_value=0).to_numpy(dtype=np.float64) + 0.5
-    a = actual.reindex(bins, fill_value=0).to_numpy(dtype=np.float64) + 0.5
+    e, a = _on_common_bins(expected, actual) + 0.5
     e, a = e / e.sum(), a / a.sum()
     return float(np.sum((a - e) * np.log(a / e)))
 
@@ -120,9 +126,7 @@ def homogeneity_p_value(expected: pd.Series, actual: pd.Series, resamples: int =
     smallest p-value it can give is 1 / (resamples + 1)). Seeded: a rerun gives the same."""
     from scipy.stats import MonteCarloMethod, chi2_contingency
 
-    bins = expected.index.union(actual.index)
-    table = np.vstack([expected.reindex(bins, fill_value=0).to_numpy(dtype=np.int64),
-                       actual.reindex(bins, fill_value=0).to_numpy(dtype=np.int64)])  # fmt: skip
+    table = _on_common_bins(expected, actual).astype(np.int64)  # scipy draws integer tables
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2:
         return 1.0

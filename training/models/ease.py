@@ -10,8 +10,9 @@ don't overfit towards the identity"): training as if each input item were droppe
 probability p is, in closed form, a penalty ``p / (1 - p) * diag(X^T X)`` added to lambda,
 item by item, and it needs no zero-diagonal constraint: ``B = I - P Lambda`` with
 ``P = (X^T X + Lambda)^-1``. Popular items are held back harder than ridge alone holds them.
-On MovieLens-100K (P1) it adds about 1.3% NDCG@10 to EASE. Its diagonal (an item's weight
-on itself) is set to 0 as EASE's is: it only ever scores items the user has seen.
+On MovieLens-100K (P1) it adds about 1% NDCG@10 to EASE (0.4824 -> 0.4875). Its diagonal
+(an item's weight on itself) is set to 0 as EASE's is: it only ever scores items the user
+has seen.
 
 ``lambda`` and ``dropout`` (0 is EASE) are tuned together on a validation split carved out
 of the training data (a random 10% of each user's interactions) unless the config fixes them.
