@@ -68,7 +68,7 @@ class Ease(Recommender):
             if self.config.l2 is None:
                 self.config.l2 = warm_start.config.l2
             if self.config.dropout is None:
-                self.config.dropout = getattr(warm_start.config, "dropout", None)
+                self.config.dropout = warm_start.config.dropout
         n_items = len(self.item_ids)
         if n_items > self.config.max_items:
             raise ValueError(
