@@ -151,17 +151,17 @@ def test_the_gates_estimate_is_fitted_before_the_window_it_is_judged_on(tmp_path
     truth = float(np.mean([0.5 * e for e in exam]))  # the target shows 3 clickable items
     for request in range(3000):
         user, at = users[request % 10], start + timedelta(seconds=4 * request)
-        request_id = uuid.uuid4().hex
+        request_id = f"{request:032x}"  # fixed ids: the estimate's cross-fit folds hash them
         for slot, item in enumerate(rng.choice(items, size=3, replace=False)):
             events.append(Event(
-                event_id=uuid.uuid4(), ts=at, user_id=user, item_id=item, position=slot,
-                event_type="impression", request_id=request_id, propensity=1 / 30,
+                event_id=uuid.UUID(int=len(events) + 1), ts=at, user_id=user, item_id=item,
+                position=slot, event_type="impression", request_id=request_id, propensity=1 / 30,
                 model_version="1", policy="uniform"))  # fmt: skip
             # Users click only the target's items (at 0.5 x examination): its CTR is known.
             if item in target[user] and rng.random() < exam[slot] * 0.5:
                 at_click = at + timedelta(seconds=1)
-                events.append(Event(event_id=uuid.uuid4(), ts=at_click, user_id=user,
-                                    item_id=item, event_type="click",
+                events.append(Event(event_id=uuid.UUID(int=len(events) + 1), ts=at_click,
+                                    user_id=user, item_id=item, event_type="click",
                                     request_id=request_id))  # fmt: skip
                 clicks.append((user, item, pd.Timestamp(at_click), at_click.hour,
                                at_click.weekday(), "web"))  # fmt: skip
