@@ -151,6 +151,30 @@ def test_reads_go_on_while_another_process_materialises(local_published: Setting
         writer.registry.apply_feature_view(view, store.PROJECT, commit=True)
 
 
+def test_pushed_clicks_are_read_back_newest_first_until_the_views_ttl(published) -> None:
+    """The service's fresh-activity read (serving.features): Feast's online read itself
+    returns a row however old it is, so a click pushed more than the view's TTL ago must
+    come back empty, and a newer push replaces it."""
+    from feature_repo.constants import USER_ACTIVITY_TTL
+    from serving.features import ACTIVITY_VIEW, OnlineFeatures
+
+    features = OnlineFeatures(published)
+    stale = datetime.now(UTC) - USER_ACTIVITY_TTL - timedelta(minutes=5)
+    recent = datetime.now(UTC) - USER_ACTIVITY_TTL + timedelta(minutes=5)
+    rows = [("ttl-stale", stale), ("ttl-recent", recent)]
+    features.store.write_to_online_store(ACTIVITY_VIEW, pd.DataFrame([
+        {"user_id": user, "recent_click_item_ids": ["i1"], "last_click_at": at,
+         "event_timestamp": at} for user, at in rows
+    ]))  # fmt: skip
+    assert features.recent_clicks(["ttl-stale", "ttl-recent", "ttl-never"]) == [[], ["i1"], []]
+
+    now = datetime.now(UTC)
+    clicks = [("ttl-stale", "i3", now), ("ttl-stale", "i2", now - timedelta(seconds=1)),
+              ("ttl-recent", "i2", now)]  # fmt: skip
+    assert features.push_clicks(clicks) == 2
+    assert features.recent_clicks(["ttl-stale", "ttl-recent"]) == [["i3", "i2"], ["i2", "i1"]]
+
+
 def test_apply_is_idempotent_and_services_are_versioned(published: Settings) -> None:
     store.apply(published)
     names = {service.name for service in store.open_store(published).list_feature_services()}
