@@ -210,7 +210,31 @@ def test_lora_fine_tunes_the_text_encoder(data: InteractionData, cache_dir: str,
     assert not torch.allclose(model.item_text_tuned, model.text)  # the adapters learned
     loaded = load_model(model.save(tmp_path / "lora"))
     np.testing.assert_array_equal(loaded.score(KNOWN + NEW), scores)
-    # Its adapters are not saved: it cannot read a new item's text the way it was trained to.
+    # Its adapters are saved with it: a new item's text is read by the tuned encoder, so an
+    # item without interactions scores from its text as it does in the catalogue, whose
+    # vectors the tuned encoder made while fitting (the untuned one would not give that).
+    from training.data import item_text
+
+    assert loaded.reads_item_text
+    loaded.config.text_cache_dir = None
+    cold = item_text(data.items.set_index("item_id", drop=False).loc[COLD_ITEM])
+    np.testing.assert_allclose(loaded.score_texts(KNOWN + NEW, [cold])[:, 0],
+                               scores[:, model.item_index[COLD_ITEM]], atol=1e-3)  # fmt: skip
+    row = loaded.item_embeddings()[loaded.item_index[COLD_ITEM]]
+    np.testing.assert_allclose(loaded.text_item_embeddings([cold])[0], row, atol=1e-3)
+    untuned = load_model(model.save(tmp_path / "untuned"))
+    untuned.lora_weights = {name: np.zeros_like(w) for name, w in untuned.lora_weights.items()}
+    assert not np.allclose(untuned.score_texts(KNOWN, [cold])[:, 0],
+                           scores[:3, model.item_index[COLD_ITEM]], atol=1e-3)  # fmt: skip
+    # A warm start goes on from the adapters (a learning rate of ~0 keeps them as they were).
+    copied = small(cache_dir, text_encoder="lora", lora_rank=2, epochs=1, lr=1e-12)
+    copied.fit(data, warm_start=loaded)
+    for name, value in loaded.lora_weights.items():
+        np.testing.assert_allclose(copied.lora_weights[name], value, atol=1e-6)
+    with pytest.raises(ValueError, match="warm_start: LoRA adapter"):
+        small(cache_dir, text_encoder="lora", lora_rank=4, epochs=1).fit(data, warm_start=loaded)
+    # A version registered before adapters were saved has none: it says so, naming LoRA.
+    loaded.lora_weights = None
     assert not loaded.reads_item_text
     with pytest.raises(NotImplementedError, match="LoRA"):
         loaded.score_texts(KNOWN, ["A brand new film."])

@@ -64,6 +64,10 @@ LENGTH_BUCKETS = np.array([1, 2, 3, 4, 6, 11, 21, 51, 101])
 RECENT_PROFILES = 10_000  # profile texts met at scoring time whose vectors are kept
 RECENT_ITEM_TEXTS = 10_000  # new items' texts met at scoring time whose vectors are kept
 STACK_AT_LEAST = 64  # text lists this long are also kept stacked (the catalogue's new items)
+NO_ADAPTERS = (
+    "two_tower: this LoRA-tuned version reads no new item text: it was registered before "
+    "LoRA adapters were saved with the model; retrain it"
+)
 
 
 @dataclass
@@ -221,6 +225,10 @@ class TwoTower(Recommender):
         self.towers: Towers | None = None
         self.encoder = None  # the LoRA-tuned text encoder while fitting with text_encoder="lora"
         self.item_text_tuned: torch.Tensor | None = None  # its item embeddings, after fitting
+        # Its adapters' weights (peft's state dict), saved with the model so that a loaded one
+        # reads new items' text as it was trained to; None for a frozen encoder.
+        self.lora_weights: dict[str, np.ndarray] | None = None
+        self._tuned_encoder: tuple[Any, Any] | None = None  # (tokenizer, merged encoder), lazily
         self.recent_profiles: OrderedDict[str, np.ndarray] = OrderedDict()  # see _profiles
         self.recent_item_texts: OrderedDict[str, np.ndarray] = OrderedDict()  # see score_texts
         self.stacked_texts: dict[tuple[str, ...], np.ndarray] = {}  # see _text_item_vectors
@@ -270,7 +278,7 @@ class TwoTower(Recommender):
         item_ids_device = item_ids.to(self.device)
         logq = logq.to(self.device)
         if c.text_encoder == "lora":
-            self._start_lora(data)
+            self._start_lora(data, warm_start)
         parameters = [p for p in self.towers.parameters()] + (
             [p for p in self.encoder.parameters() if p.requires_grad] if self.encoder else []
         )
@@ -321,7 +329,13 @@ class TwoTower(Recommender):
             self.history.append({"epoch": epoch + 1, "loss": total / steps_per_epoch})
         bar.close()
         if self.encoder is not None:
+            from peft import get_peft_model_state_dict
+
             self.item_text_tuned = torch.from_numpy(self._encode_tuned())
+            self.lora_weights = {
+                name: tensor.detach().cpu().numpy()
+                for name, tensor in get_peft_model_state_dict(self.encoder).items()
+            }
             self.encoder = None
         self._precompute_items()
 
@@ -446,29 +460,67 @@ class TwoTower(Recommender):
 
     # -- LoRA ------------------------------------------------------------------------------
 
-    def _start_lora(self, data: InteractionData) -> None:
+    def _lora_encoder(self, device: str):
+        """(tokenizer, the base text encoder wrapped with fresh LoRA adapters)."""
         from peft import LoraConfig, get_peft_model
 
         from training.text import load_encoder
 
-        tokenizer, model = load_encoder(self.config.text_model, str(self.device))
+        tokenizer, model = load_encoder(self.config.text_model, device)
         lora = LoraConfig(
             r=self.config.lora_rank, lora_alpha=2 * self.config.lora_rank,
             target_modules=["query", "value"], lora_dropout=0.0, bias="none",
         )  # fmt: skip
-        self.encoder = get_peft_model(model, lora)
-        self.tokenizer = tokenizer
+        return tokenizer, get_peft_model(model, lora)
+
+    def _start_lora(self, data: InteractionData, warm_start: Recommender | None) -> None:
+        """The encoder to tune: fresh adapters, or a warm start's (a LoRA model's) to go on."""
+        self.tokenizer, self.encoder = self._lora_encoder(str(self.device))
         self.catalogue_texts = self._item_texts(data)
+        adapters = getattr(warm_start, "lora_weights", None)
+        if adapters:
+            from peft import set_peft_model_state_dict
+
+            shapes = {name: tuple(p.shape) for name, p in self.encoder.named_parameters()}
+            for name, value in adapters.items():
+                found = [shape for key, shape in shapes.items()
+                         if key.replace(".default", "") == name]  # fmt: skip
+                if found != [value.shape]:
+                    raise ValueError(
+                        f"warm_start: LoRA adapter {name} has shape {value.shape}, this config "
+                        f"needs {found[0] if found else 'none'} (lora_rank or text_model differ)"
+                    )
+            set_peft_model_state_dict(
+                self.encoder, {name: torch.from_numpy(v) for name, v in adapters.items()}
+            )
 
     def _run_encoder(self, items: np.ndarray) -> torch.Tensor:
-        from training.text import MAX_TOKENS, mean_pool
+        texts = [self.catalogue_texts[i] for i in items]
+        return _embed(self.tokenizer, self.encoder, texts, self.device)
 
-        tokens = self.tokenizer(
-            [self.catalogue_texts[i] for i in items], padding=True, truncation=True,
-            max_length=MAX_TOKENS, return_tensors="pt",
-        ).to(self.device)  # fmt: skip
-        hidden = self.encoder(**tokens).last_hidden_state  # (N, tokens, text)
-        return F.normalize(mean_pool(hidden, tokens["attention_mask"]), dim=-1)  # (N, text)
+    def _encode_with_adapters(self, texts: list[str]) -> np.ndarray:
+        """(texts, text) embeddings of new items' texts by the encoder the model was trained
+        with: the base encoder with the saved adapters merged in, built on first use (and in
+        int8 once the model is quantised, as the frozen encoder is)."""
+        if self._tuned_encoder is None:
+            from peft import set_peft_model_state_dict
+
+            device = "cpu" if self.quantized else str(self.device)
+            tokenizer, encoder = self._lora_encoder(device)
+            weights = {name: torch.from_numpy(value) for name, value in self.lora_weights.items()}
+            set_peft_model_state_dict(encoder, weights)
+            encoder = encoder.merge_and_unload().eval()
+            if self.quantized:
+                from training.quantization import int8_layers
+
+                encoder = int8_layers(encoder)
+            self._tuned_encoder = (tokenizer, encoder)
+        tokenizer, encoder = self._tuned_encoder
+        device = torch.device("cpu") if self.quantized else self.device
+        with torch.inference_mode():
+            chunks = [_embed(tokenizer, encoder, texts[s : s + 64], device)
+                      for s in range(0, len(texts), 64)]  # fmt: skip
+        return torch.cat(chunks).cpu().numpy()
 
     def _encode_tuned(self, batch_size: int = 64) -> np.ndarray:
         self.encoder.eval()
@@ -539,6 +591,7 @@ class TwoTower(Recommender):
             return False
         self.device = torch.device("cpu")
         self.towers.cpu()
+        self._tuned_encoder = None  # rebuilt in int8 when next needed
         return True
 
     def item_embeddings(self) -> np.ndarray:
@@ -546,25 +599,22 @@ class TwoTower(Recommender):
 
     def text_item_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         if not self.reads_item_text:
-            raise NotImplementedError("two_tower: a LoRA-tuned model embeds no new item text")
+            raise NotImplementedError(NO_ADAPTERS)
         return self._text_item_vectors(list(texts))[:, :-1]
 
     @property
     def reads_item_text(self) -> bool:
-        # A LoRA-tuned encoder's adapters are not saved (only the item vectors it produced),
-        # so a loaded LoRA model could only encode new text with the untuned encoder, whose
-        # vectors its item tower never learnt from.
-        return self.config.text_encoder == "frozen"
+        # A LoRA-tuned model reads new text only with its adapters: with the untuned encoder
+        # it would get vectors its item tower never learnt from. Versions registered before
+        # the adapters were saved have none.
+        return self.config.text_encoder == "frozen" or self.lora_weights is not None
 
     def score_texts(self, users: Sequence[UserQuery], texts: Sequence[str]) -> np.ndarray:
         """New items through the item tower as P2 trains it for items without interactions:
         the "unknown" id and the text embedding. An item whose text equals a catalogue
         item's without interactions gets exactly that item's score."""
         if not self.reads_item_text:
-            raise NotImplementedError(
-                "two_tower: a LoRA-tuned model scores no new item text (its adapters are not "
-                "saved with it)"
-            )
+            raise NotImplementedError(NO_ADAPTERS)
         vectors = self._text_item_vectors(list(texts))
         return self.user_vectors([self.resolve(user) for user in users]) @ vectors.T
 
@@ -584,7 +634,9 @@ class TwoTower(Recommender):
         missing = sorted({t for t in texts if t not in recent})
         if missing:
             self.towers.eval()
-            text = torch.from_numpy(self._encode(missing)).to(self.device)
+            encoded = self._encode_with_adapters(missing) if self.lora_weights else (
+                self._encode(missing))  # fmt: skip
+            text = torch.from_numpy(encoded).to(self.device)
             ids = torch.zeros(len(missing), dtype=torch.int64, device=self.device)
             vectors, bias = self.towers.items(ids, text)
             fresh = torch.cat([vectors, bias[:, None]], dim=1) / self.config.temperature
@@ -662,6 +714,7 @@ class TwoTower(Recommender):
             "profile_vectors": np.array(
                 [self.profile_cache[t] for t in profile_texts], dtype=np.float32
             ).reshape(len(profile_texts), self.text.shape[1]),
+            **{f"lora.{name}": value for name, value in (self.lora_weights or {}).items()},
         }
 
     def _load_state(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -690,6 +743,20 @@ class TwoTower(Recommender):
             }
         )
         self.towers.to(self.device).eval()
+        lora = {name.removeprefix("lora."): value for name, value in arrays.items()
+                if name.startswith("lora.")}  # fmt: skip
+        self.lora_weights = lora or None
+
+
+def _embed(tokenizer, encoder, texts: list[str], device: torch.device) -> torch.Tensor:
+    """(texts, text) unit mean-pooled embeddings of ``texts`` by a Hugging Face encoder."""
+    from training.text import MAX_TOKENS, mean_pool
+
+    tokens = tokenizer(
+        texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+    ).to(device)
+    hidden = encoder(**tokens).last_hidden_state  # (N, tokens, text)
+    return F.normalize(mean_pool(hidden, tokens["attention_mask"]), dim=-1)  # (N, text)
 
 
 def _device(name: str) -> torch.device:
