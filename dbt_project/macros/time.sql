@@ -1,7 +1,10 @@
-{#- The end of the interval being processed: var('as_of') or, when empty, the run's start. -#}
+{#- The end of the interval being processed: var('as_of'), else the environment's
+    RECLOOP_AS_OF (how recloop passes it: a changed var makes dbt re-parse the whole project,
+    a changed env var only the files that read it), else the run's start. -#}
 {% macro as_of() -%}
-    {%- if var('as_of') -%}
-        cast('{{ var("as_of") }}' as timestamptz)
+    {%- set end = var('as_of') or env_var('RECLOOP_AS_OF', '') -%}
+    {%- if end -%}
+        cast('{{ end }}' as timestamptz)
     {%- else -%}
         {{ run_started() }}
     {%- endif -%}

@@ -165,6 +165,22 @@ def test_rerun_changes_nothing_and_new_events_extend_the_features(tmp_path: Path
     pd.testing.assert_frame_equal(kept, old_rows)
 
 
+def test_a_build_sees_nothing_after_its_as_of(tmp_path: Path) -> None:
+    """as_of reaches the models (through RECLOOP_AS_OF): an earlier interval end bounds the
+    change points and the catalogue, and a later one extends them."""
+    settings = simulated_home(tmp_path)
+    middle = WORLD.start + timedelta(days=1, hours=6)
+    run_dbt(settings, ["build"], as_of=middle)
+    features = query(settings, "SELECT max(observed_at) AS newest FROM marts.user_features")
+    assert pd.Timestamp(features.newest[0]).tz_localize(None) <= middle.replace(tzinfo=None)
+    items = query(settings, "SELECT max(created_at) AS newest, count(*) AS n FROM marts.items")
+    assert pd.Timestamp(items.newest[0]).tz_localize(None) <= middle.replace(tzinfo=None)
+    run_dbt(settings, ["build"], as_of=AS_OF)
+    later = query(settings, "SELECT max(observed_at) AS newest FROM marts.user_features")
+    assert pd.Timestamp(later.newest[0]).tz_localize(None) > middle.replace(tzinfo=None)
+    assert query(settings, "SELECT count(*) AS n FROM marts.items").n[0] >= items.n[0]
+
+
 def test_rows_breaking_the_contract_are_quarantined_with_reasons(tmp_path: Path) -> None:
     settings = simulated_home(tmp_path)
     run_dbt(settings, ["build"], as_of=AS_OF)
