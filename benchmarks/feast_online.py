@@ -9,6 +9,11 @@ reference, one pipelined ``HGETALL`` of the same two Redis hashes (the user's an
 keys, as Feast serialises them) with redis-py. The difference is what Feast adds on top of
 the storage round trip: registry lookup, protobuf decoding, response building.
 
+Second, the service's fresh-click read (``serving.features.OnlineFeatures.recent_clicks``: the
+online store's ``online_read`` of the one view, TTL checked by the service) against
+``get_online_features`` of the same feature, for users whose clicks were pushed, in the same
+run and alternating.
+
     .venv/bin/python -m benchmarks.feast_online --json
 """
 
@@ -39,6 +44,36 @@ def prepare(settings: Settings, users: int, items: int, days: int) -> None:
     world = WorldConfig(users=users, items=items, days=days, seed=5)
     ingest_simulation(settings, world, show_progress=True)
     run_pipeline(settings, None, world.start + timedelta(days=days + 1), echo=False)
+
+
+def measure_fresh_clicks(settings: Settings, requests: int) -> dict[str, list[float]]:
+    from datetime import UTC, datetime
+
+    from recloop import warehouse
+    from serving.features import ACTIVITY_VIEW, RECENT_CLICK_ITEM_IDS, OnlineFeatures
+
+    features = OnlineFeatures(settings)
+    users = list(warehouse.read_frame(settings, "SELECT user_id FROM raw.users").user_id)
+    now = datetime.now(UTC)
+    features.push_clicks([(user, f"i{n}", now) for user in users for n in range(3)])
+    rng = random.Random(1)
+    reference = f"{ACTIVITY_VIEW}:{RECENT_CLICK_ITEM_IDS}"
+    timings: dict[str, list[float]] = {"service": [], "feast": []}
+    for n in range(requests):
+        user = rng.choice(users)
+        order = ("service", "feast") if n % 2 == 0 else ("feast", "service")
+        for what in order:
+            started = time.perf_counter()
+            if what == "service":
+                clicks = features.recent_clicks([user])[0]
+            else:
+                rows = features.store.get_online_features(
+                    features=[reference], entity_rows=[{"user_id": user}]
+                ).to_dict()
+            timings[what].append((time.perf_counter() - started) * 1000)
+        if clicks != list(rows[RECENT_CLICK_ITEM_IDS][0]):
+            raise RuntimeError(f"{user}: the two reads differ ({clicks} vs {rows})")
+    return timings
 
 
 def measure(settings: Settings, requests: int) -> dict[str, list[float]]:
@@ -100,6 +135,7 @@ def main() -> None:
     with production_settings(args.server, args.redis) as settings:
         prepare(settings, args.users, args.items, args.days)
         timings = measure(settings, args.requests)
+        fresh = measure_fresh_clicks(settings, args.requests)
     protocol = (
         f"{args.requests} sequential requests, 1 user + 1 item each; "
         f"{args.users} users, {args.items} items; local Redis"
@@ -110,6 +146,13 @@ def main() -> None:
         rows.append(Row("feast_online", f"serving_service_{name}_ms", feast, "ms",
                         f"redis-py pipelined HGETALL of the same keys ({name})", plain,
                         protocol=protocol, digits=2))  # fmt: skip
+    fresh_protocol = (f"{args.requests} sequential reads of one pushed user's clicks; "
+                      f"{args.users} users; local Redis")  # fmt: skip
+    for q, name in ((0.5, "p50"), (0.99, "p99")):
+        ours, feast = percentile(fresh["service"], q), percentile(fresh["feast"], q)
+        rows.append(Row("feast_online", f"fresh_clicks_read_{name}_ms", ours, "ms",
+                        f"get_online_features of the same feature ({name})", feast,
+                        protocol=fresh_protocol, digits=2))  # fmt: skip
     publish(rows, args, lambda r: f"{r.metric}: {r.value:.2f} ms vs {r.reference_value:.2f} ms "
             f"(x{r.ratio:.1f})")  # fmt: skip
 
