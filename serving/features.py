@@ -3,14 +3,16 @@
 - Fresh activity: ``/feedback`` pushes each user's latest clicks to the push source
   ``user_activity_push`` (view ``user_recent_activity``); ``/recommend`` reads them back, so a
   click changes the next recommendation at once, whichever replica took the click (replicas
-  share the online store, not memory). Clicks whose last push is older than the view's TTL
-  are not returned: Feast 0.67's online read does not check TTLs, so this module does.
+  share the online store, not memory). A user's list is not returned when its last push is
+  older than the view's TTL (each push carries the older clicks forward, at most
+  ``serving.fresh_clicks``): Feast 0.67's online read checks no TTL, so this module does.
 - Item counts: impressions and clicks per item from the batch view ``item_features``, the
   evidence of Thompson sampling; read for the whole catalogue at each model refresh.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -21,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from recloop.settings import Settings
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from feast import FeatureView
@@ -38,7 +42,7 @@ class _Views(NamedTuple):
     at: float  # time.monotonic() when resolved
     pushed: list[str]  # names of the views the push source feeds
     activity: FeatureView  # the view /recommend reads
-    join_key: str  # its entity's key column (Feast type-checks the property on each call)
+    join_key: str  # its key column, read once: FeatureView is @typechecked, each read checked
 
 
 class OnlineFeatures:
@@ -116,26 +120,42 @@ class OnlineFeatures:
 
     def _resolved_views(self) -> _Views:
         """The views the push source feeds and the activity view, re-read from the registry
-        after serving.watch_seconds, so that a ``feast apply`` reaches a running service."""
+        after serving.watch_seconds, so that a ``feast apply`` reaches a running service.
+
+        The re-read runs on a request's thread: when it fails, the views resolved before keep
+        serving (a warning says why) and the next re-read is a whole interval later, so a
+        registry outage neither fails requests nor makes each one retry it."""
         now = time.monotonic()
-        if self._views is None or now - self._views.at > self.views_ttl:
-            try:
-                activity = self.store.get_feature_view(ACTIVITY_VIEW)
-            except Exception as error:
-                raise RuntimeError(
-                    f"Feast registry has no {ACTIVITY_VIEW} view: run the feature pipeline "
-                    "(`recloop features run`) before serving"
-                ) from error
-            views = [*self.store.list_stream_feature_views(), *self.store.list_feature_views()]
-            pushed = [
-                view.name for view in views
-                if view.stream_source is not None and view.stream_source.name == PUSH_SOURCE
-            ]  # fmt: skip
-            if not pushed:
-                raise RuntimeError(f"Feast registry: no feature view reads {PUSH_SOURCE!r}")
-            (join_key,) = activity.join_keys
-            self._views = _Views(now, pushed, activity, join_key)
+        if self._views is not None and now - self._views.at <= self.views_ttl:
+            return self._views
+        try:
+            self._views = self._read_views(now)
+        except Exception as error:
+            if self._views is None:
+                raise
+            log.warning("Feast registry: keeping the views resolved before (%s)", error)
+            self._views = self._views._replace(at=now)
         return self._views
+
+    def _read_views(self, now: float) -> _Views:
+        from feast.errors import FeatureViewNotFoundException
+
+        try:
+            activity = self.store.get_feature_view(ACTIVITY_VIEW)
+        except FeatureViewNotFoundException as error:
+            raise RuntimeError(
+                f"Feast registry has no {ACTIVITY_VIEW} view: run the feature pipeline "
+                "(`recloop features run`) before serving"
+            ) from error
+        views = [*self.store.list_stream_feature_views(), *self.store.list_feature_views()]
+        pushed = [
+            view.name for view in views
+            if view.stream_source is not None and view.stream_source.name == PUSH_SOURCE
+        ]  # fmt: skip
+        if not pushed:
+            raise RuntimeError(f"Feast registry: no feature view reads {PUSH_SOURCE!r}")
+        (join_key,) = activity.join_keys
+        return _Views(now, pushed, activity, join_key)
 
     def item_counts(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(clicks, impressions) per item; 0 for items the batch view does not hold."""

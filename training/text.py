@@ -60,6 +60,18 @@ def _shared_encoder(path: str, device: str, int8: bool):
     return tokenizer, model, threading.Lock()
 
 
+def embed(tokenizer, model, texts: Sequence[str], device: str):
+    """(len(texts), dim) unit mean-pooled embeddings, as a tensor (gradients flow when the
+    caller allows them: LoRA training runs it on the tuned encoder)."""
+    import torch.nn.functional as F
+
+    tokens = tokenizer(
+        list(texts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+    ).to(device)
+    hidden = model(**tokens).last_hidden_state  # (batch, tokens, dim)
+    return F.normalize(mean_pool(hidden, tokens["attention_mask"]), dim=-1)
+
+
 def mean_pool(hidden, attention_mask):
     """Mean of token vectors, ignoring padding: (batch, tokens, dim) -> (batch, dim)."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -78,7 +90,6 @@ def encode(
 ) -> np.ndarray:
     """(len(texts), dim) float32 unit vectors; ``int8``: from the int8-quantised encoder."""
     import torch
-    import torch.nn.functional as F
     from tqdm.auto import tqdm
 
     path = model_path or default_model_path()
@@ -97,12 +108,7 @@ def encode(
                 batches, desc="encoding text", unit="batch", disable=not show_progress
             ):
                 chunk = missing[start : start + batch_size]
-                tokens = tokenizer(
-                    [text for _, text in chunk], padding=True, truncation=True,
-                    max_length=MAX_TOKENS, return_tensors="pt",
-                ).to(device)  # fmt: skip
-                hidden = model(**tokens).last_hidden_state  # (batch, tokens, dim)
-                vectors = F.normalize(mean_pool(hidden, tokens["attention_mask"]), dim=-1)
+                vectors = embed(tokenizer, model, [text for _, text in chunk], device)
                 for (key, _), vector in zip(chunk, vectors.cpu().numpy(), strict=True):
                     known[key] = vector
         if cache:

@@ -86,7 +86,7 @@ AS_OF_ENV = "RECLOOP_AS_OF"
 def dbt_args(settings: Settings, command: list[str]) -> list[str]:
     """The full dbt argument list: the command plus where everything is."""
     where = paths(settings)
-    args = [
+    return [
         *command,
         "--no-use-colors",  # the log is read in files and in the Airflow UI, not a terminal
         "--project-dir", str(where.project_dir),
@@ -94,7 +94,6 @@ def dbt_args(settings: Settings, command: list[str]) -> list[str]:
         "--target-path", str(where.target_path),
         "--log-path", str(where.log_path),
     ]  # fmt: skip
-    return args
 
 
 def run_dbt(
@@ -124,6 +123,7 @@ def run_dbt(
     executable = Path(sys.executable).with_name("dbt")
     args = [str(executable), *dbt_args(settings, command)]
     env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    env.pop(AS_OF_ENV, None)  # a value left in the caller's shell must not pin the interval
     if as_of is not None:
         env[AS_OF_ENV] = as_of.isoformat()
     tail: deque[str] = deque(maxlen=40)

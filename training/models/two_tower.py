@@ -242,6 +242,7 @@ class TwoTower(Recommender):
             raise ValueError(f"{data.name}: no interactions to train a two_tower model on")
         self.device = _device(c.device)
         self.item_text_tuned = None
+        self.lora_weights, self._tuned_encoder = None, None  # a refit's own, if it tunes text
         torch.manual_seed(c.seed)
         rng = np.random.default_rng(c.seed)
 
@@ -478,47 +479,42 @@ class TwoTower(Recommender):
         self.tokenizer, self.encoder = self._lora_encoder(str(self.device))
         self.catalogue_texts = self._item_texts(data)
         adapters = getattr(warm_start, "lora_weights", None)
-        if adapters:
-            from peft import set_peft_model_state_dict
-
-            shapes = {name: tuple(p.shape) for name, p in self.encoder.named_parameters()}
-            for name, value in adapters.items():
-                found = [shape for key, shape in shapes.items()
-                         if key.replace(".default", "") == name]  # fmt: skip
-                if found != [value.shape]:
-                    raise ValueError(
-                        f"warm_start: LoRA adapter {name} has shape {value.shape}, this config "
-                        f"needs {found[0] if found else 'none'} (lora_rank or text_model differ)"
-                    )
-            set_peft_model_state_dict(
-                self.encoder, {name: torch.from_numpy(v) for name, v in adapters.items()}
-            )
+        if adapters is not None:
+            assert isinstance(warm_start, TwoTower)
+            if warm_start.config.text_model != self.config.text_model:
+                raise ValueError(
+                    f"warm_start: its adapters tune {warm_start.config.text_model!r}, this "
+                    f"config's text_model is {self.config.text_model!r}"
+                )
+            _load_adapters(self.encoder, adapters, "warm_start")
 
     def _run_encoder(self, items: np.ndarray) -> torch.Tensor:
+        from training.text import embed
+
         texts = [self.catalogue_texts[i] for i in items]
-        return _embed(self.tokenizer, self.encoder, texts, self.device)
+        return embed(self.tokenizer, self.encoder, texts, self.device)
 
     def _encode_with_adapters(self, texts: list[str]) -> np.ndarray:
         """(texts, text) embeddings of new items' texts by the encoder the model was trained
         with: the base encoder with the saved adapters merged in, built on first use (and in
-        int8 once the model is quantised, as the frozen encoder is)."""
+        int8 once the model is quantised, as the frozen encoder is). Callers serialise their
+        calls, as the service's text lock does: a fast tokenizer refuses two threads."""
         if self._tuned_encoder is None:
-            from peft import set_peft_model_state_dict
-
             device = "cpu" if self.quantized else str(self.device)
             tokenizer, encoder = self._lora_encoder(device)
-            weights = {name: torch.from_numpy(value) for name, value in self.lora_weights.items()}
-            set_peft_model_state_dict(encoder, weights)
+            _load_adapters(encoder, self.lora_weights, "lora adapters")
             encoder = encoder.merge_and_unload().eval()
             if self.quantized:
                 from training.quantization import int8_layers
 
                 encoder = int8_layers(encoder)
             self._tuned_encoder = (tokenizer, encoder)
+        from training.text import embed
+
         tokenizer, encoder = self._tuned_encoder
         device = torch.device("cpu") if self.quantized else self.device
         with torch.inference_mode():
-            chunks = [_embed(tokenizer, encoder, texts[s : s + 64], device)
+            chunks = [embed(tokenizer, encoder, texts[s : s + 64], device)
                       for s in range(0, len(texts), 64)]  # fmt: skip
         return torch.cat(chunks).cpu().numpy()
 
@@ -583,10 +579,11 @@ class TwoTower(Recommender):
         return self.user_vectors(users) @ self.item_vectors.T
 
     def _quantize(self, text_encoder: bool) -> bool:
-        # Only the text encoder can go int8 (see _encode): it is the one transformer a request
-        # may run, for a new user's profile text. The towers' layers and the item vectors are
-        # small enough that int8 would slow a one-user call (training/quantization.py), so
-        # they stay float32. The int8 kernels are CPU kernels.
+        # Only the text encoders can go int8 (see _encode, _encode_with_adapters): they are the
+        # transformers a request may run, on a new user's profile text or a new item's text.
+        # The towers' layers and the item vectors are small enough that int8 would slow a
+        # one-user call (training/quantization.py), so they stay float32. The int8 kernels
+        # are CPU kernels.
         if not text_encoder:
             return False
         self.device = torch.device("cpu")
@@ -634,8 +631,8 @@ class TwoTower(Recommender):
         missing = sorted({t for t in texts if t not in recent})
         if missing:
             self.towers.eval()
-            encoded = self._encode_with_adapters(missing) if self.lora_weights else (
-                self._encode(missing))  # fmt: skip
+            encoded = (self._encode(missing) if self.lora_weights is None
+                       else self._encode_with_adapters(missing))  # fmt: skip
             text = torch.from_numpy(encoded).to(self.device)
             ids = torch.zeros(len(missing), dtype=torch.int64, device=self.device)
             vectors, bias = self.towers.items(ids, text)
@@ -748,15 +745,27 @@ class TwoTower(Recommender):
         self.lora_weights = lora or None
 
 
-def _embed(tokenizer, encoder, texts: list[str], device: torch.device) -> torch.Tensor:
-    """(texts, text) unit mean-pooled embeddings of ``texts`` by a Hugging Face encoder."""
-    from training.text import MAX_TOKENS, mean_pool
+def _load_adapters(encoder, adapters: dict[str, np.ndarray], what: str) -> None:
+    """Put saved LoRA adapter weights into a peft-wrapped encoder, refusing any mismatch by
+    name: peft's own loader is not strict, and would silently leave fresh adapters in place of
+    weights it does not recognise (after a library upgrade renames them, say)."""
+    from peft import set_peft_model_state_dict
 
-    tokens = tokenizer(
-        texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-    ).to(device)
-    hidden = encoder(**tokens).last_hidden_state  # (N, tokens, text)
-    return F.normalize(mean_pool(hidden, tokens["attention_mask"]), dim=-1)  # (N, text)
+    # peft's state dict names parameters without the adapter's name ("default").
+    wanted = {name.replace(".default", ""): tuple(parameter.shape)
+              for name, parameter in encoder.named_parameters() if "lora_" in name}  # fmt: skip
+    given = {name: tuple(value.shape) for name, value in adapters.items()}
+    if given != wanted:
+        differ = sorted(set(given.items()) ^ set(wanted.items()))[:3]
+        raise ValueError(
+            f"{what}: the saved LoRA adapters do not fit this encoder (lora_rank or text_model "
+            f"differ); first differences (name, shape): {differ}"
+        )
+    result = set_peft_model_state_dict(
+        encoder, {name: torch.from_numpy(value) for name, value in adapters.items()}
+    )
+    if result.unexpected_keys:
+        raise ValueError(f"{what}: peft did not load {result.unexpected_keys[:3]}")
 
 
 def _device(name: str) -> torch.device:
