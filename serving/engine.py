@@ -88,7 +88,7 @@ class Engine:
         self.catalogue_error: str | None = None
         self._catalogue_due = 0.0
         self._text_lock = threading.Lock()  # the text models' vector cache is not thread-safe
-        self._vectors: tuple[Any, ...] = ()  # (published, key, ids, vectors, rows) last built
+        self._vectors: tuple[Any, ...] = ()  # (key, new items, ids, vectors, rows) last built
         self._refresh_catalogue()
         self.impressions = ImpressionWriter(self.events, config.impression_flush_seconds)
         self._stop = threading.Event()
@@ -318,11 +318,13 @@ class Engine:
         self, deployment: Deployment
     ) -> tuple[list[str], np.ndarray, dict[str, int]]:
         """(ids, unit item vectors, row of each new item): the model's items, then the new
-        items a text-reading model places by their text; built once per published catalogue
-        and serving version."""
-        published, key = self.published, (deployment.alias, deployment.version)
+        items a text-reading model places by their text; built once per serving version and
+        list of its new items (so a catalogue refresh leaves a model that reads no text, whose
+        co-occurrence vectors are the costly ones, with the vectors it had)."""
+        key = (deployment.alias, deployment.version)
+        new_ids, texts, _ = new = self._new_items(self.published, deployment)
         cached = self._vectors
-        if cached and cached[0] is published and cached[1] == key:
+        if cached and cached[0] == key and cached[1] is new:
             return cached[2], cached[3], cached[4]
         model = deployment.model
         vectors = model.item_embeddings()
@@ -333,13 +335,12 @@ class Engine:
                 rows = [model.item_index[i] for i in history if i in model.item_index]
                 vectors[rows, column] = 1.0
         ids, vectors = list(model.item_ids), _unit_rows(vectors)
-        new_ids, texts, _ = self._new_items(published, deployment)
         if new_ids:
             with self._text_lock:
                 new_vectors = _unit_rows(model.text_item_embeddings(texts))
             ids, vectors = [*ids, *new_ids], np.vstack([vectors, new_vectors])
         rows = {item: len(model.item_ids) + n for n, item in enumerate(new_ids)}
-        self._vectors = (published, key, ids, vectors, rows)  # only the newest is kept
+        self._vectors = (key, new, ids, vectors, rows)  # only the newest is kept
         return ids, vectors, rows
 
     def _refresh_catalogue(self) -> None:
