@@ -10,6 +10,7 @@ carries no DuckDB warehouse code.)
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from recloop.settings import Settings
@@ -43,7 +44,7 @@ def read_export(settings: Settings, name: str, query: str) -> Any:
             raise ExportMissing(f"{where} does not exist") from None
     import duckdb
 
-    if not (settings.features_dir / f"{name}.parquet").exists():
+    if not Path(where).exists():
         raise ExportMissing(f"{where} does not exist")
     with duckdb.connect() as con:
         return con.execute(query.format(relation=f"read_parquet('{where}')")).df()
