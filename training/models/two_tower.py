@@ -509,23 +509,14 @@ class TwoTower(Recommender):
 
                 encoder = int8_layers(encoder)
             self._tuned_encoder = (tokenizer, encoder)
-        from training.text import embed
-
         tokenizer, encoder = self._tuned_encoder
         device = torch.device("cpu") if self.quantized else self.device
-        with torch.inference_mode():
-            chunks = [embed(tokenizer, encoder, texts[s : s + 64], device)
-                      for s in range(0, len(texts), 64)]  # fmt: skip
-        return torch.cat(chunks).cpu().numpy()
+        return _embed_in_batches(tokenizer, encoder, texts, device)
 
-    def _encode_tuned(self, batch_size: int = 64) -> np.ndarray:
+    def _encode_tuned(self) -> np.ndarray:
+        """The catalogue's text embeddings by the encoder being tuned, as fitting ends."""
         self.encoder.eval()
-        with torch.inference_mode():
-            chunks = [
-                self._run_encoder(np.arange(s, min(s + batch_size, len(self.item_ids))))
-                for s in range(0, len(self.item_ids), batch_size)
-            ]
-        return torch.cat(chunks).cpu().numpy()
+        return _embed_in_batches(self.tokenizer, self.encoder, self.catalogue_texts, self.device)
 
     # -- warm start ------------------------------------------------------------------------
 
@@ -743,6 +734,16 @@ class TwoTower(Recommender):
         lora = {name.removeprefix("lora."): value for name, value in arrays.items()
                 if name.startswith("lora.")}  # fmt: skip
         self.lora_weights = lora or None
+
+
+def _embed_in_batches(tokenizer, encoder, texts: list[str], device, size: int = 64) -> np.ndarray:
+    """(texts, text) embeddings (``training.text.embed``), ``size`` texts at a time."""
+    from training.text import embed
+
+    with torch.inference_mode():
+        chunks = [embed(tokenizer, encoder, texts[s : s + size], device)
+                  for s in range(0, len(texts), size)]  # fmt: skip
+    return torch.cat(chunks).cpu().numpy()
 
 
 def _load_adapters(encoder, adapters: dict[str, np.ndarray], what: str) -> None:
