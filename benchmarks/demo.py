@@ -91,6 +91,10 @@ def main() -> None:
                 protocol=protocol, digits=4),
             Row("demo", "replayed_gain", gain["value"], "CTR", "none", 0.0,
                 protocol=protocol, digits=4),
+            # The ceiling on the same requests: each one's best slate by the world's truth.
+            Row("demo", "replayed_best_true_ctr", recovery["best_true_ctr"], "CTR",
+                "new champion, same requests", recovery["new_true_ctr"],
+                protocol=protocol, digits=4),
             Row("demo", "replayed_gain_low", gain["low"], "CTR", "none", 0.0,
                 protocol=protocol, digits=4),
         ]  # fmt: skip

@@ -423,19 +423,20 @@ def demo(
         print(json.dumps(summary))
         return
     table = Table("hour", "CTR (95% Wilson)", "true CTR", "alarms", "retrain", "served",
-                  "replayed true CTR per version",
+                  "replayed true CTR per version", "best possible",
                   title="recloop demo: one row per simulated hour")  # fmt: skip
     for row in summary["hours"]:
         estimate = (f"{row['ctr']:.3f} [{row['ctr_low']:.3f}, {row['ctr_high']:.3f}]"
                     if row["ctr"] is not None else "-")  # fmt: skip
         alarms = ", ".join(a.split(":")[0] for a in row["alarms"] or [])
         served = ", ".join(f"v{v}" for v in sorted(row["served_versions"] or {}))
+        best = f"{row['best_true_ctr']:.3f}" if row["best_true_ctr"] is not None else "-"
         replayed = " ".join(f"v{v} {ctr:.3f}" for v, ctr in
                             sorted((row["replayed_true_ctr"] or {}).items(),
                                    key=lambda pair: int(pair[0])))  # fmt: skip
         table.add_row(str(row["hour"]), estimate, f"{row['true_ctr']:.3f}", alarms,
                       "requested" if row["retrain_requested"] else "", served,
-                      replayed)  # fmt: skip
+                      replayed, best)  # fmt: skip
     out.print(table)
     out.print(
         f"champion v{summary['first_champion']} -> v{summary['final_champion']}; drift detected "
@@ -451,7 +452,8 @@ def demo(
             f"from hour {recovery['from_hour']}, replayed on the same requests: new champion "
             f"v{recovery['new']} true CTR {recovery['new_true_ctr']:.3f}, old v{recovery['old']} "
             f"{recovery['old_true_ctr']:.3f}; gain {gain['value']:+.4f} "
-            f"[{gain['low']:+.4f}, {gain['high']:+.4f}]",
+            f"[{gain['low']:+.4f}, {gain['high']:+.4f}]; best possible ranking of the old "
+            f"champion's catalogue {recovery['best_true_ctr']:.3f}",
             soft_wrap=True,
         )
     out.print(

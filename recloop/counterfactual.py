@@ -12,8 +12,9 @@ Each request is answered by the service's own functions (``serving.engine.user_q
 ``slate_scores``): the user's history as the version saw it in training, plus the user's live
 clicks before this request, newest ``fresh_clicks`` of them (what the service reads from
 Feast's push source), with those seen items excluded. (Catalogue items a version never
-trained on join only a text-reading model's slates, ``serving.catalogue``; the demo's kinds
-read no text, so the replay, like the service, leaves them out.) A version is replayed only on hours
+trained on join only a text-reading model's greedy slates, ``serving.catalogue``; the demo's
+kinds read no text, so the replay, like the service's greedy slots, leaves them out: only
+its exploring slots show them.) A version is replayed only on hours
 that started after it was registered, so nothing it trained on comes from the hours it is
 judged on.
 """
@@ -57,17 +58,7 @@ def greedy_expected_clicks(
     """Per request (in the order given), the expected clicks of ``model``'s greedy top k (the
     sum over the slate of the world's true click probabilities) and the slate's length.
     ``earlier``: requests before these whose clicks the service had already been told of."""
-    live: dict[str, list[str]] = {}  # each user's live clicks, oldest first
-    for request in sorted(earlier, key=lambda r: (r.hour, r.n)):
-        live.setdefault(request.user_id, []).extend(request.clicked)
-    order = sorted(range(len(requests)), key=lambda i: (requests[i].hour, requests[i].n))
-    queries: list[UserQuery | None] = [None] * len(requests)
-    for i in order:
-        request = requests[i]
-        fresh = list(dict.fromkeys(reversed(live.get(request.user_id, []))))[:fresh_clicks]
-        answer = user_query(model, request.user_id, fresh, request.context)
-        queries[i] = answer[0] if answer is not None else None
-        live.setdefault(request.user_id, []).extend(request.clicked)
+    queries = _queries(model, requests, fresh_clicks, earlier)
     expected, shown = np.zeros(len(requests)), np.zeros(len(requests), dtype=np.int64)
     for start in range(0, len(requests), BATCH):
         rows = range(start, min(start + BATCH, len(requests)))
@@ -81,6 +72,58 @@ def greedy_expected_clicks(
                 )
                 expected[i], shown[i] = truth.sum(), len(items)
     return expected, shown
+
+
+def best_expected_clicks(
+    model,
+    world,
+    requests: Sequence[LiveRequest],
+    *,
+    k: int,
+    fresh_clicks: int,
+    earlier: Sequence[LiveRequest] = (),
+) -> np.ndarray:
+    """Per request, the expected clicks of the best k-slate among the items ``model`` could
+    have shown it (those it scores, the user's seen items left out, as in
+    ``greedy_expected_clicks``): the ceiling of any ranking of that catalogue, which no
+    retraining can pass. Under the world's position-based click model the best slate puts
+    the most attractive items in the most examined slots (the rearrangement inequality), so
+    it is the items sorted by true attractiveness, not a search over slates."""
+    queries = _queries(model, requests, fresh_clicks, earlier)
+    examination = world.examination(k)
+    best = np.zeros(len(requests))
+    for start in range(0, len(requests), BATCH):
+        rows = range(start, min(start + BATCH, len(requests)))
+        scores = slate_scores(model, [queries[i] for i in rows], exclude_seen=True)
+        for row, i in enumerate(rows):
+            items = [model.item_ids[c] for c in np.flatnonzero(np.isfinite(scores[row]))]
+            if items:
+                request = requests[i]
+                attractive = world.attractiveness(
+                    request.user_id, items, request.at, request.context
+                )
+                attractive = -np.sort(-attractive)[:k]
+                best[i] = float(examination[: len(attractive)] @ attractive)
+    return best
+
+
+def _queries(
+    model, requests: Sequence[LiveRequest], fresh_clicks: int, earlier: Sequence[LiveRequest]
+) -> list[UserQuery | None]:
+    """Each request's query as the service would have built it: the user's history as the
+    model saw it plus their live clicks before the request (None: popularity answers)."""
+    live: dict[str, list[str]] = {}  # each user's live clicks, oldest first
+    for request in sorted(earlier, key=lambda r: (r.hour, r.n)):
+        live.setdefault(request.user_id, []).extend(request.clicked)
+    order = sorted(range(len(requests)), key=lambda i: (requests[i].hour, requests[i].n))
+    queries: list[UserQuery | None] = [None] * len(requests)
+    for i in order:
+        request = requests[i]
+        fresh = list(dict.fromkeys(reversed(live.get(request.user_id, []))))[:fresh_clicks]
+        answer = user_query(model, request.user_id, fresh, request.context)
+        queries[i] = answer[0] if answer is not None else None
+        live.setdefault(request.user_id, []).extend(request.clicked)
+    return queries
 
 
 def _greedy(model, queries: list[UserQuery | None], k: int) -> tuple[np.ndarray, np.ndarray]:

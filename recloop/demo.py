@@ -101,6 +101,9 @@ class HourRecord:
     # version -> true CTR of its greedy top 10 on this hour's requests (recloop.counterfactual);
     # only versions registered before the hour began
     replayed_true_ctr: dict[str, float] | None = None
+    # the same requests' best possible true CTR: each one's best 10 of the items the first
+    # champion could show it (recloop.counterfactual.best_expected_clicks), the ceiling
+    best_true_ctr: float | None = None
 
 
 class Demo:
@@ -348,16 +351,18 @@ class Demo:
                 most = self.config.hours + self.config.extra_hours
                 if hour == last and waiting and last < most:
                     last += 1
-            replayed = self.replay_versions()
+            replayed = self.replay_versions(first_champion)
             return self.summary(first_champion, replayed, time.monotonic() - began)
         finally:
             self.stop()
 
-    def replay_versions(self) -> dict[str, dict[str, Any]]:
+    def replay_versions(self, first_champion: str) -> dict[str, dict[str, Any]]:
         """Each registered version's greedy slates on the requests of every hour that began
-        after it was registered; their true CTR per hour goes into the hour records. Returns,
-        per version, its kind, first hour and expected clicks per request ((hour, n) keyed)."""
-        from recloop.counterfactual import greedy_expected_clicks
+        after it was registered; their true CTR per hour goes into the hour records, with the
+        best possible one on the first champion's catalogue. Returns, per version, its kind,
+        first hour and expected clicks per request ((hour, n) keyed); the first champion's
+        entry also has the best slates' ("best")."""
+        from recloop.counterfactual import best_expected_clicks, greedy_expected_clicks
         from training import registry
 
         started = time.monotonic()
@@ -374,21 +379,27 @@ class Demo:
                 continue
             model = registry.download_model(self.settings, str(version.version))
             mine = [r for r in self.requests if r.hour >= hours[0]]
-            expected, shown = greedy_expected_clicks(
-                model, self.world, mine, k=SLATE,
-                fresh_clicks=self.settings.serving.fresh_clicks,
-                earlier=[r for r in self.requests if r.hour < hours[0]],
-            )  # fmt: skip
+            replay = {"model": model, "world": self.world, "requests": mine, "k": SLATE,
+                      "fresh_clicks": self.settings.serving.fresh_clicks,
+                      "earlier": [r for r in self.requests if r.hour < hours[0]]}  # fmt: skip
+            expected, shown = greedy_expected_clicks(**replay)
+            best = (best_expected_clicks(**replay) if str(version.version) == first_champion
+                    else None)  # fmt: skip
             for record in self.records:
                 rows = [i for i, r in enumerate(mine) if r.hour == record.hour]
                 if rows:
                     ctr = float(expected[rows].sum() / max(shown[rows].sum(), 1))
                     record.replayed_true_ctr = {**(record.replayed_true_ctr or {}),
                                                 str(version.version): round(ctr, 5)}  # fmt: skip
+                    if best is not None:
+                        record.best_true_ctr = round(float(best[rows].mean() / SLATE), 5)
+            keyed = [(r.hour, r.n) for r in mine]
             replayed[str(version.version)] = {
                 "kind": version.tags.get("kind"), "from_hour": hours[0],
-                "expected": {(r.hour, r.n): e for r, e in zip(mine, expected, strict=True)},
+                "expected": dict(zip(keyed, expected, strict=True)),
             }  # fmt: skip
+            if best is not None:
+                replayed[str(version.version)]["best"] = dict(zip(keyed, best, strict=True))
         self.echo(f"replayed {len(replayed)} versions on the live requests "
                   f"in {time.monotonic() - started:.0f} s")  # fmt: skip
         return replayed
@@ -410,9 +421,13 @@ class Demo:
         new = np.array([replayed[final]["expected"][key] for key in keys])
         old = np.array([replayed[first]["expected"][key] for key in keys])
         gain = paired_difference(new, old, slots=SLATE, alpha=self.settings.monitoring.alpha)
+        best = np.array([replayed[first]["best"][key] for key in keys])
         return {"from_hour": start, "new": final, "old": first,
                 "new_true_ctr": float(new.mean() / SLATE),
                 "old_true_ctr": float(old.mean() / SLATE),
+                # What a ranking that knew the truth would have earned on these requests:
+                # the share of the way there that retraining went is (new - old) / (best - old).
+                "best_true_ctr": float(best.mean() / SLATE),
                 "gain": gain}  # fmt: skip
 
     def _echo_hour(self, r: HourRecord) -> None:

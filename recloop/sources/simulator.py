@@ -260,8 +260,17 @@ class World:
         context: dict[str, Any] | None = None,
     ) -> np.ndarray:
         """The true probability of a click in each slot of this slate, slot 0 first."""
-        attractiveness = _sigmoid(self.utility(user_id, item_ids, at, context))
-        return self.examination(len(item_ids)) * attractiveness
+        return self.examination(len(item_ids)) * self.attractiveness(user_id, item_ids, at, context)
+
+    def attractiveness(
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        at: datetime,
+        context: dict[str, Any] | None = None,
+    ) -> np.ndarray:
+        """The probability of a click on each item once examined (in slot 0, say)."""
+        return _sigmoid(self.utility(user_id, item_ids, at, context))
 
     def respond(
         self,

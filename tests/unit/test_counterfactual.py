@@ -11,7 +11,12 @@ import pytest
 from scipy import stats
 
 from recloop import counterfactual
-from recloop.counterfactual import LiveRequest, greedy_expected_clicks, paired_difference
+from recloop.counterfactual import (
+    LiveRequest,
+    best_expected_clicks,
+    greedy_expected_clicks,
+    paired_difference,
+)
 from recloop.sources.simulator import WorldConfig, build_world
 from training.data import InteractionData
 from training.models.popularity import Popularity
@@ -89,6 +94,34 @@ def test_batches_change_nothing(world, model, monkeypatch) -> None:
     monkeypatch.setattr(counterfactual, "BATCH", 2)
     batched = greedy_expected_clicks(model, world, requests, k=5, fresh_clicks=20)
     assert np.array_equal(whole[0], batched[0]) and np.array_equal(whole[1], batched[1])
+
+
+def test_the_best_slate_is_the_truths_top_k_of_what_the_model_could_show(world, model) -> None:
+    """u00000 has seen i00000 and i00001: the best 5-slate is the 5 most attractive of the
+    other 28, most attractive first; it beats every other order of them and the greedy
+    slate; a stranger with live clicks has those left out too; batches change nothing."""
+    ids = [item.item_id for item in world.items]
+    request = LiveRequest(0, 0, "u00000", AT, CONTEXT, clicked=())
+    best = best_expected_clicks(model, world, [request], k=5, fresh_clicks=20)
+    attractive = world.attractiveness("u00000", ids[2:], AT, CONTEXT)
+    chosen = [ids[2:][i] for i in np.argsort(-attractive)[:5]]
+    assert best[0] == pytest.approx(truth(world, "u00000", chosen))
+    assert best[0] == pytest.approx(float(world.examination(5) @ -np.sort(-attractive)[:5]))
+    assert best[0] > truth(world, "u00000", chosen[::-1])
+    greedy, _ = greedy_expected_clicks(model, world, [request], k=5, fresh_clicks=20)
+    assert best[0] >= greedy[0]
+    first = LiveRequest(0, 1, "u00005", AT, CONTEXT, clicked=(chosen[0],))
+    second = LiveRequest(0, 2, "u00005", AT, CONTEXT, clicked=())
+    stranger = world.attractiveness("u00005", ids, AT, CONTEXT)
+    left = np.array([i != chosen[0] for i in ids])
+    after = best_expected_clicks(model, world, [second], k=5, fresh_clicks=20, earlier=[first])
+    assert after[0] == pytest.approx(float(world.examination(5) @ -np.sort(-stranger[left])[:5]))
+    requests = [LiveRequest(0, n, f"u{n % 4:05d}", AT, CONTEXT, clicked=()) for n in range(7)]
+    whole = best_expected_clicks(model, world, requests, k=5, fresh_clicks=20)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(counterfactual, "BATCH", 2)
+        batched = best_expected_clicks(model, world, requests, k=5, fresh_clicks=20)
+    assert np.array_equal(whole, batched)
 
 
 def test_paired_difference_is_a_t_interval_over_requests() -> None:
