@@ -229,6 +229,14 @@ class ServingSettings(_Section):
         "(the newest first) are scored from their text per request, when its kind reads "
         "text (two_tower); 0 turns it off.",
     )
+    explore_new_items: bool = Field(
+        True,
+        description="epsilon_greedy: the catalogue items the serving model never trained on "
+        "and cannot read the text of (EASE, popularity, seq_transformer; at most new_items, "
+        "newest first) join the pool its exploring slots draw from, with a null score. "
+        "Otherwise such a model never shows a new item, and no click ever teaches a "
+        "retraining about one.",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted.")
     fresh_clicks: int = Field(
         20, ge=1, description="Recent clicks kept per user in Feast's push-fed view."

@@ -9,7 +9,8 @@ keys, so the catalogue does not come from there.
 Items the serving model never trained on are scored from their text when its kind reads text
 (``Recommender.reads_item_text``: the two-tower model's item tower, as protocol P2 trains it),
 so a new item can be recommended before any retraining. Kinds that read no text cannot score
-them, and leave them out until a retraining has seen them.
+them: only an exploring policy shows them (``serving.explore_new_items``, the engine's
+``_unscored_new_items``), until a retraining has seen them.
 """
 
 from __future__ import annotations

@@ -113,13 +113,17 @@ class Engine:
         pool = _finite_top(scores, self.settings.serving.candidates)
         items = [ids[i] for i in pool]
         clicks, shown = self._counts(items)
+        unscored = self._unscored_new_items(deployment, query, request.exclude_seen)
+        items += unscored  # positions from len(pool) on: no score
         request_id = uuid.uuid4().hex
         rng = np.random.default_rng(int(request_id, 16))  # the draw is reproducible from the id
-        slate = self.policy.draw(Candidates(scores[pool], clicks, shown), request.k, rng)
+        slate = self.policy.draw(
+            Candidates(scores[pool], clicks, shown, unscored=len(unscored)), request.k, rng
+        )
         now = datetime.now(UTC)
         chosen = [
-            {"item_id": items[c], "slot": slot, "score": float(scores[pool[c]]),
-             "propensity": float(p)}
+            {"item_id": items[c], "slot": slot,
+             "score": float(scores[pool[c]]) if c < len(pool) else None, "propensity": float(p)}
             for slot, (c, p) in enumerate(zip(slate.indices, slate.propensities, strict=True))
         ]  # fmt: skip
         # Built without validation (model_construct): every value is the service's own, and
@@ -313,6 +317,26 @@ class Engine:
             seen = set(query.history)
             scores[[n for n, item in enumerate(ids) if item in seen]] = -np.inf
         return ids, scores
+
+    def _unscored_new_items(
+        self, deployment: Deployment, query: UserQuery, exclude_seen: bool
+    ) -> list[str]:
+        """The catalogue items ``deployment``'s model never trained on and cannot read the
+        text of (newest first, at most ``serving.new_items``), for the policy's exploration
+        alone; none when the policy does not explore them or the setting is off (a model that
+        reads text has scored them already, ``_new_item_scores``)."""
+        config = self.settings.serving
+        model = deployment.model
+        if (not config.explore_new_items or not self.policy.explores_unscored
+                or model.reads_item_text or not config.new_items):  # fmt: skip
+            return []
+        catalogue = self.published.catalogue
+        ids = catalogue.new_items((deployment.alias, deployment.version), model.item_index,
+                                  config.new_items).ids  # fmt: skip
+        if exclude_seen and query.history and ids:
+            seen = set(query.history)
+            return [item for item in ids if item not in seen]
+        return ids
 
     def _vectors_with_new_items(
         self, deployment: Deployment

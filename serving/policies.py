@@ -8,8 +8,9 @@ That is what per-slot inverse propensity estimators divide by, and what the cont
 
 - ``greedy``: the top k by score; every propensity is 1.
 - ``epsilon_greedy``: each slot keeps its greedy item with probability 1 - epsilon, otherwise
-  shows an item drawn uniformly, without replacement, from the candidates below the top k.
-  Exact marginals: 1 - epsilon for a kept item; epsilon / (pool size) for a drawn one.
+  shows an item drawn uniformly, without replacement, from the candidates below the top k
+  and the unscored ones (below). Exact marginals: 1 - epsilon for a kept item;
+  epsilon / (pool size) for a drawn one.
 - ``plackett_luce``: a ranking sampled without replacement with probabilities proportional to
   exp(score / temperature) (scores standardised over the candidates first). The marginal of
   item i at slot j is the exponential-race integral
@@ -26,7 +27,7 @@ That is what per-slot inverse propensity estimators divide by, and what the cont
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -46,12 +47,17 @@ class Candidates:
     """What a policy draws from: the model's top candidates, best first.
 
     ``clicks``/``impressions`` are the items' logged counts (Thompson sampling's evidence);
-    the other policies ignore them.
+    the other policies ignore them. ``unscored``: how many further items, after the scored
+    ones (positions ``len(scores)`` onwards), the model has no score for: new catalogue items
+    a model that reads no text cannot place. Only exploration (``explores_unscored``) shows
+    them; without it such a model would never show a new item, and no click would ever teach
+    the next training run about one.
     """
 
     scores: np.ndarray
     clicks: np.ndarray | None = None
     impressions: np.ndarray | None = None
+    unscored: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class Slate:
 
 class Policy(Protocol):
     name: str
+    explores_unscored: ClassVar[bool]  # whether a draw may show ``Candidates.unscored`` items
 
     def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate: ...
 
@@ -71,6 +78,7 @@ class Policy(Protocol):
 @dataclass(frozen=True)
 class Greedy:
     name: str = "greedy"
+    explores_unscored: ClassVar[bool] = False
 
     def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate:
         del rng
@@ -82,6 +90,7 @@ class Greedy:
 class EpsilonGreedy:
     epsilon: float = 0.1
     name: str = field(init=False)
+    explores_unscored: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.epsilon <= 1:
@@ -89,8 +98,10 @@ class EpsilonGreedy:
         object.__setattr__(self, "name", f"epsilon_greedy(epsilon={self.epsilon:g})")
 
     def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate:
-        order = top(candidates.scores, len(candidates.scores))
-        greedy, pool = order[:k], order[k:]
+        scored = len(candidates.scores)
+        order = top(candidates.scores, scored)
+        greedy = order[:k]
+        pool = np.concatenate([order[k:], np.arange(scored, scored + candidates.unscored)])
         if len(pool) == 0 or self.epsilon == 0:
             return Slate(greedy, np.ones(len(greedy)))
         explore = rng.random(len(greedy)) < self.epsilon
@@ -110,6 +121,7 @@ class EpsilonGreedy:
 class PlackettLuce:
     temperature: float = 0.2
     name: str = field(init=False)
+    explores_unscored: ClassVar[bool] = False  # a weight needs a score
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -137,6 +149,9 @@ class PlackettLuce:
 class Thompson:
     draws: int = 2000
     name: str = "thompson"
+    # Unscored items would need a prior of their own: Beta(1, 1)'s mean of 0.5 would put
+    # every new item above every known one in most draws.
+    explores_unscored: ClassVar[bool] = False
 
     def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate:
         if candidates.clicks is None or candidates.impressions is None:

@@ -85,7 +85,10 @@ class RecommendRequest(_Body):
 class RecommendedItem(BaseModel):
     item_id: str = Field(description="The item.")
     slot: int = Field(description="Position in the slate, 0 = top.")
-    score: float = Field(description="The model's score (relative, not a probability).")
+    score: float | None = Field(
+        description="The model's score (relative, not a probability); null for a new item the "
+        "model cannot score (it reads no item text), shown by the policy's exploration."
+    )
     propensity: float = Field(
         description="Probability that the policy shows this item in this slot for this request."
     )

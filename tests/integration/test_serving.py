@@ -207,6 +207,7 @@ def test_an_item_added_after_training_is_recommended_from_its_text(world: Path) 
     relationships test then stops any later feature run, as it should.)"""
     from recloop import warehouse
     from recloop.contracts import Item
+    from serving.catalogue import read_catalogue
 
     settings = Settings(home=world)
     client = registry.configure(settings)
@@ -248,6 +249,40 @@ def test_an_item_added_after_training_is_recommended_from_its_text(world: Path) 
                 other = table[model.item_index[row["item_id"]]]
                 cosine = own @ other / (np.linalg.norm(own) * np.linalg.norm(other))
                 assert row["similarity"] == pytest.approx(float(cosine), abs=0.02)
+        # An EASE champion cannot place it, so greedy never shows it; epsilon-greedy's
+        # exploring slots draw it, with no score, from a pool of the ten candidates below the
+        # top 10 and every catalogue item EASE never trained on: with epsilon 1, every slot
+        # explores, and each drawn item's propensity is 1 / that pool's size.
+        ease = max((v for v in versions if v.tags.get("kind") == "ease"),
+                   key=lambda v: int(v.version))  # fmt: skip
+        ease_model = registry.download_model(settings, str(ease.version))
+        catalogue = read_catalogue(settings).item_ids
+        unscored = [i for i in catalogue if i not in ease_model.item_index]
+        assert item.item_id in unscored
+        pool = 10 + len(unscored)
+        registry.set_alias(client, registry.CHAMPION, str(ease.version))
+        with serving(
+            world,
+            RECLOOP_SERVING__POLICY="epsilon_greedy",
+            RECLOOP_SERVING__EPSILON="1.0",
+            RECLOOP_SERVING__CANDIDATES="20",
+        ) as http:
+            assert http.get("/readyz").json()["catalogue"]["items"] == len(catalogue)
+            # Enough slates that missing the item in all of them has odds under 1e-6.
+            requests = int(np.ceil(np.log(1e-6) / np.log(1 - 10 / pool)))
+            shown = []
+            for _ in range(requests):
+                body = http.post("/recommend", json={"user_id": known, "k": 10}).json()
+                assert body["model_version"] == str(ease.version)
+                shown += body["items"]
+            added = [row for row in shown if row["item_id"] == item.item_id]
+            assert added and all(row["score"] is None for row in added)
+            assert all(row["propensity"] == pytest.approx(1 / pool) for row in shown)
+            assert all((row["score"] is None) == (row["item_id"] in unscored) for row in shown)
+        with serving(world) as http:  # greedy, the default: never
+            for _ in range(5):
+                body = http.post("/recommend", json={"user_id": known, "k": 10}).json()
+                assert all(row["score"] is not None for row in body["items"])
     finally:
         registry.set_alias(client, registry.CHAMPION, champion)
 

@@ -19,9 +19,12 @@ SCORES = np.array([2.0, 1.6, 1.5, 0.7, 0.2, -0.4])
 K = 3
 
 
-def frequencies_and_logged(policy, candidates: Candidates, draws: int, seed: int = 0):
-    """Empirical P(item at slot) over many slates, and the propensities logged for them."""
-    m = len(candidates.scores)
+def frequencies_and_logged(
+    policy, candidates: Candidates, draws: int, seed: int = 0, size: int | None = None
+):
+    """Empirical P(item at slot) over many slates, and the propensities logged for them
+    (``size``: how many items, when unscored ones follow the scored)."""
+    m = size or len(candidates.scores)
     counts = np.zeros((m, K))
     logged: dict[tuple[int, int], set[float]] = {}
     for n in range(draws):
@@ -54,6 +57,27 @@ def test_epsilon_greedy_propensities_match_frequencies() -> None:
     assert logged[(0, 0)] == {0.7}
     assert logged[(4, 1)] == {round(0.3 / 3, 9)}  # pool of three below the top three
     assert freq[0, 1] == 0  # a greedy item never moves to another slot
+
+
+def test_epsilon_greedy_explores_unscored_items_with_exact_propensities() -> None:
+    """Two unscored items (positions 6 and 7) join the pool below the top three: five in
+    all, each drawn with epsilon / 5 in any slot, never kept greedily; the policies that
+    cannot weigh an item without a score never show one."""
+    candidates = Candidates(SCORES, np.zeros(6), np.zeros(6), unscored=2)
+    freq, logged = frequencies_and_logged(EpsilonGreedy(0.3), candidates, 6000, size=8)
+    assert_matches(freq, logged, 6000)
+    assert logged[(7, 2)] == {round(0.3 / 5, 9)} and logged[(4, 0)] == {round(0.3 / 5, 9)}
+    assert logged[(0, 0)] == {0.7}
+    assert freq[6:].sum() > 0
+    for policy in (Greedy(), PlackettLuce(1.0), Thompson(200)):
+        assert not policy.explores_unscored
+        for seed in range(50):
+            slate = policy.draw(candidates, K, np.random.default_rng(seed))
+            assert (slate.indices < len(SCORES)).all()
+    # Only unscored items below an empty top: nothing to keep, the slate is empty.
+    slate = EpsilonGreedy(1.0).draw(Candidates(np.empty(0), unscored=3), K,
+                                    np.random.default_rng(0))  # fmt: skip
+    assert len(slate.indices) == 0
 
 
 def test_plackett_luce_propensities_match_frequencies() -> None:
