@@ -33,14 +33,19 @@ def main() -> None:
                         help="promotion.protocol for the demo's training runs")  # fmt: skip
     parser.add_argument("--trending-half-life", type=float, help="popularity as a trending "
                         "model with this half life in hours")  # fmt: skip
+    parser.add_argument("--models", help="comma-separated candidate kinds the demo's training "
+                        "runs train (default: DemoConfig's)")  # fmt: skip
     add_output_options(parser)
     args = parser.parse_args()
 
     movielens = str(args.movielens.resolve()) if args.movielens else None
+    models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     config = DemoConfig(hours=args.hours, shift_hour=args.shift_hour, movielens=movielens,
                         gate_protocol=args.gate_protocol,
-                        trending_half_life_hours=args.trending_half_life)  # fmt: skip
-    if (config.gate_protocol, config.trending_half_life_hours) != ("P1", None):
+                        trending_half_life_hours=args.trending_half_life,
+                        **({"models": models} if models else {}))  # fmt: skip
+    if (config.gate_protocol, config.trending_half_life_hours,
+            config.models) != ("P1", None, DemoConfig.models):  # fmt: skip
         args.no_record = True  # RESULTS.md's demo rows are the defaults' (make demo's)
     if args.home is not None:
         summary = Demo(Settings(home=args.home.resolve()), config, echo=print).run()
@@ -93,6 +98,10 @@ def main() -> None:
                 protocol=protocol, digits=4),
             # The ceiling on the same requests: each one's best slate by the world's truth.
             Row("demo", "replayed_best_true_ctr", recovery["best_true_ctr"], "CTR",
+                "new champion, same requests", recovery["new_true_ctr"],
+                protocol=protocol, digits=4),
+            # The floor on the same requests: a uniformly random slate of the same items.
+            Row("demo", "replayed_random_true_ctr", recovery["random_true_ctr"], "CTR",
                 "new champion, same requests", recovery["new_true_ctr"],
                 protocol=protocol, digits=4),
             Row("demo", "replayed_gain_low", gain["low"], "CTR", "none", 0.0,

@@ -402,6 +402,9 @@ def demo(
         exists=True,
         file_okay=False,
     ),
+    models: str | None = typer.Option(
+        None, help="Comma-separated kinds each training run trains (default: popularity,ease)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """The whole loop in a fresh home: Airflow DAGs, the BentoML service, simulated users, a
@@ -412,10 +415,16 @@ def demo(
     settings = _settings()
     given = {"hours": hours, "shift_hour": shift_hour, "requests_per_hour": requests,
              "users": users, "items": items, "seed": seed,
-             "movielens": str(movielens.resolve()) if movielens else None}  # fmt: skip
+             "movielens": str(movielens.resolve()) if movielens else None,
+             "models": tuple(m.strip() for m in models.split(",")) if models else None}  # fmt: skip
     config = DemoConfig(**{name: value for name, value in given.items() if value is not None})
     if config.shift_hour >= config.hours:
         _fail(f"--shift-hour: {config.shift_hour} must be below --hours ({config.hours})")
+    from training.models import KINDS
+
+    unknown = [kind for kind in config.models if kind not in KINDS]
+    if unknown or not config.models:
+        _fail(f"--models: {', '.join(unknown) or 'none given'} (allowed: {', '.join(KINDS)})")
     echo = (lambda message: err.print(message)) if as_json else out.print
     with _reported():
         summary = Demo(settings, config, echo=echo).run()
@@ -423,14 +432,15 @@ def demo(
         print(json.dumps(summary))
         return
     table = Table("hour", "CTR (95% Wilson)", "true CTR", "alarms", "retrain", "served",
-                  "replayed true CTR per version", "best possible",
+                  "replayed true CTR per version", "best / random slate",
                   title="recloop demo: one row per simulated hour")  # fmt: skip
     for row in summary["hours"]:
         estimate = (f"{row['ctr']:.3f} [{row['ctr_low']:.3f}, {row['ctr_high']:.3f}]"
                     if row["ctr"] is not None else "-")  # fmt: skip
         alarms = ", ".join(a.split(":")[0] for a in row["alarms"] or [])
         served = ", ".join(f"v{v}" for v in sorted(row["served_versions"] or {}))
-        best = f"{row['best_true_ctr']:.3f}" if row["best_true_ctr"] is not None else "-"
+        best = (f"{row['best_true_ctr']:.3f} / {row['random_true_ctr']:.3f}"
+                if row["best_true_ctr"] is not None else "-")  # fmt: skip
         replayed = " ".join(f"v{v} {ctr:.3f}" for v, ctr in
                             sorted((row["replayed_true_ctr"] or {}).items(),
                                    key=lambda pair: int(pair[0])))  # fmt: skip
@@ -452,8 +462,9 @@ def demo(
             f"from hour {recovery['from_hour']}, replayed on the same requests: new champion "
             f"v{recovery['new']} true CTR {recovery['new_true_ctr']:.3f}, old v{recovery['old']} "
             f"{recovery['old_true_ctr']:.3f}; gain {gain['value']:+.4f} "
-            f"[{gain['low']:+.4f}, {gain['high']:+.4f}]; best possible ranking of the old "
-            f"champion's catalogue {recovery['best_true_ctr']:.3f}",
+            f"[{gain['low']:+.4f}, {gain['high']:+.4f}]; on the old champion's catalogue, the "
+            f"best possible slates {recovery['best_true_ctr']:.3f}, random ones "
+            f"{recovery['random_true_ctr']:.3f}",
             soft_wrap=True,
         )
     out.print(

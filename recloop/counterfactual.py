@@ -74,7 +74,7 @@ def greedy_expected_clicks(
     return expected, shown
 
 
-def best_expected_clicks(
+def reference_expected_clicks(
     model,
     world,
     requests: Sequence[LiveRequest],
@@ -82,16 +82,17 @@ def best_expected_clicks(
     k: int,
     fresh_clicks: int,
     earlier: Sequence[LiveRequest] = (),
-) -> np.ndarray:
-    """Per request, the expected clicks of the best k-slate among the items ``model`` could
-    have shown it (those it scores, the user's seen items left out, as in
-    ``greedy_expected_clicks``): the ceiling of any ranking of that catalogue, which no
-    retraining can pass. Under the world's position-based click model the best slate puts
-    the most attractive items in the most examined slots (the rearrangement inequality), so
-    it is the items sorted by true attractiveness, not a search over slates."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per request, two yardsticks over the items ``model`` could have shown it (those it
+    scores, the user's seen items left out, as in ``greedy_expected_clicks``): the expected
+    clicks of the best k-slate, the ceiling no ranking of that catalogue can pass, and of a
+    uniformly random k-slate, the floor any model should beat. Under the world's
+    position-based click model the best slate puts the most attractive items in the most
+    examined slots (the rearrangement inequality), so it is the items sorted by true
+    attractiveness; a random slate's slots each hold the mean attractiveness."""
     queries = _queries(model, requests, fresh_clicks, earlier)
     examination = world.examination(k)
-    best = np.zeros(len(requests))
+    best, uniform = np.zeros(len(requests)), np.zeros(len(requests))
     for start in range(0, len(requests), BATCH):
         rows = range(start, min(start + BATCH, len(requests)))
         scores = slate_scores(model, [queries[i] for i in rows], exclude_seen=True)
@@ -102,9 +103,10 @@ def best_expected_clicks(
                 attractive = world.attractiveness(
                     request.user_id, items, request.at, request.context
                 )
-                attractive = -np.sort(-attractive)[:k]
-                best[i] = float(examination[: len(attractive)] @ attractive)
-    return best
+                slots = examination[: min(k, len(items))]
+                best[i] = float(slots @ -np.sort(-attractive)[: len(slots)])
+                uniform[i] = float(slots.sum() * attractive.mean())
+    return best, uniform
 
 
 def _queries(

@@ -101,9 +101,11 @@ class HourRecord:
     # version -> true CTR of its greedy top 10 on this hour's requests (recloop.counterfactual);
     # only versions registered before the hour began
     replayed_true_ctr: dict[str, float] | None = None
-    # the same requests' best possible true CTR: each one's best 10 of the items the first
-    # champion could show it (recloop.counterfactual.best_expected_clicks), the ceiling
+    # the same requests' best possible true CTR, each one's best 10 of the items the first
+    # champion could show it, and a random 10 of them's (recloop.counterfactual's
+    # reference_expected_clicks): the ceiling and the floor
     best_true_ctr: float | None = None
+    random_true_ctr: float | None = None
 
 
 class Demo:
@@ -359,10 +361,10 @@ class Demo:
     def replay_versions(self, first_champion: str) -> dict[str, dict[str, Any]]:
         """Each registered version's greedy slates on the requests of every hour that began
         after it was registered; their true CTR per hour goes into the hour records, with the
-        best possible one on the first champion's catalogue. Returns, per version, its kind,
-        first hour and expected clicks per request ((hour, n) keyed); the first champion's
-        entry also has the best slates' ("best")."""
-        from recloop.counterfactual import best_expected_clicks, greedy_expected_clicks
+        best possible and a random slate's on the first champion's catalogue. Returns, per
+        version, its kind, first hour and expected clicks per request ((hour, n) keyed); the
+        first champion's entry also has the best and the random slates' ("best", "random")."""
+        from recloop.counterfactual import greedy_expected_clicks, reference_expected_clicks
         from training import registry
 
         started = time.monotonic()
@@ -383,23 +385,25 @@ class Demo:
                       "fresh_clicks": self.settings.serving.fresh_clicks,
                       "earlier": [r for r in self.requests if r.hour < hours[0]]}  # fmt: skip
             expected, shown = greedy_expected_clicks(**replay)
-            best = (best_expected_clicks(**replay) if str(version.version) == first_champion
-                    else None)  # fmt: skip
+            first = str(version.version) == first_champion
+            best, uniform = reference_expected_clicks(**replay) if first else (None, None)
             for record in self.records:
                 rows = [i for i, r in enumerate(mine) if r.hour == record.hour]
                 if rows:
                     ctr = float(expected[rows].sum() / max(shown[rows].sum(), 1))
                     record.replayed_true_ctr = {**(record.replayed_true_ctr or {}),
                                                 str(version.version): round(ctr, 5)}  # fmt: skip
-                    if best is not None:
+                    if best is not None and uniform is not None:
                         record.best_true_ctr = round(float(best[rows].mean() / SLATE), 5)
+                        record.random_true_ctr = round(float(uniform[rows].mean() / SLATE), 5)
             keyed = [(r.hour, r.n) for r in mine]
             replayed[str(version.version)] = {
                 "kind": version.tags.get("kind"), "from_hour": hours[0],
                 "expected": dict(zip(keyed, expected, strict=True)),
             }  # fmt: skip
-            if best is not None:
+            if best is not None and uniform is not None:
                 replayed[str(version.version)]["best"] = dict(zip(keyed, best, strict=True))
+                replayed[str(version.version)]["random"] = dict(zip(keyed, uniform, strict=True))
         self.echo(f"replayed {len(replayed)} versions on the live requests "
                   f"in {time.monotonic() - started:.0f} s")  # fmt: skip
         return replayed
@@ -422,12 +426,14 @@ class Demo:
         old = np.array([replayed[first]["expected"][key] for key in keys])
         gain = paired_difference(new, old, slots=SLATE, alpha=self.settings.monitoring.alpha)
         best = np.array([replayed[first]["best"][key] for key in keys])
+        uniform = np.array([replayed[first]["random"][key] for key in keys])
         return {"from_hour": start, "new": final, "old": first,
                 "new_true_ctr": float(new.mean() / SLATE),
                 "old_true_ctr": float(old.mean() / SLATE),
                 # What a ranking that knew the truth would have earned on these requests:
                 # the share of the way there that retraining went is (new - old) / (best - old).
                 "best_true_ctr": float(best.mean() / SLATE),
+                "random_true_ctr": float(uniform.mean() / SLATE),  # and one that knew nothing
                 "gain": gain}  # fmt: skip
 
     def _echo_hour(self, r: HourRecord) -> None:

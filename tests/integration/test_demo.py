@@ -91,11 +91,14 @@ def test_the_loop_closes(demo: dict[str, Any]) -> None:
     assert recovery["gain"]["value"] == pytest.approx(
         recovery["new_true_ctr"] - recovery["old_true_ctr"]
     )
-    # No ranking of the first champion's catalogue beats the truth's own best slates of it;
+    # No ranking of the first champion's catalogue beats the truth's own best slates of it
+    # (nor does a random one);
     # the new champion is below them too (it may know newer items, so only by a margin here).
     first = summary["first_champion"]
     for hour in hours:
-        assert hour["replayed_true_ctr"][first] < hour["best_true_ctr"] < 1, hour
+        assert 0 < hour["random_true_ctr"] < hour["best_true_ctr"] < 1, hour
+        assert hour["replayed_true_ctr"][first] < hour["best_true_ctr"], hour
+    assert recovery["random_true_ctr"] < recovery["best_true_ctr"], recovery
     assert recovery["new_true_ctr"] < recovery["best_true_ctr"], recovery
     # Estimated CTR against the truth: every hour within a point, and the 95% intervals hold
     # the true CTR in most hours (a 95% interval misses one hour in twenty; three misses or

@@ -13,9 +13,9 @@ from scipy import stats
 from recloop import counterfactual
 from recloop.counterfactual import (
     LiveRequest,
-    best_expected_clicks,
     greedy_expected_clicks,
     paired_difference,
+    reference_expected_clicks,
 )
 from recloop.sources.simulator import WorldConfig, build_world
 from training.data import InteractionData
@@ -96,32 +96,41 @@ def test_batches_change_nothing(world, model, monkeypatch) -> None:
     assert np.array_equal(whole[0], batched[0]) and np.array_equal(whole[1], batched[1])
 
 
-def test_the_best_slate_is_the_truths_top_k_of_what_the_model_could_show(world, model) -> None:
+def test_the_best_and_a_random_slate_of_what_the_model_could_show(world, model) -> None:
     """u00000 has seen i00000 and i00001: the best 5-slate is the 5 most attractive of the
-    other 28, most attractive first; it beats every other order of them and the greedy
-    slate; a stranger with live clicks has those left out too; batches change nothing."""
+    other 28, most attractive first (it beats every other order of them, and greedy); a
+    random one's expected clicks are the mean attractiveness in every slot, which a Monte
+    Carlo over random slates agrees with; a stranger with live clicks has those left out
+    too; batches change nothing."""
     ids = [item.item_id for item in world.items]
     request = LiveRequest(0, 0, "u00000", AT, CONTEXT, clicked=())
-    best = best_expected_clicks(model, world, [request], k=5, fresh_clicks=20)
+    best, uniform = reference_expected_clicks(model, world, [request], k=5, fresh_clicks=20)
     attractive = world.attractiveness("u00000", ids[2:], AT, CONTEXT)
     chosen = [ids[2:][i] for i in np.argsort(-attractive)[:5]]
     assert best[0] == pytest.approx(truth(world, "u00000", chosen))
     assert best[0] == pytest.approx(float(world.examination(5) @ -np.sort(-attractive)[:5]))
     assert best[0] > truth(world, "u00000", chosen[::-1])
     greedy, _ = greedy_expected_clicks(model, world, [request], k=5, fresh_clicks=20)
-    assert best[0] >= greedy[0]
+    assert best[0] >= greedy[0] and best[0] > uniform[0]
+    rng = np.random.default_rng(0)
+    draws = [truth(world, "u00000", list(rng.choice(ids[2:], 5, replace=False)))
+             for _ in range(4000)]  # fmt: skip
+    assert uniform[0] == pytest.approx(np.mean(draws), abs=4 * np.std(draws) / np.sqrt(4000))
+    assert uniform[0] == pytest.approx(world.examination(5).sum() * attractive.mean())
     first = LiveRequest(0, 1, "u00005", AT, CONTEXT, clicked=(chosen[0],))
     second = LiveRequest(0, 2, "u00005", AT, CONTEXT, clicked=())
     stranger = world.attractiveness("u00005", ids, AT, CONTEXT)
     left = np.array([i != chosen[0] for i in ids])
-    after = best_expected_clicks(model, world, [second], k=5, fresh_clicks=20, earlier=[first])
+    after, _ = reference_expected_clicks(
+        model, world, [second], k=5, fresh_clicks=20, earlier=[first]
+    )
     assert after[0] == pytest.approx(float(world.examination(5) @ -np.sort(-stranger[left])[:5]))
     requests = [LiveRequest(0, n, f"u{n % 4:05d}", AT, CONTEXT, clicked=()) for n in range(7)]
-    whole = best_expected_clicks(model, world, requests, k=5, fresh_clicks=20)
+    whole = reference_expected_clicks(model, world, requests, k=5, fresh_clicks=20)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(counterfactual, "BATCH", 2)
-        batched = best_expected_clicks(model, world, requests, k=5, fresh_clicks=20)
-    assert np.array_equal(whole, batched)
+        batched = reference_expected_clicks(model, world, requests, k=5, fresh_clicks=20)
+    assert np.array_equal(whole[0], batched[0]) and np.array_equal(whole[1], batched[1])
 
 
 def test_paired_difference_is_a_t_interval_over_requests() -> None:
