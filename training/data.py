@@ -1,7 +1,9 @@
 """The plain data every model kind trains on, and where it comes from.
 
 ``InteractionData`` is three data frames: users (id and attributes), items (id, title, text,
-categories) and positive interactions (user, item, time, request context). Models map ids to
+categories) and positive interactions (user, item, time, request context), and, where the data
+were logged by the service, a fourth: the exposures (every impression: user, item, time),
+which only kinds that learn from what was shown read (``item_ctr``). Models map ids to
 indices themselves (``Vocabulary``), so a data set can carry users and items that have no
 interactions at all: the cold-start cases the protocols test.
 
@@ -23,25 +25,31 @@ import pandas as pd
 USER_COLUMNS = ("user_id", "age", "gender", "occupation", "profile_text")
 ITEM_COLUMNS = ("item_id", "title", "text", "categories")
 INTERACTION_COLUMNS = ("user_id", "item_id", "interacted_at", "hour", "weekday", "device")
+EXPOSURE_COLUMNS = ("user_id", "item_id", "shown_at")
 ATTRIBUTES = ("age", "gender", "occupation")
 
 
 @dataclass
 class InteractionData:
-    """Users, items and positive interactions, as data frames with the columns above."""
+    """Users, items and positive interactions, as data frames with the columns above, and
+    the impressions logged (``exposures``; None where the source logged none, as MovieLens)."""
 
     users: pd.DataFrame
     items: pd.DataFrame
     interactions: pd.DataFrame
     name: str = "data"
     snapshot: dict[str, Any] = field(default_factory=dict)
+    exposures: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
-        for frame, columns, what in (
+        frames = [
             (self.users, USER_COLUMNS, "users"),
             (self.items, ITEM_COLUMNS, "items"),
             (self.interactions, INTERACTION_COLUMNS, "interactions"),
-        ):
+        ]
+        if self.exposures is not None:
+            frames.append((self.exposures, EXPOSURE_COLUMNS, "exposures"))
+        for frame, columns, what in frames:
             missing = [column for column in columns if column not in frame.columns]
             if missing:
                 raise ValueError(f"{what}: missing columns {missing} (expected {list(columns)})")
@@ -54,10 +62,11 @@ class InteractionData:
             )
 
     def with_interactions(self, interactions: pd.DataFrame) -> InteractionData:
-        """The same users and items with other interactions (a protocol's training part)."""
-        return InteractionData(
-            self.users, self.items, interactions.reset_index(drop=True), self.name, self.snapshot
-        )
+        """The same users and items with other interactions (a protocol's training part).
+        The exposures stay whole: they carry no labels (a click counts only as one of the
+        interactions), so a held-out click stays held out."""
+        return InteractionData(self.users, self.items, interactions.reset_index(drop=True),
+                               self.name, self.snapshot, self.exposures)  # fmt: skip
 
     def user_attributes(self) -> dict[str, dict[str, Any]]:
         """Each user's attributes as plain Python values (None where unknown)."""
@@ -80,6 +89,7 @@ class InteractionData:
             "interactions": len(self.interactions),
             "users_with_interactions": int(self.interactions["user_id"].nunique()),
             "items_with_interactions": int(self.interactions["item_id"].nunique()),
+            "exposures": len(self.exposures) if self.exposures is not None else None,
             **self.snapshot,
         }
 

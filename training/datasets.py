@@ -36,6 +36,11 @@ POSITIVES = (
     "SELECT interaction_id, user_id, item_id, interacted_at, context "
     "FROM {relation} WHERE is_positive ORDER BY interacted_at, interaction_id"
 )
+# Every impression the service logged, clicked or not: what users were shown.
+EXPOSURES = (
+    "SELECT user_id, item_id, interacted_at AS shown_at "
+    "FROM {relation} WHERE is_impression ORDER BY interacted_at, interaction_id"
+)
 
 
 def _positives(settings: Settings) -> pd.DataFrame:
@@ -102,7 +107,20 @@ def from_feature_store(settings: Settings, *, with_features: bool = True) -> Int
     known = interactions["item_id"].isin(items["item_id"])
     interactions = interactions[known].reset_index(drop=True)
     snapshot["interactions_without_item"] = int((~known).sum())
-    return InteractionData(users, items, interactions, name="feature_store", snapshot=snapshot)
+    exposures = _exposures(settings)
+    exposures = exposures[exposures["item_id"].isin(items["item_id"])].reset_index(drop=True)
+    snapshot["exposures"] = len(exposures)
+    return InteractionData(users, items, interactions, name="feature_store", snapshot=snapshot,
+                           exposures=exposures if len(exposures) else None)  # fmt: skip
+
+
+def _exposures(settings: Settings) -> pd.DataFrame:
+    """The impressions of the interactions export (none where nothing was served yet)."""
+    from recloop.features.exports import read_export
+
+    frame = read_export(settings, "feast_interactions", EXPOSURES)
+    frame["shown_at"] = pd.to_datetime(frame["shown_at"], utc=True)
+    return frame
 
 
 def historical_features(settings: Settings, interactions: pd.DataFrame) -> pd.DataFrame:

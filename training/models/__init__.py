@@ -13,6 +13,7 @@ from training.models.base import MANIFEST, Recommender
 
 KINDS: dict[str, str] = {
     "popularity": "training.models.popularity:Popularity",
+    "item_ctr": "training.models.item_ctr:ItemCtr",
     "ease": "training.models.ease:Ease",
     "two_tower": "training.models.two_tower:TwoTower",
     "seq_transformer": "training.models.seq_transformer:SeqTransformer",
