@@ -403,7 +403,8 @@ def demo(
         file_okay=False,
     ),
     models: str | None = typer.Option(
-        None, help="Comma-separated kinds each training run trains (default: popularity,ease)."
+        None,
+        help="Comma-separated kinds each training run trains (default: popularity,ease,item_ctr).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:

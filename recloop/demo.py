@@ -61,7 +61,9 @@ class DemoConfig:
     items: int = 300
     history_days: int = 14
     seed: int = 42
-    models: tuple[str, ...] = ("popularity", "ease")
+    # The candidates each training run trains (cheap ones, for time). item_ctr learns from
+    # the logged impressions; the replay shows what each would have earned, promoted or not.
+    models: tuple[str, ...] = ("popularity", "ease", "item_ctr")
     # The gate's protocol (promotion.protocol: "P1", or "recent" to judge on the newest
     # interactions) and, when set, popularity as a trending model with this half life in
     # hours. Measured both ways (see the README): no clear gain over the defaults yet.
