@@ -74,6 +74,17 @@ def test_a_held_out_click_stays_held_out() -> None:
     assert model.scores[1] == pytest.approx(np.log((1 + 2 * rate) / (2 + 2)))
 
 
+def test_impressions_after_the_newest_training_interaction_are_left_out() -> None:
+    """A split by time holds out the newest clicks: the impressions of that time go too (here
+    b shown twice more an hour after every positive), or b would look shown and not clicked."""
+    later = [*SHOWN, ("u2", "b", -1.0), ("u3", "b", -1.0)]
+    without, with_later = (
+        create("item_ctr", half_life_hours=None, prior=2.0).fit(_data(POSITIVES, shown))
+        for shown in (SHOWN, later)
+    )
+    np.testing.assert_array_equal(with_later.scores, without.scores)
+
+
 def test_without_exposures_it_refuses_by_name() -> None:
     data = _data(POSITIVES, SHOWN)
     bare = InteractionData(data.users, data.items, data.interactions, name="ratings")

@@ -12,8 +12,9 @@ now click when shown rise within hours, whatever the old champion kept showing.
 ``rate`` is the overall weighted click rate: an item shown rarely stays near it (``prior``
 pseudo-impressions). A click counts only as one of the training interactions (a user-item
 pair the service also showed, at the positive's time), never from the exposures, which carry no
-labels: a protocol's held-out click stays held out. It is the same for every user; a user's
-seen items are left out as for any kind.
+labels: a protocol's held-out click stays held out. Impressions after the newest training
+interaction are left out, so a split by time holds out both. It is the same for every user; a
+user's seen items are left out as for any kind.
 
 It needs exposures: trained on data without any (MovieLens ratings), it refuses by name.
 """
@@ -66,8 +67,12 @@ class ItemCtr(Recommender):
                 "without any, such as MovieLens ratings"
             )
         positives = data.interactions
-        # The newest logged moment: ages are measured from it, as trending popularity's are.
-        now = max(exposures["shown_at"].max(), positives["interacted_at"].max())
+        # The newest training interaction: ages are measured from it, as trending popularity's
+        # are, and impressions after it are left out. A split by time (the `recent` protocol,
+        # the gate's off-policy window) holds out the newest clicks but not the impressions,
+        # which would otherwise count there as impressions nobody clicked.
+        now = positives["interacted_at"].max()
+        exposures = exposures[exposures["shown_at"] <= now]
         shown = exposures.drop_duplicates(["user_id", "item_id"])[["user_id", "item_id"]]
         clicked = positives.merge(shown, on=["user_id", "item_id"], how="inner")
         impressions = self._weighted(exposures["item_id"], exposures["shown_at"], now)
