@@ -6,7 +6,9 @@ Records how long the whole loop takes (goal: under 15 minutes on these 2 cores),
 simulated hours the degradation took to detect, how close the hourly CTR estimates came to
 the simulator's true CTR and how often their 95% intervals held it, the true CTR before
 the shift, after it, and once the retrained champion served, and that last one against the
-old champion's replayed on the same requests (the recovery, with its interval's lower end).
+old champion's replayed on the same requests (the recovery, with its interval's lower end),
+and, on the same requests, a random slate's and the best possible slate's (the floor and the
+ceiling, ``recloop.counterfactual.reference_expected_clicks``).
 """
 
 from __future__ import annotations
