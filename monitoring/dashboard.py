@@ -55,8 +55,11 @@ def _ope_figure(off_policy: pd.DataFrame):
     rows = off_policy[(off_policy["window"] == "hour")]
     for (version, estimator), part in rows.groupby(["candidate_version", "estimator"], sort=True):
         part = part.sort_values("hour_end")
-        axis.errorbar(part["hour_end"], part["value"],
-                      yerr=[part["value"] - part["low"], part["high"] - part["value"]],
+        # Arrays, not Series: matplotlib reads a one-hour Series element with float(), which
+        # pandas deprecates (and will make an error).
+        below = (part["value"] - part["low"]).to_numpy()
+        above = (part["high"] - part["value"]).to_numpy()
+        axis.errorbar(part["hour_end"], part["value"], yerr=[below, above],
                       fmt="o-", ms=3, capsize=2, label=f"v{version} {estimator}")  # fmt: skip
     if len(rows):
         champion = rows.drop_duplicates("hour_end").sort_values("hour_end")
