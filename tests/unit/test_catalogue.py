@@ -112,3 +112,40 @@ def test_no_new_items_when_turned_off(monkeypatch) -> None:
     engine.settings = Settings(serving={"new_items": 0})
     engine._refresh_catalogue()
     assert model.encoded == [] and engine.published.encoded == frozenset()
+
+
+class NonTextModel:
+    """Stands in for a model that reads no text (EASE, popularity): it knows k1 only."""
+
+    reads_item_text = False
+
+    def __init__(self) -> None:
+        self.item_index = {"k1": 0}
+
+
+def test_a_non_text_model_explores_its_new_items_less_those_the_user_saw() -> None:
+    """The engine's unscored new items: the newest unknown ones within the limit, less those
+    in the user's history (fresh clicks included); none for a policy that does not explore
+    them, with the setting off, or for a text-reading model (which scores them)."""
+    from serving.policies import EpsilonGreedy, Greedy
+    from training.data import UserQuery
+
+    engine = object.__new__(Engine)
+    engine.settings = Settings(serving={"new_items": 3})
+    engine.policy = EpsilonGreedy(0.2)
+    engine.published = PublishedCatalogue(catalogue("n4", "n3", "k1", "n2", "n1"), frozenset())
+    deployment = Deployment(NonTextModel(), "7", "champion")
+    user = UserQuery("u1", history=("k1", "n2"))
+    assert engine._unscored_new_items(deployment, user, exclude_seen=True) == ["n4", "n3"]
+    assert engine._unscored_new_items(deployment, user, exclude_seen=False) == ["n4", "n3", "n2"]
+    stranger = UserQuery("u2", history=("k1",))
+    assert engine._unscored_new_items(deployment, stranger, exclude_seen=True) == [
+        "n4", "n3", "n2"]  # fmt: skip
+    engine.policy = Greedy()
+    assert engine._unscored_new_items(deployment, user, exclude_seen=True) == []
+    engine.policy = EpsilonGreedy(0.2)
+    engine.settings = Settings(serving={"new_items": 3, "explore_new_items": False})
+    assert engine._unscored_new_items(deployment, user, exclude_seen=True) == []
+    engine.settings = Settings(serving={"new_items": 3})
+    text = Deployment(TextModel(), "8", "champion")
+    assert engine._unscored_new_items(text, user, exclude_seen=True) == []
