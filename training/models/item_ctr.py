@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from training.data import InteractionData
 from training.models.base import Recommender, ResolvedUser
+from training.models.popularity import recency_weighted_counts
 
 
 @dataclass
@@ -75,26 +75,14 @@ class ItemCtr(Recommender):
         exposures = exposures[exposures["shown_at"] <= now]
         shown = exposures.drop_duplicates(["user_id", "item_id"])[["user_id", "item_id"]]
         clicked = positives.merge(shown, on=["user_id", "item_id"], how="inner")
-        impressions = self._weighted(exposures["item_id"], exposures["shown_at"], now)
-        clicks = self._weighted(clicked["item_id"], clicked["interacted_at"], now)
+        half_life = self.config.half_life_hours
+        impressions = recency_weighted_counts(self.item_index, exposures["item_id"],
+                                              exposures["shown_at"], now, half_life)  # fmt: skip
+        clicks = recency_weighted_counts(self.item_index, clicked["item_id"],
+                                         clicked["interacted_at"], now, half_life)  # fmt: skip
         rate = clicks.sum() / impressions.sum() if impressions.sum() > 0 else 0.0
         prior = self.config.prior
         self.scores = np.log((clicks + prior * rate + 1e-12) / (impressions + prior))
-
-    def _weighted(self, items: pd.Series, at: pd.Series, now: pd.Timestamp) -> np.ndarray:
-        """Per catalogue item, how many of ``items`` there are, each weighted by its recency."""
-        columns = items.map(self.item_index)
-        known = columns.notna().to_numpy()
-        half_life = self.config.half_life_hours
-        if half_life is None:
-            weights = np.ones(len(items))
-        else:
-            age_hours = (now - at).dt.total_seconds().to_numpy() / 3600.0
-            weights = np.power(0.5, age_hours / half_life)
-        return np.bincount(
-            columns[known].to_numpy(dtype=np.int64), weights=weights[known],
-            minlength=len(self.item_ids),
-        )  # fmt: skip
 
     def _score(self, users: list[ResolvedUser]) -> np.ndarray:
         # Items never shown all score log(rate): popularity breaks their ties.

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from training.data import InteractionData
 from training.models.base import Recommender, ResolvedUser
@@ -46,18 +47,34 @@ class Popularity(Recommender):
         half_life = self.config.half_life_hours
         if half_life is None:
             return  # the plain counts are what the base class remembers
-        frame = data.interactions
-        when = frame["interacted_at"]
-        age_hours = (when.max() - when).dt.total_seconds().to_numpy() / 3600.0
-        weights = np.power(0.5, age_hours / half_life)
-        columns = frame["item_id"].map(self.item_index)
-        known = columns.notna().to_numpy()  # as the plain counts, items outside the catalogue
-        weighted = np.bincount(
-            columns[known].to_numpy(dtype=np.int64), weights=weights[known],
-            minlength=len(self.item_ids),
-        )  # fmt: skip
-        self.popularity = weighted.astype(np.float64)
+        when = data.interactions["interacted_at"]
+        self.popularity = recency_weighted_counts(
+            self.item_index, data.interactions["item_id"], when, when.max(), half_life
+        )
 
     def _score(self, users: list[ResolvedUser]) -> np.ndarray:
         # log1p keeps the ordering and puts the scores on a scale a blend can combine with.
         return np.tile(np.log1p(self.popularity), (len(users), 1))
+
+
+def recency_weighted_counts(
+    item_index: dict[str, int],
+    items: pd.Series,
+    at: pd.Series,
+    now: pd.Timestamp,
+    half_life_hours: float | None,
+) -> np.ndarray:
+    """Per catalogue item (``item_index``), how many of ``items`` there are, each weighing
+    ``0.5 ** (age / half_life_hours)`` with its age ``now - at`` (1 without a half life).
+    Items outside the catalogue are left out, as the plain counts leave them."""
+    columns = items.map(item_index)
+    known = columns.notna().to_numpy()
+    if half_life_hours is None:
+        weights = np.ones(len(items))
+    else:
+        age_hours = (now - at).dt.total_seconds().to_numpy() / 3600.0
+        weights = np.power(0.5, age_hours / half_life_hours)
+    return np.bincount(
+        columns[known].to_numpy(dtype=np.int64), weights=weights[known],
+        minlength=len(item_index),
+    ).astype(np.float64)  # fmt: skip
