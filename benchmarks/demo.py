@@ -33,6 +33,9 @@ def main() -> None:
                         "a temporary one, removed after)")  # fmt: skip
     parser.add_argument("--gate-protocol", choices=("P1", "recent"), default="P1",
                         help="promotion.protocol for the demo's training runs")  # fmt: skip
+    parser.add_argument("--gate-criterion", choices=("offline", "off_policy"),
+                        default=DemoConfig.gate_criterion,
+                        help="promotion.criterion for the demo's training runs")  # fmt: skip
     parser.add_argument("--trending-half-life", type=float, help="popularity as a trending "
                         "model with this half life in hours")  # fmt: skip
     parser.add_argument("--models", help="comma-separated candidate kinds the demo's training "
@@ -43,11 +46,12 @@ def main() -> None:
     movielens = str(args.movielens.resolve()) if args.movielens else None
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     config = DemoConfig(hours=args.hours, shift_hour=args.shift_hour, movielens=movielens,
-                        gate_protocol=args.gate_protocol,
+                        gate_protocol=args.gate_protocol, gate_criterion=args.gate_criterion,
                         trending_half_life_hours=args.trending_half_life,
                         **({"models": models} if models else {}))  # fmt: skip
-    if (config.gate_protocol, config.trending_half_life_hours,
-            config.models) != ("P1", None, DemoConfig.models):  # fmt: skip
+    if (config.gate_protocol, config.gate_criterion, config.trending_half_life_hours,
+            config.models) != ("P1", DemoConfig.gate_criterion, None,
+                               DemoConfig.models):  # fmt: skip
         args.no_record = True  # RESULTS.md's demo rows are the defaults' (make demo's)
     if args.home is not None:
         summary = Demo(Settings(home=args.home.resolve()), config, echo=print).run()

@@ -99,7 +99,7 @@ def _normal_interval(
         return Estimate(name, value, -math.inf, math.inf, n, slates)
     variance = slates / (slates - 1) * float(np.sum(centred**2)) / scale**2
     half = stats.norm.ppf(1 - alpha / 2) * math.sqrt(max(variance, 0.0))
-    return Estimate(name, value, value - half, value + half, n, slates)
+    return Estimate(name, value, float(value - half), float(value + half), n, slates)
 
 
 def wilson(clicks: float, impressions: float, alpha: float = 0.05) -> tuple[float, float]:
@@ -211,6 +211,28 @@ def doubly_robust_gain(
     comparison of two separate intervals."""
     terms, clicks, groups = _dr_terms(clicks, logged, target, slates, predicted, direct)
     return _mean_of_terms("dr_gain", terms - clicks, groups, alpha)
+
+
+def doubly_robust_difference(
+    clicks: Any,
+    logged: Any,
+    target: Any,
+    baseline: Any,
+    slates: Any,
+    *,
+    predicted: Any,
+    direct: Any,
+    baseline_direct: Any,
+    alpha: float = 0.05,
+) -> Estimate:
+    """One target's doubly robust CTR less another's (``baseline``, with its own
+    ``baseline_direct``), on the same impressions with the same reward model: each
+    impression's DR term for the target minus its term for the baseline. Paired, so what the
+    two targets share (the same items in the same slots, the same clicks) cancels, and the
+    interval is the difference's own."""
+    terms, _, groups = _dr_terms(clicks, logged, target, slates, predicted, direct)
+    base, _, _ = _dr_terms(clicks, logged, baseline, slates, predicted, baseline_direct)
+    return _mean_of_terms("dr_difference", terms - base, groups, alpha)
 
 
 def confidence_sequence(

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from monitoring.estimators import (
-    Estimate,
     confidence_sequence,
     doubly_robust,
+    doubly_robust_difference,
     doubly_robust_gain,
     ips,
     snips,
@@ -88,6 +88,87 @@ def cross_fit(
     return predicted, fitted
 
 
+def _target(rows: pd.DataFrame, slates: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """A greedy target's pi_k(a|x) for each logged impression (1 when its slate holds the
+    logged item in the logged slot) and its own item for each slot ("" when its slate is
+    shorter than the slot)."""
+    items = np.array(
+        [
+            slate[p] if p < len(slate) else ""
+            for slate, p in zip(
+                (slates[r] for r in rows["request_id"]), rows["position"], strict=True
+            )
+        ],
+        dtype=object,
+    )
+    return (items == rows["item_id"].to_numpy()).astype(np.float64), items
+
+
+def _direct(fitted: list, items: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The reward model's click probability of the target's own item in each slot (0 where
+    the target has none): pi is deterministic, so that is the DR estimator's direct term."""
+    direct = np.zeros(len(items))
+    for mine, model in fitted:
+        direct[mine] = model.predict(items[mine], positions[mine])
+    return direct * (items != "")
+
+
+def compare(
+    frame: pd.DataFrame,
+    targets: dict[str, dict[str, list[str]]],
+    *,
+    baseline: str | None = None,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """IPS, SNIPS and doubly robust estimates of several greedy targets (name -> each
+    request's slate) on the same impressions, with one cross-fitted reward model, and each
+    one's paired doubly robust gain: over the target named ``baseline``, or, when None, over
+    the clicks the logging policy actually got.
+
+    ``frame`` is the logging policy's impressions (``monitoring.logs.impressions``); only the
+    requests every target has a slate for are used, and the others are counted.
+    """
+    if baseline is not None and baseline not in targets:
+        raise ValueError(f"baseline: {baseline!r} is not one of the targets")
+    request_ids = frame["request_id"]
+    covered = np.ones(len(frame), dtype=bool)
+    for slates in targets.values():
+        covered &= request_ids.isin(slates.keys()).to_numpy()
+    rows = frame[covered]
+    result: dict[str, Any] = {"impressions": len(rows), "uncovered": int((~covered).sum())}
+    if rows.empty:
+        return {**result, "targets": {}}
+    logged = rows["propensity"].to_numpy(dtype=np.float64)
+    clicks = rows["clicked"].to_numpy(dtype=np.float64)
+    slate_ids = rows["request_id"].to_numpy()
+    positions = rows["position"].to_numpy()
+    predicted, fitted = cross_fit(rows, np.array([_fold(r) for r in slate_ids]))
+    arrays = {}
+    for name, slates in targets.items():
+        target, items = _target(rows, slates)
+        arrays[name] = (target, _direct(fitted, items, positions))
+    per_target = {}
+    for name, (target, direct) in arrays.items():
+        model = {"predicted": predicted, "direct": direct, "alpha": alpha}
+        if baseline is None:
+            gain = doubly_robust_gain(clicks, logged, target, slate_ids, **model)
+        else:
+            other, other_direct = arrays[baseline]
+            gain = doubly_robust_difference(clicks, logged, target, other, slate_ids,
+                                            baseline_direct=other_direct, **model)  # fmt: skip
+        per_target[name] = {
+            "matches": int(target.sum()),
+            "estimates": {
+                "ips": ips(clicks, logged, target, slate_ids, alpha),
+                "snips": snips(clicks, logged, target, slate_ids, alpha),
+                "dr": doubly_robust(clicks, logged, target, slate_ids, **model),
+            },
+            "gain": gain,
+            "target": target,
+        }
+    return {**result, "targets": per_target, "logged": logged, "clicks": clicks}
+
+
 def evaluate(
     frame: pd.DataFrame, target_slates: dict[str, list[str]], alpha: float = 0.05
 ) -> dict[str, Any]:
@@ -97,48 +178,17 @@ def evaluate(
     ``frame`` is the logging policy's impressions (``monitoring.logs.impressions``); requests
     without a target slate are left out and counted.
     """
-    covered = frame["request_id"].isin(target_slates.keys()).to_numpy()
-    rows = frame[covered]
-    if rows.empty:
-        return {"impressions": 0, "uncovered": int((~covered).sum()), "estimates": {}}
-    target_items = [
-        slate[p] if p < len(slate) else None
-        for slate, p in zip(
-            (target_slates[r] for r in rows["request_id"]), rows["position"], strict=True
-        )
-    ]
-    target = np.array(
-        [t == a for t, a in zip(target_items, rows["item_id"], strict=True)], dtype=np.float64
-    )
-    logged = rows["propensity"].to_numpy(dtype=np.float64)
-    clicks = rows["clicked"].to_numpy(dtype=np.float64)
-    slates = rows["request_id"].to_numpy()
-    predicted, fitted = cross_fit(rows, np.array([_fold(r) for r in slates]))
-    # pi is deterministic: the direct term is the model's click probability of the target's
-    # own item in this slot (0 when the target has no item for the slot).
-    items = np.array([t if t is not None else "" for t in target_items], dtype=object)
-    has = np.array([t is not None for t in target_items], dtype=np.float64)
-    positions = rows["position"].to_numpy()
-    direct = np.zeros(len(rows))
-    for mine, model in fitted:
-        direct[mine] = model.predict(items[mine], positions[mine]) * has[mine]
-    estimates: dict[str, Estimate] = {
-        "ips": ips(clicks, logged, target, slates, alpha),
-        "snips": snips(clicks, logged, target, slates, alpha),
-        "dr": doubly_robust(
-            clicks, logged, target, slates, predicted=predicted, direct=direct, alpha=alpha
-        ),
-    }
-    low, high = confidence_sequence(clicks, logged, target, alpha)
-    gain = doubly_robust_gain(
-        clicks, logged, target, slates, predicted=predicted, direct=direct, alpha=alpha
-    )
+    result = compare(frame, {"target": target_slates}, alpha=alpha)
+    if not result["targets"]:
+        return {"impressions": 0, "uncovered": result["uncovered"], "estimates": {}}
+    target = result["targets"]["target"]
+    low, high = confidence_sequence(result["clicks"], result["logged"], target["target"], alpha)
     return {
-        "impressions": len(rows),
-        "uncovered": int((~covered).sum()),
-        "matches": int(target.sum()),
-        "estimates": estimates,
-        "gain": gain,  # the target's DR CTR less the logged CTR, paired (the gate's test)
+        "impressions": result["impressions"],
+        "uncovered": result["uncovered"],
+        "matches": target["matches"],
+        "estimates": target["estimates"],
+        "gain": target["gain"],  # the target's DR CTR less the logged CTR, paired
         "cs": (low, high),
     }
 
@@ -177,26 +227,49 @@ def gate_estimate(frame: pd.DataFrame, model: Any, alpha: float = 0.05) -> dict[
     """What the promotion gate weighs: ``model``'s doubly robust CTR estimate (and interval)
     as the greedy target on the logged impressions ``frame`` (``monitoring.logs.impressions``),
     beside the CTR those impressions actually had. ``impressions`` is 0 when there are none."""
+    return gate_estimates(frame, {"challenger": model}, alpha=alpha)["challenger"]
+
+
+def gate_estimates(
+    frame: pd.DataFrame,
+    models: dict[str, Any],
+    *,
+    baseline: str | None = None,
+    alpha: float = 0.05,
+) -> dict[str, dict[str, float]]:
+    """``gate_estimate``'s numbers for each named model, all on the same impressions and
+    reward model. The gain (``gain_*``) is each model's doubly robust CTR less the logged
+    CTR, paired impression by impression; with ``baseline`` (one of the names) it is less
+    that model's doubly robust CTR instead, also paired, and ``baseline_*`` holds that CTR."""
     from monitoring.estimators import wilson
 
     if frame.empty:
-        return {"impressions": 0.0}
-    result = evaluate(frame, greedy_slates(model, frame), alpha)
-    if not result["estimates"]:  # no impression the slates could cover: nothing matches
-        return {"impressions": float(len(frame)), "matches": 0.0}
-    dr, gain = result["estimates"]["dr"], result["gain"]
+        return {name: {"impressions": 0.0} for name in models}
+    targets = {name: greedy_slates(model, frame) for name, model in models.items()}
+    result = compare(frame, targets, baseline=baseline, alpha=alpha)
+    if not result["targets"]:  # no impression the slates could cover: nothing matches
+        return {name: {"impressions": float(len(frame)), "matches": 0.0} for name in models}
     clicks, shown = int(frame["clicked"].sum()), len(frame)
     low, high = wilson(clicks, shown, alpha)
-    return {
-        "impressions": float(result["impressions"]),
-        "matches": float(result["matches"]),
-        "challenger_value": dr.value,
-        "challenger_low": dr.low,
-        "challenger_high": dr.high,
-        "champion_online": clicks / shown,
-        "champion_low": low,
-        "champion_high": high,
-        "gain_value": gain.value,
-        "gain_low": gain.low,
-        "gain_high": gain.high,
-    }
+    numbers = {}
+    for name, estimated in result["targets"].items():
+        dr, gain = estimated["estimates"]["dr"], estimated["gain"]
+        numbers[name] = {
+            "impressions": float(result["impressions"]),
+            "matches": float(estimated["matches"]),
+            "challenger_value": dr.value,
+            "challenger_low": dr.low,
+            "challenger_high": dr.high,
+            "champion_online": clicks / shown,
+            "champion_low": low,
+            "champion_high": high,
+            "gain_value": gain.value,
+            "gain_low": gain.low,
+            "gain_high": gain.high,
+        }
+    if baseline is not None:
+        base = result["targets"][baseline]["estimates"]["dr"]
+        for values in numbers.values():
+            values.update(baseline_value=base.value, baseline_low=base.low,
+                          baseline_high=base.high)  # fmt: skip
+    return numbers

@@ -68,6 +68,9 @@ class DemoConfig:
     # interactions) and, when set, popularity as a trending model with this half life in
     # hours. Measured both ways (see the README): no clear gain over the defaults yet.
     gate_protocol: str = "P1"
+    # promotion.criterion: "offline" (NDCG@10 on gate_protocol) or "off_policy" (the doubly
+    # robust CTR on the impressions the service logged picks and judges the challenger).
+    gate_criterion: str = "offline"
     trending_half_life_hours: float | None = None
     epsilon: float = 0.2  # the service's exploration
     extra_hours: int = 4  # hours added, at most, until a new champion serves a whole hour
@@ -135,6 +138,7 @@ class Demo:
             "RECLOOP_TRAINING__MODELS": json.dumps(list(self.config.models)),
             "RECLOOP_TRAINING__MODEL_CONFIG_OVERRIDES": json.dumps(overrides),
             "RECLOOP_PROMOTION__PROTOCOL": self.config.gate_protocol,
+            "RECLOOP_PROMOTION__CRITERION": self.config.gate_criterion,
             # The log's files become visible to readers a second after they are written, so
             # each simulated hour's events are there when its DAG runs read them.
             "RECLOOP_EVENT_LOG__SEAL_SECONDS": "1",

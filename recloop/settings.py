@@ -141,15 +141,33 @@ class PromotionSettings(_Section):
     protocol: Literal["P1", "recent"] = Field(
         "P1",
         description="The protocol whose NDCG@10 picks a run's challenger and decides the "
-        "gate: P1 (a random quarter of every user's history) measures how well a model knows "
-        "the whole history; recent (a random quarter of the newest training.recent_share) how "
-        "well it predicts what users do now, which is what counts after a shift of taste.",
+        "gate (with promotion.criterion offline): P1 (a random quarter of every user's "
+        "history) measures how well a model knows the whole history; recent (a random "
+        "quarter of the newest training.recent_share) how well it predicts what users do now, "
+        "which is what counts after a shift of taste.",
+    )
+    criterion: Literal["offline", "off_policy"] = Field(
+        "offline",
+        description="What picks a run's challenger and decides the gate. offline: NDCG@10 on "
+        "promotion.protocol's held-out interactions (the off-policy estimate can only veto). "
+        "off_policy: each candidate's doubly robust CTR on the impressions the service logged "
+        "in promotion.off_policy_hours (every candidate refitted on the interactions before "
+        "them); the challenger is the highest, and it is promoted when its paired gain over "
+        "the champion's recipe, estimated the same way, has its lower bound above "
+        "promotion.off_policy_margin (Bonferroni-corrected for the candidates it was chosen "
+        "from). Falls back to offline, and says so, when the log has too little to go on.",
     )
     margin: float = Field(
         0.0,
         ge=0,
         description="The challenger's NDCG@10 gain over the champion (on promotion.protocol) "
         "must have its paired-bootstrap 95% lower bound above this.",
+    )
+    off_policy_margin: float = Field(
+        0.0,
+        ge=0,
+        description="With promotion.criterion off_policy: the challenger's CTR gain over the "
+        "champion's recipe must have its lower bound above this (absolute CTR).",
     )
     cold_start_tolerance: float = Field(
         0.01,

@@ -292,26 +292,36 @@ def judge(
     off_policy: dict[str, float] | None = None,
     show_progress: bool = True,
 ) -> TrainingReport:
-    """Pick the challenger (best NDCG@10 on ``promotion.protocol``), run the gate against the
-    champion (and, when the challenger loses, the refresh of the champion's recipe), move the
-    aliases, and close the parent run."""
+    """Pick the challenger (best NDCG@10 on ``promotion.protocol``, or best off-policy CTR
+    with ``promotion.criterion`` off_policy), run the gate against the champion (and, when
+    the challenger loses, the refresh of the champion's recipe), move the aliases, and close
+    the parent run."""
     from training import registry
 
     client = registry.configure(settings)
     if not summaries:
         raise ValueError("summaries: no candidate was trained")
     champion_version = registry.alias_version(client, registry.CHAMPION)
+    champion_recipe = registry.recipe_of(champion_version) if champion_version else None
     evaluations = {s["version"]: load_evaluations(s["run_id"]) for s in summaries}
     gate = settings.promotion.protocol
     best = max(summaries, key=lambda s: s["metrics"][gate]["ndcg"])
+    criterion, selection = "offline", None
+    if settings.promotion.criterion == "off_policy" and off_policy is None:
+        selection = select_off_policy(settings, summaries, champion_recipe, plan["data"],
+                                      data=data, show_progress=show_progress)  # fmt: skip
+        log.info("%s", selection.reason)
+        if selection.chosen is not None:
+            best, off_policy, criterion = selection.chosen, selection.estimate, "off_policy"
     registry.set_alias(client, registry.CHALLENGER, best["version"])
     challenger = Candidate(best["recipe"], evaluations[best["version"]], [], best["seconds"],
                           version=best["version"], run_id=best["run_id"])  # fmt: skip
-    # A challenger must beat popularity, unless it is popularity (then nothing beat it).
+    # A challenger must beat popularity, unless it is popularity (then nothing beat it). Off
+    # the policy, it was chosen over popularity's estimate already.
     popularity = next((evaluations[s["version"]] for s in summaries
-                       if s["recipe"]["kind"] == "popularity" and s is not best), None)  # fmt: skip
+                       if s["recipe"]["kind"] == "popularity" and s is not best
+                       and criterion == "offline"), None)  # fmt: skip
     champion_evaluations = None
-    champion_recipe = registry.recipe_of(champion_version) if champion_version else None
     # The champion's own recipe, retrained in this run on current data (when it was).
     refreshed = None
     if champion_recipe is not None:
@@ -329,11 +339,16 @@ def judge(
                                                  champion_recipe):  # fmt: skip
         off_policy = gate_off_policy(settings, challenger.recipe, plan["data"], data=data,
                                      show_progress=show_progress)  # fmt: skip
+    is_refresh = challenger.recipe == champion_recipe
     decision = decide(
         challenger.evaluations, champion_evaluations, settings.promotion,
         data_gate_passed=plan["data_gate_passed"], popularity=popularity,
-        off_policy=off_policy, refresh=challenger.recipe == champion_recipe, seed=settings.seed,
+        off_policy=off_policy if not (criterion == "off_policy" and is_refresh) else None,
+        refresh=is_refresh, seed=settings.seed, criterion=criterion,
     )  # fmt: skip
+    if selection is not None:
+        numbers = {**decision.numbers, **_selection_numbers(selection, summaries)}
+        decision = Decision(decision.promote, [selection.reason, *decision.reasons], numbers)
     promoted = challenger.version
     if not decision.promote and refreshed is not None and refreshed is not best:
         # The challenger lost to the champion's recipe, which this run retrained on current
@@ -342,7 +357,8 @@ def judge(
         refresh = decide(
             evaluations[refreshed["version"]], None, settings.promotion,
             data_gate_passed=plan["data_gate_passed"],
-            popularity=popularity if refreshed["recipe"]["kind"] != "popularity" else None,
+            popularity=popularity if refreshed["recipe"]["kind"] != "popularity"
+            and criterion == "offline" else None,
             refresh=True, seed=settings.seed,
         )  # fmt: skip
         numbers = {**decision.numbers, **{f"refresh.{k}": v for k, v in refresh.numbers.items()}}
@@ -364,6 +380,21 @@ def judge(
         seconds=sum(s["seconds"] for s in summaries),
         run_id=plan["parent_run_id"],
     )
+
+
+def _selection_numbers(
+    selection: OffPolicySelection, summaries: list[dict[str, Any]]
+) -> dict[str, float]:
+    """Every candidate's off-policy CTR and matches, for the promotion run's metrics."""
+    kinds = {s["version"]: s["recipe"]["kind"] for s in summaries}
+    numbers = {}
+    for version, values in selection.estimates.items():
+        name = (f"selection.{kinds[version]}.v{version}" if version in kinds
+                else "selection.champion_recipe")  # fmt: skip
+        for key in ("challenger_value", "challenger_low", "challenger_high", "matches"):
+            if key in values:
+                numbers[f"{name}.{key.removeprefix('challenger_')}"] = values[key]
+    return numbers
 
 
 EVALUATIONS = "evaluations.npz"
@@ -411,6 +442,41 @@ def _weighs_off_policy(
     return champion_evaluations is not None and challenger_recipe != champion_recipe
 
 
+def _off_policy_window(
+    settings: Settings, described: dict[str, Any]
+) -> tuple[datetime, datetime] | None:
+    """[start, end) of the impressions the gate estimates on: ``promotion.off_policy_hours``
+    before the training data's newest interaction. None when turned off, or when the data has
+    no time (read from a source folder: no service logged anything for it)."""
+    hours = settings.promotion.off_policy_hours
+    end = described.get("last_interaction_at")
+    if hours <= 0 or end is None:
+        return None
+    end = datetime.fromisoformat(end)
+    return end - timedelta(hours=hours), end
+
+
+def _fit_before(
+    settings: Settings,
+    recipes: dict[str, dict[str, Any]],
+    data: InteractionData,
+    start: datetime,
+    show_progress: bool,
+) -> dict[str, Any] | None:
+    """Each recipe refitted on the interactions before ``start``: a registered model learned
+    from the window's clicks, and a model that has seen them cannot be judged on them (it
+    would leave each clicked item out of its own slate as already seen, and never match a
+    click). None when nothing comes before ``start``."""
+    import pandas as pd
+
+    before = data.interactions[data.interactions["interacted_at"] < pd.Timestamp(start)]
+    if before.empty:
+        return None
+    earlier = data.with_interactions(before)
+    return {name: fit_recipe(recipe, earlier, settings, show_progress=show_progress)
+            for name, recipe in recipes.items()}  # fmt: skip
+
+
 def gate_off_policy(
     settings: Settings,
     the_recipe: dict[str, Any],
@@ -419,41 +485,115 @@ def gate_off_policy(
     data: InteractionData | None = None,
     show_progress: bool = True,
 ) -> dict[str, float] | None:
-    """The gate's off-policy numbers for the challenger's recipe, on the impressions logged in
+    """The gate's off-policy numbers for the challenger's recipe (refitted on the
+    interactions before the window, ``_fit_before``), on the impressions logged in
     ``promotion.off_policy_hours`` before the training data's newest interaction
-    (``described``: the data's ``describe()``). None when turned off, or when the data has no
-    time (read from a source folder: no service logged anything for it).
-
-    The recipe is refitted on the interactions before that window: the registered challenger
-    learned from the window's clicks, and a model that has seen them cannot be judged on them
-    (it would leave each clicked item out of its own slate as already seen, and never match a
-    click). A failure here does not stop the gate: it is logged, and the decision says the
+    (``described``: the data's ``describe()``). None when turned off, or when the data has
+    no time. A failure here does not stop the gate: it is logged, and the decision says the
     estimate was not computed."""
-    import pandas as pd
-
     from monitoring.logs import impressions
     from monitoring.ope import gate_estimate
 
-    hours = settings.promotion.off_policy_hours
-    end = described.get("last_interaction_at")
-    if hours <= 0 or end is None:
+    window = _off_policy_window(settings, described)
+    if window is None:
         return None
-    end = datetime.fromisoformat(end)
-    start = end - timedelta(hours=hours)
     try:
-        frame = impressions(settings, start, end)
+        frame = impressions(settings, *window)
         if frame.empty:
             return {"impressions": 0.0}
-        data = _load_data(settings, data)
-        before = data.interactions[data.interactions["interacted_at"] < pd.Timestamp(start)]
-        if before.empty:  # nothing to fit on: no match, so the estimate is reported unused
+        models = _fit_before(settings, {"challenger": the_recipe}, _load_data(settings, data),
+                             window[0], show_progress)  # fmt: skip
+        if models is None:  # nothing to fit on: no match, so the estimate is reported unused
             return {"impressions": float(len(frame)), "matches": 0.0}
-        model = fit_recipe(the_recipe, data.with_interactions(before), settings,
-                           show_progress=show_progress)  # fmt: skip
-        return gate_estimate(frame, model, settings.monitoring.alpha)
+        return gate_estimate(frame, models["challenger"], settings.monitoring.alpha)
     except Exception:
         log.exception("the gate's off-policy estimate failed; the gate decides without it")
         return {"failed": 1.0}
+
+
+CHAMPION_RECIPE = "champion"  # select_off_policy's name for a champion recipe not retrained
+
+
+@dataclass
+class OffPolicySelection:
+    """``select_off_policy``'s outcome: the chosen candidate's summary and estimate (both
+    None when the log had too little and the offline criterion decides), every candidate's
+    estimate by version, and what happened, in words."""
+
+    chosen: dict[str, Any] | None
+    estimate: dict[str, float] | None
+    estimates: dict[str, dict[str, float]]
+    reason: str
+
+
+def select_off_policy(
+    settings: Settings,
+    summaries: list[dict[str, Any]],
+    champion_recipe: dict[str, Any] | None,
+    described: dict[str, Any],
+    *,
+    data: InteractionData | None = None,
+    show_progress: bool = True,
+) -> OffPolicySelection:
+    """The challenger by ``promotion.criterion`` off_policy: every candidate's recipe (and the
+    champion's, when this run did not retrain it) refitted on the interactions before the
+    window and estimated as the greedy target on the window's logged impressions, all with
+    one reward model; the highest doubly robust CTR among those that match at least
+    ``promotion.off_policy_min_matches`` impressions is chosen. Each gain is paired against
+    the champion's recipe (against the logged clicks when there is no champion) at level
+    alpha / candidates (Bonferroni: the gate tests the best of several). With no window, no
+    impressions, too little overlap or a failure, nothing is chosen, and the reason says so."""
+    from monitoring.logs import impressions
+    from monitoring.ope import gate_estimates
+
+    def fallback(why: str, estimates: dict | None = None) -> OffPolicySelection:
+        reason = f"off-policy selection: {why}; chosen and judged offline"
+        return OffPolicySelection(None, None, estimates or {}, reason)
+
+    window = _off_policy_window(settings, described)
+    if window is None:
+        return fallback("no logged window (turned off, or data without time)")
+    recipes = {s["version"]: s["recipe"] for s in summaries}
+    baseline = None
+    if champion_recipe is not None:
+        baseline = next((v for v, r in recipes.items() if r == champion_recipe), None)
+        if baseline is None:
+            baseline = CHAMPION_RECIPE
+            recipes[baseline] = champion_recipe
+    candidates = [s["version"] for s in summaries]
+    alpha = settings.monitoring.alpha / len(candidates)
+    try:
+        frame = impressions(settings, *window)
+        if frame.empty:
+            return fallback(f"no impressions logged in {window[0]:%Y-%m-%d %H:%M} - "
+                            f"{window[1]:%Y-%m-%d %H:%M}")  # fmt: skip
+        models = _fit_before(settings, recipes, _load_data(settings, data), window[0],
+                             show_progress)  # fmt: skip
+        if models is None:
+            return fallback("no interactions before the logged window to fit the candidates on")
+        estimates = gate_estimates(frame, models, baseline=baseline, alpha=alpha)
+    except Exception:
+        log.exception("the off-policy selection failed; the offline criterion decides")
+        return fallback("the estimate failed (see the training log)")
+    for values in estimates.values():
+        values["alpha"] = alpha
+    least = settings.promotion.off_policy_min_matches
+    eligible = [v for v in candidates if estimates[v].get("matches", 0) >= least]
+    if not eligible:
+        return fallback(f"no candidate matches {least} logged impressions", estimates)
+    best = max(eligible, key=lambda v: estimates[v]["challenger_value"])
+    chosen = next(s for s in summaries if s["version"] == best)
+    ranked = sorted(eligible, key=lambda v: -estimates[v]["challenger_value"])
+    listed = ", ".join(
+        f"{recipes[v]['kind']} (v{v}) {estimates[v]['challenger_value']:.4f}" for v in ranked
+    )
+    reason = (
+        f"off-policy selection: doubly robust CTR on {int(estimates[best]['impressions'])} "
+        f"logged impressions: {listed}"
+    )
+    if len(eligible) < len(candidates):
+        reason += f"; {len(candidates) - len(eligible)} matched under {least} and were left out"
+    return OffPolicySelection(chosen, estimates[best], estimates, reason)
 
 
 def _data_gate_passed(settings: Settings, data: InteractionData) -> bool:

@@ -11,6 +11,9 @@ The challenger is promoted only if, on the same evaluation data:
    doubly robust CTR less the CTR those impressions had, paired impression by impression
    (``monitoring.ope.gate_estimate``), is not entirely below zero; with too little overlap
    the estimate is reported and not used.
+With ``promotion.criterion`` "off_policy", the doubly robust CTR on the logged impressions picks
+the challenger instead, and its paired gain over the champion's recipe replaces 2 (the NDCG@10
+gain is still reported, and 3 still holds).
 With no champion yet, a challenger that passes 1 (and beats popularity, when it was trained)
 becomes the first champion; the same holds for the champion's own recipe retrained on newer
 data (a refresh), which would otherwise never replace the older weights. When a run's best
@@ -79,10 +82,18 @@ def decide(
     off_policy: dict[str, float] | None = None,
     refresh: bool = False,
     seed: int = 42,
+    criterion: str = "offline",
 ) -> Decision:
     """Whether the challenger replaces the champion, and why. ``refresh``: the challenger is
     the champion's own recipe retrained on current data, so comparing it with the champion's
-    recipe in the same run would compare a model with itself."""
+    recipe in the same run would compare a model with itself. ``criterion`` "off_policy":
+    the challenger was chosen off-policy, and ``off_policy`` holds its gain over the
+    champion's recipe (``training.pipeline.select_off_policy``), which decides in place of
+    the NDCG@10 gain (still reported)."""
+    if criterion not in ("offline", "off_policy"):
+        raise ValueError(f"criterion: {criterion!r} is neither offline nor off_policy")
+    if criterion == "off_policy" and champion is not None and not refresh and off_policy is None:
+        raise ValueError("off_policy: the off-policy criterion needs the challenger's estimate")
     reasons: list[str] = []
     numbers: dict[str, float] = {}
     gate = settings.protocol
@@ -132,17 +143,14 @@ def decide(
     )
     promote = True
     level = f"{settings.confidence:.0%}"
-    if low > settings.margin:
-        reasons.append(
-            f"{gate} NDCG@10 gain {mean:+.4f}, {level} interval [{low:+.4f}, {high:+.4f}] "
-            f"lies above the margin {settings.margin}"
-        )
+    said = f"{gate} NDCG@10 gain {mean:+.4f}, {level} interval [{low:+.4f}, {high:+.4f}]"
+    if criterion == "off_policy":
+        reasons.append(f"{said} (reported; the off-policy gain decides)")
+    elif low > settings.margin:
+        reasons.append(f"{said} lies above the margin {settings.margin}")
     else:
         promote = False
-        reasons.append(
-            f"{gate} NDCG@10 gain {mean:+.4f}, {level} interval [{low:+.4f}, {high:+.4f}] "
-            f"does not clear the margin {settings.margin}"
-        )
+        reasons.append(f"{said} does not clear the margin {settings.margin}")
 
     for protocol in COLD_START:
         if protocol not in challenger or protocol not in champion:
@@ -161,10 +169,33 @@ def decide(
 
     if off_policy is not None:
         numbers.update({f"off_policy.{k}": v for k, v in off_policy.items()})
-        verdict, reason = _off_policy_verdict(off_policy, settings)
+        verdict, reason = (
+            _off_policy_gain_verdict(off_policy, settings)
+            if criterion == "off_policy"
+            else _off_policy_verdict(off_policy, settings)
+        )
         reasons.append(reason)
         promote = promote and verdict
     return Decision(promote, reasons, numbers)
+
+
+def _off_policy_gain_verdict(
+    estimate: dict[str, float], settings: PromotionSettings
+) -> tuple[bool, str]:
+    """(promote, why) with the off-policy criterion: the challenger's doubly robust CTR less
+    the champion's recipe's, paired on the same impressions, must have its lower bound above
+    ``off_policy_margin``."""
+    gain, low, high = estimate["gain_value"], estimate["gain_low"], estimate["gain_high"]
+    level = f"{1 - estimate.get('alpha', 0.05):.1%}"
+    said = (
+        f"off-policy: the challenger's doubly robust CTR {estimate['challenger_value']:.4f} "
+        f"against the champion's recipe's {estimate['baseline_value']:.4f} on the same "
+        f"{int(estimate['impressions'])} impressions: gain {gain:+.4f}, {level} interval "
+        f"[{low:+.4f}, {high:+.4f}]"
+    )
+    if low > settings.off_policy_margin:
+        return True, f"{said} lies above the margin {settings.off_policy_margin}"
+    return False, f"{said} does not clear the margin {settings.off_policy_margin}"
 
 
 def _off_policy_verdict(

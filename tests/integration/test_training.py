@@ -3,6 +3,7 @@ MovieLens-100K (a degraded challenger is never promoted, a better one is)."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 
 from recloop.settings import Settings
-from tests.unit.training_data import synthetic
+from tests.unit.training_data import logged_window, synthetic
 from training import protocols, registry
 from training.data import UserQuery, from_movielens
 from training.evaluation import evaluate
@@ -90,6 +91,44 @@ def test_a_losing_challenger_still_lets_the_champions_recipe_refresh(settings: S
     refreshed = next(c for c in again.candidates if c["kind"] == "popularity")
     assert again.champion_changed and again.champion_version == refreshed["version"]
     assert again.champion_version != first.champion_version
+
+
+@pytest.mark.integration
+def test_the_off_policy_criterion_promotes_what_the_log_favours(settings: Settings) -> None:
+    """With promotion.criterion off_policy, the logged impressions pick and judge: users in
+    the logged window click only popularity's slate, so popularity replaces an EASE champion
+    through the registry, although EASE was trained in the same run, once the cold-start
+    protocols allow it."""
+    settings = settings.model_copy(update={"promotion": settings.promotion.model_copy(
+        update={"criterion": "off_policy"})})  # fmt: skip
+    settings, data, *_, end = logged_window(settings)
+    # The window is found from the data's newest time, which the feature store's data carry.
+    data = dataclasses.replace(data, snapshot={**data.snapshot,
+                                               "last_interaction_at": end.isoformat()})  # fmt: skip
+    first = run_training(settings, kinds=["ease"], data=data, show_progress=False)
+    assert first.decision["promote"] and first.challenger["kind"] == "ease"
+    assert first.decision["reasons"][0].startswith("off-policy selection: doubly robust CTR")
+    # The log favours popularity, but the cold-start protocols still hold: it would cost
+    # EASE's P3b NDCG, so it is refused, and EASE's recipe refreshes the champion instead.
+    kept = run_training(settings, kinds=["ease", "popularity"], data=data, show_progress=False)
+    assert kept.challenger["kind"] == "popularity"
+    assert any("P3b NDCG@10 drops" in reason for reason in kept.decision["reasons"])
+    assert "refreshes the champion" in kept.decision["reasons"][-1]
+    # With the cold-start tolerance relaxed, the off-policy gain decides alone.
+    relaxed = settings.model_copy(update={"promotion": settings.promotion.model_copy(
+        update={"cold_start_tolerance": 1.0})})  # fmt: skip
+    again = run_training(relaxed, kinds=["ease", "popularity"], data=data, show_progress=False)
+    assert again.challenger["kind"] == "popularity", again.decision["reasons"]
+    assert again.decision["promote"] and again.champion_version == again.challenger["version"]
+    reasons = again.decision["reasons"]
+    assert "(reported; the off-policy gain decides)" in reasons[1]
+    assert "against the champion's recipe's" in reasons[-1] and "lies above" in reasons[-1]
+    numbers = again.decision["numbers"]
+    assert numbers["off_policy.gain_low"] > 0
+    assert f"selection.ease.v{first.champion_version}.value" not in numbers  # not retrained
+    ease = next(c for c in again.candidates if c["kind"] == "ease")
+    chosen = numbers["off_policy.challenger_value"]
+    assert numbers[f"selection.ease.v{ease['version']}.value"] < chosen
 
 
 @pytest.mark.integration

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recloop.settings import PromotionSettings
+from recloop.settings import PromotionSettings, Settings
+from tests.unit.training_data import logged_window
 from training.evaluation import Evaluation
 from training.promotion import decide, paired_bootstrap
 
@@ -124,55 +125,10 @@ def test_the_gates_estimate_is_fitted_before_the_window_it_is_judged_on(tmp_path
     model that learned them leaves each clicked item out of its own slate (already seen) and
     never matches a click; the gate refits the recipe on what came before the window, and
     its interval holds the target's true CTR."""
-    import uuid
-    from datetime import UTC, datetime, timedelta
-
-    import pandas as pd
-
     from monitoring import logs, ope
-    from recloop.contracts import Event
-    from recloop.eventlog import open_event_log
-    from recloop.settings import Settings
-    from tests.unit.training_data import synthetic
-    from training.data import UserQuery
-    from training.pipeline import fit_recipe, gate_off_policy, recipe
+    from training.pipeline import fit_recipe, gate_off_policy
 
-    settings = Settings(home=tmp_path)
-    history = synthetic()  # interactions from 2026-01-01 over about forty days
-    start = datetime(2026, 3, 1, tzinfo=UTC)
-    the_recipe = recipe("popularity", settings)
-    before = fit_recipe(the_recipe, history, settings, show_progress=False)
-    users = [f"u{n}" for n in range(10)]
-    target = {u: [i for i, _ in before.recommend([UserQuery(u)], k=3)[0]] for u in users}
-    items = [f"i{n}" for n in range(30)]
-    exam = [1.0, 0.6, 0.4]
-    rng = np.random.default_rng(3)
-    events, clicks = [], []
-    truth = float(np.mean([0.5 * e for e in exam]))  # the target shows 3 clickable items
-    for request in range(3000):
-        user, at = users[request % 10], start + timedelta(seconds=4 * request)
-        request_id = f"{request:032x}"  # fixed ids: the estimate's cross-fit folds hash them
-        for slot, item in enumerate(rng.choice(items, size=3, replace=False)):
-            events.append(Event(
-                event_id=uuid.UUID(int=len(events) + 1), ts=at, user_id=user, item_id=item,
-                position=slot, event_type="impression", request_id=request_id, propensity=1 / 30,
-                model_version="1", policy="uniform"))  # fmt: skip
-            # Users click only the target's items (at 0.5 x examination): its CTR is known.
-            if item in target[user] and rng.random() < exam[slot] * 0.5:
-                at_click = at + timedelta(seconds=1)
-                events.append(Event(event_id=uuid.UUID(int=len(events) + 1), ts=at_click,
-                                    user_id=user, item_id=item, event_type="click",
-                                    request_id=request_id))  # fmt: skip
-                clicks.append((user, item, pd.Timestamp(at_click), at_click.hour,
-                               at_click.weekday(), "web"))  # fmt: skip
-    log = open_event_log(settings)
-    try:
-        log.append(events)
-    finally:
-        log.close()
-    window_clicks = pd.DataFrame(clicks, columns=history.interactions.columns)
-    data = history.with_interactions(pd.concat([history.interactions, window_clicks]))
-    end = start + timedelta(hours=4)
+    settings, data, the_recipe, truth, start, end = logged_window(Settings(home=tmp_path))
     described = {"last_interaction_at": end.isoformat()}
     estimate = gate_off_policy(settings, the_recipe, described, data=data, show_progress=False)
     assert estimate["challenger_low"] <= truth <= estimate["challenger_high"]
@@ -180,6 +136,75 @@ def test_the_gates_estimate_is_fitted_before_the_window_it_is_judged_on(tmp_path
     leaked = fit_recipe(the_recipe, data, settings, show_progress=False)
     frame = logs.impressions(settings, start, end)
     assert ope.gate_estimate(frame, leaked)["challenger_high"] < truth
+
+
+def test_off_policy_selection_picks_the_candidate_the_log_favours(tmp_path) -> None:
+    """The same window, with EASE as the champion's recipe: users click only popularity's
+    slate, so the off-policy selection picks popularity, with a paired gain over EASE whose
+    interval lies above zero, even though this run trained EASE too. With too little
+    overlap, or no impressions, nothing is chosen and the reason says why."""
+    from datetime import timedelta
+
+    from training.pipeline import CHAMPION_RECIPE, recipe, select_off_policy
+
+    settings, data, popularity, truth, start, end = logged_window(Settings(home=tmp_path))
+    ease = recipe("ease", settings)
+    summaries = [{"version": "1", "recipe": ease}, {"version": "2", "recipe": popularity}]
+    described = {"last_interaction_at": end.isoformat()}
+    chosen = select_off_policy(settings, summaries, ease, described, data=data,
+                               show_progress=False)  # fmt: skip
+    assert chosen.chosen is summaries[1], chosen.reason
+    estimate = chosen.estimate
+    assert estimate["challenger_low"] <= truth <= estimate["challenger_high"]
+    assert estimate["baseline_value"] == pytest.approx(chosen.estimates["1"]["challenger_value"])
+    assert estimate["gain_value"] == pytest.approx(
+        estimate["challenger_value"] - estimate["baseline_value"])  # fmt: skip
+    assert estimate["gain_low"] > 0 and estimate["alpha"] == pytest.approx(0.05 / 2)
+    assert "doubly robust CTR on 9000 logged impressions: popularity (v2)" in chosen.reason
+    # A champion recipe this run did not retrain is refitted as the baseline, by name.
+    other = select_off_policy(settings, summaries[1:], ease, described, data=data,
+                              show_progress=False)  # fmt: skip
+    assert CHAMPION_RECIPE in other.estimates and other.chosen is summaries[1]
+    assert other.estimate["baseline_value"] == pytest.approx(estimate["baseline_value"])
+    # Too little overlap, and no impressions at all: nothing chosen, the offline criterion
+    # decides, and the reason says so.
+    strict = settings.model_copy(update={"promotion": settings.promotion.model_copy(
+        update={"off_policy_min_matches": 10**6})})  # fmt: skip
+    few = select_off_policy(strict, summaries, ease, described, data=data, show_progress=False)
+    assert few.chosen is None and "no candidate matches 1000000" in few.reason
+    early = {"last_interaction_at": (start - timedelta(hours=1)).isoformat()}
+    none = select_off_policy(settings, summaries, ease, early, data=data, show_progress=False)
+    assert none.chosen is None and "no impressions logged" in none.reason
+    assert none.reason.endswith("chosen and judged offline")
+
+
+def test_the_off_policy_criterion_decides_on_the_gain_over_the_champions_recipe() -> None:
+    def gain(low: float, high: float) -> dict[str, float]:
+        return {**off_policy(0.07, 0.06, 0.08), "baseline_value": 0.05, "gain_value": 0.02,
+                "gain_low": low, "gain_high": high, "alpha": 0.025}  # fmt: skip
+
+    # Worse offline, better on the log: promoted, the NDCG gain reported, not deciding.
+    decision = decide(evaluations(BASE - 0.1), evaluations(BASE), SETTINGS,
+                      data_gate_passed=True, off_policy=gain(0.01, 0.03),
+                      criterion="off_policy")  # fmt: skip
+    assert decision.promote, decision.reasons
+    assert "(reported; the off-policy gain decides)" in decision.reasons[0]
+    assert "gain +0.0200, 97.5% interval [+0.0100, +0.0300] lies above" in decision.reasons[-1]
+    # Better offline, an interval that holds zero on the log: kept.
+    decision = decide(evaluations(BASE + 0.1), evaluations(BASE), SETTINGS,
+                      data_gate_passed=True, off_policy=gain(-0.01, 0.05),
+                      criterion="off_policy")  # fmt: skip
+    assert not decision.promote and "does not clear the margin" in decision.reasons[-1]
+    # The cold-start protocols still hold.
+    decision = decide(evaluations(BASE, p2=0.1), evaluations(BASE, p2=0.3), SETTINGS,
+                      data_gate_passed=True, off_policy=gain(0.01, 0.03),
+                      criterion="off_policy")  # fmt: skip
+    assert not decision.promote and any("P2 NDCG@10 drops" in r for r in decision.reasons)
+    with pytest.raises(ValueError, match="needs the challenger's estimate"):
+        decide(evaluations(BASE), evaluations(BASE), SETTINGS, data_gate_passed=True,
+               criterion="off_policy")  # fmt: skip
+    with pytest.raises(ValueError, match="criterion: 'online'"):
+        decide(evaluations(BASE), None, SETTINGS, data_gate_passed=True, criterion="online")
 
 
 def test_the_gate_can_judge_on_the_recent_protocol() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recloop.settings import Settings
 from training.data import InteractionData
 
 COLUMNS = ["user_id", "item_id", "interacted_at", "hour", "weekday", "device"]
@@ -55,3 +56,57 @@ def synthetic(
                    "occupation": "writer" if u % 2 else "engineer"},
         name="synthetic",
     )  # fmt: skip
+
+
+def logged_window(settings: Settings) -> tuple:
+    """A real (local) event log with four hours of uniformly random slates of three items for
+    ten known users, who click only popularity's top 3 (fitted on the history before the
+    window) at 0.5 x examination, written to ``settings``' log, and the training data with
+    those clicks in it. Returns (settings, data, popularity's recipe, its true CTR, the
+    window's start and end)."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
+
+    from recloop.contracts import Event
+    from recloop.eventlog import open_event_log
+    from tests.unit.training_data import synthetic
+    from training.data import UserQuery
+    from training.pipeline import fit_recipe, recipe
+
+    history = synthetic()  # interactions from 2026-01-01 over about forty days
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    the_recipe = recipe("popularity", settings)
+    before = fit_recipe(the_recipe, history, settings, show_progress=False)
+    users = [f"u{n}" for n in range(10)]
+    target = {u: [i for i, _ in before.recommend([UserQuery(u)], k=3)[0]] for u in users}
+    items = [f"i{n}" for n in range(30)]
+    exam = [1.0, 0.6, 0.4]
+    rng = np.random.default_rng(3)
+    events, clicks = [], []
+    truth = float(np.mean([0.5 * e for e in exam]))  # the target shows 3 clickable items
+    for request in range(3000):
+        user, at = users[request % 10], start + timedelta(seconds=4 * request)
+        request_id = f"{request:032x}"  # fixed ids: the estimate's cross-fit folds hash them
+        for slot, item in enumerate(rng.choice(items, size=3, replace=False)):
+            events.append(Event(
+                event_id=uuid.UUID(int=len(events) + 1), ts=at, user_id=user, item_id=item,
+                position=slot, event_type="impression", request_id=request_id, propensity=1 / 30,
+                model_version="1", policy="uniform"))  # fmt: skip
+            # Users click only the target's items (at 0.5 x examination): its CTR is known.
+            if item in target[user] and rng.random() < exam[slot] * 0.5:
+                at_click = at + timedelta(seconds=1)
+                events.append(Event(event_id=uuid.UUID(int=len(events) + 1), ts=at_click,
+                                    user_id=user, item_id=item, event_type="click",
+                                    request_id=request_id))  # fmt: skip
+                clicks.append((user, item, pd.Timestamp(at_click), at_click.hour,
+                               at_click.weekday(), "web"))  # fmt: skip
+    log = open_event_log(settings)
+    try:
+        log.append(events)
+    finally:
+        log.close()
+    window_clicks = pd.DataFrame(clicks, columns=history.interactions.columns)
+    data = history.with_interactions(pd.concat([history.interactions, window_clicks]))
+    return settings, data, the_recipe, truth, start, start + timedelta(hours=4)
