@@ -8,7 +8,7 @@ the simulator's true CTR and how often their 95% intervals held it, the true CTR
 the shift, after it, and once the retrained champion served, and that last one against the
 old champion's replayed on the same requests (the recovery, with its interval's lower end),
 and, on the same requests, a random slate's and the best possible slate's (the floor and the
-ceiling, ``recloop.counterfactual.reference_expected_clicks``).
+ceiling, ``recloop.counterfactual.replay`` with references).
 """
 
 from __future__ import annotations

@@ -46,7 +46,21 @@ class LiveRequest:
     clicked: tuple[str, ...]  # item ids clicked on the served slate
 
 
-def greedy_expected_clicks(
+@dataclass(frozen=True)
+class Replay:
+    """A version replayed on requests (``replay``), per request in the order given."""
+
+    expected: np.ndarray  # expected clicks of the version's greedy top k
+    shown: np.ndarray  # that slate's length
+    # With references: over the items the version could have shown the request (those it
+    # scores, the user's seen items left out), the expected clicks of the best k-slate, the
+    # ceiling no ranking of that catalogue can pass, and of a uniformly random k-slate, the
+    # floor any model should beat.
+    best: np.ndarray | None = None
+    random: np.ndarray | None = None
+
+
+def replay(
     model,
     world,
     requests: Sequence[LiveRequest],
@@ -54,59 +68,47 @@ def greedy_expected_clicks(
     k: int,
     fresh_clicks: int,
     earlier: Sequence[LiveRequest] = (),
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per request (in the order given), the expected clicks of ``model``'s greedy top k (the
-    sum over the slate of the world's true click probabilities) and the slate's length.
-    ``earlier``: requests before these whose clicks the service had already been told of."""
+    references: bool = False,
+) -> Replay:
+    """``model``'s greedy top k for each request, and its expected clicks (the sum over the
+    slate of the world's true click probabilities); with ``references``, the best and a
+    random slate's too, from the same scores. ``earlier``: requests before these whose clicks
+    the service had already been told of.
+
+    Under the world's position-based click model the best slate puts the most attractive
+    items in the most examined slots (the rearrangement inequality), so it is the items
+    sorted by true attractiveness; a random slate's slots each hold the mean
+    attractiveness."""
+    from training.metrics import top_k
+
     queries = _queries(model, requests, fresh_clicks, earlier)
-    expected, shown = np.zeros(len(requests)), np.zeros(len(requests), dtype=np.int64)
-    for start in range(0, len(requests), BATCH):
-        rows = range(start, min(start + BATCH, len(requests)))
-        top, scores = _greedy(model, [queries[i] for i in rows], k)
+    n = len(requests)
+    expected, shown = np.zeros(n), np.zeros(n, dtype=np.int64)
+    best, uniform = (np.zeros(n), np.zeros(n)) if references else (None, None)
+    examination = world.examination(k)
+    for start in range(0, n, BATCH):
+        rows = range(start, min(start + BATCH, n))
+        scores = slate_scores(model, [queries[i] for i in rows], exclude_seen=True)
+        top = top_k(scores, k)
         for row, i in enumerate(rows):
+            request = requests[i]
             items = [model.item_ids[c] for c in top[row] if np.isfinite(scores[row, c])]
             if items:
-                request = requests[i]
                 truth = world.click_probabilities(
                     request.user_id, items, request.at, request.context
                 )
                 expected[i], shown[i] = truth.sum(), len(items)
-    return expected, shown
-
-
-def reference_expected_clicks(
-    model,
-    world,
-    requests: Sequence[LiveRequest],
-    *,
-    k: int,
-    fresh_clicks: int,
-    earlier: Sequence[LiveRequest] = (),
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per request, two yardsticks over the items ``model`` could have shown it (those it
-    scores, the user's seen items left out, as in ``greedy_expected_clicks``): the expected
-    clicks of the best k-slate, the ceiling no ranking of that catalogue can pass, and of a
-    uniformly random k-slate, the floor any model should beat. Under the world's
-    position-based click model the best slate puts the most attractive items in the most
-    examined slots (the rearrangement inequality), so it is the items sorted by true
-    attractiveness; a random slate's slots each hold the mean attractiveness."""
-    queries = _queries(model, requests, fresh_clicks, earlier)
-    examination = world.examination(k)
-    best, uniform = np.zeros(len(requests)), np.zeros(len(requests))
-    for start in range(0, len(requests), BATCH):
-        rows = range(start, min(start + BATCH, len(requests)))
-        scores = slate_scores(model, [queries[i] for i in rows], exclude_seen=True)
-        for row, i in enumerate(rows):
-            items = [model.item_ids[c] for c in np.flatnonzero(np.isfinite(scores[row]))]
-            if items:
-                request = requests[i]
+            if best is None or uniform is None:
+                continue
+            scorable = [model.item_ids[c] for c in np.flatnonzero(np.isfinite(scores[row]))]
+            if scorable:
                 attractive = world.attractiveness(
-                    request.user_id, items, request.at, request.context
+                    request.user_id, scorable, request.at, request.context
                 )
-                slots = examination[: min(k, len(items))]
+                slots = examination[: min(k, len(scorable))]
                 best[i] = float(slots @ -np.sort(-attractive)[: len(slots)])
                 uniform[i] = float(slots.sum() * attractive.mean())
-    return best, uniform
+    return Replay(expected, shown, best, uniform)
 
 
 def _queries(
@@ -126,14 +128,6 @@ def _queries(
         queries[i] = answer[0] if answer is not None else None
         live.setdefault(request.user_id, []).extend(request.clicked)
     return queries
-
-
-def _greedy(model, queries: list[UserQuery | None], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(top k columns, scores), scored by the service's own function (seen items excluded)."""
-    from training.metrics import top_k
-
-    scores = slate_scores(model, queries, exclude_seen=True)
-    return top_k(scores, k), scores
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, slots: int, alpha: float) -> dict[str, float]:

@@ -108,7 +108,7 @@ class HourRecord:
     replayed_true_ctr: dict[str, float] | None = None
     # the same requests' best possible true CTR, each one's best 10 of the items the first
     # champion could show it, and a random 10 of them's (recloop.counterfactual's
-    # reference_expected_clicks): the ceiling and the floor
+    # replay with references): the ceiling and the floor
     best_true_ctr: float | None = None
     random_true_ctr: float | None = None
 
@@ -370,7 +370,7 @@ class Demo:
         best possible and a random slate's on the first champion's catalogue. Returns, per
         version, its kind, first hour and expected clicks per request ((hour, n) keyed); the
         first champion's entry also has the best and the random slates' ("best", "random")."""
-        from recloop.counterfactual import greedy_expected_clicks, reference_expected_clicks
+        from recloop.counterfactual import replay
         from training import registry
 
         started = time.monotonic()
@@ -387,12 +387,13 @@ class Demo:
                 continue
             model = registry.download_model(self.settings, str(version.version))
             mine = [r for r in self.requests if r.hour >= hours[0]]
-            replay = {"model": model, "world": self.world, "requests": mine, "k": SLATE,
-                      "fresh_clicks": self.settings.serving.fresh_clicks,
-                      "earlier": [r for r in self.requests if r.hour < hours[0]]}  # fmt: skip
-            expected, shown = greedy_expected_clicks(**replay)
             first = str(version.version) == first_champion
-            best, uniform = reference_expected_clicks(**replay) if first else (None, None)
+            replayed_version = replay(
+                model, self.world, mine, k=SLATE, fresh_clicks=self.settings.serving.fresh_clicks,
+                earlier=[r for r in self.requests if r.hour < hours[0]], references=first,
+            )  # fmt: skip
+            expected, shown = replayed_version.expected, replayed_version.shown
+            best, uniform = replayed_version.best, replayed_version.random
             for record in self.records:
                 rows = [i for i, r in enumerate(mine) if r.hour == record.hour]
                 if rows:

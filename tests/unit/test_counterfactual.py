@@ -11,12 +11,7 @@ import pytest
 from scipy import stats
 
 from recloop import counterfactual
-from recloop.counterfactual import (
-    LiveRequest,
-    greedy_expected_clicks,
-    paired_difference,
-    reference_expected_clicks,
-)
+from recloop.counterfactual import LiveRequest, paired_difference, replay
 from recloop.sources.simulator import WorldConfig, build_world
 from training.data import InteractionData
 from training.models.popularity import Popularity
@@ -50,6 +45,22 @@ def model(world):
     return Popularity().fit(InteractionData(users, items, interactions, name="replay"))
 
 
+def greedy(*args, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """replay's greedy figures: (expected clicks, slate lengths)."""
+    replayed = replay(*args, **kwargs)
+    assert replayed.best is None and replayed.random is None  # not asked for
+    return replayed.expected, replayed.shown
+
+
+def references(*args, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """replay's references: (best slate's, random slate's expected clicks), and the greedy
+    figures the same call returns agree with a call without references."""
+    replayed = replay(*args, **kwargs, references=True)
+    expected, shown = greedy(*args, **kwargs)
+    assert np.array_equal(replayed.expected, expected) and np.array_equal(replayed.shown, shown)
+    return replayed.best, replayed.random
+
+
 def truth(world, user_id: str, items: list[str]) -> float:
     return float(world.click_probabilities(user_id, items, AT, CONTEXT).sum())
 
@@ -57,7 +68,7 @@ def truth(world, user_id: str, items: list[str]) -> float:
 def test_a_known_users_slate_leaves_out_what_they_saw(world, model) -> None:
     ids = [item.item_id for item in world.items]
     request = LiveRequest(0, 0, "u00000", AT, CONTEXT, clicked=())
-    expected, shown = greedy_expected_clicks(model, world, [request], k=5, fresh_clicks=20)
+    expected, shown = greedy(model, world, [request], k=5, fresh_clicks=20)
     assert shown.tolist() == [5]
     assert expected[0] == pytest.approx(truth(world, "u00000", ids[2:7]))
 
@@ -69,30 +80,26 @@ def test_live_clicks_fold_in_in_request_order(world, model) -> None:
     ids = [item.item_id for item in world.items]
     first = LiveRequest(0, 1, "u00005", AT, CONTEXT, clicked=(ids[0],))
     second = LiveRequest(0, 2, "u00005", AT, CONTEXT, clicked=())
-    expected, shown = greedy_expected_clicks(model, world, [second, first], k=5, fresh_clicks=20)
+    expected, shown = greedy(model, world, [second, first], k=5, fresh_clicks=20)
     assert expected.tolist() == pytest.approx(
         [truth(world, "u00005", ids[1:6]), truth(world, "u00005", ids[0:5])]
     )
     assert shown.tolist() == [5, 5]
     # Clicks of earlier hours count too, and only the newest fresh_clicks of them.
     later = LiveRequest(1, 0, "u00005", AT, CONTEXT, clicked=())
-    expected, _ = greedy_expected_clicks(
-        model, world, [later], k=5, fresh_clicks=20, earlier=[first, second]
-    )
+    expected, _ = greedy(model, world, [later], k=5, fresh_clicks=20, earlier=[first, second])
     assert expected[0] == pytest.approx(truth(world, "u00005", ids[1:6]))
     clicks = LiveRequest(0, 3, "u00005", AT, CONTEXT, clicked=(ids[1],))
-    expected, _ = greedy_expected_clicks(
-        model, world, [later], k=5, fresh_clicks=1, earlier=[first, clicks]
-    )
+    expected, _ = greedy(model, world, [later], k=5, fresh_clicks=1, earlier=[first, clicks])
     # Only i00001, the newest click, is left out.
     assert expected[0] == pytest.approx(truth(world, "u00005", [ids[0], *ids[2:6]]))
 
 
 def test_batches_change_nothing(world, model, monkeypatch) -> None:
     requests = [LiveRequest(0, n, f"u{n % 4:05d}", AT, CONTEXT, clicked=()) for n in range(7)]
-    whole = greedy_expected_clicks(model, world, requests, k=5, fresh_clicks=20)
+    whole = greedy(model, world, requests, k=5, fresh_clicks=20)
     monkeypatch.setattr(counterfactual, "BATCH", 2)
-    batched = greedy_expected_clicks(model, world, requests, k=5, fresh_clicks=20)
+    batched = greedy(model, world, requests, k=5, fresh_clicks=20)
     assert np.array_equal(whole[0], batched[0]) and np.array_equal(whole[1], batched[1])
 
 
@@ -104,14 +111,14 @@ def test_the_best_and_a_random_slate_of_what_the_model_could_show(world, model) 
     too; batches change nothing."""
     ids = [item.item_id for item in world.items]
     request = LiveRequest(0, 0, "u00000", AT, CONTEXT, clicked=())
-    best, uniform = reference_expected_clicks(model, world, [request], k=5, fresh_clicks=20)
+    best, uniform = references(model, world, [request], k=5, fresh_clicks=20)
     attractive = world.attractiveness("u00000", ids[2:], AT, CONTEXT)
     chosen = [ids[2:][i] for i in np.argsort(-attractive)[:5]]
     assert best[0] == pytest.approx(truth(world, "u00000", chosen))
     assert best[0] == pytest.approx(float(world.examination(5) @ -np.sort(-attractive)[:5]))
     assert best[0] > truth(world, "u00000", chosen[::-1])
-    greedy, _ = greedy_expected_clicks(model, world, [request], k=5, fresh_clicks=20)
-    assert best[0] >= greedy[0] and best[0] > uniform[0]
+    greedy_clicks, _ = greedy(model, world, [request], k=5, fresh_clicks=20)
+    assert best[0] >= greedy_clicks[0] and best[0] > uniform[0]
     rng = np.random.default_rng(0)
     draws = [truth(world, "u00000", list(rng.choice(ids[2:], 5, replace=False)))
              for _ in range(4000)]  # fmt: skip
@@ -121,15 +128,13 @@ def test_the_best_and_a_random_slate_of_what_the_model_could_show(world, model) 
     second = LiveRequest(0, 2, "u00005", AT, CONTEXT, clicked=())
     stranger = world.attractiveness("u00005", ids, AT, CONTEXT)
     left = np.array([i != chosen[0] for i in ids])
-    after, _ = reference_expected_clicks(
-        model, world, [second], k=5, fresh_clicks=20, earlier=[first]
-    )
+    after, _ = references(model, world, [second], k=5, fresh_clicks=20, earlier=[first])
     assert after[0] == pytest.approx(float(world.examination(5) @ -np.sort(-stranger[left])[:5]))
     requests = [LiveRequest(0, n, f"u{n % 4:05d}", AT, CONTEXT, clicked=()) for n in range(7)]
-    whole = reference_expected_clicks(model, world, requests, k=5, fresh_clicks=20)
+    whole = references(model, world, requests, k=5, fresh_clicks=20)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(counterfactual, "BATCH", 2)
-        batched = reference_expected_clicks(model, world, requests, k=5, fresh_clicks=20)
+        batched = references(model, world, requests, k=5, fresh_clicks=20)
     assert np.array_equal(whole[0], batched[0]) and np.array_equal(whole[1], batched[1])
 
 
