@@ -16,11 +16,10 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from monitoring import drift, logs, online, ope, store
-from monitoring.estimators import confidence_sequence, wilson
+from monitoring.estimators import wilson
 from recloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,22 +53,28 @@ def _registry_versions(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _on_policy_bounds(rows: pd.DataFrame, alpha: float) -> tuple[float, float]:
-    """The champion's own CTR as a confidence sequence (weights 1), comparable with the
-    candidates' anytime-valid bounds."""
-    propensity = rows["propensity"].to_numpy(dtype=np.float64)
-    return confidence_sequence(rows["clicked"], propensity, propensity, alpha)
-
-
 def _off_policy(
-    settings: Settings, champion_rows: pd.DataFrame, start: datetime, candidates: list[Any]
+    settings: Settings,
+    champion_rows: pd.DataFrame,
+    start: datetime,
+    end: datetime,
+    candidates: list[Any],
+    champion: Any,
 ) -> tuple[pd.DataFrame, list[drift.Alarm]]:
-    """Estimates per candidate over the hour and since its registration (the latter with the
-    confidence sequence the alarm uses)."""
+    """Estimates per candidate over the hour and since its registration. Since registration,
+    also the IPS confidence sequence (vw-estimators) and ``dr_gain``: the candidate's doubly
+    robust CTR less the champion's own greedy slates', paired on the same impressions
+    (``ope.compare``), at level alpha / (candidates x looks x (looks + 1)), where looks counts
+    the hours since registration: alpha spent over the candidates and the hourly looks
+    (Bonferroni; the sum over looks is alpha), so a candidate checked every hour keeps the
+    error rate. ``challenger_wins`` is raised when that gain's lower bound is above zero. (The
+    IPS sequence is reported, not used: where the logging policy explores uniformly over
+    hundreds of items it stays near [0, 1] for anything the champion would not show.)"""
     from training import registry
 
     alpha = settings.monitoring.alpha
     rows, alarms = [], []
+    champion_slates: dict[str, list[str]] | None = None
     for version in candidates:
         registered = pd.Timestamp(version.creation_timestamp, unit="ms", tz="UTC")
         since = champion_rows[champion_rows["ts"] >= registered]
@@ -77,7 +82,6 @@ def _off_policy(
             continue
         model = registry.download_model(settings, str(version.version))
         slates = ope.greedy_slates(model, since)
-        champion_cs = _on_policy_bounds(since, alpha)
         for window, part in (("hour", since[since["ts"] >= pd.Timestamp(start)]),
                              ("since_registered", since)):  # fmt: skip
             if part.empty:
@@ -95,18 +99,35 @@ def _off_policy(
             for name, estimate in result["estimates"].items():
                 rows.append({**common, "estimator": name, "value": estimate.value,
                              "low": estimate.low, "high": estimate.high})  # fmt: skip
-            if window == "since_registered" and result["estimates"]:
-                cs_low, cs_high = result["cs"]
-                ips_value = result["estimates"]["ips"].value
-                rows.append({**common, "estimator": "ips_cs", "value": ips_value,
-                             "low": cs_low, "high": cs_high})  # fmt: skip
-                if cs_low > champion_cs[1]:
-                    alarms.append(drift.Alarm(
-                        "challenger_wins", str(version.version),
-                        f"version {version.version}'s off-policy CTR lower bound {cs_low:.4f} "
-                        f"(confidence sequence) is above the champion's upper bound "
-                        f"{champion_cs[1]:.4f}", champion_cs[1], cs_low,
-                    ))  # fmt: skip
+            if window != "since_registered" or not result["estimates"]:
+                continue
+            cs_low, cs_high = result["cs"]
+            rows.append({**common, "estimator": "ips_cs",
+                         "value": result["estimates"]["ips"].value,
+                         "low": cs_low, "high": cs_high})  # fmt: skip
+            if champion_slates is None:
+                champion_model = registry.download_model(settings, str(champion.version))
+                champion_slates = ope.greedy_slates(champion_model, champion_rows)
+            looks = max(1, math.ceil((pd.Timestamp(end) - registered) / pd.Timedelta(hours=1)))
+            level = alpha / (len(candidates) * looks * (looks + 1))
+            compared = ope.compare(part, {"candidate": slates, "champion": champion_slates},
+                                   baseline="champion", alpha=level)  # fmt: skip
+            if not compared["targets"]:
+                continue
+            gain = compared["targets"]["candidate"]["gain"]
+            base = compared["targets"]["champion"]["estimates"]["dr"]
+            rows.append({**common, "estimator": "dr_gain", "value": gain.value,
+                         "low": gain.low, "high": gain.high, "level": 1 - level,
+                         "baseline": base.value})  # fmt: skip
+            if gain.low > 0:
+                alarms.append(drift.Alarm(
+                    "challenger_wins", str(version.version),
+                    f"version {version.version}'s doubly robust CTR beats the champion's "
+                    f"greedy slates on them by {gain.value:+.4f}, "
+                    f"{1 - level:.2%} interval [{gain.low:+.4f}, {gain.high:+.4f}] "
+                    f"({result['impressions']} impressions since it was registered)",
+                    base.value, base.value + gain.value,
+                ))  # fmt: skip
     return pd.DataFrame(rows), alarms
 
 
@@ -145,7 +166,8 @@ def estimate(settings: Settings, start: datetime, end: datetime) -> dict[str, An
         candidates = [v for v in [versions["challenger"], *versions["extra"]]
                       if v is not None and str(v.version) != champion_version]  # fmt: skip
         unique = {str(v.version): v for v in candidates}
-        off_policy, wins = _off_policy(settings, served, start, list(unique.values()))
+        off_policy, wins = _off_policy(settings, served, start, end, list(unique.values()),
+                                       champion)  # fmt: skip
         alarms += wins
     stamp = {"hour_start": pd.Timestamp(start), "hour_end": pd.Timestamp(end),
              "champion_version": champion_version}  # fmt: skip
@@ -178,6 +200,14 @@ def decide(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]
         cutoff = pd.Timestamp(end) - pd.Timedelta(hours=config.retrain_cooldown_hours)
         recent = past[past["requested"] & (past["hour_end"] > cutoff)
                       & (past["hour_end"] < pd.Timestamp(end))]  # fmt: skip
+    promoted = None
+    wins = [row for row in hour_alarms.to_dict("records") if row["kind"] == "challenger_wins"]
+    if wins and config.promote_on_win:
+        promoted, said = _promote_winner(settings, end, wins)
+        if promoted is not None:
+            # The winner serves now: retraining for the same evidence would undo nothing
+            # and judge it again; other alarms still count.
+            triggering = [row for row in triggering if row["kind"] != "challenger_wins"]
     requested = bool(triggering) and recent.empty
     if not triggering:
         reason = "no alarm of a kind in monitoring.retrain_on"
@@ -186,10 +216,50 @@ def decide(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]
                   f"cooldown of the request at {recent['hour_end'].max().isoformat()}")  # fmt: skip
     else:
         reason = "; ".join(row["detail"] for row in triggering)
+    if wins and config.promote_on_win:
+        reason = f"{said}; {reason}"
     decision = {"hour_start": pd.Timestamp(start), "hour_end": pd.Timestamp(end),
-                "requested": requested, "reason": reason}  # fmt: skip
+                "requested": requested, "reason": reason, "promoted": promoted}  # fmt: skip
     store.write(settings, "decisions", end, pd.DataFrame([decision]))
-    return {"requested": requested, "reason": reason, "hour_end": end.isoformat()}
+    return {"requested": requested, "reason": reason, "hour_end": end.isoformat(),
+            "promoted": promoted}  # fmt: skip
+
+
+def _promote_winner(
+    settings: Settings, end: datetime, wins: list[dict[str, Any]]
+) -> tuple[str | None, str]:
+    """Feed the hour's best ``challenger_wins`` candidate (the largest gain) to the promotion
+    gate (``training.pipeline.promote_on_evidence``) with its ``dr_gain`` row as evidence.
+    Returns (the version promoted or None, what happened in words). A failure is logged and
+    said, and the alarm then requests a retraining as any other."""
+    from training.pipeline import promote_on_evidence
+
+    estimates = store.read(settings, "off_policy")
+    winners = [w["subject"] for w in wins]
+    mine = estimates[(estimates["hour_end"] == pd.Timestamp(end))
+                     & (estimates["estimator"] == "dr_gain")
+                     & (estimates["candidate_version"].isin(winners))]  # fmt: skip
+    if mine.empty:
+        return None, "promotion on online evidence: the hour's dr_gain rows are missing"
+    best = mine.sort_values("value", ascending=False).iloc[0]
+    evidence = {
+        "impressions": float(best["impressions"]), "matches": float(best["matches"]),
+        "challenger_value": float(best["baseline"] + best["value"]),
+        "baseline_value": float(best["baseline"]), "gain_value": float(best["value"]),
+        "gain_low": float(best["low"]), "gain_high": float(best["high"]),
+        "alpha": float(1 - best["level"]),
+    }  # fmt: skip
+    version = str(best["candidate_version"])
+    try:
+        decision = promote_on_evidence(settings, version, evidence)
+    except Exception:
+        log.exception("promoting version %s on online evidence failed", version)
+        return None, f"promotion of version {version} on online evidence failed (see the log)"
+    said = "; ".join(decision.reasons)
+    log.info("promotion on online evidence: %s", said)
+    if decision.promote:
+        return version, f"promoted version {version} on online evidence ({said})"
+    return None, f"version {version} not promoted on online evidence ({said})"
 
 
 def publish(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]:

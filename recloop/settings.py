@@ -358,6 +358,13 @@ class MonitoringSettings(_Section):
         default_factory=lambda: ["degradation", "challenger_wins", "feature_drift"],
         description="Alarms that emit the Airflow asset retrain_requested.",
     )
+    promote_on_win: bool = Field(
+        True,
+        description="When a candidate's challenger_wins alarm fires (its doubly robust gain "
+        "over the champion's greedy slates, on the champion's logged impressions, has its "
+        "lower bound above zero), feed it to the promotion gate at once (off-policy "
+        "criterion, cold-start protocols, data gate) instead of only requesting a retraining.",
+    )
     retrain_cooldown_hours: float = Field(
         6.0,
         ge=0,

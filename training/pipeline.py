@@ -717,6 +717,48 @@ def _load_data(settings: Settings, data: InteractionData | None) -> InteractionD
     return from_feature_store(settings)
 
 
+def promote_on_evidence(settings: Settings, version: str, evidence: dict[str, float]) -> Decision:
+    """The gate for a registered ``version`` that the hourly metrics found better than the
+    serving champion on the champion's own logged slates (``monitoring.hourly``: its doubly
+    robust CTR less the champion's greedy slates', paired, with alpha spent over candidates
+    and hourly looks). ``evidence`` holds that gain (``gain_value``, ``gain_low``,
+    ``gain_high``), both CTRs (``challenger_value``, ``baseline_value``), ``impressions`` and
+    ``alpha``. The version is judged with the off-policy criterion: the latest data gate, if
+    any ran, must have passed, the gain's lower bound must clear
+    ``promotion.off_policy_margin``, and P2/P3 NDCG@10 (from each version's own training run)
+    may drop by no more than
+    ``promotion.cold_start_tolerance``. A pass moves the ``champion`` alias, which the service
+    watches; the decision is a ``promotion`` run in MLflow either way."""
+    from recloop.features.gate import last_outcome
+    from training import registry
+
+    client = registry.configure(settings)
+    champion = registry.alias_version(client, registry.CHAMPION)
+    if champion is None:
+        raise LookupError("no version carries the alias 'champion': nothing to compare with")
+    if str(champion.version) == str(version):
+        return Decision(False, [f"version {version} is already the champion"])
+    candidate = client.get_model_version(registry.MODEL_NAME, str(version))
+    evaluations = load_evaluations(candidate.run_id)
+    outcome = last_outcome(settings)
+    decision = decide(
+        evaluations, load_evaluations(champion.run_id), settings.promotion,
+        # No gate ever ran where models are trained from a source folder: nothing to respect.
+        data_gate_passed=outcome is None or bool(outcome["passed"]), off_policy=evidence,
+        criterion="off_policy", seed=settings.seed,
+    )  # fmt: skip
+    reason = (f"online evidence: version {version} against champion {champion.version} on the "
+              "champion's logged slates (recloop_metrics)")  # fmt: skip
+    decision = Decision(decision.promote, [reason, *decision.reasons], decision.numbers)
+    challenger = Candidate(registry.recipe_of(candidate), evaluations, [], 0.0,
+                           version=str(version), run_id=candidate.run_id)  # fmt: skip
+    _log_decision(decision, challenger, champion,
+                  promoted=str(version) if decision.promote else None)  # fmt: skip
+    if decision.promote:
+        registry.set_alias(client, registry.CHAMPION, str(version))
+    return decision
+
+
 def promote_challenger(
     settings: Settings,
     *,

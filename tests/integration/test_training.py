@@ -132,6 +132,44 @@ def test_the_off_policy_criterion_promotes_what_the_log_favours(settings: Settin
 
 
 @pytest.mark.integration
+def test_the_hourly_metrics_promote_a_candidate_the_champions_log_favours(
+    settings: Settings,
+) -> None:
+    """EASE serves (version 1) and popularity is registered beside it (version 2, refused by
+    the offline gate); then users, shown uniformly random slates under the champion's arm,
+    click only popularity's slate. The hourly metrics find popularity's doubly robust gain
+    over EASE's greedy slates above zero (challenger_wins) and feed it to the promotion gate,
+    which moves the champion alias: no retraining is requested for it."""
+    from datetime import UTC, datetime, timedelta
+
+    from monitoring import hourly, store
+
+    settings = settings.model_copy(update={"promotion": settings.promotion.model_copy(
+        update={"cold_start_tolerance": 1.0})})  # fmt: skip
+    data = synthetic()
+    first = run_training(settings, kinds=["ease"], data=data, show_progress=False)
+    assert first.champion_version == "1"
+    strict = settings.model_copy(update={"promotion": settings.promotion.model_copy(
+        update={"margin": 1.0})})  # fmt: skip
+    second = run_training(strict, kinds=["popularity"], data=data, show_progress=False)
+    assert not second.decision["promote"] and second.challenger["version"] == "2"
+    start = datetime.now(UTC) + timedelta(seconds=5)  # logged after both were registered
+    *_, end = logged_window(settings, start=start)
+    summary = hourly.estimate(settings, end - timedelta(hours=1), end)
+    wins = [a for a in summary["alarms"] if a["kind"] == "challenger_wins"]
+    assert [a["subject"] for a in wins] == ["2"], summary["alarms"]
+    gain = store.read(settings, "off_policy").query("estimator == 'dr_gain'")
+    assert gain["low"].iloc[0] > 0 and gain["level"].iloc[0] > 0.99  # alpha spent on 5 looks
+    decision = hourly.decide(settings, end - timedelta(hours=1), end)
+    assert decision["promoted"] == "2", decision
+    assert "promoted version 2 on online evidence" in decision["reason"]
+    assert not decision["requested"]  # the only alarm was the win, and it was acted on
+    client = mlflow.MlflowClient(settings.tracking_uri())
+    champion = client.get_model_version_by_alias(registry.MODEL_NAME, registry.CHAMPION)
+    assert str(champion.version) == "2"
+
+
+@pytest.mark.integration
 def test_promote_and_evaluate_commands_use_the_registry(settings: Settings) -> None:
     data = synthetic(users=60, items=40)
     run_training(settings, kinds=["popularity"], data=data, show_progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -58,14 +59,15 @@ def synthetic(
     )  # fmt: skip
 
 
-def logged_window(settings: Settings) -> tuple:
+def logged_window(settings: Settings, start: datetime | None = None) -> tuple:
     """A real (local) event log with four hours of uniformly random slates of three items for
     ten known users, who click only popularity's top 3 (fitted on the history before the
     window) at 0.5 x examination, written to ``settings``' log, and the training data with
     those clicks in it. Returns (settings, data, popularity's recipe, its true CTR, the
-    window's start and end)."""
+    window's start and end). ``start``: when the window begins (2026-03-01 by default); the
+    slates are logged as the champion arm's, served by version 1."""
     import uuid
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, timedelta
 
     import pandas as pd
 
@@ -76,7 +78,7 @@ def logged_window(settings: Settings) -> tuple:
     from training.pipeline import fit_recipe, recipe
 
     history = synthetic()  # interactions from 2026-01-01 over about forty days
-    start = datetime(2026, 3, 1, tzinfo=UTC)
+    start = start or datetime(2026, 3, 1, tzinfo=UTC)
     the_recipe = recipe("popularity", settings)
     before = fit_recipe(the_recipe, history, settings, show_progress=False)
     users = [f"u{n}" for n in range(10)]
@@ -93,7 +95,7 @@ def logged_window(settings: Settings) -> tuple:
             events.append(Event(
                 event_id=uuid.UUID(int=len(events) + 1), ts=at, user_id=user, item_id=item,
                 position=slot, event_type="impression", request_id=request_id, propensity=1 / 30,
-                model_version="1", policy="uniform"))  # fmt: skip
+                model_version="1", policy="uniform", context={"arm": "champion"}))  # fmt: skip
             # Users click only the target's items (at 0.5 x examination): its CTR is known.
             if item in target[user] and rng.random() < exam[slot] * 0.5:
                 at_click = at + timedelta(seconds=1)
