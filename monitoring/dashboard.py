@@ -2,8 +2,9 @@
 
 Three plots, embedded in the page (no server needed; also logged to MLflow per hour):
 CTR per hour and traffic arm with its Wilson interval, one line per model version, with the
-alarms as vertical lines; the off-policy estimates of each candidate with their intervals next
-to the champion's observed CTR; and the tables of alarms and retraining decisions.
+alarms and the promotions on online evidence as vertical lines; the off-policy estimates of
+each candidate with their intervals next to the champion's observed CTR; and the tables of
+alarms and of retraining and promotion decisions.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pandas as pd
 from recloop.settings import Settings
 
 
-def _ctr_figure(metrics: pd.DataFrame, alarms: pd.DataFrame):
+def _ctr_figure(metrics: pd.DataFrame, alarms: pd.DataFrame, decisions: pd.DataFrame):
     figure, axis = plt.subplots(figsize=(9, 4))
     if metrics.empty:
         axis.text(0.5, 0.5, "nothing served yet", ha="center", transform=axis.transAxes)
@@ -38,8 +39,13 @@ def _ctr_figure(metrics: pd.DataFrame, alarms: pd.DataFrame):
     for row in alarms.to_dict("records") if len(alarms) else []:
         axis.axvline(row["hour_end"], color="red" if row["kind"] == "degradation" else "orange",
                      linestyle="--", linewidth=1)  # fmt: skip
+    promoted = (decisions[decisions["promoted"].notna()]
+                if "promoted" in decisions else decisions.iloc[0:0])  # fmt: skip
+    for row in promoted.to_dict("records"):
+        axis.axvline(row["hour_end"], color="green", linewidth=1.5)
     axis.set_ylabel("CTR (95% Wilson interval)")
-    axis.set_title("Click-through rate per hour and arm; dashed: alarms")
+    axis.set_title("Click-through rate per hour and arm; dashed: alarms; green: promotions "
+                   "on online evidence")  # fmt: skip
     if len(hourly):
         axis.legend(fontsize="small")
     figure.autofmt_xdate()
@@ -85,7 +91,8 @@ def render(settings: Settings, tables: dict[str, pd.DataFrame]) -> tuple[Path, d
     and the figures."""
     metrics, off_policy = tables["online_metrics"], tables["off_policy"]
     alarms, decisions = tables["alarms"], tables["decisions"]
-    figures = {"ctr": _ctr_figure(metrics, alarms), "off_policy": _ope_figure(off_policy)}
+    figures = {"ctr": _ctr_figure(metrics, alarms, decisions),
+               "off_policy": _ope_figure(off_policy)}  # fmt: skip
     images = "".join(
         f'<h2>{html.escape(name)}</h2><img alt="{name}" src="data:image/png;base64,{_png(f)}">'
         for name, f in figures.items()
@@ -95,7 +102,7 @@ def render(settings: Settings, tables: dict[str, pd.DataFrame]) -> tuple[Path, d
         f"<h2>{title}</h2>" + (frame.to_html(index=False, float_format=lambda v: f"{v:.4f}")
                                if len(frame) else "<p>none</p>")
         for title, frame in (("Latest hour", latest), ("Alarms", alarms),
-                             ("Retraining decisions", decisions))
+                             ("Retraining and promotion decisions", decisions))
     )  # fmt: skip
     page = settings.monitoring_dir / "dashboard.html"
     page.parent.mkdir(parents=True, exist_ok=True)

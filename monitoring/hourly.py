@@ -60,16 +60,19 @@ def _off_policy(
     end: datetime,
     candidates: list[Any],
     champion: Any,
+    earlier_looks: dict[str, int],
 ) -> tuple[pd.DataFrame, list[drift.Alarm]]:
     """Estimates per candidate over the hour and since its registration. Since registration,
     also the IPS confidence sequence (vw-estimators) and ``dr_gain``: the candidate's doubly
     robust CTR less the champion's own greedy slates', paired on the same impressions
     (``ope.compare``), at level alpha / (candidates x looks x (looks + 1)), where looks counts
-    the hours since registration: alpha spent over the candidates and the hourly looks
-    (Bonferroni; the sum over looks is alpha), so a candidate checked every hour keeps the
-    error rate. ``challenger_wins`` is raised when that gain's lower bound is above zero. (The
-    IPS sequence is reported, not used: where the logging policy explores uniformly over
-    hundreds of items it stays near [0, 1] for anything the champion would not show.)"""
+    this hour and the earlier hours that tested the candidate (``earlier_looks``, by version):
+    alpha spent over the candidates and the hourly looks (Bonferroni; the sum over looks is
+    alpha), so a candidate checked every hour keeps the error rate. Looks are counted, not
+    derived from the clock, so a demo's compressed hours count right. ``challenger_wins`` is
+    raised when that gain's lower bound is above zero. (The IPS sequence is reported, not
+    used: where the logging policy explores uniformly over hundreds of items it stays near
+    [0, 1] for anything the champion would not show.)"""
     from training import registry
 
     alpha = settings.monitoring.alpha
@@ -108,7 +111,7 @@ def _off_policy(
             if champion_slates is None:
                 champion_model = registry.download_model(settings, str(champion.version))
                 champion_slates = ope.greedy_slates(champion_model, champion_rows)
-            looks = max(1, math.ceil((pd.Timestamp(end) - registered) / pd.Timedelta(hours=1)))
+            looks = 1 + earlier_looks.get(str(version.version), 0)
             level = alpha / (len(candidates) * looks * (looks + 1))
             compared = ope.compare(part, {"candidate": slates, "champion": champion_slates},
                                    baseline="champion", alpha=level)  # fmt: skip
@@ -129,6 +132,16 @@ def _off_policy(
                     base.value, base.value + gain.value,
                 ))  # fmt: skip
     return pd.DataFrame(rows), alarms
+
+
+def _earlier_looks(settings: Settings, end: datetime) -> dict[str, int]:
+    """Per candidate version, the hours before ``end`` whose dr_gain test it had."""
+    written = store.read(settings, "off_policy")
+    if written.empty or "estimator" not in written:
+        return {}
+    tested = written[(written["estimator"] == "dr_gain")
+                     & (written["hour_end"] < pd.Timestamp(end))]  # fmt: skip
+    return tested.groupby("candidate_version")["hour_end"].nunique().to_dict()
 
 
 def estimate(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]:
@@ -167,7 +180,7 @@ def estimate(settings: Settings, start: datetime, end: datetime) -> dict[str, An
                       if v is not None and str(v.version) != champion_version]  # fmt: skip
         unique = {str(v.version): v for v in candidates}
         off_policy, wins = _off_policy(settings, served, start, end, list(unique.values()),
-                                       champion)  # fmt: skip
+                                       champion, _earlier_looks(settings, end))  # fmt: skip
         alarms += wins
     stamp = {"hour_start": pd.Timestamp(start), "hour_end": pd.Timestamp(end),
              "champion_version": champion_version}  # fmt: skip

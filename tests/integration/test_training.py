@@ -158,8 +158,18 @@ def test_the_hourly_metrics_promote_a_candidate_the_champions_log_favours(
     summary = hourly.estimate(settings, end - timedelta(hours=1), end)
     wins = [a for a in summary["alarms"] if a["kind"] == "challenger_wins"]
     assert [a["subject"] for a in wins] == ["2"], summary["alarms"]
-    gain = store.read(settings, "off_policy").query("estimator == 'dr_gain'")
-    assert gain["low"].iloc[0] > 0 and gain["level"].iloc[0] > 0.99  # alpha spent on 5 looks
+
+    def dr_gain():
+        return store.read(settings, "off_policy").query("estimator == 'dr_gain'")
+
+    # One look: alpha / (1 x 2). A rerun of the hour is the same look; the next hour's is the
+    # second: alpha / (2 x 3).
+    assert dr_gain()["low"].iloc[0] > 0
+    assert dr_gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2])
+    hourly.estimate(settings, end - timedelta(hours=1), end)
+    assert dr_gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2])
+    hourly.estimate(settings, end, end + timedelta(hours=1))
+    assert dr_gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2, 1 - 0.05 / 6])
     decision = hourly.decide(settings, end - timedelta(hours=1), end)
     assert decision["promoted"] == "2", decision
     assert "promoted version 2 on online evidence" in decision["reason"]
