@@ -3,9 +3,11 @@
 Each run reads what the service logged in its hour (and the week before it) and writes the
 online metrics with intervals, the off-policy estimates of the challenger, and the alarms
 (monitoring.hourly). `publish` logs the hour to MLflow (experiment `online-metrics`) and
-redraws the dashboard under the home's `monitoring/`. When an alarm of a configured kind
-fires (a degradation of the champion's CTR, drifted request features, or a challenger whose
-off-policy lower bound beats the champion), `request_retraining` updates the asset
+redraws the dashboard under the home's `monitoring/`. `decide` feeds a candidate whose
+off-policy gain over the champion's own slates has its lower bound above zero
+(`challenger_wins`) to the promotion gate, which may move the `champion` alias at once; when
+an alarm of another configured kind fires (a degradation of the champion's CTR, drifted
+request features) or the gate refused the winner, `request_retraining` updates the asset
 `retrain_requested`, which schedules `recloop_training`: the loop closes through the asset.
 
 Trigger with {"start": ISO, "end": ISO} to estimate another hour than the run's interval.

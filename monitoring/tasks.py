@@ -7,10 +7,13 @@ the demo's simulated hours), or the hour before the run when the interval is emp
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 from recloop.settings import load_settings
+
+log = logging.getLogger(__name__)
 
 
 def hour(start: str | None, end: str | None, interval_start: str, interval_end: str) -> dict:
@@ -45,4 +48,11 @@ def publish(window: dict) -> dict[str, Any]:
 def decide(window: dict) -> dict[str, Any]:
     from monitoring.hourly import decide as run
 
-    return run(load_settings(), *_bounds(window))
+    decision = run(load_settings(), *_bounds(window))
+    # What the operator reads in the task's log: why a retraining was (not) requested, and
+    # any promotion on online evidence.
+    log.info("retraining %s: %s", "requested" if decision["requested"] else "not requested",
+             decision["reason"])  # fmt: skip
+    if decision["promoted"] is not None:
+        log.info("promoted version %s on online evidence", decision["promoted"])
+    return decision
