@@ -138,14 +138,14 @@ def test_the_hourly_metrics_promote_a_candidate_the_champions_log_favours(
     """EASE serves (version 1) and popularity is registered beside it (version 2, refused by
     the offline gate); then users, shown uniformly random slates under the champion's arm,
     click only popularity's slate. The hourly metrics find popularity's doubly robust gain
-    over EASE's greedy slates above zero (challenger_wins) and feed it to the promotion gate,
-    which moves the champion alias: no retraining is requested for it."""
+    over EASE's greedy slates above zero (challenger_wins) and feed it to the promotion gate:
+    refused while it would cost cold-start quality (a retraining is requested instead), and,
+    once the tolerance allows it, promoted by moving the champion alias, with no retraining
+    requested for it."""
     from datetime import UTC, datetime, timedelta
 
     from monitoring import hourly, store
 
-    settings = settings.model_copy(update={"promotion": settings.promotion.model_copy(
-        update={"cold_start_tolerance": 1.0})})  # fmt: skip
     data = synthetic()
     first = run_training(settings, kinds=["ease"], data=data, show_progress=False)
     assert first.champion_version == "1"
@@ -170,7 +170,15 @@ def test_the_hourly_metrics_promote_a_candidate_the_champions_log_favours(
     assert dr_gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2])
     hourly.estimate(settings, end, end + timedelta(hours=1))
     assert dr_gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2, 1 - 0.05 / 6])
-    decision = hourly.decide(settings, end - timedelta(hours=1), end)
+    # Popularity would cost EASE's cold-start NDCG (P3b): the gate refuses, and the win
+    # requests a retraining instead, as any alarm.
+    refused = hourly.decide(settings, end - timedelta(hours=1), end)
+    assert refused["promoted"] is None and refused["requested"], refused
+    assert "version 2 not promoted on online evidence" in refused["reason"]
+    assert "P3b NDCG@10 drops" in refused["reason"]
+    relaxed = settings.model_copy(update={"promotion": settings.promotion.model_copy(
+        update={"cold_start_tolerance": 1.0})})  # fmt: skip
+    decision = hourly.decide(relaxed, end - timedelta(hours=1), end)
     assert decision["promoted"] == "2", decision
     assert "promoted version 2 on online evidence" in decision["reason"]
     assert not decision["requested"]  # the only alarm was the win, and it was acted on
