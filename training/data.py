@@ -14,7 +14,7 @@ rating counts as an implicit positive, as DESIGN.md's protocols say) and
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,12 +61,33 @@ class InteractionData:
                 f"from items (e.g. {example!r})"
             )
 
-    def with_interactions(self, interactions: pd.DataFrame) -> InteractionData:
+    def with_interactions(
+        self,
+        interactions: pd.DataFrame,
+        *,
+        held_out: pd.DataFrame | None = None,
+        new_items: Collection[str] = (),
+        new_users: Collection[str] = (),
+    ) -> InteractionData:
         """The same users and items with other interactions (a protocol's training part).
-        The exposures stay whole: they carry no labels (a click counts only as one of the
-        interactions), so a held-out click stays held out."""
+        The exposures carry no labels (a click counts only as one of the interactions), so
+        they stay, except those of ``held_out``'s (user_id, item_id) pairs (the impression
+        behind a held-out click is held out with it: a model that counts impressions,
+        item_ctr, would otherwise see an impression nobody clicked exactly where the test
+        asks) and every one of ``new_items`` and ``new_users`` (a protocol's cold items and
+        users: what is new has never been shown, nor been shown anything)."""
+        exposures = self.exposures
+        if exposures is not None and (
+            (held_out is not None and len(held_out)) or len(new_items) or len(new_users)
+        ):
+            keep = ~(exposures["item_id"].isin(new_items) | exposures["user_id"].isin(new_users))
+            if held_out is not None and len(held_out):
+                pairs = held_out[["user_id", "item_id"]].drop_duplicates().assign(_held=True)
+                marked = exposures.merge(pairs, on=["user_id", "item_id"], how="left")
+                keep &= marked["_held"].isna().to_numpy()
+            exposures = exposures[keep.to_numpy()].reset_index(drop=True)
         return InteractionData(self.users, self.items, interactions.reset_index(drop=True),
-                               self.name, self.snapshot, self.exposures)  # fmt: skip
+                               self.name, self.snapshot, exposures)  # fmt: skip
 
     def user_attributes(self) -> dict[str, dict[str, Any]]:
         """Each user's attributes as plain Python values (None where unknown)."""

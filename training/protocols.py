@@ -100,7 +100,7 @@ def _known_user_split(
     users = [user for user in sorted(held) if user in seen]
     return Split(
         protocol=protocol,
-        train=data.with_interactions(train),
+        train=data.with_interactions(train, held_out=test),
         queries=[UserQuery(user_id=user) for user in users],
         relevant=[held[user] for user in users],
         exclude=[seen[user] for user in users],
@@ -133,7 +133,7 @@ def p2(data: InteractionData, seed: int = 42) -> Split:
     users = sorted(held)
     return Split(
         protocol="P2",
-        train=data.with_interactions(train),
+        train=data.with_interactions(train, new_items=cold),
         queries=[UserQuery(user_id=user) for user in users],
         relevant=[held[user] for user in users],
         exclude=[seen.get(user, frozenset()) for user in users],
@@ -154,13 +154,13 @@ def _cold_users(data: InteractionData, seed: int) -> tuple[pd.DataFrame, pd.Data
 def p3a(data: InteractionData, seed: int = 42) -> Split:
     """New users, attributes only: 20% of users leave training; rank all items for them from
     their attributes (and profile text where the data has it)."""
-    train, test, _ = _cold_users(data, seed)
+    train, test, cold = _cold_users(data, seed)
     attributes, texts = data.user_attributes(), data.profile_texts()
     held = _by_user(test)
     users = sorted(held)
     return Split(
         protocol="P3a",
-        train=data.with_interactions(train),
+        train=data.with_interactions(train, new_users=cold),
         # The user id is withheld on purpose: a new user is described, not looked up.
         queries=[
             UserQuery(history=(), attributes=attributes.get(u, {}), profile_text=texts.get(u))
@@ -174,7 +174,7 @@ def p3a(data: InteractionData, seed: int = 42) -> Split:
 
 def p3b(data: InteractionData, seed: int = 42) -> Split:
     """New users with their first three interactions by time revealed; the rest is held out."""
-    train, test, _ = _cold_users(data, seed)
+    train, test, cold = _cold_users(data, seed)
     attributes, texts = data.user_attributes(), data.profile_texts()
     queries, relevant, exclude = [], [], []
     for user, group in test.groupby("user_id", sort=True):
@@ -194,7 +194,7 @@ def p3b(data: InteractionData, seed: int = 42) -> Split:
         exclude.append(frozenset(first))
     return Split(
         protocol="P3b",
-        train=data.with_interactions(train),
+        train=data.with_interactions(train, new_users=cold),
         queries=queries,
         relevant=relevant,
         exclude=exclude,

@@ -63,15 +63,40 @@ def test_recency_weighs_clicks_and_impressions_alike() -> None:
     )
 
 
-def test_a_held_out_click_stays_held_out() -> None:
-    """A protocol's training part keeps the exposures whole, but a click counts only as a
-    training interaction: without u1's click on b, b has one click in two impressions."""
+def test_a_held_out_click_takes_its_impression_with_it() -> None:
+    """Without u1's click on b (held out), b has one click in one impression: the impression
+    behind the held-out click is held out too, or b would look shown to u1 and not clicked,
+    exactly where the test asks about it. Passed only as training, the click's impression
+    stays (the caller said nothing is held out)."""
     data = _data(POSITIVES, SHOWN)
-    train = data.with_interactions(data.interactions.drop(index=3))
-    assert train.exposures is data.exposures
+    train = data.with_interactions(data.interactions.drop(index=3),
+                                   held_out=data.interactions.loc[[3]])  # fmt: skip
+    assert len(train.exposures) == len(SHOWN) - 1
+    assert not ((train.exposures["user_id"] == "u1") & (train.exposures["item_id"] == "b")).any()
     model = create("item_ctr", half_life_hours=None, prior=2.0).fit(train)
-    rate = 3 / 6
-    assert model.scores[1] == pytest.approx(np.log((1 + 2 * rate) / (2 + 2)))
+    rate = 3 / 5
+    assert model.scores[1] == pytest.approx(np.log((1 + 2 * rate) / (1 + 2)))
+    kept = data.with_interactions(data.interactions.drop(index=3))
+    assert kept.exposures is data.exposures
+    # New items and new users have never been shown, nor been shown anything.
+    cold = data.with_interactions(data.interactions, new_items=["b"], new_users=["u3"])
+    assert set(cold.exposures["item_id"]) == {"a"} and "u3" not in set(cold.exposures["user_id"])
+
+
+def test_the_protocols_hold_out_the_impressions_of_what_they_hold_out() -> None:
+    from training import protocols
+
+    data = _data(POSITIVES, SHOWN)
+    for name in ("P1", "P2", "P3a", "P3b", "P4", "recent"):
+        split = protocols.split(data, name, recent_share=0.5)
+        shown = set(zip(split.train.exposures["user_id"], split.train.exposures["item_id"],
+                        strict=True))  # fmt: skip
+        trained = set(zip(split.train.interactions["user_id"], split.train.interactions["item_id"],
+                          strict=True))  # fmt: skip
+        held = {(u, i) for u, i, _ in POSITIVES} - trained
+        assert not shown & held, (name, shown & held)
+        if name == "P2":
+            assert not set(split.train.exposures["item_id"]) & set(split.candidates)
 
 
 def test_impressions_after_the_newest_training_interaction_are_left_out() -> None:
