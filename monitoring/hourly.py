@@ -119,9 +119,17 @@ def _off_policy(
                 continue
             gain = compared["targets"]["candidate"]["gain"]
             base = compared["targets"]["champion"]["estimates"]["dr"]
+            # The same gain on the new users' impressions alone, for the gate's cold-start
+            # check (training.promotion).
+            cold = part[ope.is_cold_start(part)]
+            on_cold = (ope.compare(cold, {"candidate": slates, "champion": champion_slates},
+                                   baseline="champion", alpha=level)["targets"]
+                       if len(cold) else {})  # fmt: skip
             rows.append({**common, "estimator": "dr_gain", "value": gain.value,
                          "low": gain.low, "high": gain.high, "level": 1 - level,
-                         "baseline": base.value})  # fmt: skip
+                         "baseline": base.value,
+                         **(ope.cold_gains(on_cold["candidate"], len(cold)) if on_cold
+                            else {})})  # fmt: skip
             if gain.low > 0:
                 alarms.append(drift.Alarm(
                     "challenger_wins", str(version.version),
@@ -262,6 +270,10 @@ def _promote_winner(
         "gain_low": float(best["low"]), "gain_high": float(best["high"]),
         "alpha": float(1 - best["level"]),
     }  # fmt: skip
+    for key in ("cold_impressions", "cold_matches", "cold_gain_value", "cold_gain_low",
+                "cold_gain_high"):  # fmt: skip
+        if key in best and pd.notna(best[key]):
+            evidence[key] = float(best[key])
     version = str(best["candidate_version"])
     try:
         decision = promote_on_evidence(settings, version, evidence)

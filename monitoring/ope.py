@@ -240,7 +240,9 @@ def gate_estimates(
     """``gate_estimate``'s numbers for each named model, all on the same impressions and
     reward model. The gain (``gain_*``) is each model's doubly robust CTR less the logged
     CTR, paired impression by impression; with ``baseline`` (one of the names) it is less
-    that model's doubly robust CTR instead, also paired, and ``baseline_*`` holds that CTR."""
+    that model's doubly robust CTR instead, also paired, and ``baseline_*`` holds that CTR.
+    Where new users were served (``is_cold_start``), the same gain on their impressions alone
+    is in ``cold_*``."""
     from monitoring.estimators import wilson
 
     if frame.empty:
@@ -272,4 +274,30 @@ def gate_estimates(
         for values in numbers.values():
             values.update(baseline_value=base.value, baseline_low=base.low,
                           baseline_high=base.high)  # fmt: skip
+    cold = frame[is_cold_start(frame)]
+    if not cold.empty:
+        on_cold = compare(cold, targets, baseline=baseline, alpha=alpha)["targets"]
+        for name, estimated in on_cold.items():
+            numbers[name].update(cold_gains(estimated, len(cold)))
     return numbers
+
+
+# How the service answered a request it could not answer from the user's history (the
+# response's served_by): only pushed clicks, a profile, or popularity. Those are the new users.
+COLD_START_PATHS = ("fresh_clicks", "profile", "popularity")
+
+
+def is_cold_start(frame: pd.DataFrame) -> np.ndarray:
+    """Which logged impressions answered a new user (``COLD_START_PATHS``)."""
+    if "served_by" not in frame:
+        return np.zeros(len(frame), dtype=bool)
+    return frame["served_by"].isin(COLD_START_PATHS).to_numpy()
+
+
+def cold_gains(estimated: dict[str, Any], impressions: int) -> dict[str, float]:
+    """A target's gain on the cold-start impressions alone (``compare``'s entry for it), as
+    the ``cold_*`` numbers the gate weighs."""
+    gain = estimated["gain"]
+    return {"cold_impressions": float(impressions), "cold_matches": float(estimated["matches"]),
+            "cold_gain_value": gain.value, "cold_gain_low": gain.low,
+            "cold_gain_high": gain.high}  # fmt: skip

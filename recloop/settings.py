@@ -163,6 +163,15 @@ class PromotionSettings(_Section):
         description="The challenger's NDCG@10 gain over the champion (on promotion.protocol) "
         "must have its paired-bootstrap 95% lower bound above this.",
     )
+    off_policy_cold_start: Literal["logged", "offline"] = Field(
+        "logged",
+        description="With promotion.criterion off_policy (and for promotions on online "
+        "evidence): how cold start is judged. logged: the challenger's gain on the logged "
+        "impressions to new users (served from fresh clicks, a profile or popularity) must "
+        "not lie wholly below zero, and P2/P3 NDCG@10 are reported only (their held-out "
+        "logged clicks favour the logging policy's exposure, as P1's do). offline: P2/P3 "
+        "bind with promotion.cold_start_tolerance, as with the offline criterion.",
+    )
     off_policy_margin: float = Field(
         0.0,
         ge=0,

@@ -13,7 +13,11 @@ The challenger is promoted only if, on the same evaluation data:
    the estimate is reported and not used.
 With ``promotion.criterion`` "off_policy", the doubly robust CTR on the logged impressions picks
 the challenger instead, and its paired gain over the champion's recipe replaces 2 (the NDCG@10
-gain is still reported, and 3 still holds).
+gain is still reported). With ``promotion.off_policy_cold_start`` "logged" (the default), 3 is
+judged on the logged impressions too: the same gain on the new users' impressions (served from
+fresh clicks, a profile or popularity) must not lie wholly below zero, and P2/P3 are reported,
+since their held-out logged clicks favour the logging policy's exposure as P1's do; "offline"
+keeps 3 as it is.
 With no champion yet, a challenger that passes 1 (and beats popularity, when it was trained)
 becomes the first champion; the same holds for the champion's own recipe retrained on newer
 data (a refresh), which would otherwise never replace the older weights. When a run's best
@@ -152,6 +156,7 @@ def decide(
         promote = False
         reasons.append(f"{said} does not clear the margin {settings.margin}")
 
+    logged_cold_start = criterion == "off_policy" and settings.off_policy_cold_start == "logged"
     for protocol in COLD_START:
         if protocol not in challenger or protocol not in champion:
             continue
@@ -160,12 +165,27 @@ def decide(
             champion[protocol].metrics[GATE_METRIC],
         )
         numbers[f"challenger.{protocol}.ndcg"], numbers[f"champion.{protocol}.ndcg"] = new, old
-        if new < old - settings.cold_start_tolerance:
+        if new < old - settings.cold_start_tolerance and not logged_cold_start:
             promote = False
             reasons.append(
                 f"{protocol} NDCG@10 drops from {old:.4f} to {new:.4f}, beyond the "
                 f"tolerance {settings.cold_start_tolerance}"
             )
+    if logged_cold_start:
+        offline = ", ".join(
+            f"{p} {numbers[f'champion.{p}.ndcg']:.4f} -> {numbers[f'challenger.{p}.ndcg']:.4f}"
+            for p in COLD_START
+            if f"challenger.{p}.ndcg" in numbers
+        )
+        reasons.append(
+            f"cold-start protocols reported, not binding ({offline or 'none evaluated'}): "
+            "held-out logged clicks favour the logging policy's exposure, as P1's do, so under "
+            "the off-policy criterion cold start is judged on the new users' logged impressions"
+        )
+        if off_policy is not None:
+            verdict, reason = _cold_start_verdict(off_policy, settings)
+            reasons.append(reason)
+            promote = promote and verdict
 
     if off_policy is not None:
         numbers.update({f"off_policy.{k}": v for k, v in off_policy.items()})
@@ -177,6 +197,29 @@ def decide(
         reasons.append(reason)
         promote = promote and verdict
     return Decision(promote, reasons, numbers)
+
+
+def _cold_start_verdict(
+    estimate: dict[str, float], settings: PromotionSettings
+) -> tuple[bool, str]:
+    """(may promote, why) from the gain on the new users' logged impressions (``cold_*``):
+    refused only when its interval lies wholly below zero, with enough of them matched."""
+    matches = int(estimate.get("cold_matches", 0))
+    if "cold_gain_value" not in estimate or matches < settings.off_policy_min_matches:
+        shown = int(estimate.get("cold_impressions", 0))
+        return True, (
+            f"cold start: {matches} of {shown} logged impressions to new users match the "
+            f"challenger's slates (fewer than {settings.off_policy_min_matches}): not judged"
+        )
+    value, low, high = (estimate["cold_gain_value"], estimate["cold_gain_low"],
+                        estimate["cold_gain_high"])  # fmt: skip
+    said = (
+        f"cold start: gain {value:+.4f} [{low:+.4f}, {high:+.4f}] on the "
+        f"{int(estimate['cold_impressions'])} logged impressions to new users"
+    )
+    if high < 0:
+        return False, f"{said}, wholly below zero"
+    return True, said
 
 
 def _off_policy_gain_verdict(

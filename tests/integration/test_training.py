@@ -97,8 +97,8 @@ def test_a_losing_challenger_still_lets_the_champions_recipe_refresh(settings: S
 def test_the_off_policy_criterion_promotes_what_the_log_favours(settings: Settings) -> None:
     """With promotion.criterion off_policy, the logged impressions pick and judge: users in
     the logged window click only popularity's slate, so popularity replaces an EASE champion
-    through the registry, although EASE was trained in the same run, once the cold-start
-    protocols allow it."""
+    through the registry, although EASE was trained in the same run, unless the offline
+    cold-start protocols bind."""
     settings = settings.model_copy(update={"promotion": settings.promotion.model_copy(
         update={"criterion": "off_policy"})})  # fmt: skip
     settings, data, *_, end = logged_window(settings)
@@ -108,20 +108,24 @@ def test_the_off_policy_criterion_promotes_what_the_log_favours(settings: Settin
     first = run_training(settings, kinds=["ease"], data=data, show_progress=False)
     assert first.decision["promote"] and first.challenger["kind"] == "ease"
     assert first.decision["reasons"][0].startswith("off-policy selection: doubly robust CTR")
-    # The log favours popularity, but the cold-start protocols still hold: it would cost
-    # EASE's P3b NDCG, so it is refused, and EASE's recipe refreshes the champion instead.
-    kept = run_training(settings, kinds=["ease", "popularity"], data=data, show_progress=False)
+    # The log favours popularity. Where the offline cold-start protocols bind
+    # (off_policy_cold_start "offline"), it would cost EASE's P3b NDCG, so it is refused, and
+    # EASE's recipe refreshes the champion instead.
+    offline = settings.model_copy(update={"promotion": settings.promotion.model_copy(
+        update={"off_policy_cold_start": "offline"})})  # fmt: skip
+    kept = run_training(offline, kinds=["ease", "popularity"], data=data, show_progress=False)
     assert kept.challenger["kind"] == "popularity"
     assert any("P3b NDCG@10 drops" in reason for reason in kept.decision["reasons"])
     assert "refreshes the champion" in kept.decision["reasons"][-1]
-    # With the cold-start tolerance relaxed, the off-policy gain decides alone.
-    relaxed = settings.model_copy(update={"promotion": settings.promotion.model_copy(
-        update={"cold_start_tolerance": 1.0})})  # fmt: skip
-    again = run_training(relaxed, kinds=["ease", "popularity"], data=data, show_progress=False)
+    # By default cold start is judged on the logged impressions to new users (none here),
+    # and the off-policy gain decides.
+    again = run_training(settings, kinds=["ease", "popularity"], data=data, show_progress=False)
     assert again.challenger["kind"] == "popularity", again.decision["reasons"]
     assert again.decision["promote"] and again.champion_version == again.challenger["version"]
     reasons = again.decision["reasons"]
     assert "(reported; the off-policy gain decides)" in reasons[1]
+    assert any("cold-start protocols reported, not binding" in r for r in reasons)
+    assert "cold start: 0 of 0 logged impressions to new users" in reasons[-2]
     assert "against the champion's recipe's" in reasons[-1] and "lies above" in reasons[-1]
     numbers = again.decision["numbers"]
     assert numbers["off_policy.gain_low"] > 0
@@ -139,9 +143,9 @@ def test_the_hourly_metrics_promote_a_candidate_the_champions_log_favours(
     the offline gate); then users, shown uniformly random slates under the champion's arm,
     click only popularity's slate. The hourly metrics find popularity's doubly robust gain
     over EASE's greedy slates above zero (challenger_wins) and feed it to the promotion gate:
-    refused while it would cost cold-start quality (a retraining is requested instead), and,
-    once the tolerance allows it, promoted by moving the champion alias, with no retraining
-    requested for it."""
+    refused where the offline cold-start protocols bind (a retraining is requested instead),
+    and by default, cold start judged on the log, promoted by moving the champion alias, with
+    no retraining requested for it."""
     from datetime import UTC, datetime, timedelta
 
     from monitoring import hourly, store
@@ -170,15 +174,15 @@ def test_the_hourly_metrics_promote_a_candidate_the_champions_log_favours(
     assert dr_gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2])
     hourly.estimate(settings, end, end + timedelta(hours=1))
     assert dr_gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2, 1 - 0.05 / 6])
-    # Popularity would cost EASE's cold-start NDCG (P3b): the gate refuses, and the win
-    # requests a retraining instead, as any alarm.
-    refused = hourly.decide(settings, end - timedelta(hours=1), end)
+    # Where the offline cold-start protocols bind, popularity would cost EASE's P3b NDCG: the
+    # gate refuses, and the win requests a retraining instead, as any alarm.
+    offline = settings.model_copy(update={"promotion": settings.promotion.model_copy(
+        update={"off_policy_cold_start": "offline"})})  # fmt: skip
+    refused = hourly.decide(offline, end - timedelta(hours=1), end)
     assert refused["promoted"] is None and refused["requested"], refused
     assert "version 2 not promoted on online evidence" in refused["reason"]
     assert "P3b NDCG@10 drops" in refused["reason"]
-    relaxed = settings.model_copy(update={"promotion": settings.promotion.model_copy(
-        update={"cold_start_tolerance": 1.0})})  # fmt: skip
-    decision = hourly.decide(relaxed, end - timedelta(hours=1), end)
+    decision = hourly.decide(settings, end - timedelta(hours=1), end)
     assert decision["promoted"] == "2", decision
     assert "promoted version 2 on online evidence" in decision["reason"]
     assert not decision["requested"]  # the only alarm was the win, and it was acted on

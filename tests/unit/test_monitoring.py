@@ -159,6 +159,47 @@ def test_off_policy_recovers_a_known_target_value() -> None:
     assert low <= truth <= high
 
 
+def test_two_targets_compared_on_the_same_log_and_on_its_new_users() -> None:
+    """The same world: the paired DR gain of a good target over a poor one lies near the true
+    difference, equals the difference of their DR values, and is narrower than their two
+    intervals side by side; the cold-start impressions (served_by a fallback path) are
+    picked out by ``is_cold_start``, and the gain on them alone lies near the same truth."""
+    rng = np.random.default_rng(7)
+    items = np.array([f"i{n}" for n in range(8)])
+    attract = np.linspace(0.9, 0.1, 8)
+    exam = np.array([1.0, 0.6, 0.4])
+    good, poor = list(items[[0, 1, 2]]), list(items[[7, 6, 5]])
+    truth = float(np.mean(exam * (attract[[0, 1, 2]] - attract[[7, 6, 5]])))
+    rows = []
+    for request in range(8000):
+        path = "popularity" if request % 4 == 0 else "history"
+        for slot, item in enumerate(rng.choice(8, size=3, replace=False)):
+            rows.append({"request_id": f"r{request}", "position": slot, "item_id": items[item],
+                         "propensity": 1 / 8, "served_by": path,
+                         "clicked": int(rng.random() < exam[slot] * attract[item])})  # fmt: skip
+    frame = pd.DataFrame(rows)
+    targets = {name: {f"r{n}": slate for n in range(8000)}
+               for name, slate in (("good", good), ("poor", poor))}  # fmt: skip
+    result = ope.compare(frame, targets, baseline="poor")
+    gain = result["targets"]["good"]["gain"]
+    dr = {name: t["estimates"]["dr"] for name, t in result["targets"].items()}
+    # Within three of its standard errors (the 95% intervals' coverage is benchmarks/ope.py's).
+    assert abs(gain.value - truth) < 1.5 * (gain.high - gain.low), (gain, truth)
+    assert gain.value == pytest.approx(dr["good"].value - dr["poor"].value)
+    assert gain.high - gain.low < (dr["good"].high - dr["good"].low) + (
+        dr["poor"].high - dr["poor"].low)  # fmt: skip
+    assert result["targets"]["poor"]["gain"].value == pytest.approx(0.0, abs=1e-12)
+    cold = ope.is_cold_start(frame)
+    assert cold.sum() == 2000 * 3 and not ope.is_cold_start(frame.drop(columns="served_by")).any()
+    on_cold = ope.compare(frame[cold], targets, baseline="poor")["targets"]["good"]
+    numbers = ope.cold_gains(on_cold, int(cold.sum()))
+    assert numbers["cold_impressions"] == 6000 and numbers["cold_matches"] > 0
+    cold_width = numbers["cold_gain_high"] - numbers["cold_gain_low"]
+    assert abs(numbers["cold_gain_value"] - truth) < 1.5 * cold_width, (numbers, truth)
+    with pytest.raises(ValueError, match="baseline: 'best' is not one of the targets"):
+        ope.compare(frame, targets, baseline="best")
+
+
 def test_position_based_model_orders_slots_and_items() -> None:
     rows = []
     rng = np.random.default_rng(2)

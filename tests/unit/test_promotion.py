@@ -195,10 +195,31 @@ def test_the_off_policy_criterion_decides_on_the_gain_over_the_champions_recipe(
                       data_gate_passed=True, off_policy=gain(-0.01, 0.05),
                       criterion="off_policy")  # fmt: skip
     assert not decision.promote and "does not clear the margin" in decision.reasons[-1]
-    # The cold-start protocols still hold.
-    decision = decide(evaluations(BASE, p2=0.1), evaluations(BASE, p2=0.3), SETTINGS,
-                      data_gate_passed=True, off_policy=gain(0.01, 0.03),
-                      criterion="off_policy")  # fmt: skip
+
+    # Cold start is judged on the new users' logged impressions: P2 is reported, not binding;
+    # a cold-start gain wholly below zero refuses, and too few matched is not judged.
+    def cold(low: float, high: float, matches: int = 400) -> dict[str, float]:
+        return {**gain(0.01, 0.03), "cold_impressions": 2000.0, "cold_matches": float(matches),
+                "cold_gain_value": (low + high) / 2, "cold_gain_low": low,
+                "cold_gain_high": high}  # fmt: skip
+
+    worse_p2 = {"challenger": evaluations(BASE, p2=0.1), "champion": evaluations(BASE, p2=0.3)}
+    decision = decide(*worse_p2.values(), SETTINGS, data_gate_passed=True,
+                      off_policy=cold(-0.01, 0.02), criterion="off_policy")  # fmt: skip
+    assert decision.promote, decision.reasons
+    assert any("cold-start protocols reported, not binding (P2 0.3000 -> 0.1000)" in r
+               for r in decision.reasons)  # fmt: skip
+    assert "cold start: gain +0.0050 [-0.0100, +0.0200] on the 2000" in decision.reasons[-2]
+    decision = decide(*worse_p2.values(), SETTINGS, data_gate_passed=True,
+                      off_policy=cold(-0.03, -0.01), criterion="off_policy")  # fmt: skip
+    assert not decision.promote and "wholly below zero" in decision.reasons[-2]
+    decision = decide(*worse_p2.values(), SETTINGS, data_gate_passed=True,
+                      off_policy=cold(-0.03, -0.01, matches=3), criterion="off_policy")  # fmt: skip
+    assert decision.promote and "3 of 2000 logged impressions" in decision.reasons[-2]
+    # With off_policy_cold_start "offline", the cold-start protocols bind as they do offline.
+    offline = PromotionSettings(bootstrap_samples=500, off_policy_cold_start="offline")
+    decision = decide(*worse_p2.values(), offline, data_gate_passed=True,
+                      off_policy=cold(0.01, 0.02), criterion="off_policy")  # fmt: skip
     assert not decision.promote and any("P2 NDCG@10 drops" in r for r in decision.reasons)
     with pytest.raises(ValueError, match="needs the challenger's estimate"):
         decide(evaluations(BASE), evaluations(BASE), SETTINGS, data_gate_passed=True,
