@@ -26,7 +26,7 @@ from recloop.settings import Settings
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hours", type=int, default=8)
+    parser.add_argument("--hours", type=int, default=DemoConfig.hours)
     parser.add_argument("--shift-hour", type=int, default=4)
     parser.add_argument("--movielens", type=Path, help="a MovieLens folder to build the world")
     parser.add_argument("--home", type=Path, help="a fresh folder to run in and keep (default: "

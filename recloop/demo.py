@@ -54,7 +54,9 @@ SLATE = 10  # items the simulated users ask for, and each version's replayed sla
 
 @dataclass(frozen=True)
 class DemoConfig:
-    hours: int = 8  # simulated hours of live traffic
+    # Simulated hours of live traffic: after the shift at hour 4 and the retraining it
+    # triggers, the hourly off-policy evidence needs a few hours to promote a candidate.
+    hours: int = 12
     shift_hour: int = 4  # the taste shift happens at the start of this hour
     requests_per_hour: int = 1500
     users: int = 500
@@ -100,6 +102,7 @@ class HourRecord:
     ctr_high: float | None = None
     alarms: list[str] | None = None
     retrain_requested: bool = False
+    promoted: str | None = None  # a version recloop_metrics promoted on online evidence
     served_versions: dict[str, int] | None = None
     champion_version: str | None = None
     seconds: dict[str, float] | None = None
@@ -285,6 +288,8 @@ class Demo:
 
     def collect_hour(self, record: HourRecord, runs: tuple[str, str]) -> None:
         """Wait for the hour's runs and read back what recloop_metrics concluded."""
+        import pandas as pd
+
         from monitoring import store
 
         features, metrics = runs
@@ -306,6 +311,8 @@ class Demo:
         decisions = store.read(self.settings, "decisions")
         mine = decisions[decisions["hour_end"] == end]
         record.retrain_requested = bool(len(mine) and mine["requested"].iloc[-1])
+        if len(mine) and "promoted" in mine and pd.notna(mine["promoted"].iloc[-1]):
+            record.promoted = str(mine["promoted"].iloc[-1])
         record.champion_version = self._champion()
 
     def _champion(self) -> str | None:
@@ -450,7 +457,8 @@ class Demo:
         self.echo(
             f"hour {r.hour:2d}: CTR {estimate} {interval} true {r.true_ctr:.3f} served {served}"
             f"{' ALARM ' + '; '.join(a.split(':')[0] for a in r.alarms) if r.alarms else ''}"
-            f"{' -> retrain requested' if r.retrain_requested else ''} "
+            f"{' -> retrain requested' if r.retrain_requested else ''}"
+            f"{f' -> v{r.promoted} promoted' if r.promoted else ''} "
             f"({r.seconds['traffic']:.0f} s of traffic)"
         )
 
@@ -474,6 +482,8 @@ class Demo:
             "drift_detected_hours": [r.hour for r in self.records if r.alarms and
                                      any(a.startswith("degradation") for a in r.alarms)],
             "retrain_requested_hours": [r.hour for r in self.records if r.retrain_requested],
+            # hour -> version recloop_metrics promoted on online evidence (challenger_wins)
+            "online_promotions": {r.hour: r.promoted for r in self.records if r.promoted},
             "asset_triggered_training_runs": [
                 {"run_id": r["dag_run_id"], "state": r["state"]} for r in asset_runs
             ],

@@ -723,12 +723,13 @@ def promote_on_evidence(settings: Settings, version: str, evidence: dict[str, fl
     robust CTR less the champion's greedy slates', paired, with alpha spent over candidates
     and hourly looks). ``evidence`` holds that gain (``gain_value``, ``gain_low``,
     ``gain_high``), both CTRs (``challenger_value``, ``baseline_value``), ``impressions`` and
-    ``alpha``. The version is judged with the off-policy criterion: the latest data gate, if
-    any ran, must have passed, the gain's lower bound must clear
-    ``promotion.off_policy_margin``, and P2/P3 NDCG@10 (from each version's own training run)
-    may drop by no more than
-    ``promotion.cold_start_tolerance``. A pass moves the ``champion`` alias, which the service
-    watches; the decision is a ``promotion`` run in MLflow either way."""
+    ``alpha``, and the same gain on the new users' impressions (``cold_*``) where there were
+    any. The version is judged with the off-policy criterion (``training.promotion.decide``):
+    the latest data gate, if any ran, must have passed, the gain's lower bound must clear
+    ``promotion.off_policy_margin``, and cold start must hold as
+    ``promotion.off_policy_cold_start`` says (P2/P3 from each version's own training run).
+    A pass moves the ``champion`` alias, which the service watches; the decision is a
+    ``promotion`` run in MLflow either way."""
     from recloop.features.gate import last_outcome
     from training import registry
 
