@@ -27,7 +27,13 @@ TABLES = ("online_metrics", "off_policy", "alarms", "decisions")
 
 
 def hour_key(end: datetime) -> str:
-    return end.strftime("%Y%m%dT%H%M")
+    """What names an hour's rows (its end): to the minute for an hour that ends on the minute,
+    as scheduled hours do; to the microsecond otherwise, so a demo's simulated hours, which
+    end seconds apart, never share a key (the later would replace the earlier). Keys sort in
+    time order either way."""
+    if end.second == 0 and end.microsecond == 0:
+        return end.strftime("%Y%m%dT%H%M")
+    return end.strftime("%Y%m%dT%H%M%S%f")
 
 
 def table_dir(settings: Settings, table: str) -> Path:

@@ -238,6 +238,21 @@ def test_store_rewrites_an_hour_and_the_warehouse_views_read_every_hour(tmp_path
         store.write(settings, "nope", first, pd.DataFrame([{"a": 1}]))
 
 
+def test_hours_ending_within_a_minute_keep_their_own_rows(tmp_path) -> None:
+    """A demo's simulated hours end seconds apart: each keeps its rows, and they read back
+    in time order around a scheduled hour's (keyed to the minute, as before)."""
+    from monitoring import store
+    from recloop.settings import Settings
+
+    settings = Settings(home=tmp_path)
+    ends = [datetime(2026, 1, 1, 10, 0, 30, 5, tzinfo=UTC), datetime(2026, 1, 1, 10, 0, 50,
+            tzinfo=UTC), datetime(2026, 1, 1, 10, 0, tzinfo=UTC)]  # fmt: skip
+    assert store.hour_key(ends[2]) == "20260101T1000"
+    for n, end in enumerate(ends):
+        store.write(settings, "decisions", end, pd.DataFrame([{"n": n}]))
+    assert list(store.read(settings, "decisions")["n"]) == [2, 0, 1]
+
+
 def test_the_metrics_hour_needs_zoned_times_and_names_the_fields() -> None:
     from monitoring.tasks import hour
 
