@@ -100,6 +100,11 @@ def test_the_loop_closes(demo: dict[str, Any]) -> None:
         assert hour["replayed_true_ctr"][first] < hour["best_true_ctr"], hour
     assert recovery["random_true_ctr"] < recovery["best_true_ctr"], recovery
     assert recovery["new_true_ctr"] < recovery["best_true_ctr"], recovery
+    # A version recloop_metrics promoted on online evidence (challenger_wins), if any, is
+    # what the service served in the hours after (unless it was the last hour).
+    for hour, version in summary["online_promotions"].items():
+        later = [h for h in hours if h["hour"] > int(hour)]
+        assert not later or any(version in (h["served_versions"] or {}) for h in later), hours
     # Estimated CTR against the truth: every hour within a point, and the 95% intervals hold
     # the true CTR in most hours (a 95% interval misses one hour in twenty; three misses or
     # more in nine hours happen in under 1% of runs).
