@@ -3,7 +3,11 @@
 Every metric is ``metric(scores, relevant, k) -> float``:
 
 - ``scores``: float array ``(users, candidates)``; higher ranks first; ``-inf`` marks an item
-  the user may not be shown (already seen, not a candidate). Ties rank the lower column first.
+  the user may not be shown (already seen, not a candidate). Ties are broken in a fixed
+  pseudo-random order per user (``TIE_SEED``: the same every run, so two models' per-user
+  values stay paired): a model that cannot tell candidates apart, popularity on new items,
+  then scores as a random ranking does, not as well or as badly as the catalogue's order of
+  item ids happens to place the relevant ones.
 - ``relevant``: bool array of the same shape, True where the user interacted in the held-out
   part. Every user needs at least one relevant item (a metric of nobody is undefined).
 - ``k``: the cut-off (ignored by ``auc``).
@@ -61,9 +65,21 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
+TIE_SEED = 0
+
+
+def ranked_top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """``top_k`` with ties broken in a fixed pseudo-random order per row instead of by column
+    (the evaluation's ranking; serving keeps ``top_k``'s, which needs no randomness)."""
+    order = np.random.default_rng(TIE_SEED).permuted(
+        np.broadcast_to(np.arange(scores.shape[1]), scores.shape), axis=1
+    )
+    return np.take_along_axis(order, top_k(np.take_along_axis(scores, order, axis=1), k), axis=1)
+
+
 def _hits(scores: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
     """(users, k) bool: whether the item at each rank is relevant (and rankable at all)."""
-    top = top_k(scores, k)
+    top = ranked_top_k(scores, k)
     rankable = np.isfinite(np.take_along_axis(scores, top, axis=1))
     return np.take_along_axis(relevant, top, axis=1) & rankable
 
@@ -119,7 +135,7 @@ def _auc(scores, relevant, k):
 
 
 def _coverage(scores, relevant, k):
-    top = top_k(scores, k)
+    top = ranked_top_k(scores, k)
     shown = np.zeros(scores.shape[1], dtype=bool)
     shown[top[np.isfinite(np.take_along_axis(scores, top, axis=1))]] = True
     # One value for the whole population, repeated so that every metric returns per-user rows.

@@ -50,11 +50,31 @@ def test_worked_example() -> None:
     assert metrics.coverage_at_k(scores, relevant, 2) == pytest.approx(2 / 6)
 
 
-def test_mean_over_users_and_ties_break_by_column() -> None:
-    scores = np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
-    relevant = np.array([[True, False, False], [False, False, True]])
-    assert metrics.per_user("hit_rate", scores, relevant, 1).tolist() == [1.0, 1.0]
-    assert metrics.precision_at_k(scores, relevant, 1) == 1.0
+def test_mean_over_users() -> None:
+    scores = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 2.0]])
+    relevant = np.array([[True, False, False], [False, True, False]])
+    assert metrics.per_user("hit_rate", scores, relevant, 1).tolist() == [1.0, 0.0]
+    assert metrics.precision_at_k(scores, relevant, 1) == 0.5
+
+
+def test_ties_break_in_a_fixed_random_order_not_by_column() -> None:
+    """A model that scores every candidate the same ranks like a random ranking: over many
+    users its NDCG is a random ranking's, whether the relevant item is listed first or last,
+    and the same scores give the same values every time (paired comparisons stay paired)."""
+    users, items = 4000, 20
+    tied = np.zeros((users, items))
+    first, last = np.zeros((users, items), dtype=bool), np.zeros((users, items), dtype=bool)
+    first[:, 0], last[:, -1] = True, True
+    # One relevant item among 20 in a random order: E[1 / log2(rank + 1)] over the top 10.
+    expected = np.mean([1 / np.log2(r + 2) for r in range(10)]) * 10 / items
+    for relevant in (first, last):
+        assert metrics.ndcg_at_k(tied, relevant, 10) == pytest.approx(expected, rel=0.05)
+    np.testing.assert_array_equal(metrics.per_user("ndcg", tied, first, 10),
+                                  metrics.per_user("ndcg", tied, first, 10))  # fmt: skip
+    # Strict order still decides, and -inf stays out.
+    ordered = np.tile(np.arange(items, dtype=float), (users, 1))
+    ordered[:, -2] = -np.inf
+    assert metrics.hit_rate_at_k(ordered, last, 1) == 1.0
 
 
 def test_auc_counts_ties_half() -> None:
