@@ -57,7 +57,6 @@ def _off_policy(
     settings: Settings,
     champion_rows: pd.DataFrame,
     start: datetime,
-    end: datetime,
     candidates: list[Any],
     champion: Any,
     earlier_looks: dict[str, int],
@@ -187,7 +186,7 @@ def estimate(settings: Settings, start: datetime, end: datetime) -> dict[str, An
         candidates = [v for v in [versions["challenger"], *versions["extra"]]
                       if v is not None and str(v.version) != champion_version]  # fmt: skip
         unique = {str(v.version): v for v in candidates}
-        off_policy, wins = _off_policy(settings, served, start, end, list(unique.values()),
+        off_policy, wins = _off_policy(settings, served, start, list(unique.values()),
                                        champion, _earlier_looks(settings, end))  # fmt: skip
         alarms += wins
     stamp = {"hour_start": pd.Timestamp(start), "hour_end": pd.Timestamp(end),
