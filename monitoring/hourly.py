@@ -69,9 +69,11 @@ def _off_policy(
     alpha spent over the candidates and the hourly looks (Bonferroni; the sum over looks is
     alpha), so a candidate checked every hour keeps the error rate. Looks are counted, not
     derived from the clock, so a demo's compressed hours count right. ``challenger_wins`` is
-    raised when that gain's lower bound is above zero. (The IPS sequence is reported, not
-    used: where the logging policy explores uniformly over hundreds of items it stays near
-    [0, 1] for anything the champion would not show.)"""
+    raised when that gain's lower bound is above zero and at most
+    ``promotion.off_policy_max_unlogged`` of the candidate's slots show items the window never
+    logged (``unlogged_share``: there the reward model alone speaks). (The IPS sequence is
+    reported, not used: where the logging policy explores uniformly over a hundred items it
+    stays near [0, 1] for anything the champion would not show.)"""
     from training import registry
 
     alpha = settings.monitoring.alpha
@@ -124,12 +126,15 @@ def _off_policy(
             on_cold = (ope.compare(cold, {"candidate": slates, "champion": champion_slates},
                                    baseline="champion", alpha=level)["targets"]
                        if len(cold) else {})  # fmt: skip
+            unlogged = compared["targets"]["candidate"]["unlogged_share"]
             rows.append({**common, "estimator": "dr_gain", "value": gain.value,
                          "low": gain.low, "high": gain.high, "level": 1 - level,
-                         "baseline": base.value,
+                         "baseline": base.value, "unlogged_share": unlogged,
                          **(ope.cold_gains(on_cold["candidate"], len(cold)) if on_cold
                             else {})})  # fmt: skip
-            if gain.low > 0:
+            # Only where the log can judge the candidate: too many of its slots show items
+            # the champion's exploration never showed, and the reward model alone speaks.
+            if gain.low > 0 and unlogged <= settings.promotion.off_policy_max_unlogged:
                 alarms.append(drift.Alarm(
                     "challenger_wins", str(version.version),
                     f"version {version.version}'s doubly robust CTR beats the champion's "
@@ -268,6 +273,7 @@ def _promote_winner(
         "baseline_value": float(best["baseline"]), "gain_value": float(best["value"]),
         "gain_low": float(best["low"]), "gain_high": float(best["high"]),
         "alpha": float(1 - best["level"]),
+        "unlogged_share": float(best.get("unlogged_share", 0.0)),
     }  # fmt: skip
     for key in ("cold_impressions", "cold_matches", "cold_gain_value", "cold_gain_low",
                 "cold_gain_high"):  # fmt: skip

@@ -143,10 +143,13 @@ def compare(
     slate_ids = rows["request_id"].to_numpy()
     positions = rows["position"].to_numpy()
     predicted, fitted = cross_fit(rows, np.array([_fold(r) for r in slate_ids]))
-    arrays = {}
+    arrays, unlogged = {}, {}
+    shown = set(rows["item_id"])
     for name, slates in targets.items():
         target, items = _target(rows, slates)
         arrays[name] = (target, _direct(fitted, items, positions))
+        has = items != ""
+        unlogged[name] = float(np.mean([i not in shown for i in items[has]])) if has.any() else 0.0
     per_target = {}
     for name, (target, direct) in arrays.items():
         model = {"predicted": predicted, "direct": direct, "alpha": alpha}
@@ -158,6 +161,11 @@ def compare(
                                             baseline_direct=other_direct, **model)  # fmt: skip
         per_target[name] = {
             "matches": int(target.sum()),
+            # The share of the target's slots whose item the log never showed: the logging
+            # policy's support likely misses it (its exploring pool is the champion's top
+            # serving.candidates), so only the reward model speaks for those slots, and the
+            # estimate's interval does not cover that model's error.
+            "unlogged_share": unlogged[name],
             "estimates": {
                 "ips": ips(clicks, logged, target, slate_ids, alpha),
                 "snips": snips(clicks, logged, target, slate_ids, alpha),
@@ -259,6 +267,7 @@ def gate_estimates(
         numbers[name] = {
             "impressions": float(result["impressions"]),
             "matches": float(estimated["matches"]),
+            "unlogged_share": estimated["unlogged_share"],
             "challenger_value": dr.value,
             "challenger_low": dr.low,
             "challenger_high": dr.high,

@@ -193,6 +193,16 @@ class PromotionSettings(_Section):
         "newest interaction, and refuses a challenger whose paired gain over the served "
         "policy's CTR has its upper bound below zero. 0 turns it off.",
     )
+    off_policy_max_unlogged: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="The largest share of a challenger's slots whose item the logged window "
+        "never showed, for an off-policy estimate to decide anything (veto, selection, "
+        "promotion, the hourly challenger_wins): the logging policy explores only the "
+        "champion's top serving.candidates, so for other items only the reward model speaks, "
+        "and the interval does not hold its error.",
+    )
     off_policy_min_matches: int = Field(
         50,
         ge=1,

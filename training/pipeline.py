@@ -391,7 +391,8 @@ def _selection_numbers(
     for version, values in selection.estimates.items():
         name = (f"selection.{kinds[version]}.v{version}" if version in kinds
                 else "selection.champion_recipe")  # fmt: skip
-        for key in ("challenger_value", "challenger_low", "challenger_high", "matches"):
+        for key in ("challenger_value", "challenger_low", "challenger_high", "matches",
+                    "unlogged_share"):  # fmt: skip
             if key in values:
                 numbers[f"{name}.{key.removeprefix('challenger_')}"] = values[key]
     return numbers
@@ -539,10 +540,12 @@ def select_off_policy(
     champion's, when this run did not retrain it) refitted on the interactions before the
     window and estimated as the greedy target on the window's logged impressions, all with
     one reward model; the highest doubly robust CTR among those that match at least
-    ``promotion.off_policy_min_matches`` impressions is chosen. Each gain is paired against
-    the champion's recipe (against the logged clicks when there is no champion) at level
-    alpha / candidates (Bonferroni: the gate tests the best of several). With no window, no
-    impressions, too little overlap or a failure, nothing is chosen, and the reason says so."""
+    ``promotion.off_policy_min_matches`` impressions, with at most
+    ``promotion.off_policy_max_unlogged`` of their slots unlogged, is chosen. Each gain is
+    paired against the champion's recipe (against the logged clicks when there is no
+    champion) at level alpha / candidates (Bonferroni: the gate tests the best of several).
+    With no window, no impressions, too little overlap or a failure, nothing is chosen, and
+    the reason says so."""
     from monitoring.logs import impressions
     from monitoring.ope import gate_estimates
 
@@ -578,9 +581,12 @@ def select_off_policy(
     for values in estimates.values():
         values["alpha"] = alpha
     least = settings.promotion.off_policy_min_matches
-    eligible = [v for v in candidates if estimates[v].get("matches", 0) >= least]
+    most = settings.promotion.off_policy_max_unlogged
+    eligible = [v for v in candidates if estimates[v].get("matches", 0) >= least
+                and estimates[v].get("unlogged_share", 0.0) <= most]  # fmt: skip
     if not eligible:
-        return fallback(f"no candidate matches {least} logged impressions", estimates)
+        return fallback(f"no candidate matches {least} logged impressions with at most "
+                        f"{most:.0%} of its slots unlogged", estimates)  # fmt: skip
     best = max(eligible, key=lambda v: estimates[v]["challenger_value"])
     chosen = next(s for s in summaries if s["version"] == best)
     ranked = sorted(eligible, key=lambda v: -estimates[v]["challenger_value"])
@@ -592,7 +598,8 @@ def select_off_policy(
         f"logged impressions: {listed}"
     )
     if len(eligible) < len(candidates):
-        reason += f"; {len(candidates) - len(eligible)} matched under {least} and were left out"
+        reason += (f"; {len(candidates) - len(eligible)} left out (under {least} matches, or "
+                   f"over {most:.0%} of their slots unlogged)")  # fmt: skip
     return OffPolicySelection(chosen, estimates[best], estimates, reason)
 
 

@@ -199,6 +199,19 @@ def decide(
     return Decision(promote, reasons, numbers)
 
 
+def _unlogged(estimate: dict[str, float], settings: PromotionSettings) -> str | None:
+    """Why the estimate cannot decide, when too many of the challenger's slots show items the
+    logged window never showed (``unlogged_share`` over ``off_policy_max_unlogged``)."""
+    share = estimate.get("unlogged_share", 0.0)
+    if share <= settings.off_policy_max_unlogged:
+        return None
+    return (
+        f"{share:.1%} of the challenger's slots show items the logged window never showed "
+        f"(more than {settings.off_policy_max_unlogged:.0%}; only the reward model speaks for "
+        "them, and the interval does not hold its error)"
+    )
+
+
 def _cold_start_verdict(
     estimate: dict[str, float], settings: PromotionSettings
 ) -> tuple[bool, str]:
@@ -228,6 +241,8 @@ def _off_policy_gain_verdict(
     """(promote, why) with the off-policy criterion: the challenger's doubly robust CTR less
     the champion's recipe's, paired on the same impressions, must have its lower bound above
     ``off_policy_margin``."""
+    if (unlogged := _unlogged(estimate, settings)) is not None:
+        return False, f"off-policy: {unlogged}: the log cannot judge it"
     gain, low, high = estimate["gain_value"], estimate["gain_low"], estimate["gain_high"]
     level = f"{1 - estimate.get('alpha', 0.05):.1%}"
     said = (
@@ -261,6 +276,8 @@ def _off_policy_verdict(
             f"off-policy: only {matches} of {impressions} logged impressions match the "
             f"challenger's slates (fewer than {settings.off_policy_min_matches}); not used"
         )
+    if (unlogged := _unlogged(estimate, settings)) is not None:
+        return True, f"off-policy: {unlogged}; not used"
     value, low, upper = (estimate["challenger_value"], estimate["challenger_low"],
                          estimate["challenger_high"])  # fmt: skip
     gain, gain_low, gain_high = estimate["gain_value"], estimate["gain_low"], estimate["gain_high"]

@@ -198,6 +198,11 @@ def test_two_targets_compared_on_the_same_log_and_on_its_new_users() -> None:
     assert abs(numbers["cold_gain_value"] - truth) < 1.5 * cold_width, (numbers, truth)
     with pytest.raises(ValueError, match="baseline: 'best' is not one of the targets"):
         ope.compare(frame, targets, baseline="best")
+    # A target showing an item the log never showed: a third of its slots are unlogged.
+    unseen = {"odd": {f"r{n}": ["never", *good[1:]] for n in range(8000)}}
+    compared = ope.compare(frame, {**targets, **unseen})["targets"]
+    shares = {name: t["unlogged_share"] for name, t in compared.items()}
+    assert shares == pytest.approx({"good": 0.0, "poor": 0.0, "odd": 1 / 3})
 
 
 def test_position_based_model_orders_slots_and_items() -> None:

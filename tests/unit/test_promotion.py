@@ -221,6 +221,14 @@ def test_the_off_policy_criterion_decides_on_the_gain_over_the_champions_recipe(
     decision = decide(*worse_p2.values(), offline, data_gate_passed=True,
                       off_policy=cold(0.01, 0.02), criterion="off_policy")  # fmt: skip
     assert not decision.promote and any("P2 NDCG@10 drops" in r for r in decision.reasons)
+    # Too many of the challenger's slots unlogged: the log cannot judge it, either way.
+    unjudged = {**gain(0.01, 0.03), "unlogged_share": 0.1}
+    decision = decide(evaluations(BASE), evaluations(BASE), SETTINGS, data_gate_passed=True,
+                      off_policy=unjudged, criterion="off_policy")  # fmt: skip
+    assert not decision.promote and "10.0% of the challenger's slots" in decision.reasons[-1]
+    veto = decide(evaluations(BASE + 0.05), evaluations(BASE), SETTINGS, data_gate_passed=True,
+                  off_policy={**off_policy(0.02, 0.01, 0.03), "unlogged_share": 0.1})  # fmt: skip
+    assert veto.promote and veto.reasons[-1].endswith("; not used"), veto.reasons
     with pytest.raises(ValueError, match="needs the challenger's estimate"):
         decide(evaluations(BASE), evaluations(BASE), SETTINGS, data_gate_passed=True,
                criterion="off_policy")  # fmt: skip
