@@ -409,7 +409,8 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """The whole loop in a fresh home: Airflow DAGs, the BentoML service, simulated users, a
-    taste shift, its detection, retraining through the asset, and the new champion serving.
+    taste shift, its detection, retraining through the asset, the new champion serving, and a
+    candidate promoted on the hourly off-policy evidence.
     Options left out take recloop.demo.DemoConfig's defaults."""
     from recloop.demo import Demo, DemoConfig
 
@@ -432,7 +433,7 @@ def demo(
     if as_json:
         print(json.dumps(summary))
         return
-    table = Table("hour", "CTR (95% Wilson)", "true CTR", "alarms", "retrain", "served",
+    table = Table("hour", "CTR (95% Wilson)", "true CTR", "alarms", "decision", "served",
                   "replayed true CTR per version", "best / random slate",
                   title="recloop demo: one row per simulated hour")  # fmt: skip
     for row in summary["hours"]:
@@ -445,14 +446,19 @@ def demo(
         replayed = " ".join(f"v{v} {ctr:.3f}" for v, ctr in
                             sorted((row["replayed_true_ctr"] or {}).items(),
                                    key=lambda pair: int(pair[0])))  # fmt: skip
-        table.add_row(str(row["hour"]), estimate, f"{row['true_ctr']:.3f}", alarms,
-                      "requested" if row["retrain_requested"] else "", served,
-                      replayed, best)  # fmt: skip
+        decision = ", ".join(
+            [*(["retrain requested"] if row["retrain_requested"] else []),
+             *([f"v{row['promoted']} promoted"] if row.get("promoted") else [])]
+        )  # fmt: skip
+        table.add_row(str(row["hour"]), estimate, f"{row['true_ctr']:.3f}", alarms, decision,
+                      served, replayed, best)  # fmt: skip
     out.print(table)
+    promotions = ", ".join(f"v{v} in hour {h}" for h, v in summary["online_promotions"].items())
     out.print(
         f"champion v{summary['first_champion']} -> v{summary['final_champion']}; drift detected "
         f"in hours {summary['drift_detected_hours']}; asset-triggered training runs: "
-        f"{len(summary['asset_triggered_training_runs'])}; new champion served from hour "
+        f"{len(summary['asset_triggered_training_runs'])}; promoted on online evidence: "
+        f"{promotions or 'none'}; new champion served from hour "
         f"{summary['new_champion_served_from_hour']}; {summary['seconds']:.0f} s",
         soft_wrap=True,
     )
