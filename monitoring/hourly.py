@@ -60,8 +60,11 @@ def _off_policy(
     candidates: list[Any],
     champion: Any,
     earlier_looks: dict[str, int],
+    clicks: pd.DataFrame,
 ) -> tuple[pd.DataFrame, list[drift.Alarm]]:
-    """Estimates per candidate over the hour and since its registration. Since registration,
+    """Estimates per candidate over the hour and since its registration, each request's
+    slates answered with the user's clicks before it (``clicks``), as the service answered
+    them (``ope.greedy_slates``). Since registration,
     also the IPS confidence sequence (vw-estimators) and ``dr_gain``: the candidate's doubly
     robust CTR less the champion's own greedy slates', paired on the same impressions
     (``ope.compare``), at level alpha / (candidates x looks x (looks + 1)), where looks counts
@@ -77,6 +80,7 @@ def _off_policy(
     from training import registry
 
     alpha = settings.monitoring.alpha
+    fresh = settings.serving.fresh_clicks
     rows, alarms = [], []
     champion_slates: dict[str, list[str]] | None = None
     for version in candidates:
@@ -85,7 +89,7 @@ def _off_policy(
         if since.empty:
             continue
         model = registry.download_model(settings, str(version.version))
-        slates = ope.greedy_slates(model, since)
+        slates = ope.greedy_slates(model, since, clicks, fresh_clicks=fresh)
         for window, part in (("hour", since[since["ts"] >= pd.Timestamp(start)]),
                              ("since_registered", since)):  # fmt: skip
             if part.empty:
@@ -111,7 +115,8 @@ def _off_policy(
                          "low": cs_low, "high": cs_high})  # fmt: skip
             if champion_slates is None:
                 champion_model = registry.download_model(settings, str(champion.version))
-                champion_slates = ope.greedy_slates(champion_model, champion_rows)
+                champion_slates = ope.greedy_slates(champion_model, champion_rows, clicks,
+                                                    fresh_clicks=fresh)  # fmt: skip
             looks = 1 + earlier_looks.get(str(version.version), 0)
             level = alpha / (len(candidates) * looks * (looks + 1))
             compared = ope.compare(part, {"candidate": slates, "champion": champion_slates},
@@ -191,8 +196,10 @@ def estimate(settings: Settings, start: datetime, end: datetime) -> dict[str, An
         candidates = [v for v in [versions["challenger"], *versions["extra"]]
                       if v is not None and str(v.version) != champion_version]  # fmt: skip
         unique = {str(v.version): v for v in candidates}
+        # Each request's slates are answered with the clicks the service had folded in.
+        clicks = logs.clicks(settings, end - WEEK, end, events=events)
         off_policy, wins = _off_policy(settings, served, start, list(unique.values()),
-                                       champion, _earlier_looks(settings, end))  # fmt: skip
+                                       champion, _earlier_looks(settings, end), clicks)  # fmt: skip
         alarms += wins
     stamp = {"hour_start": pd.Timestamp(start), "hour_end": pd.Timestamp(end),
              "champion_version": champion_version}  # fmt: skip

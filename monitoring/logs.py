@@ -21,7 +21,7 @@ import pyarrow as pa
 from recloop.eventlog import read_events
 from recloop.settings import Settings
 
-__all__ = ["COLUMNS", "impressions", "read_events", "user_attributes"]
+__all__ = ["COLUMNS", "clicks", "impressions", "read_events", "user_attributes"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,27 @@ def impressions(
         frame = con.execute(JOIN, {"start": start, "end": end, "attribution": attribution}).df()
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
     return frame[list(COLUMNS)]
+
+
+def clicks(
+    settings: Settings, start: datetime, end: datetime, *, events: pa.Table | None = None
+) -> pd.DataFrame:
+    """The click events in [start, end) (``ts``, ``user_id``, ``item_id``, oldest first):
+    what the service pushed to Feast as each user's fresh clicks, so what it folded into
+    their next requests (``ope.greedy_slates`` does the same). ``events`` may be passed when
+    the caller already read a span that covers it."""
+    if events is None:
+        events = read_events(settings, start, end)
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("events", events)
+        frame = con.execute(
+            "SELECT ts, user_id, item_id FROM events WHERE event_type = 'click' "
+            "AND ts >= $start AND ts < $end ORDER BY ts",
+            {"start": start, "end": end},
+        ).df()
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame
 
 
 def user_attributes(settings: Settings) -> pd.DataFrame | None:

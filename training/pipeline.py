@@ -492,7 +492,7 @@ def gate_off_policy(
     (``described``: the data's ``describe()``). None when turned off, or when the data has
     no time. A failure here does not stop the gate: it is logged, and the decision says the
     estimate was not computed."""
-    from monitoring.logs import impressions
+    from monitoring.logs import clicks, impressions
     from monitoring.ope import gate_estimate
 
     window = _off_policy_window(settings, described)
@@ -506,7 +506,8 @@ def gate_off_policy(
                              window[0], show_progress)  # fmt: skip
         if models is None:  # nothing to fit on: no match, so the estimate is reported unused
             return {"impressions": float(len(frame)), "matches": 0.0}
-        return gate_estimate(frame, models["challenger"], settings.monitoring.alpha)
+        return gate_estimate(frame, models["challenger"], settings.monitoring.alpha,
+                             clicks=clicks(settings, *window))  # fmt: skip
     except Exception:
         log.exception("the gate's off-policy estimate failed; the gate decides without it")
         return {"failed": 1.0}
@@ -546,7 +547,7 @@ def select_off_policy(
     champion) at level alpha / candidates (Bonferroni: the gate tests the best of several).
     With no window, no impressions, too little overlap or a failure, nothing is chosen, and
     the reason says so."""
-    from monitoring.logs import impressions
+    from monitoring.logs import clicks, impressions
     from monitoring.ope import gate_estimates
 
     def fallback(why: str, estimates: dict | None = None) -> OffPolicySelection:
@@ -574,7 +575,8 @@ def select_off_policy(
                              show_progress)  # fmt: skip
         if models is None:
             return fallback("no interactions before the logged window to fit the candidates on")
-        estimates = gate_estimates(frame, models, baseline=baseline, alpha=alpha)
+        estimates = gate_estimates(frame, models, baseline=baseline, alpha=alpha,
+                                   clicks=clicks(settings, *window))  # fmt: skip
     except Exception:
         log.exception("the off-policy selection failed; the offline criterion decides")
         return fallback("the estimate failed (see the training log)")

@@ -205,6 +205,33 @@ def test_two_targets_compared_on_the_same_log_and_on_its_new_users() -> None:
     assert shares == pytest.approx({"good": 0.0, "poor": 0.0, "odd": 1 / 3})
 
 
+def test_greedy_slates_fold_in_the_clicks_before_each_request() -> None:
+    """As the service does: a user's clicks before the request, within the fresh-click TTL,
+    are left out of their slate as seen; a click after the request, or a day old, is not."""
+    from tests.unit.training_data import synthetic
+    from training.models import create
+
+    model = create("popularity").fit(synthetic())
+    t0 = pd.Timestamp("2026-03-01 10:00", tz="UTC")
+    requests = pd.DataFrame({
+        "request_id": ["a", "a", "b", "b"], "user_id": "u0", "position": [0, 1, 0, 1],
+        "ts": [t0, t0, t0 + pd.Timedelta(hours=1), t0 + pd.Timedelta(hours=1)],
+        "device": "web", "hour": 10,
+    })  # fmt: skip
+    plain = ope.greedy_slates(model, requests)
+    top = plain["a"][0]
+    assert plain["a"] == plain["b"] and len(plain["a"]) == 2
+    clicks = pd.DataFrame({"ts": [t0 + pd.Timedelta(minutes=5)], "user_id": ["u0"],
+                           "item_id": [top]})  # fmt: skip
+    folded = ope.greedy_slates(model, requests, clicks)
+    assert folded["a"] == plain["a"]  # the click came after request a
+    assert top not in folded["b"] and folded["b"][0] == plain["a"][1]
+    stale = clicks.assign(ts=t0 - pd.Timedelta(days=2))
+    assert ope.greedy_slates(model, requests, stale) == plain  # older than the TTL
+    other = clicks.assign(user_id="u1")
+    assert ope.greedy_slates(model, requests, other) == plain
+
+
 def test_position_based_model_orders_slots_and_items() -> None:
     rows = []
     rng = np.random.default_rng(2)

@@ -61,10 +61,11 @@ def synthetic(
 
 def logged_window(settings: Settings, start: datetime | None = None) -> tuple:
     """A real (local) event log with four hours of uniformly random slates of three items for
-    ten known users, who click only popularity's top 3 (fitted on the history before the
+    40 known users, who click only popularity's top 3 (fitted on the history before the
     window) at 0.5 x examination, written to ``settings``' log, and the training data with
-    those clicks in it. Returns (settings, data, popularity's recipe, its true CTR, the
-    window's start and end). ``start``: when the window begins (2026-03-01 by default); the
+    those clicks in it. Returns (settings, data, popularity's recipe, its true CTR as the
+    service would serve it, with each user's earlier clicks left out, the window's start and
+    end). ``start``: when the window begins (2026-03-01 by default); the
     slates are logged as the champion arm's, served by version 1."""
     import uuid
     from datetime import UTC, timedelta
@@ -81,16 +82,24 @@ def logged_window(settings: Settings, start: datetime | None = None) -> tuple:
     start = start or datetime(2026, 3, 1, tzinfo=UTC)
     the_recipe = recipe("popularity", settings)
     before = fit_recipe(the_recipe, history, settings, show_progress=False)
-    users = [f"u{n}" for n in range(10)]
-    target = {u: [i for i, _ in before.recommend([UserQuery(u)], k=3)[0]] for u in users}
+    users = [f"u{n}" for n in range(40)]
+    ranking = {u: [i for i, _ in before.recommend([UserQuery(u)], k=30)[0]] for u in users}
+    target = {u: ranking[u][:3] for u in users}
     items = [f"i{n}" for n in range(30)]
     exam = [1.0, 0.6, 0.4]
     rng = np.random.default_rng(3)
-    events, clicks = [], []
-    truth = float(np.mean([0.5 * e for e in exam]))  # the target shows 3 clickable items
+    events, clicks, truths = [], [], []
+    clicked: dict[str, list[str]] = {u: [] for u in users}
     for request in range(3000):
-        user, at = users[request % 10], start + timedelta(seconds=4 * request)
+        user, at = users[request % 40], start + timedelta(seconds=4 * request)
         request_id = f"{request:032x}"  # fixed ids: the estimate's cross-fit folds hash them
+        # The target as the service would serve it: popularity's ranking without the items
+        # the user clicked earlier in the window (their fresh clicks, ope.greedy_slates). Only
+        # the first three of the ranking are clickable, so its CTR falls as they are clicked.
+        fresh = set(clicked[user][-20:])
+        slate = [i for i in ranking[user] if i not in fresh][:3]
+        truths.append(np.mean([0.5 * e * (i in target[user])
+                               for e, i in zip(exam, slate, strict=True)]))  # fmt: skip
         for slot, item in enumerate(rng.choice(items, size=3, replace=False)):
             events.append(Event(
                 event_id=uuid.UUID(int=len(events) + 1), ts=at, user_id=user, item_id=item,
@@ -104,11 +113,13 @@ def logged_window(settings: Settings, start: datetime | None = None) -> tuple:
                                     request_id=request_id))  # fmt: skip
                 clicks.append((user, item, pd.Timestamp(at_click), at_click.hour,
                                at_click.weekday(), "web"))  # fmt: skip
+                clicked[user].append(item)
     log = open_event_log(settings)
     try:
         log.append(events)
     finally:
         log.close()
+    truth = float(np.mean(truths))
     window_clicks = pd.DataFrame(clicks, columns=history.interactions.columns)
     data = history.with_interactions(pd.concat([history.interactions, window_clicks]))
     return settings, data, the_recipe, truth, start, start + timedelta(hours=4)
