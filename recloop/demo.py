@@ -363,6 +363,15 @@ class Demo:
                 served_whole = any(r.served_versions and first_champion not in r.served_versions
                                    for r in served)  # fmt: skip
                 waiting = any(r.retrain_requested for r in self.records) and not served_whole
+                # Likewise after a promotion on online evidence: until the promoted version
+                # has served a whole hour on its own.
+                promoted = [r for r in self.records if r.promoted]
+                if promoted:
+                    latest = promoted[-1]
+                    waiting = waiting or not any(
+                        r.hour > latest.hour and set(r.served_versions or {}) == {latest.promoted}
+                        for r in served
+                    )
                 most = self.config.hours + self.config.extra_hours
                 if hour == last and waiting and last < most:
                     last += 1
