@@ -127,16 +127,13 @@ def _off_policy(
             base = compared["targets"]["champion"]["estimates"]["dr"]
             # The same gain on the new users' impressions alone, for the gate's cold-start
             # check (training.promotion).
-            cold = part[ope.is_cold_start(part)]
-            on_cold = (ope.compare(cold, {"candidate": slates, "champion": champion_slates},
-                                   baseline="champion", alpha=level)["targets"]
-                       if len(cold) else {})  # fmt: skip
+            cold = ope.cold_start_gains(part, {"candidate": slates, "champion": champion_slates},
+                                        baseline="champion", alpha=level)  # fmt: skip
             unlogged = compared["targets"]["candidate"]["unlogged_share"]
             rows.append({**common, "estimator": "dr_gain", "value": gain.value,
                          "low": gain.low, "high": gain.high, "level": 1 - level,
                          "baseline": base.value, "unlogged_share": unlogged,
-                         **(ope.cold_gains(on_cold["candidate"], len(cold)) if on_cold
-                            else {})})  # fmt: skip
+                         **cold.get("candidate", {})})  # fmt: skip
             # Only where the log can judge the candidate: too many of its slots show items
             # the champion's exploration never showed, and the reward model alone speaks.
             if gain.low > 0 and unlogged <= settings.promotion.off_policy_max_unlogged:

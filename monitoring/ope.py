@@ -265,12 +265,17 @@ def greedy_slates(
 
 
 def gate_estimate(
-    frame: pd.DataFrame, model: Any, alpha: float = 0.05, clicks: pd.DataFrame | None = None
+    frame: pd.DataFrame,
+    model: Any,
+    alpha: float = 0.05,
+    clicks: pd.DataFrame | None = None,
+    fresh_clicks: int = 20,
 ) -> dict[str, float]:
     """What the promotion gate weighs: ``model``'s doubly robust CTR estimate (and interval)
     as the greedy target on the logged impressions ``frame`` (``monitoring.logs.impressions``),
     beside the CTR those impressions actually had. ``impressions`` is 0 when there are none."""
-    return gate_estimates(frame, {"challenger": model}, alpha=alpha, clicks=clicks)["challenger"]
+    return gate_estimates(frame, {"challenger": model}, alpha=alpha, clicks=clicks,
+                          fresh_clicks=fresh_clicks)["challenger"]  # fmt: skip
 
 
 def gate_estimates(
@@ -280,19 +285,21 @@ def gate_estimates(
     baseline: str | None = None,
     alpha: float = 0.05,
     clicks: pd.DataFrame | None = None,
+    fresh_clicks: int = 20,
 ) -> dict[str, dict[str, float]]:
     """``gate_estimate``'s numbers for each named model, all on the same impressions and
     reward model. The gain (``gain_*``) is each model's doubly robust CTR less the logged
     CTR, paired impression by impression; with ``baseline`` (one of the names) it is less
     that model's doubly robust CTR instead, also paired, and ``baseline_*`` holds that CTR.
-    ``clicks``: the log's clicks, folded into each request as the service does
-    (``greedy_slates``). Where new users were served (``is_cold_start``), the same gain on
-    their impressions alone is in ``cold_*``."""
+    ``clicks``: the log's clicks, the newest ``fresh_clicks`` folded into each request as
+    the service does (``greedy_slates``). Where new users were served (``is_cold_start``),
+    the same gain on their impressions alone is in ``cold_*`` (``cold_start_gains``)."""
     from monitoring.estimators import wilson
 
     if frame.empty:
         return {name: {"impressions": 0.0} for name in models}
-    targets = {name: greedy_slates(model, frame, clicks) for name, model in models.items()}
+    targets = {name: greedy_slates(model, frame, clicks, fresh_clicks=fresh_clicks)
+               for name, model in models.items()}  # fmt: skip
     result = compare(frame, targets, baseline=baseline, alpha=alpha)
     if not result["targets"]:  # no impression the slates could cover: nothing matches
         return {name: {"impressions": float(len(frame)), "matches": 0.0} for name in models}
@@ -320,11 +327,8 @@ def gate_estimates(
         for values in numbers.values():
             values.update(baseline_value=base.value, baseline_low=base.low,
                           baseline_high=base.high)  # fmt: skip
-    cold = frame[is_cold_start(frame)]
-    if not cold.empty:
-        on_cold = compare(cold, targets, baseline=baseline, alpha=alpha)["targets"]
-        for name, estimated in on_cold.items():
-            numbers[name].update(cold_gains(estimated, len(cold)))
+    for name, values in cold_start_gains(frame, targets, baseline=baseline, alpha=alpha).items():
+        numbers[name].update(values)
     return numbers
 
 
@@ -340,10 +344,23 @@ def is_cold_start(frame: pd.DataFrame) -> np.ndarray:
     return frame["served_by"].isin(COLD_START_PATHS).to_numpy()
 
 
-def cold_gains(estimated: dict[str, Any], impressions: int) -> dict[str, float]:
-    """A target's gain on the cold-start impressions alone (``compare``'s entry for it), as
-    the ``cold_*`` numbers the gate weighs."""
-    gain = estimated["gain"]
-    return {"cold_impressions": float(impressions), "cold_matches": float(estimated["matches"]),
-            "cold_gain_value": gain.value, "cold_gain_low": gain.low,
-            "cold_gain_high": gain.high}  # fmt: skip
+def cold_start_gains(
+    frame: pd.DataFrame,
+    targets: dict[str, dict[str, list[str]]],
+    *,
+    baseline: str | None = None,
+    alpha: float = 0.05,
+) -> dict[str, dict[str, float]]:
+    """Each target's gain (``compare``'s) on the cold-start impressions alone
+    (``is_cold_start``), as the ``cold_*`` numbers the gate weighs; empty when the log served
+    no new user."""
+    cold = frame[is_cold_start(frame)]
+    if cold.empty:
+        return {}
+    compared = compare(cold, targets, baseline=baseline, alpha=alpha)["targets"]
+    return {
+        name: {"cold_impressions": float(len(cold)), "cold_matches": float(estimated["matches"]),
+               "cold_gain_value": estimated["gain"].value, "cold_gain_low": estimated["gain"].low,
+               "cold_gain_high": estimated["gain"].high}
+        for name, estimated in compared.items()
+    }  # fmt: skip

@@ -507,7 +507,8 @@ def gate_off_policy(
         if models is None:  # nothing to fit on: no match, so the estimate is reported unused
             return {"impressions": float(len(frame)), "matches": 0.0}
         return gate_estimate(frame, models["challenger"], settings.monitoring.alpha,
-                             clicks=clicks(settings, *window))  # fmt: skip
+                             clicks=clicks(settings, *window),
+                             fresh_clicks=settings.serving.fresh_clicks)  # fmt: skip
     except Exception:
         log.exception("the gate's off-policy estimate failed; the gate decides without it")
         return {"failed": 1.0}
@@ -576,7 +577,8 @@ def select_off_policy(
         if models is None:
             return fallback("no interactions before the logged window to fit the candidates on")
         estimates = gate_estimates(frame, models, baseline=baseline, alpha=alpha,
-                                   clicks=clicks(settings, *window))  # fmt: skip
+                                   clicks=clicks(settings, *window),
+                                   fresh_clicks=settings.serving.fresh_clicks)  # fmt: skip
     except Exception:
         log.exception("the off-policy selection failed; the offline criterion decides")
         return fallback("the estimate failed (see the training log)")

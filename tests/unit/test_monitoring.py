@@ -191,8 +191,8 @@ def test_two_targets_compared_on_the_same_log_and_on_its_new_users() -> None:
     assert result["targets"]["poor"]["gain"].value == pytest.approx(0.0, abs=1e-12)
     cold = ope.is_cold_start(frame)
     assert cold.sum() == 2000 * 3 and not ope.is_cold_start(frame.drop(columns="served_by")).any()
-    on_cold = ope.compare(frame[cold], targets, baseline="poor")["targets"]["good"]
-    numbers = ope.cold_gains(on_cold, int(cold.sum()))
+    numbers = ope.cold_start_gains(frame, targets, baseline="poor")["good"]
+    assert ope.cold_start_gains(frame.drop(columns="served_by"), targets) == {}
     assert numbers["cold_impressions"] == 6000 and numbers["cold_matches"] > 0
     cold_width = numbers["cold_gain_high"] - numbers["cold_gain_low"]
     assert abs(numbers["cold_gain_value"] - truth) < 1.5 * cold_width, (numbers, truth)
