@@ -240,6 +240,13 @@ class ServingSettings(_Section):
     thompson_draws: int = Field(
         1000, ge=100, description="thompson: Monte Carlo draws that estimate the propensities."
     )
+    thompson_prior_strength: float = Field(
+        20.0,
+        gt=0,
+        description="thompson: pseudo-impressions of the prior at the candidates' pooled CTR "
+        "(how many impressions an item needs before its own counts outweigh the typical "
+        "item's rate).",
+    )
     candidates: int = Field(
         100, ge=1, le=1000, description="Top-scored items a policy draws the slate from."
     )

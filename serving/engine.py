@@ -67,7 +67,7 @@ class Engine:
         limit_compute_threads(config.compute_threads)
         self.policy = make_policy(
             config.policy, epsilon=config.epsilon, temperature=config.temperature,
-            draws=config.thompson_draws,
+            draws=config.thompson_draws, prior_strength=config.thompson_prior_strength,
         )  # fmt: skip
         self.events = open_event_log(settings)
         try:
@@ -81,7 +81,6 @@ class Engine:
             self.events.close()
             raise
         self.item_counts: dict[str, tuple[float, float]] = {}
-        self._refresh_item_counts()
         # New items: the catalogue and the deployments whose new items' texts are encoded,
         # published together once encoded (a request reads the pair once).
         self.published = PublishedCatalogue(Catalogue(), frozenset())
@@ -90,6 +89,7 @@ class Engine:
         self._text_lock = threading.Lock()  # the text models' vector cache is not thread-safe
         self._vectors: tuple[Any, ...] = ()  # (key, new items, ids, vectors, rows) last built
         self._refresh_catalogue()
+        self._refresh_item_counts()  # after the catalogue: its new items are counted too
         self.impressions = ImpressionWriter(self.events, config.impression_flush_seconds)
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._watch_loop, name="recloop-watch", daemon=True)
@@ -112,9 +112,9 @@ class Engine:
                 scores, ids = np.concatenate([scores, new_scores]), [*ids, *new_ids]
         pool = _finite_top(scores, self.settings.serving.candidates)
         items = [ids[i] for i in pool]
-        clicks, shown = self._counts(items)
         unscored = self._unscored_new_items(deployment, query, request.exclude_seen)
         items += unscored  # positions from len(pool) on: no score
+        clicks, shown = self._counts(items)
         request_id = uuid.uuid4().hex
         rng = np.random.default_rng(int(request_id, 16))  # the draw is reproducible from the id
         slate = self.policy.draw(
@@ -423,7 +423,9 @@ class Engine:
     def _refresh_item_counts(self) -> None:
         if self.policy.name != "thompson":
             return
-        items = self.watcher.current.champion.model.item_ids
+        # The champion's items and the catalogue's newer ones, which exploration shows too.
+        items = list(dict.fromkeys([*self.watcher.current.champion.model.item_ids,
+                                    *self.published.catalogue.item_ids]))  # fmt: skip
         clicks, shown = self.features.item_counts(items)
         self.item_counts = dict(zip(items, zip(clicks, shown, strict=True), strict=True))
 

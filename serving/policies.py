@@ -19,7 +19,11 @@ That is what per-slot inverse propensity estimators divide by, and what the cont
   log t with a Poisson-binomial recursion inside: exact to about 1e-6, which the unit tests
   check against the closed form of slot 0 and against empirical frequencies.
 - ``thompson``: Thompson sampling on each candidate's click-through posterior
-  Beta(1 + clicks, 1 + impressions - clicks); the slate is the top k of one posterior draw. Its
+  Beta(s * m + clicks, s * (1 - m) + impressions - clicks), the scored candidates and the
+  unscored ones alike; the slate is the top k of one posterior draw. The prior is empirical
+  Bayes (Chapelle and Li, 2011): m is the candidates' pooled CTR and s = ``prior_strength``
+  pseudo-impressions, so an item nobody has seen yet starts at the typical item's rate, not at
+  Beta(1, 1)'s 0.5 (which would put every new item above every known one in most draws). Its
   marginals have no closed form: they are estimated from ``draws`` further posterior draws
   (Monte Carlo, standard error at most 0.5 / sqrt(draws)), as the Open Bandit Dataset does.
 """
@@ -46,8 +50,9 @@ _HEAD = 1e-9
 class Candidates:
     """What a policy draws from: the model's top candidates, best first.
 
-    ``clicks``/``impressions`` are the items' logged counts (Thompson sampling's evidence);
-    the other policies ignore them. ``unscored``: how many further items, after the scored
+    ``clicks``/``impressions`` are the items' logged counts (Thompson sampling's evidence), for
+    the scored items and then the unscored ones; the other policies ignore them.
+    ``unscored``: how many further items, after the scored
     ones (positions ``len(scores)`` onwards), the model has no score for: new catalogue items
     a model that reads no text cannot place. Only exploration (``explores_unscored``) shows
     them; without it such a model would never show a new item, and no click would ever teach
@@ -148,17 +153,31 @@ class PlackettLuce:
 @dataclass(frozen=True)
 class Thompson:
     draws: int = 2000
+    prior_strength: float = 20.0  # pseudo-impressions of the pooled-CTR prior
     name: str = "thompson"
-    # Unscored items would need a prior of their own: Beta(1, 1)'s mean of 0.5 would put
-    # every new item above every known one in most draws.
-    explores_unscored: ClassVar[bool] = False
+    # Scores play no part in a draw, so an item without one competes like any other, on its
+    # counts (none yet: the prior alone).
+    explores_unscored: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.prior_strength <= 0:
+            raise ValueError(f"prior_strength: {self.prior_strength} must be above 0")
 
     def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate:
         if candidates.clicks is None or candidates.impressions is None:
             raise ValueError("thompson: candidates need clicks and impressions")
         clicks = np.asarray(candidates.clicks, dtype=np.float64)
-        misses = np.maximum(np.asarray(candidates.impressions, dtype=np.float64) - clicks, 0.0)
-        alpha, beta = 1.0 + clicks, 1.0 + misses
+        shown = np.asarray(candidates.impressions, dtype=np.float64)
+        size = len(candidates.scores) + candidates.unscored
+        if len(clicks) != size or len(shown) != size:
+            raise ValueError(
+                f"thompson: clicks and impressions need one count per candidate, scored and "
+                f"unscored ({size}), got {len(clicks)} and {len(shown)}"
+            )
+        misses = np.maximum(shown - clicks, 0.0)
+        pooled = (clicks.sum() + 1.0) / (shown.sum() + 2.0)  # the pooled CTR, never 0 or 1
+        alpha = self.prior_strength * pooled + clicks
+        beta = self.prior_strength * (1.0 - pooled) + misses
         k = min(k, len(alpha))
         indices = top(rng.beta(alpha, beta), k)
         samples = rng.beta(alpha, beta, size=(self.draws, len(alpha)))
@@ -226,7 +245,9 @@ def top(scores: np.ndarray, k: int) -> np.ndarray:
     return top_k(scores[None, :], k)[0] if k > 0 else np.zeros(0, dtype=np.int64)
 
 
-def make_policy(name: str, *, epsilon: float, temperature: float, draws: int) -> Policy:
+def make_policy(
+    name: str, *, epsilon: float, temperature: float, draws: int, prior_strength: float = 20.0
+) -> Policy:
     """The policy a setting names."""
     if name == "greedy":
         return Greedy()
@@ -235,7 +256,7 @@ def make_policy(name: str, *, epsilon: float, temperature: float, draws: int) ->
     if name == "plackett_luce":
         return PlackettLuce(temperature)
     if name == "thompson":
-        return Thompson(draws)
+        return Thompson(draws, prior_strength)
     raise ValueError(
         f"serving.policy: unknown {name!r} (allowed: greedy, epsilon_greedy, plackett_luce, "
         "thompson)"

@@ -69,7 +69,7 @@ def test_epsilon_greedy_explores_unscored_items_with_exact_propensities() -> Non
     assert logged[(7, 2)] == {round(0.3 / 5, 9)} and logged[(4, 0)] == {round(0.3 / 5, 9)}
     assert logged[(0, 0)] == {0.7}
     assert freq[6:].sum() > 0
-    for policy in (Greedy(), PlackettLuce(1.0), Thompson(200)):
+    for policy in (Greedy(), PlackettLuce(1.0)):
         assert not policy.explores_unscored
         for seed in range(50):
             slate = policy.draw(candidates, K, np.random.default_rng(seed))
@@ -105,9 +105,30 @@ def test_thompson_propensities_match_frequencies() -> None:
     assert_matches(freq, logged, 3000, spread=4 * 0.5 / np.sqrt(2000))
 
 
-def test_thompson_needs_counts() -> None:
+def test_thompson_explores_unscored_items_at_the_pooled_rate_with_right_propensities() -> None:
+    """Two unscored new items (no impressions yet) follow six known ones: under the pooled-CTR
+    prior they are shown about as often as a known item of typical rate, neither never
+    (Beta(1, 1) with no way in) nor nearly always (Beta(1, 1)'s mean 0.5 above every known
+    item's 0.05-0.3), and their logged propensities match their frequencies."""
+    clicks = np.array([30, 12, 10, 2, 1, 0, 0, 0])
+    shown = np.array([100, 60, 40, 40, 20, 20, 0, 0])
+    candidates = Candidates(SCORES, clicks, shown, unscored=2)
+    freq, logged = frequencies_and_logged(Thompson(draws=2000), candidates, 3000, size=8)
+    assert_matches(freq, logged, 3000, spread=4 * 0.5 / np.sqrt(2000))
+    new_item_shown = freq[6:].sum(axis=1)
+    assert (new_item_shown > 0.05).all() and (new_item_shown < 0.5).all(), new_item_shown
+    # The clear leader (30 clicks in 100) still holds a slot in nearly every slate.
+    assert freq[0].sum() > 0.95
+
+
+def test_thompson_needs_counts_for_every_candidate() -> None:
     with pytest.raises(ValueError, match="clicks and impressions"):
         Thompson().draw(Candidates(SCORES), K, np.random.default_rng(0))
+    short = Candidates(SCORES, np.zeros(6), np.zeros(6), unscored=2)
+    with pytest.raises(ValueError, match=r"one count per candidate, scored and unscored \(8\)"):
+        Thompson().draw(short, K, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="prior_strength"):
+        Thompson(prior_strength=0)
 
 
 def test_slates_never_repeat_an_item_and_respect_short_pools() -> None:
