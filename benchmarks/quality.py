@@ -28,12 +28,19 @@ from training.models import create
 from training.pipeline import _environment_config
 
 REFERENCE = "ease_plain"
-MODELS = ("popularity", "ease_plain", "ease", "two_tower", "seq_transformer", "two_stage")
+MODELS = ("popularity", "ease_plain", "ease", "two_tower", "seq_transformer", "two_stage",
+          "two_stage_two_tower")  # fmt: skip
 METRICS = {"P2": ("ndcg", "auc")}
+# Names that are a kind with a config of their own: the references, and two_stage with the
+# two-tower ranker instead of its default sequential one.
+VARIANTS = {
+    REFERENCE: ("ease", {"l2": 300.0, "dropout": 0.0}),
+    "two_stage_two_tower": ("two_stage", {"ranker": "two_tower"}),
+}
 
 
 def build(name: str, settings: Settings):
-    kind, config = ("ease", {"l2": 300.0, "dropout": 0.0}) if name == REFERENCE else (name, {})
+    kind, config = VARIANTS.get(name, (name, {}))
     return create(kind, **_environment_config(kind, settings, show_progress=False), **config)
 
 

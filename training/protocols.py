@@ -119,6 +119,20 @@ def p1(data: InteractionData, seed: int = 42) -> Split:
     return _known_user_split("P1", data, frame[is_train], frame[~is_train])
 
 
+def validation(data: InteractionData, share: float = 0.1, seed: int = 42) -> Split:
+    """P1's kind of split with a smaller held-out ``share`` of each user's interactions (users
+    with at least 5), for tuning a model's hyperparameters inside its own training data; its
+    queries are empty when no user has enough interactions to hold any out."""
+    rng = np.random.default_rng(seed)
+    frame = _sorted(data.interactions)
+    is_valid = np.zeros(len(frame), dtype=bool)
+    for positions in frame.groupby("user_id", sort=True).indices.values():
+        if len(positions) >= 5:
+            held = rng.choice(positions, max(1, int(len(positions) * share)), replace=False)
+            is_valid[held] = True
+    return _known_user_split("validation", data, frame[~is_valid], frame[is_valid])
+
+
 def p2(data: InteractionData, seed: int = 42) -> Split:
     """New items: 20% of the items that have interactions lose all of them from training;
     each user ranks only those items."""

@@ -130,3 +130,57 @@ def test_two_stage_blends_and_round_trips(data, tmp_path: Path) -> None:
     assert not loaded.reads_item_text  # neither part reads text: /rank's new items go elsewhere
     with pytest.raises(ValueError, match="ranker_weight"):
         create("two_stage", ranker_weight=2.0)
+
+
+def test_two_stage_tunes_its_weight_on_a_validation_split(data) -> None:
+    from training.models.two_stage import TwoStage
+
+    grid = (0.0, 0.5, 1.0)
+    model = create("two_stage", ranker="popularity", candidates=5, weight_grid=grid).fit(data)
+    found = model.tuning["validation"]
+    assert set(found) == {"0.0", "0.5", "1.0"}
+    assert model.config.ranker_weight == max(grid, key=lambda w: found[str(w)])
+    # The same figures, recomputed: each weight fixed, fitted on the validation split's
+    # training part and evaluated on its held-out 10%.
+    split = protocols.validation(data, 0.1, model.config.seed)
+    assert len(split) > 0
+    for weight in grid:
+        probe = create("two_stage", ranker="popularity", candidates=5, ranker_weight=weight)
+        value = evaluate(probe.fit(split.train), split, names=("ndcg",)).metrics["ndcg"]
+        assert found[str(weight)] == pytest.approx(value, abs=1e-5)
+    # The parts are fitted again on all of the data.
+    assert model.retriever.histories == model.histories
+    # A warm start keeps the champion's weight instead of tuning again.
+    warm = TwoStage(type(model.config)(ranker="popularity", candidates=5, weight_grid=grid))
+    warm.fit(data, warm_start=model)
+    assert warm.config.ranker_weight == model.config.ranker_weight
+    assert not hasattr(warm, "tuning")
+
+
+def test_two_stage_scores_what_the_retriever_cannot_by_the_ranker_alone() -> None:
+    """Items 3 and 4 never reached the retriever's training data and it reads no text: their
+    blend is the ranker's standardised score alone, and the retriever's statistics come from
+    the items it can score."""
+    from types import SimpleNamespace
+
+    from training.models.two_stage import TwoStage, TwoStageConfig, _standardise
+
+    model = TwoStage(TwoStageConfig(candidates=5, ranker_weight=0.3))
+    model._set_catalogue(["i0", "i1", "i2", "i3", "i4"])
+    first = np.array([[3.0, 2.0, 1.0, 0.0, 0.0]])
+    second = np.array([[0.5, 1.0, 0.0, 2.0, -1.0]])
+    model.retriever = SimpleNamespace(_score=lambda users: first, reads_item_text=False,
+                                      popularity=np.array([5.0, 3.0, 1.0, 0.0, 0.0]))  # fmt: skip
+    model.ranker = SimpleNamespace(_score=lambda users: second)
+    scores = model._score([None])
+    everything = np.ones_like(first, dtype=bool)
+    known = np.array([[True, True, True, False, False]])
+    ranker, retriever = _standardise(second, everything), _standardise(first, known)
+    np.testing.assert_allclose(scores[0, 3:], ranker[0, 3:], rtol=1e-6)
+    np.testing.assert_allclose(scores[0, :3], 0.7 * retriever[0, :3] + 0.3 * ranker[0, :3],
+                               rtol=1e-6)  # fmt: skip
+    # The new item the ranker likes best now leads; with a text-reading retriever it would not
+    # be silent.
+    assert np.argmax(scores[0]) == 3
+    model.retriever.reads_item_text = True
+    assert not model._retriever_silent().any()

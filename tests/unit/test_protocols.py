@@ -84,3 +84,17 @@ def test_recent_holds_out_a_quarter_of_the_newest_tenth(data) -> None:
     assert split.relevant == protocols.split(data, "recent", recent_share=0.1).relevant
     with pytest.raises(ValueError, match="recent_share"):
         protocols.split(data, "recent", recent_share=1.5)
+
+
+def test_validation_holds_out_a_tenth_of_users_with_five_or_more(data) -> None:
+    split = protocols.validation(data, 0.1, seed=3)
+    counts = data.interactions.groupby("user_id").size()
+    train = split.train.interactions.groupby("user_id").size()
+    held = {q.user_id: len(r) for q, r in zip(split.queries, split.relevant, strict=True)}
+    for user, total in counts.items():
+        expected = max(1, int(total * 0.1)) if total >= 5 else 0
+        assert held.get(user, 0) == expected, user
+        assert train.get(user, 0) == total - expected
+    for relevant, exclude in zip(split.relevant, split.exclude, strict=True):
+        assert not relevant & exclude
+    assert protocols.validation(data, 0.1, seed=3).relevant == split.relevant

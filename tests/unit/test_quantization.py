@@ -103,7 +103,7 @@ def test_int8_ease_holds_a_quarter_of_the_weights(saved) -> None:
 
 
 def test_a_two_stage_model_quantises_its_parts(data, tmp_path: Path) -> None:
-    model = create("two_stage", retriever="ease", ranker="seq_transformer",
+    model = create("two_stage", retriever="ease", ranker="seq_transformer", ranker_weight=0.5,
                    retriever_config=CONFIGS["ease"],
                    ranker_config={**CONFIGS["seq_transformer"], "use_text": False})  # fmt: skip
     saved = model.fit(data).save(tmp_path / "two_stage")
