@@ -279,6 +279,17 @@ def test_an_item_added_after_training_is_recommended_from_its_text(world: Path) 
             assert added and all(row["score"] is None for row in added)
             assert all(row["propensity"] == pytest.approx(1 / pool) for row in shown)
             assert all((row["score"] is None) == (row["item_id"] in unscored) for row in shown)
+        # Thompson sampling draws it too: no impressions yet, so the pooled-CTR prior alone.
+        with serving(world, RECLOOP_SERVING__POLICY="thompson",
+                     RECLOOP_SERVING__CANDIDATES="20") as http:  # fmt: skip
+            added = []
+            for _ in range(300):
+                body = http.post("/recommend", json={"user_id": known, "k": 10}).json()
+                added = [row for row in body["items"] if row["item_id"] == item.item_id]
+                if added:
+                    break
+            assert added, "Thompson sampling never showed the new item in 300 slates"
+            assert added[0]["score"] is None and 0 < added[0]["propensity"] <= 1
         with serving(world) as http:  # greedy, the default: never
             for _ in range(5):
                 body = http.post("/recommend", json={"user_id": known, "k": 10}).json()
