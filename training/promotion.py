@@ -92,7 +92,7 @@ def decide(
     the champion's own recipe retrained on current data, so comparing it with the champion's
     recipe in the same run would compare a model with itself. ``criterion`` "off_policy":
     the challenger was chosen off-policy, and ``off_policy`` holds its gain over the
-    champion's recipe (``training.pipeline.select_off_policy``), which decides in place of
+    champion's recipe (``training.off_policy.select_off_policy``), which decides in place of
     the NDCG@10 gain (still reported)."""
     if criterion not in ("offline", "off_policy"):
         raise ValueError(f"criterion: {criterion!r} is neither offline nor off_policy")

@@ -126,7 +126,8 @@ def test_the_gates_estimate_is_fitted_before_the_window_it_is_judged_on(tmp_path
     never matches a click; the gate refits the recipe on what came before the window, and
     its interval holds the target's true CTR."""
     from monitoring import logs, ope
-    from training.pipeline import fit_recipe, gate_off_policy
+    from training.off_policy import gate_off_policy
+    from training.pipeline import fit_recipe
 
     settings, data, the_recipe, truth, start, end = logged_window(Settings(home=tmp_path))
     described = {"last_interaction_at": end.isoformat()}
@@ -145,7 +146,8 @@ def test_off_policy_selection_picks_the_candidate_the_log_favours(tmp_path) -> N
     overlap, or no impressions, nothing is chosen and the reason says why."""
     from datetime import timedelta
 
-    from training.pipeline import CHAMPION_RECIPE, recipe, select_off_policy
+    from training.off_policy import CHAMPION_RECIPE, select_off_policy
+    from training.pipeline import recipe
 
     settings, data, popularity, truth, start, end = logged_window(Settings(home=tmp_path))
     ease = recipe("ease", settings)
