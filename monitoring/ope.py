@@ -10,6 +10,17 @@ The doubly robust estimator needs a reward model. ``PositionBasedModel`` is the 
 click model r(a, k) = examination(k) * attractiveness(a), fitted from the same log with
 add-m smoothing, and cross-fitted over two halves of the requests (each half's predictions
 come from the model fitted on the other half), so no click predicts itself.
+
+Examination and attractiveness are fitted jointly, not examination from each slot's CTR: the
+champion puts its best items on top, so slot 0's CTR is high for the item as much as for the
+slot, and a ratio of slot CTRs reads examination far too steep. Every item of the champion's
+top then looks more attractive than it is, and a candidate that moves one up is credited with
+clicks it would not get (measured on a simulated epsilon-greedy log: the ratio put the
+champion's items 2-10 at 0.69 in slot 0 where they click at 0.47; the joint fit at 0.48).
+The joint fit alternates the two closed-form updates (each the other's maximum likelihood
+under a Poisson approximation of the clicks, iterative proportional fitting) until they
+settle; the exploration's draws, which show items in slots their rank would not give them,
+are what separate the two.
 """
 
 from __future__ import annotations
@@ -41,23 +52,49 @@ class PositionBasedModel:
     default: float  # for an item never shown in the fitting data
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, strength: float = 20.0) -> PositionBasedModel:
-        """Examination from the CTR per slot relative to slot 0; each item's attractiveness
-        as its clicks over its examination-weighted impressions, shrunk towards the mean."""
+    def fit(
+        cls, frame: pd.DataFrame, strength: float = 20.0, iterations: int = 100
+    ) -> PositionBasedModel:
+        """Examination and attractiveness fitted jointly (module docstring), starting from
+        each slot's CTR relative to slot 0. Each item's attractiveness is its clicks over its
+        examination-weighted impressions; each slot's examination its clicks over its
+        impressions' attractiveness, relative to slot 0's. Once they settle, attractiveness
+        is shrunk towards the mean by ``strength`` pseudo-impressions."""
         positions = frame["position"].to_numpy(dtype=np.int64)
         clicks = frame["clicked"].to_numpy(dtype=np.float64)
+        codes, items = pd.factorize(frame["item_id"])
         slots = int(positions.max()) + 1 if len(positions) else 1
         shown = np.bincount(positions, minlength=slots).astype(np.float64)
         clicked = np.bincount(positions, weights=clicks, minlength=slots)
         overall = (clicked.sum() + 1.0) / (shown.sum() + 2.0)
         slot_ctr = (clicked + strength * overall) / (shown + strength)
-        examination = np.minimum(slot_ctr / slot_ctr[0], 1.0)
+        examination = slot_ctr / slot_ctr[0]
+        item_clicks = np.bincount(codes, weights=clicks, minlength=len(items))
+        for _ in range(iterations):
+            # Unshrunk while fitting: shrinking the explored items' rates towards the mean
+            # (each has few examination-weighted impressions) would bend the slots' estimates.
+            expected = examination[positions]
+            attractiveness = item_clicks / np.maximum(
+                np.bincount(codes, weights=expected, minlength=len(items)), 1e-12
+            )
+            # A slot nobody was shown in keeps its start (0 / 0 says nothing about it).
+            exposure = np.bincount(positions, weights=attractiveness[codes], minlength=slots)
+            updated = np.where(exposure > 0, clicked / np.maximum(exposure, 1e-12), slot_ctr)
+            updated = updated / updated[0] if updated[0] > 0 else examination
+            settled = np.abs(updated - examination).max() < 1e-7
+            examination = updated
+            if settled:
+                break
         expected = examination[positions]
         default = float(clicks.sum() / max(expected.sum(), 1e-12))
-        per_item = pd.DataFrame({"item": frame["item_id"].to_numpy(), "c": clicks, "e": expected})
-        sums = per_item.groupby("item", sort=False).sum()
-        attractiveness = (sums["c"] + strength * default) / (sums["e"] + strength)
-        return cls(examination, attractiveness.clip(0, 1).to_dict(), min(default, 1.0))
+        attractiveness = (item_clicks + strength * default) / (
+            np.bincount(codes, weights=expected, minlength=len(items)) + strength
+        )
+        return cls(
+            np.minimum(examination, 1.0),
+            dict(zip(items, np.clip(attractiveness, 0.0, 1.0).tolist(), strict=True)),
+            min(default, 1.0),
+        )
 
     def predict(self, item_ids: Sequence[str], positions: Sequence[int]) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)

@@ -248,6 +248,35 @@ def test_position_based_model_orders_slots_and_items() -> None:
     assert good == pytest.approx(0.6, abs=0.05) and bad == pytest.approx(0.1, abs=0.03)
 
 
+def test_position_based_model_separates_slot_from_item_under_a_champion_ordering() -> None:
+    """An epsilon-greedy log of a champion that always ranks the best items first: slot 0's
+    CTR is high for the item as much as for the slot. The joint fit still finds examination
+    1 / (k + 1) and each top item's own rate, which is what a candidate that moves one of them
+    to slot 0 gets; the ratio of slot CTRs (the fit's start) reads slot 9 at half its truth."""
+    rng = np.random.default_rng(0)
+    attract = rng.beta(1, 8, 200)
+    exam = 1 / (1 + np.arange(10))
+    order = np.argsort(-attract)
+    requests = 40_000
+    explore = rng.random((requests, 10)) < 0.2
+    drawn = np.array([rng.permutation(order[10:100])[:10] for _ in range(requests)])
+    slates = np.where(explore, drawn, order[:10][None, :])
+    clicked = rng.random((requests, 10)) < exam[None, :] * attract[slates]
+    frame = pd.DataFrame({
+        "request_id": np.repeat(np.arange(requests), 10).astype(str),
+        "position": np.tile(np.arange(10), requests), "item_id": slates.ravel().astype(str),
+        "clicked": clicked.ravel().astype(int),
+    })  # fmt: skip
+    model = ope.PositionBasedModel.fit(frame)
+    np.testing.assert_allclose(model.examination, exam, rtol=0.15)
+    top = order[1:10]
+    moved_up = model.predict(top.astype(str).tolist(), [0] * len(top))
+    np.testing.assert_allclose(moved_up, attract[top], atol=0.06)
+    start = ope.PositionBasedModel.fit(frame, iterations=0)
+    assert start.examination[9] < 0.6 * exam[9]  # what the joint fit corrects
+    assert (start.predict(top.astype(str).tolist(), [0] * len(top)) > attract[top] + 0.15).all()
+
+
 def test_store_rewrites_an_hour_and_the_warehouse_views_read_every_hour(tmp_path) -> None:
     from monitoring import store
     from recloop import warehouse
