@@ -40,6 +40,11 @@ def main() -> None:
                         "model with this half life in hours")  # fmt: skip
     parser.add_argument("--models", help="comma-separated candidate kinds the demo's training "
                         "runs train (default: DemoConfig's)")  # fmt: skip
+    parser.add_argument("--policy", choices=("epsilon_greedy", "plackett_luce"),
+                        default=DemoConfig.policy,
+                        help="the service's exploring policy")  # fmt: skip
+    parser.add_argument("--temperature", type=float, default=DemoConfig.temperature,
+                        help="plackett_luce's temperature")  # fmt: skip
     add_output_options(parser)
     args = parser.parse_args()
 
@@ -48,10 +53,12 @@ def main() -> None:
     config = DemoConfig(hours=args.hours, shift_hour=args.shift_hour, movielens=movielens,
                         gate_protocol=args.gate_protocol, gate_criterion=args.gate_criterion,
                         trending_half_life_hours=args.trending_half_life,
+                        policy=args.policy, temperature=args.temperature,
                         **({"models": models} if models else {}))  # fmt: skip
     if (config.gate_protocol, config.gate_criterion, config.trending_half_life_hours,
-            config.models) != ("P1", DemoConfig.gate_criterion, None,
-                               DemoConfig.models):  # fmt: skip
+            config.models, config.policy, config.temperature) != (
+            "P1", DemoConfig.gate_criterion, None, DemoConfig.models, DemoConfig.policy,
+            DemoConfig.temperature):  # fmt: skip
         args.no_record = True  # RESULTS.md's demo rows are the defaults' (make demo's)
     if args.home is not None:
         summary = Demo(Settings(home=args.home.resolve()), config, echo=print).run()

@@ -5,7 +5,8 @@
    now, landed in a fresh home.
 2. A real Airflow for that home (``recloop.airflow_local``): ``recloop_features`` and
    ``recloop_training`` run through its scheduler; the first champion is registered in MLflow.
-3. The BentoML service (``recloop serve``) on that champion, exploring (epsilon-greedy).
+3. The BentoML service (``recloop serve``) on that champion, exploring (epsilon-greedy by
+   default, ``DemoConfig.policy``).
 4. Simulated hours: simulated users ask ``/recommend`` and click by the world's true click
    model, sending ``/feedback``. Halfway, every user's taste shifts towards a trend. After
    each hour, ``recloop_features`` and ``recloop_metrics`` run for it; when the metrics DAG
@@ -74,7 +75,11 @@ class DemoConfig:
     # robust CTR on the impressions the service logged picks and judges the challenger).
     gate_criterion: str = "offline"
     trending_half_life_hours: float | None = None
-    epsilon: float = 0.2  # the service's exploration
+    # The service's exploration: serving.policy ("epsilon_greedy", or "plackett_luce", whose
+    # randomised rankings show any candidate in any slot) and its parameter.
+    policy: str = "epsilon_greedy"
+    epsilon: float = 0.2
+    temperature: float = 0.2
     extra_hours: int = 4  # hours added, at most, until a new champion serves a whole hour
     shift_weight: float = 0.9  # how far every taste moves towards the trend at the shift
     # The world's hour of day when the live hours start. Preferences depend on the hour of
@@ -195,8 +200,9 @@ class Demo:
             **os.environ, **self.task_env(),
             "RECLOOP_SERVING__API_KEYS": json.dumps([self.key]),
             "RECLOOP_SERVING__PORT": str(port),
-            "RECLOOP_SERVING__POLICY": "epsilon_greedy",
+            "RECLOOP_SERVING__POLICY": self.config.policy,
             "RECLOOP_SERVING__EPSILON": str(self.config.epsilon),
+            "RECLOOP_SERVING__TEMPERATURE": str(self.config.temperature),
             "RECLOOP_SERVING__WATCH_SECONDS": "2",
         }  # fmt: skip
         log = open(self.settings.home / "demo" / "serve.log", "ab")  # noqa: SIM115
