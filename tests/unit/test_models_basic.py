@@ -172,7 +172,7 @@ def test_two_stage_scores_what_the_retriever_cannot_by_the_ranker_alone() -> Non
     model.retriever = SimpleNamespace(_score=lambda users: first, reads_item_text=False,
                                       popularity=np.array([5.0, 3.0, 1.0, 0.0, 0.0]))  # fmt: skip
     model.ranker = SimpleNamespace(_score=lambda users: second)
-    scores = model._score([None])
+    scores = model._score([model.resolve(UserQuery(history=()))])
     everything = np.ones_like(first, dtype=bool)
     known = np.array([[True, True, True, False, False]])
     ranker, retriever = _standardise(second, everything), _standardise(first, known)
@@ -184,3 +184,22 @@ def test_two_stage_scores_what_the_retriever_cannot_by_the_ranker_alone() -> Non
     assert np.argmax(scores[0]) == 3
     model.retriever.reads_item_text = True
     assert not model._retriever_silent().any()
+
+
+def test_two_stage_pools_each_models_best_unseen_items() -> None:
+    """A user who has seen the retriever's two best items: the pool takes its best two of the
+    rest, not the seen ones, so with all the weight on the retriever its order among unseen
+    items is the retriever's, and the ranker's favourite (i4) does not jump ahead of them."""
+    from types import SimpleNamespace
+
+    from training.models.two_stage import TwoStage, TwoStageConfig
+
+    model = TwoStage(TwoStageConfig(candidates=2, ranker_weight=0.0))
+    model._set_catalogue(["i0", "i1", "i2", "i3", "i4"])
+    first = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    model.retriever = SimpleNamespace(_score=lambda users: first, reads_item_text=False,
+                                      popularity=np.ones(5))  # fmt: skip
+    model.ranker = SimpleNamespace(_score=lambda users: np.array([[0.0, 0.0, 0.0, 0.0, 5.0]]))
+    scores = model._score([model.resolve(UserQuery(history=("i0", "i1")))])[0]
+    assert list(np.argsort(-scores[2:]) + 2) == [2, 3, 4]
+    assert scores[0] > scores[1] > scores[2]  # seen items keep the blend's order among the pool

@@ -122,12 +122,21 @@ class TwoStage(Recommender):
     def _score(self, users: list[ResolvedUser]) -> np.ndarray:
         first = self.retriever._score(users)  # (users, items)
         second = self.ranker._score(users)  # (users, items)
+        # The pool is each model's top among the items the user has not interacted with:
+        # EASE scores a user's own items highest, and a pool of those would leave a long
+        # history's best new items outside it (on MovieLens-100K P1, EASE alone inside this
+        # model fell from 0.4875 to 0.468). The user's own items join the pool afterwards, so
+        # a call that keeps seen items still ranks them by the blend.
+        seen = self.history_matrix(users) > 0
         n = min(self.config.candidates, first.shape[1])
         pool = np.zeros(first.shape, dtype=bool)
         rows = np.arange(first.shape[0])[:, None]
-        pool[rows, np.argpartition(-first, n - 1, axis=1)[:, :n]] = True
-        pool[rows, np.argpartition(-second, n - 1, axis=1)[:, :n]] = True
-        # Where the retriever has no score (module docstring), the ranker's alone.
+        for scores in (first, second):
+            unseen = np.where(seen, -np.inf, scores)
+            pool[rows, np.argpartition(-unseen, n - 1, axis=1)[:, :n]] = True
+        pool &= ~seen
+        # Where the retriever has no score (module docstring), the ranker's alone. Both are
+        # standardised over the unseen pool.
         silent = self._retriever_silent()[None, :]
         weight = self.config.ranker_weight
         blended = np.where(
@@ -136,6 +145,7 @@ class TwoStage(Recommender):
             (1 - weight) * _standardise(first, pool & ~silent)
             + weight * _standardise(second, pool),
         )
+        pool |= seen
         # Outside the pool: below every pooled item, in the blend's order (standardised with
         # the pool's statistics, so the same rule as inside).
         floor = np.where(pool, blended, np.inf).min(axis=1, keepdims=True) - 1.0
