@@ -4,8 +4,9 @@ Stage one takes the union of the retriever's top ``candidates`` items and the ra
 ``candidates``, among the items the user has not interacted with (so that items the retriever
 cannot score, such as new items for EASE, still reach stage two when the text-aware ranker
 likes them). Stage two orders that pool by a weighted sum of the two models' scores, each
-standardised per user over the pool; the user's own items and then the items outside the
-pool follow, in the same blend's order. The retriever is EASE by default (strong on
+standardised per user over the pool; the user's own items are ranked with the pool by the same
+blend (a call that keeps seen items gets them in that order), and the items outside the pool
+follow, in the blend's order. The retriever is EASE by default (strong on
 known users), the ranker the sequential transformer (recency, context, cold start by text).
 
 This is the classic retrieve-then-rank cascade (Covington et al., RecSys 2016), with a linear
