@@ -68,21 +68,19 @@ class PositionBasedModel:
         clicked = np.bincount(positions, weights=clicks, minlength=slots)
         overall = (clicked.sum() + 1.0) / (shown.sum() + 2.0)
         slot_ctr = (clicked + strength * overall) / (shown + strength)
-        start = examination = slot_ctr / slot_ctr[0]
+        examination = slot_ctr / slot_ctr[0]
         item_clicks = np.bincount(codes, weights=clicks, minlength=len(items))
-        for _ in range(iterations if clicks.sum() > 0 else 0):
-            # Items unshrunk while fitting: shrinking the explored items' rates towards the
-            # mean (each has few examination-weighted impressions) would bend the slots'.
+        for _ in range(iterations):
+            # Unshrunk while fitting: shrinking the explored items' rates towards the mean
+            # (each has few examination-weighted impressions) would bend the slots' estimates.
             expected = examination[positions]
             attractiveness = item_clicks / np.maximum(
                 np.bincount(codes, weights=expected, minlength=len(items)), 1e-12
             )
-            # Each slot is shrunk towards its start by ``strength`` impressions of the mean
-            # item: a slot shown but never clicked in a small log is not thereby unexamined.
-            mean = clicks.sum() / max(expected.sum(), 1e-12)
+            # A slot nobody was shown in keeps its start (0 / 0 says nothing about it).
             exposure = np.bincount(positions, weights=attractiveness[codes], minlength=slots)
-            updated = (clicked + strength * mean * start) / (exposure + strength * mean)
-            updated = updated / updated[0]
+            updated = np.where(exposure > 0, clicked / np.maximum(exposure, 1e-12), slot_ctr)
+            updated = updated / updated[0] if updated[0] > 0 else examination
             settled = np.abs(updated - examination).max() < 1e-7
             examination = updated
             if settled:

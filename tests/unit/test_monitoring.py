@@ -277,16 +277,6 @@ def test_position_based_model_separates_slot_from_item_under_a_champion_ordering
     assert (start.predict(top.astype(str).tolist(), [0] * len(top)) > attract[top] + 0.15).all()
 
 
-def test_position_based_model_keeps_an_unclicked_slot_examined_in_a_small_log() -> None:
-    frame = pd.DataFrame({"request_id": ["a", "a", "b", "b"], "position": [0, 1, 0, 1],
-                          "item_id": ["x", "y", "y", "x"], "clicked": [1, 0, 1, 0]})  # fmt: skip
-    model = ope.PositionBasedModel.fit(frame)
-    assert 0 < model.examination[1] < 1
-    assert (model.predict(["x", "y"], [1, 1]) > 0).all()
-    nothing = ope.PositionBasedModel.fit(frame.assign(clicked=0))
-    assert np.isfinite(nothing.examination).all() and nothing.default == 0.0
-
-
 def test_store_rewrites_an_hour_and_the_warehouse_views_read_every_hour(tmp_path) -> None:
     from monitoring import store
     from recloop import warehouse
