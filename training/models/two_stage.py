@@ -141,11 +141,9 @@ class TwoStage(Recommender):
         # standardised over the unseen pool.
         silent = self._retriever_silent()[None, :]
         weight = self.config.ranker_weight
+        ranker = _standardise(second, pool)
         blended = np.where(
-            silent,
-            _standardise(second, pool),
-            (1 - weight) * _standardise(first, pool & ~silent)
-            + weight * _standardise(second, pool),
+            silent, ranker, (1 - weight) * _standardise(first, pool & ~silent) + weight * ranker
         )
         pool |= seen
         # Outside the pool: below every pooled item, in the blend's order (standardised with
