@@ -415,7 +415,11 @@ class Engine:
             return
         self.published = PublishedCatalogue(catalogue, frozenset(wanted))
 
-    def _counts(self, items: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _counts(self, items: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Each item's (clicks, impressions), for Thompson sampling; None for the policies
+        that ignore them (``_refresh_item_counts`` keeps counts for Thompson alone)."""
+        if self.policy.name != "thompson":
+            return None, None
         counts = self.item_counts
         pairs = [counts.get(item, (0.0, 0.0)) for item in items]
         return np.array([c for c, _ in pairs]), np.array([s for _, s in pairs])
