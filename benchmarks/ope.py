@@ -15,8 +15,10 @@ sampling the logging policy's slates and the users' clicks, then estimates the t
 with IPS, SNIPS and doubly robust (monitoring.estimators; DR's reward model is monitoring.ope's
 cross-fitted position-based model), and with vw-estimators' IPS and SNIPS (and its Gaussian
 interval and confidence sequence) on the same impressions. It also checks the on-policy CTR
-of the logging policy against its Wilson interval. The truth is conditional on the drawn
-requests (the repetitions resample slates and clicks).
+of the logging policy against its Wilson interval, and how often the promotion gate's support
+check (the target's mean importance weight, ``estimators.support``) lets the log judge the
+target: it should, since the logging policy shows every candidate in every slot. The truth
+is conditional on the drawn requests (the repetitions resample slates and clicks).
 
 Metrics: mean relative error per estimator, and the share of repetitions whose 95% interval
 holds the truth (goals: relative error <= 5%, coverage >= 90%).
@@ -34,8 +36,10 @@ from rich.progress import track
 from benchmarks.results import Row, add_output_options, publish
 from monitoring import estimators
 from monitoring.ope import cross_fit
+from recloop.settings import PromotionSettings
 from recloop.sources.simulator import DEVICES, WorldConfig, build_world
 from serving.policies import PlackettLuce, plackett_luce_marginals
+from training.promotion import unsupported
 
 SLOTS = 10
 CANDIDATES = 30
@@ -150,7 +154,8 @@ def main() -> None:
     truth = float(np.einsum("nas,nas->", target, click) / (args.requests * SLOTS))
     on_policy = float(np.einsum("nas,nas->", logging, click) / (args.requests * SLOTS))
     results: dict[str, list[tuple[float, float, float]]] = {}
-    wilson_hits = []
+    wilson_hits, supported = [], []
+    gate = PromotionSettings()
     for rep in track(range(args.repetitions), description="repetitions", transient=True):
         rng = np.random.default_rng([args.seed, 23, rep])
         frame = _log(rng, candidates, click, logging, target, log_weights)
@@ -166,6 +171,10 @@ def main() -> None:
             results.setdefault(f"vw_{name}", []).append(triple)
         low, high = estimators.wilson(int(clicks.sum()), len(clicks))
         wilson_hits.append(low <= on_policy <= high)
+        # Whether the gate would let these logs judge the target at all (its support check).
+        weights = estimators.support(logged, weights, slates)
+        supported.append(unsupported({"support_value": weights.value, "support_low": weights.low,
+                                      "support_high": weights.high}, gate) is None)  # fmt: skip
     seconds = time.perf_counter() - started
 
     protocol = (f"{args.requests * SLOTS:,} impressions x {args.repetitions} seeds; PL log vs "
@@ -183,6 +192,9 @@ def main() -> None:
                             protocol=runs, digits=2))  # fmt: skip
     rows.append(Row("ope", "wilson_on_policy_coverage", float(np.mean(wilson_hits)), "share",
                     "goal", 0.90, protocol=f"on-policy CTR {on_policy:.4f}", digits=2))  # fmt: skip
+    rows.append(Row("ope", "support_pass", float(np.mean(supported)), "share", "goal", 0.95,
+                    protocol=f"{protocol}; the gate's support check (training.promotion."
+                    "unsupported) passed", digits=2))  # fmt: skip
     rows.append(Row("ope", "seconds", seconds, "s", "none", seconds, protocol=protocol))
     publish(rows, args, lambda r: f"{r.metric}: {r.value:.4f} (reference {r.reference_value})")
 

@@ -24,6 +24,9 @@ logging policy's per-slot marginal propensities ``logged`` = mu_k(a|x) and the t
   click in that slot under the same model (sum over items of pi_k(a|x) * model(a, k)).
   vw-estimators has no doubly robust bandit estimator, so this one is ours; with a zero
   reward model it reduces to IPS exactly (tested).
+- ``support``: the mean importance weight, about 1 when the log can see everything the
+  target would show; well below 1 when it cannot, or has not yet met the target's rare
+  heavy weights, which is when the intervals above stop holding their level.
 - ``confidence_sequence``: vw-estimators' off-policy confidence sequence (Waudby-Smith et al.,
   Karampatziakis et al. 2021) for the IPS value: valid at every look, so an hourly DAG that
   checks the same cumulative log again and again keeps its error rate.
@@ -165,6 +168,26 @@ def snips(clicks: Any, logged: Any, target: Any, slates: Any, alpha: float = 0.0
     value = float(np.sum(weights * clicks) / total)
     centred = _cluster_sums(weights * (clicks - value), groups)
     return _normal_interval("snips", value, centred, total, n, slates_count, alpha)
+
+
+def support(logged: Any, target: Any, slates: Any, alpha: float = 0.05) -> Estimate:
+    """How much of the target's probability the log can see: the mean importance weight
+    pi / mu over the impressions, with its slate-clustered interval.
+
+    Each slot's weights sum, in expectation over the logging policy, to the target's
+    probability on items the logging policy can show there: 1 where it can show everything
+    the target would. So the mean is about 1 under full support and about 1 - s where a share
+    s of the target's slots hold items the log never shows. It also falls short, with a
+    narrow interval, when the target's items are shown so rarely that the log holds too few
+    of them: the normal approximation behind every interval here then misses the heavy
+    weights it has not met yet, and an estimate that looks tight can be wrong (an importance
+    sampling diagnostic: Owen 2013, "Monte Carlo theory, methods and examples", section 9.3;
+    the control variate of Swaminathan and Joachims 2015, "The self-normalized estimator for
+    counterfactual learning"). An upper bound below 1 says the log cannot judge the target.
+    Give it the impressions of the slots the target fills: a slot its slate leaves empty
+    would count as unsupported."""
+    _, logged, target, groups = _inputs(np.zeros(len(logged)), logged, target, slates)
+    return _mean_of_terms("support", target / logged, groups, alpha)
 
 
 def doubly_robust(

@@ -72,12 +72,14 @@ def _off_policy(
     alpha spent over the candidates and the hourly looks (Bonferroni; the sum over looks is
     alpha), so a candidate checked every hour keeps the error rate. Looks are counted, not
     derived from the clock, so a demo's compressed hours count right. ``challenger_wins`` is
-    raised when that gain's lower bound is above zero and at most
-    ``promotion.off_policy_max_unlogged`` of the candidate's slots show items the window never
-    logged (``unlogged_share``: there the reward model alone speaks). (The IPS sequence is
+    raised when that gain's lower bound is above zero and the log can judge the candidate
+    (``training.promotion.unsupported``: at most ``promotion.off_policy_max_unlogged`` of its
+    slots show items the window never logged, where the reward model alone speaks, and its
+    mean importance weight, ``support_*``, reaches 1 less that share). (The IPS sequence is
     reported, not used: where the logging policy explores uniformly over a hundred items it
     stays near [0, 1] for anything the champion would not show.)"""
     from training import registry
+    from training.promotion import unsupported
 
     alpha = settings.monitoring.alpha
     fresh = settings.serving.fresh_clicks
@@ -129,14 +131,19 @@ def _off_policy(
             # check (training.promotion).
             cold = ope.cold_start_gains(part, {"candidate": slates, "champion": champion_slates},
                                         baseline="champion", alpha=level)  # fmt: skip
-            unlogged = compared["targets"]["candidate"]["unlogged_share"]
-            rows.append({**common, "estimator": "dr_gain", "value": gain.value,
-                         "low": gain.low, "high": gain.high, "level": 1 - level,
-                         "baseline": base.value, "unlogged_share": unlogged,
-                         **cold.get("candidate", {})})  # fmt: skip
-            # Only where the log can judge the candidate: too many of its slots show items
-            # the champion's exploration never showed, and the reward model alone speaks.
-            if gain.low > 0 and unlogged <= settings.promotion.off_policy_max_unlogged:
+            candidate = compared["targets"]["candidate"]
+            weights = candidate["support"]
+            support = ({} if weights is None else {"support_value": weights.value,
+                       "support_low": weights.low, "support_high": weights.high})  # fmt: skip
+            row = {**common, "estimator": "dr_gain", "value": gain.value, "low": gain.low,
+                   "high": gain.high, "level": 1 - level, "baseline": base.value,
+                   "unlogged_share": candidate["unlogged_share"], **support,
+                   **cold.get("candidate", {})}  # fmt: skip
+            rows.append(row)
+            # Only where the log can judge the candidate: not where too many of its slots
+            # show items the champion's exploration never showed (the reward model alone
+            # speaks), nor where its weights say the log has barely met its items.
+            if gain.low > 0 and unsupported(row, settings.promotion) is None:
                 alarms.append(drift.Alarm(
                     "challenger_wins", str(version.version),
                     f"version {version.version}'s doubly robust CTR beats the champion's "
@@ -279,8 +286,8 @@ def _promote_winner(
         "alpha": float(1 - best["level"]),
         "unlogged_share": float(best.get("unlogged_share", 0.0)),
     }  # fmt: skip
-    for key in ("cold_impressions", "cold_matches", "cold_gain_value", "cold_gain_low",
-                "cold_gain_high"):  # fmt: skip
+    for key in ("support_value", "support_low", "support_high", "cold_impressions",
+                "cold_matches", "cold_gain_value", "cold_gain_low", "cold_gain_high"):  # fmt: skip
         if key in best and pd.notna(best[key]):
             evidence[key] = float(best[key])
     version = str(best["candidate_version"])

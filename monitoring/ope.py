@@ -42,6 +42,7 @@ from monitoring.estimators import (
     doubly_robust_gain,
     ips,
     snips,
+    support,
 )
 
 
@@ -182,13 +183,15 @@ def compare(
     slate_ids = rows["request_id"].to_numpy()
     positions = rows["position"].to_numpy()
     predicted, fitted = cross_fit(rows, np.array([_fold(r) for r in slate_ids]))
-    arrays, unlogged = {}, {}
+    arrays, unlogged, supported = {}, {}, {}
     shown = set(rows["item_id"])
     for name, slates in targets.items():
         target, items = _target(rows, slates)
         arrays[name] = (target, _direct(fitted, items, positions))
         has = items != ""
         unlogged[name] = float(np.mean([i not in shown for i in items[has]])) if has.any() else 0.0
+        supported[name] = (support(logged[has], target[has], slate_ids[has], alpha)
+                           if has.any() else None)  # fmt: skip
     per_target = {}
     for name, (target, direct) in arrays.items():
         model = {"predicted": predicted, "direct": direct, "alpha": alpha}
@@ -205,6 +208,11 @@ def compare(
             # serving.candidates), so only the reward model speaks for those slots, and the
             # estimate's interval does not cover that model's error.
             "unlogged_share": unlogged[name],
+            # The mean importance weight over the slots the target fills (about 1 when the
+            # log can see what the target shows; estimators.support): where its upper bound
+            # falls short of 1, the target's items are too rarely logged in its slots for
+            # the intervals to hold, however narrow they look.
+            "support": supported[name],
             "estimates": {
                 "ips": ips(clicks, logged, target, slate_ids, alpha),
                 "snips": snips(clicks, logged, target, slate_ids, alpha),
@@ -359,6 +367,9 @@ def gate_estimates(
             "gain_low": gain.low,
             "gain_high": gain.high,
         }
+        if (weights := estimated["support"]) is not None:
+            numbers[name].update(support_value=weights.value, support_low=weights.low,
+                                 support_high=weights.high)  # fmt: skip
     if baseline is not None:
         base = result["targets"][baseline]["estimates"]["dr"]
         for values in numbers.values():

@@ -201,7 +201,18 @@ class PromotionSettings(_Section):
         "never showed, for an off-policy estimate to decide anything (veto, selection, "
         "promotion, the hourly challenger_wins): the logging policy explores only the "
         "champion's top serving.candidates, so for other items only the reward model speaks, "
-        "and the interval does not hold its error.",
+        "and the interval does not hold its error. The challenger's mean importance weight "
+        "(1 under full support) must also have its upper bound at 1 less this share, or its "
+        "items were logged in its slots too rarely for the interval to hold.",
+    )
+    off_policy_support_half_width: float = Field(
+        0.5,
+        gt=0,
+        description="The widest half interval of the challenger's mean importance weight (1 "
+        "under full support) for an off-policy estimate to decide anything: a wider one means "
+        "the log has met only a handful of its heavy-weight matches (about 15 in all for 0.5 "
+        "at 95%), and the estimate's normal interval, however narrow, then misses the truth "
+        "far more often than it says (monitoring.estimators.support).",
     )
     off_policy_min_matches: int = Field(
         50,

@@ -17,6 +17,7 @@ from typing import Any
 
 from recloop.settings import Settings
 from training.data import InteractionData
+from training.promotion import unsupported
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,8 @@ def select_off_policy(
     champion's, when this run did not retrain it) refitted on the interactions before the
     window and estimated as the greedy target on the window's logged impressions, all with
     one reward model; the highest doubly robust CTR among those that match at least
-    ``promotion.off_policy_min_matches`` impressions, with at most
-    ``promotion.off_policy_max_unlogged`` of their slots unlogged, is chosen. Each gain is
+    ``promotion.off_policy_min_matches`` impressions within the log's support
+    (``training.promotion.unsupported``), is chosen. Each gain is
     paired against the champion's recipe (against the logged clicks when there is no
     champion) at level alpha / candidates (Bonferroni: the gate tests the best of several).
     With no window, no impressions, too little overlap or a failure, nothing is chosen, and
@@ -177,10 +178,12 @@ def select_off_policy(
     least = settings.promotion.off_policy_min_matches
     most = settings.promotion.off_policy_max_unlogged
     eligible = [v for v in candidates if estimates[v].get("matches", 0) >= least
-                and estimates[v].get("unlogged_share", 0.0) <= most]  # fmt: skip
+                and unsupported(estimates[v], settings.promotion) is None]  # fmt: skip
     if not eligible:
-        return fallback(f"no candidate matches {least} logged impressions with at most "
-                        f"{most:.0%} of its slots unlogged", estimates)  # fmt: skip
+        return fallback(f"no candidate matches {least} logged impressions with the log's "
+                        f"support (at most {most:.0%} of its slots unlogged, and its mean "
+                        "importance weight's upper bound at least "
+                        f"{1 - most:.2f})", estimates)  # fmt: skip
     best = max(eligible, key=lambda v: estimates[v]["challenger_value"])
     chosen = next(s for s in summaries if s["version"] == best)
     ranked = sorted(eligible, key=lambda v: -estimates[v]["challenger_value"])
@@ -193,5 +196,5 @@ def select_off_policy(
     )
     if len(eligible) < len(candidates):
         reason += (f"; {len(candidates) - len(eligible)} left out (under {least} matches, or "
-                   f"over {most:.0%} of their slots unlogged)")  # fmt: skip
+                   "outside the log's support)")  # fmt: skip
     return OffPolicySelection(chosen, estimates[best], estimates, reason)

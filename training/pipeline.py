@@ -398,7 +398,7 @@ def _selection_numbers(
         name = (f"selection.{kinds[version]}.v{version}" if version in kinds
                 else "selection.champion_recipe")  # fmt: skip
         for key in ("challenger_value", "challenger_low", "challenger_high", "matches",
-                    "unlogged_share"):  # fmt: skip
+                    "unlogged_share", "support_value", "support_high"):  # fmt: skip
             if key in values:
                 numbers[f"{name}.{key.removeprefix('challenger_')}"] = values[key]
     return numbers

@@ -199,17 +199,44 @@ def decide(
     return Decision(promote, reasons, numbers)
 
 
-def _unlogged(estimate: dict[str, float], settings: PromotionSettings) -> str | None:
-    """Why the estimate cannot decide, when too many of the challenger's slots show items the
-    logged window never showed (``unlogged_share`` over ``off_policy_max_unlogged``)."""
+def unsupported(estimate: dict[str, float], settings: PromotionSettings) -> str | None:
+    """Why an off-policy estimate cannot judge the challenger, or None when it can.
+
+    - Too many of its slots show items the logged window never showed (``unlogged_share``
+      over ``off_policy_max_unlogged``): only the reward model speaks for them.
+    - Its mean importance weight (``support_*``, about 1 where the log sees what the
+      challenger would show; ``monitoring.estimators.support``) has its upper bound below 1
+      less that share, or is too uncertain (half its interval over
+      ``off_policy_support_half_width``): the log holds its items in its slots so rarely
+      that it has not met their heavy weights, and the estimate's interval, however narrow,
+      does not hold its level (measured in tests/unit/test_estimators.py: 30% coverage for a
+      95% interval on such a log).
+    """
+    most = settings.off_policy_max_unlogged
     share = estimate.get("unlogged_share", 0.0)
-    if share <= settings.off_policy_max_unlogged:
+    if share > most:
+        return (
+            f"{share:.1%} of the challenger's slots show items the logged window never showed "
+            f"(more than {most:.0%}; only the reward model speaks for them, and the interval "
+            "does not hold its error)"
+        )
+    if "support_high" not in estimate:
         return None
-    return (
-        f"{share:.1%} of the challenger's slots show items the logged window never showed "
-        f"(more than {settings.off_policy_max_unlogged:.0%}; only the reward model speaks for "
-        "them, and the interval does not hold its error)"
-    )
+    value, low, high = (estimate["support_value"], estimate["support_low"],
+                        estimate["support_high"])  # fmt: skip
+    said = f"its mean importance weight is {value:.3f} [{low:.3f}, {high:.3f}]"
+    if high < 1.0 - most:
+        return (
+            f"{said}, below {1.0 - most:.2f}: the log shows its items in its slots too "
+            "rarely to have met their weights, and the interval does not hold its level"
+        )
+    if (high - low) / 2 > settings.off_policy_support_half_width:
+        return (
+            f"{said}, wider than +-{settings.off_policy_support_half_width}: the log holds too "
+            "few of its items in its slots to weigh them, and the interval does not hold its "
+            "level"
+        )
+    return None
 
 
 def _cold_start_verdict(
@@ -241,8 +268,8 @@ def _off_policy_gain_verdict(
     """(promote, why) with the off-policy criterion: the challenger's doubly robust CTR less
     the champion's recipe's, paired on the same impressions, must have its lower bound above
     ``off_policy_margin``."""
-    if (unlogged := _unlogged(estimate, settings)) is not None:
-        return False, f"off-policy: {unlogged}: the log cannot judge it"
+    if (why := unsupported(estimate, settings)) is not None:
+        return False, f"off-policy: {why}: the log cannot judge it"
     gain, low, high = estimate["gain_value"], estimate["gain_low"], estimate["gain_high"]
     level = f"{1 - estimate.get('alpha', 0.05):.1%}"
     said = (
@@ -276,8 +303,8 @@ def _off_policy_verdict(
             f"off-policy: only {matches} of {impressions} logged impressions match the "
             f"challenger's slates (fewer than {settings.off_policy_min_matches}); not used"
         )
-    if (unlogged := _unlogged(estimate, settings)) is not None:
-        return True, f"off-policy: {unlogged}; not used"
+    if (why := unsupported(estimate, settings)) is not None:
+        return True, f"off-policy: {why}; not used"
     value, low, upper = (estimate["challenger_value"], estimate["challenger_low"],
                          estimate["challenger_high"])  # fmt: skip
     gain, gain_low, gain_high = estimate["gain_value"], estimate["gain_low"], estimate["gain_high"]

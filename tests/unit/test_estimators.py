@@ -158,6 +158,58 @@ def test_confidence_sequence_holds_the_value_and_is_wider_than_the_fixed_interva
     assert high - low > fixed[1] - fixed[0]
 
 
+def test_support_is_the_mean_importance_weight_by_hand() -> None:
+    # The slates of test_ips_and_snips_by_hand: weights 2, 0, 1, 4; mean 7/4.
+    weights = estimators.support([0.5, 0.5, 1.0, 0.25], [1.0, 0.0, 1.0, 1.0], ["a", "a", "b", "b"])
+    # Slate sums 2 and 5, centred by 7/4 * 2: -1.5, +1.5; var = 2 * 4.5 / 16.
+    half = 1.959963984540054 * math.sqrt(2 * 4.5 / 16)
+    assert (weights.value, weights.low, weights.high) == pytest.approx(
+        (1.75, 1.75 - half, 1.75 + half)
+    )
+
+
+def _tail_log(seed: int, slates: int, explore: float, tail: int) -> tuple[bool, dict]:
+    """A log of 3-slot slates whose every slot shows its head item (CTR 0.1), except with
+    probability ``explore`` one of ``tail`` others drawn uniformly; the target shows the first
+    of those (CTR 0.4) in every slot, so its value is 0.4 and its weight 1 / its propensity.
+    The reward model has never seen it and predicts the pooled 0.1. Returns whether the
+    doubly robust 95% interval held 0.4, and the support numbers the gate reads."""
+    rng = np.random.default_rng(seed)
+    n = 3 * slates
+    explored = rng.random(n) < explore
+    is_target = explored & (rng.integers(0, tail, n) == 0)
+    logged = np.where(explored, explore / tail, 1 - explore)
+    ctr = np.where(is_target, 0.4, np.where(explored, 0.05, 0.1))
+    clicks = (rng.random(n) < ctr).astype(float)
+    groups = np.arange(n) // 3
+    target = is_target.astype(float)
+    model = {"predicted": np.full(n, 0.1), "direct": np.full(n, 0.1)}
+    dr = estimators.doubly_robust(clicks, logged, target, groups, **model)
+    weights = estimators.support(logged, target, groups)
+    return dr.covers(0.4), {
+        "support_value": weights.value,
+        "support_low": weights.low,
+        "support_high": weights.high,
+    }
+
+
+def test_support_flags_the_logs_whose_intervals_do_not_hold() -> None:
+    """Where the target's item is logged a handful of times (weight 1,000), the doubly robust
+    interval holds the truth in about a third of the logs; the gate's support check refuses
+    every one of them. Where it is logged about 90 times per slot, the interval holds its
+    95% and the check lets nearly every log through."""
+    from recloop.settings import PromotionSettings
+    from training.promotion import unsupported
+
+    settings = PromotionSettings()
+    rare = [_tail_log(seed, 300, 0.02, 20) for seed in range(200)]
+    assert np.mean([held for held, _ in rare]) < 0.5
+    assert all(unsupported(numbers, settings) is not None for _, numbers in rare)
+    common = [_tail_log(seed, 3000, 0.2, 20) for seed in range(200)]
+    assert np.mean([held for held, _ in common]) > 0.9
+    assert np.mean([unsupported(numbers, settings) is None for _, numbers in common]) > 0.95
+
+
 @pytest.mark.parametrize(
     ("field", "kwargs", "message"),
     [

@@ -203,6 +203,13 @@ def test_two_targets_compared_on_the_same_log_and_on_its_new_users() -> None:
     compared = ope.compare(frame, {**targets, **unseen})["targets"]
     shares = {name: t["unlogged_share"] for name, t in compared.items()}
     assert shares == pytest.approx({"good": 0.0, "poor": 0.0, "odd": 1 / 3})
+    # The mean importance weight sees the same: about 1 where the log shows everything the
+    # target would (this seed's log happens to show "good"'s items 7% less often than they
+    # are drawn), about 2/3 where a third of its slots hold an item it never shows.
+    weights = {name: t["support"] for name, t in compared.items()}
+    for name in ("good", "poor"):
+        assert abs(weights[name].value - 1) < 0.1 and weights[name].high > 0.95, weights[name]
+    assert abs(weights["odd"].value - 2 / 3) < 0.1 and weights["odd"].high < 0.95
 
 
 def test_greedy_slates_fold_in_the_clicks_before_each_request() -> None:

@@ -231,6 +231,23 @@ def test_the_off_policy_criterion_decides_on_the_gain_over_the_champions_recipe(
     veto = decide(evaluations(BASE + 0.05), evaluations(BASE), SETTINGS, data_gate_passed=True,
                   off_policy={**off_policy(0.02, 0.01, 0.03), "unlogged_share": 0.1})  # fmt: skip
     assert veto.promote and veto.reasons[-1].endswith("; not used"), veto.reasons
+    # Every slot logged, but its mean importance weight well short of 1: the log has barely
+    # met its items, and the tight interval is not to be trusted either way.
+    rare = {**gain(0.01, 0.03), "support_value": 0.6, "support_low": 0.55, "support_high": 0.7}
+    decision = decide(evaluations(BASE), evaluations(BASE), SETTINGS, data_gate_passed=True,
+                      off_policy=rare, criterion="off_policy")  # fmt: skip
+    assert not decision.promote
+    assert "mean importance weight is 0.600 [0.550, 0.700], below 0.95" in decision.reasons[-1]
+    # Or about 1 but too uncertain to say whether the log has met the challenger's weights.
+    unsure = {**rare, "support_value": 1.1, "support_low": 0.4, "support_high": 1.8}
+    decision = decide(evaluations(BASE), evaluations(BASE), SETTINGS, data_gate_passed=True,
+                      off_policy=unsure, criterion="off_policy")  # fmt: skip
+    assert not decision.promote and "wider than +-0.5" in decision.reasons[-1]
+    # Its upper bound reaching 0.95 (1 less the unlogged share allowed), within +-0.5: enough.
+    supported = {**rare, "support_value": 0.9, "support_low": 0.8, "support_high": 1.0}
+    decision = decide(evaluations(BASE), evaluations(BASE), SETTINGS, data_gate_passed=True,
+                      off_policy=supported, criterion="off_policy")  # fmt: skip
+    assert decision.promote, decision.reasons
     with pytest.raises(ValueError, match="needs the challenger's estimate"):
         decide(evaluations(BASE), evaluations(BASE), SETTINGS, data_gate_passed=True,
                criterion="off_policy")  # fmt: skip
