@@ -7,10 +7,14 @@ That is what per-slot inverse propensity estimators divide by, and what the cont
 ``propensity`` field means.
 
 - ``greedy``: the top k by score; every propensity is 1.
-- ``epsilon_greedy``: each slot keeps its greedy item with probability 1 - epsilon, otherwise
-  shows an item drawn uniformly, without replacement, from the candidates below the top k
-  and the unscored ones (below). Exact marginals: 1 - epsilon for a kept item;
-  epsilon / (pool size) for a drawn one.
+- ``epsilon_greedy``: with probability 1 - epsilon the greedy slate; otherwise a uniformly
+  random ordered sample of k of all the candidates, scored and unscored (below). Exact
+  marginals: epsilon / N + (1 - epsilon) * [the item is the slot's greedy one], N the
+  candidates. Every candidate can be shown in every slot, the champion's own top k included,
+  so an off-policy estimate of any model that ranks the same candidates has full support
+  (the per-slate uniform logging of Li et al. 2018). (An earlier version explored per slot,
+  replacing a slot's greedy item by one from below the top k: it never showed one of the
+  top k in another slot, and a third of EASE's slots in the demo were beyond its support.)
 - ``plackett_luce``: a ranking sampled without replacement with probabilities proportional to
   exp(score / temperature) (scores standardised over the candidates first). The marginal of
   item i at slot j is the exponential-race integral
@@ -104,21 +108,15 @@ class EpsilonGreedy:
 
     def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate:
         scored = len(candidates.scores)
-        order = top(candidates.scores, scored)
-        greedy = order[:k]
-        pool = np.concatenate([order[k:], np.arange(scored, scored + candidates.unscored)])
-        if len(pool) == 0 or self.epsilon == 0:
+        greedy = top(candidates.scores, min(k, scored))
+        everyone = scored + candidates.unscored
+        if everyone == 0 or self.epsilon == 0:
             return Slate(greedy, np.ones(len(greedy)))
-        explore = rng.random(len(greedy)) < self.epsilon
-        # One uniform permutation of the pool: slot s takes its s-th element when it explores,
-        # so each slot's drawn item is marginally uniform over the pool, and never repeated.
-        drawn = rng.permutation(pool)[: len(greedy)]
-        indices = np.where(explore[: len(drawn)], drawn, greedy[: len(drawn)])
-        indices = np.concatenate([indices, greedy[len(drawn) :]])
-        explore = np.concatenate([explore[: len(drawn)], np.zeros(len(greedy) - len(drawn), bool)])
-        # Slots past the pool's size cannot explore: their greedy item is certain there.
-        keep = np.where(np.arange(len(greedy)) < len(drawn), 1 - self.epsilon, 1.0)
-        propensities = np.where(explore, self.epsilon / len(pool), keep)
+        # A random slate is as long as the greedy one (unscored items only ever replace, never
+        # lengthen: a model with nothing to rank shows nothing).
+        explore = rng.random() < self.epsilon
+        indices = rng.permutation(everyone)[: len(greedy)] if explore else greedy
+        propensities = self.epsilon / everyone + (1 - self.epsilon) * (indices == greedy)
         return Slate(indices, propensities)
 
 

@@ -249,17 +249,17 @@ def test_an_item_added_after_training_is_recommended_from_its_text(world: Path) 
                 other = table[model.item_index[row["item_id"]]]
                 cosine = own @ other / (np.linalg.norm(own) * np.linalg.norm(other))
                 assert row["similarity"] == pytest.approx(float(cosine), abs=0.02)
-        # An EASE champion cannot place it, so greedy never shows it; epsilon-greedy's
-        # exploring slots draw it, with no score, from a pool of the ten candidates below the
-        # top 10 and every catalogue item EASE never trained on: with epsilon 1, every slot
-        # explores, and each drawn item's propensity is 1 / that pool's size.
+        # An EASE champion cannot place it, so greedy never shows it; epsilon-greedy's random
+        # slates draw it, with no score, from the 20 candidates and every catalogue item EASE
+        # never trained on: with epsilon 1, every slate is random, and each item's propensity
+        # is 1 / the number of them.
         ease = max((v for v in versions if v.tags.get("kind") == "ease"),
                    key=lambda v: int(v.version))  # fmt: skip
         ease_model = registry.download_model(settings, str(ease.version))
         catalogue = read_catalogue(settings).item_ids
         unscored = [i for i in catalogue if i not in ease_model.item_index]
         assert item.item_id in unscored
-        pool = 10 + len(unscored)
+        pool = 20 + len(unscored)
         registry.set_alias(client, registry.CHAMPION, str(ease.version))
         with serving(
             world,

@@ -54,20 +54,23 @@ def test_epsilon_greedy_propensities_match_frequencies() -> None:
     policy = EpsilonGreedy(0.3)
     freq, logged = frequencies_and_logged(policy, Candidates(SCORES), 6000)
     assert_matches(freq, logged, 6000)
-    assert logged[(0, 0)] == {0.7}
-    assert logged[(4, 1)] == {round(0.3 / 3, 9)}  # pool of three below the top three
-    assert freq[0, 1] == 0  # a greedy item never moves to another slot
+    assert logged[(0, 0)] == {round(0.7 + 0.3 / 6, 9)}  # greedy, or drawn into its own slot
+    assert logged[(4, 1)] == {round(0.3 / 6, 9)}  # a random slate of the six candidates
+    # A greedy item also shows in the other slots: any model ranking these candidates has
+    # every (item, slot) pair in the log's support.
+    assert freq[0, 1] > 0 and freq[0, 2] > 0 and set(logged) == {(i, k) for i in range(6)
+                                                                 for k in range(K)}  # fmt: skip
 
 
 def test_epsilon_greedy_explores_unscored_items_with_exact_propensities() -> None:
-    """Two unscored items (positions 6 and 7) join the pool below the top three: five in
-    all, each drawn with epsilon / 5 in any slot, never kept greedily; the policies that
-    cannot weigh an item without a score never show one."""
+    """Two unscored items (positions 6 and 7) join the six scored ones in the random slates:
+    each drawn with epsilon / 8 in any slot, never greedily; the policies that cannot weigh
+    an item without a score never show one."""
     candidates = Candidates(SCORES, np.zeros(6), np.zeros(6), unscored=2)
     freq, logged = frequencies_and_logged(EpsilonGreedy(0.3), candidates, 6000, size=8)
     assert_matches(freq, logged, 6000)
-    assert logged[(7, 2)] == {round(0.3 / 5, 9)} and logged[(4, 0)] == {round(0.3 / 5, 9)}
-    assert logged[(0, 0)] == {0.7}
+    assert logged[(7, 2)] == {round(0.3 / 8, 9)} and logged[(4, 0)] == {round(0.3 / 8, 9)}
+    assert logged[(0, 0)] == {round(0.7 + 0.3 / 8, 9)}
     assert freq[6:].sum() > 0
     for policy in (Greedy(), PlackettLuce(1.0)):
         assert not policy.explores_unscored
