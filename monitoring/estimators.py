@@ -183,7 +183,8 @@ def support(logged: Any, target: Any, slates: Any, alpha: float = 0.05) -> Estim
     weights it has not met yet, and an estimate that looks tight can be wrong (an importance
     sampling diagnostic: Owen 2013, "Monte Carlo theory, methods and examples", section 9.3;
     the control variate of Swaminathan and Joachims 2015, "The self-normalized estimator for
-    counterfactual learning"). An upper bound below 1 says the log cannot judge the target.
+    counterfactual learning"). An upper bound well below 1, or a very wide interval, says the
+    log cannot judge the target (``training.promotion.unsupported`` draws the line).
     Give it the impressions of the slots the target fills: a slot its slate leaves empty
     would count as unsupported."""
     _, logged, target, groups = _inputs(np.zeros(len(logged)), logged, target, slates)

@@ -181,9 +181,10 @@ def select_off_policy(
                 and unsupported(estimates[v], settings.promotion) is None]  # fmt: skip
     if not eligible:
         return fallback(f"no candidate matches {least} logged impressions with the log's "
-                        f"support (at most {most:.0%} of its slots unlogged, and its mean "
-                        "importance weight's upper bound at least "
-                        f"{1 - most:.2f})", estimates)  # fmt: skip
+                        f"support (at most {most:.0%} of its slots unlogged, its mean "
+                        f"importance weight's upper bound at least {1 - most:.2f} and its "
+                        "half interval within promotion.off_policy_support_half_width)",
+                        estimates)  # fmt: skip
     best = max(eligible, key=lambda v: estimates[v]["challenger_value"])
     chosen = next(s for s in summaries if s["version"] == best)
     ranked = sorted(eligible, key=lambda v: -estimates[v]["challenger_value"])

@@ -207,10 +207,10 @@ def unsupported(estimate: dict[str, float], settings: PromotionSettings) -> str 
     - Its mean importance weight (``support_*``, about 1 where the log sees what the
       challenger would show; ``monitoring.estimators.support``) has its upper bound below 1
       less that share, or is too uncertain (half its interval over
-      ``off_policy_support_half_width``): the log holds its items in its slots so rarely
-      that it has not met their heavy weights, and the estimate's interval, however narrow,
-      does not hold its level (measured in tests/unit/test_estimators.py: 30% coverage for a
-      95% interval on such a log).
+      ``off_policy_support_half_width``): the log cannot show some of its items in the
+      slots it puts them in, or shows them there so rarely that it has not met their heavy
+      weights, and the estimate's interval, however narrow, does not hold its level
+      (tests/unit/test_estimators.py: a 95% interval held the truth in 27% of such logs).
     """
     most = settings.off_policy_max_unlogged
     share = estimate.get("unlogged_share", 0.0)
@@ -227,8 +227,8 @@ def unsupported(estimate: dict[str, float], settings: PromotionSettings) -> str 
     said = f"its mean importance weight is {value:.3f} [{low:.3f}, {high:.3f}]"
     if high < 1.0 - most:
         return (
-            f"{said}, below {1.0 - most:.2f}: the log shows its items in its slots too "
-            "rarely to have met their weights, and the interval does not hold its level"
+            f"{said}, below {1.0 - most:.2f}: the log cannot show, or has too rarely shown, "
+            "its items in the slots it puts them in, and the interval does not hold its level"
         )
     if (high - low) / 2 > settings.off_policy_support_half_width:
         return (
