@@ -172,9 +172,8 @@ def main() -> None:
         low, high = estimators.wilson(int(clicks.sum()), len(clicks))
         wilson_hits.append(low <= on_policy <= high)
         # Whether the gate would let these logs judge the target at all (its support check).
-        weights = estimators.support(logged, weights, slates)
-        supported.append(unsupported({"support_value": weights.value, "support_low": weights.low,
-                                      "support_high": weights.high}, gate) is None)  # fmt: skip
+        mean_weight = estimators.support(logged, weights, slates)
+        supported.append(unsupported(mean_weight.numbers("support"), gate) is None)
     seconds = time.perf_counter() - started
 
     protocol = (f"{args.requests * SLOTS:,} impressions x {args.repetitions} seeds; PL log vs "

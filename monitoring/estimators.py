@@ -56,6 +56,12 @@ class Estimate:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def numbers(self, prefix: str) -> dict[str, float]:
+        """``{prefix}_value``, ``{prefix}_low`` and ``{prefix}_high``: the flat numbers the
+        promotion gate and the hourly tables carry."""
+        return {f"{prefix}_value": self.value, f"{prefix}_low": self.low,
+                f"{prefix}_high": self.high}  # fmt: skip
+
     def covers(self, truth: float) -> bool:
         return self.low <= truth <= self.high
 

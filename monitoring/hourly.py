@@ -133,8 +133,7 @@ def _off_policy(
                                         baseline="champion", alpha=level)  # fmt: skip
             candidate = compared["targets"]["candidate"]
             weights = candidate["support"]
-            support = ({} if weights is None else {"support_value": weights.value,
-                       "support_low": weights.low, "support_high": weights.high})  # fmt: skip
+            support = {} if weights is None else weights.numbers("support")
             row = {**common, "estimator": "dr_gain", "value": gain.value, "low": gain.low,
                    "high": gain.high, "level": 1 - level, "baseline": base.value,
                    "unlogged_share": candidate["unlogged_share"], **support,

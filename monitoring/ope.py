@@ -357,24 +357,18 @@ def gate_estimates(
             "impressions": float(result["impressions"]),
             "matches": float(estimated["matches"]),
             "unlogged_share": estimated["unlogged_share"],
-            "challenger_value": dr.value,
-            "challenger_low": dr.low,
-            "challenger_high": dr.high,
+            **dr.numbers("challenger"),
             "champion_online": clicks / shown,
             "champion_low": low,
             "champion_high": high,
-            "gain_value": gain.value,
-            "gain_low": gain.low,
-            "gain_high": gain.high,
+            **gain.numbers("gain"),
         }
         if (weights := estimated["support"]) is not None:
-            numbers[name].update(support_value=weights.value, support_low=weights.low,
-                                 support_high=weights.high)  # fmt: skip
+            numbers[name].update(weights.numbers("support"))
     if baseline is not None:
         base = result["targets"][baseline]["estimates"]["dr"]
         for values in numbers.values():
-            values.update(baseline_value=base.value, baseline_low=base.low,
-                          baseline_high=base.high)  # fmt: skip
+            values.update(base.numbers("baseline"))
     for name, values in cold_start_gains(frame, targets, baseline=baseline, alpha=alpha).items():
         numbers[name].update(values)
     return numbers
@@ -408,7 +402,6 @@ def cold_start_gains(
     compared = compare(cold, targets, baseline=baseline, alpha=alpha)["targets"]
     return {
         name: {"cold_impressions": float(len(cold)), "cold_matches": float(estimated["matches"]),
-               "cold_gain_value": estimated["gain"].value, "cold_gain_low": estimated["gain"].low,
-               "cold_gain_high": estimated["gain"].high}
+               **estimated["gain"].numbers("cold_gain")}
         for name, estimated in compared.items()
     }  # fmt: skip

@@ -185,12 +185,7 @@ def _tail_log(seed: int, slates: int, explore: float, tail: int) -> tuple[bool, 
     target = is_target.astype(float)
     model = {"predicted": np.full(n, 0.1), "direct": np.full(n, 0.1)}
     dr = estimators.doubly_robust(clicks, logged, target, groups, **model)
-    weights = estimators.support(logged, target, groups)
-    return dr.covers(0.4), {
-        "support_value": weights.value,
-        "support_low": weights.low,
-        "support_high": weights.high,
-    }
+    return dr.covers(0.4), estimators.support(logged, target, groups).numbers("support")
 
 
 def test_support_flags_the_logs_whose_intervals_do_not_hold() -> None:
