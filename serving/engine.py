@@ -416,16 +416,16 @@ class Engine:
         self.published = PublishedCatalogue(catalogue, frozenset(wanted))
 
     def _counts(self, items: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Each item's (clicks, impressions), for Thompson sampling; None for the policies
-        that ignore them (``_refresh_item_counts`` keeps counts for Thompson alone)."""
-        if self.policy.name != "thompson":
+        """Each item's (clicks, impressions), for a policy that reads them (Thompson sampling);
+        None for the others (``_refresh_item_counts`` keeps counts only for the former)."""
+        if not self.policy.reads_counts:
             return None, None
         counts = self.item_counts
         pairs = [counts.get(item, (0.0, 0.0)) for item in items]
         return np.array([c for c, _ in pairs]), np.array([s for _, s in pairs])
 
     def _refresh_item_counts(self) -> None:
-        if self.policy.name != "thompson":
+        if not self.policy.reads_counts:
             return
         # The champion's items and the catalogue's newer ones, which exploration shows too.
         items = list(dict.fromkeys([*self.watcher.current.champion.model.item_ids,

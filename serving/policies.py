@@ -80,6 +80,7 @@ class Slate:
 class Policy(Protocol):
     name: str
     explores_unscored: ClassVar[bool]  # whether a draw may show ``Candidates.unscored`` items
+    reads_counts: ClassVar[bool]  # whether a draw needs ``Candidates.clicks``/``impressions``
 
     def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate: ...
 
@@ -88,6 +89,7 @@ class Policy(Protocol):
 class Greedy:
     name: str = "greedy"
     explores_unscored: ClassVar[bool] = False
+    reads_counts: ClassVar[bool] = False
 
     def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate:
         del rng
@@ -100,6 +102,7 @@ class EpsilonGreedy:
     epsilon: float = 0.1
     name: str = field(init=False)
     explores_unscored: ClassVar[bool] = True
+    reads_counts: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.epsilon <= 1:
@@ -125,6 +128,7 @@ class PlackettLuce:
     temperature: float = 0.2
     name: str = field(init=False)
     explores_unscored: ClassVar[bool] = False  # a weight needs a score
+    reads_counts: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -156,6 +160,7 @@ class Thompson:
     # Scores play no part in a draw, so an item without one competes like any other, on its
     # counts (none yet: the prior alone).
     explores_unscored: ClassVar[bool] = True
+    reads_counts: ClassVar[bool] = True  # its posteriors are the items' clicks and impressions
 
     def __post_init__(self) -> None:
         if self.prior_strength <= 0:
