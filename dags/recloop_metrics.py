@@ -10,19 +10,28 @@ an alarm of another configured kind fires (a degradation of the champion's CTR, 
 request features) or the gate refused the winner, `request_retraining` updates the asset
 `retrain_requested`, which schedules `recloop_training`: the loop closes through the asset.
 
-Trigger with {"start": ISO, "end": ISO} to estimate another hour than the run's interval.
+Runs hourly (unless the setting `airflow.timed_schedules` turns the clocks off, as the demo
+does, triggering a run per simulated hour). Trigger with {"start": ISO, "end": ISO} to
+estimate another hour than the run's interval.
 """
 
 from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Asset, Param, dag, task
 
+from recloop.settings import load_settings
+
 RETRAIN_REQUESTED = Asset(name="retrain_requested", uri="recloop://retrain_requested")
+
+
+# Whether the clocks start runs is a setting (airflow.timed_schedules), read from the
+# environment and config file as the file is parsed: the demo turns them off.
+TIMED = load_settings().airflow.timed_schedules
 
 
 @dag(
     dag_id="recloop_metrics",
-    schedule="@hourly",
+    schedule="@hourly" if TIMED else None,
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,

@@ -1,6 +1,7 @@
 """Training: candidates from the point-in-time training set -> MLflow registry -> gate.
 
-Runs daily, and whenever the metrics DAG emits the asset `retrain_requested` (a detected
+Runs daily at 03:00 UTC (unless the setting `airflow.timed_schedules` turns the clocks off),
+and whenever the metrics DAG emits the asset `retrain_requested` (a detected
 degradation, or a challenger whose off-policy estimate beats the champion). One mapped task
 per candidate kind (the settings' `training.models`) trains, evaluates on the protocols and
 registers a version; `judge` picks the challenger and runs the promotion gate. The asset
@@ -14,15 +15,23 @@ from airflow.sdk import Asset, dag, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from recloop.settings import load_settings
+
 RETRAIN_REQUESTED = Asset(name="retrain_requested", uri="recloop://retrain_requested")
 CHAMPION_MODEL = Asset(name="champion_model", uri="recloop://champion_model")
 
 
+# Whether the clocks start runs is a setting (airflow.timed_schedules), read from the
+# environment and config file as the file is parsed: the demo turns them off.
+TIMED = load_settings().airflow.timed_schedules
+DAILY = CronTriggerTimetable("0 3 * * *", timezone="UTC")
+
+
 @dag(
     dag_id="recloop_training",
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"), assets=RETRAIN_REQUESTED
-    ),
+    schedule=AssetOrTimeSchedule(timetable=DAILY, assets=RETRAIN_REQUESTED)
+    if TIMED
+    else RETRAIN_REQUESTED,
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,

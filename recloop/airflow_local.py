@@ -303,16 +303,6 @@ class LocalAirflow:
     def unpause(self, dag_id: str) -> None:
         self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
-    def wait_for_first(self, dag_id: str, run_type: str, timeout: float = 900.0) -> dict[str, Any]:
-        """Wait for the first run of a type (e.g. the scheduled run an unpause creates)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            runs = [r for r in self.runs(dag_id) if r["run_type"] == run_type]
-            if runs:
-                return self.wait(dag_id, runs[0]["dag_run_id"], deadline - time.monotonic())
-            time.sleep(1)
-        raise AirflowError(f"no {run_type} run of {dag_id} appeared within {timeout:.0f} s")
-
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         body = {"logical_date": None, "conf": conf or {}}
         return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]

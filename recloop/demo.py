@@ -150,6 +150,10 @@ class Demo:
             # The log's files become visible to readers a second after they are written, so
             # each simulated hour's events are there when its DAG runs read them.
             "RECLOOP_EVENT_LOG__SEAL_SECONDS": "1",
+            # The demo starts every run itself, one per simulated hour: a wall-clock hour
+            # passing mid-demo must not start recloop_metrics over several simulated hours
+            # (nor the daily training at 03:00). Assets still start runs.
+            "RECLOOP_AIRFLOW__TIMED_SCHEDULES": "false",
         }
 
     def build_world(self) -> None:
@@ -334,13 +338,15 @@ class Demo:
         try:
             self.build_world()
             self.start_airflow()
-            # Unpaused one at a time: each runs its latest scheduled interval at once, which
-            # builds the features, then trains the first champion, as a new deployment would.
-            self.echo("first features and champion: the DAGs' scheduled runs ...")
+            # Unpaused, so that their triggered and asset-driven runs go; with the clocks off
+            # (task_env) that starts nothing by itself. The first features run backfills the
+            # history, then training trains the first champion, as a new deployment would.
             for dag_id in DAGS:
-                started = time.monotonic()
                 self.airflow.unpause(dag_id)
-                run = self.airflow.wait_for_first(dag_id, "scheduled")
+            self.echo("first features and champion: triggered runs ...")
+            for dag_id in ("recloop_features", "recloop_training"):
+                started = time.monotonic()
+                run = self.airflow.wait(dag_id, self.airflow.trigger(dag_id))
                 self.echo(f"  {dag_id}: {run['state']} in {time.monotonic() - started:.0f} s")
             first_champion = self._champion()
             if first_champion is None:

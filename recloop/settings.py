@@ -71,6 +71,18 @@ class IngestSettings(_Section):
     )
 
 
+class AirflowSettings(_Section):
+    """How the DAGs are started (read when Airflow parses the DAG files)."""
+
+    timed_schedules: bool = Field(
+        True,
+        description="Start the DAGs on their clocks as well as by assets and triggers: "
+        "recloop_features and recloop_metrics hourly, recloop_training daily at 03:00 UTC. "
+        "False: only assets and triggers start runs. The demo, whose hours are simulated, "
+        "turns them off so that a wall-clock hour cannot start a run over several of its hours.",
+    )
+
+
 class GateSettings(_Section):
     """The Great Expectations gate between dbt and Feast."""
 
@@ -447,6 +459,7 @@ class Settings(BaseSettings):
     event_log: EventLogSettings = Field(default_factory=EventLogSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
+    airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)

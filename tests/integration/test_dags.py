@@ -41,6 +41,7 @@ print(json.dumps({
     "errors": {path: str(error) for path, error in bag.import_errors.items()},
     "dags": {
         dag_id: {"file": dag.fileloc, "tags": sorted(dag.tags),
+                 "timetable": type(dag.timetable).__name__,
                  "retries": {task.task_id: task.retries for task in dag.tasks}}
         for dag_id, dag in bag.dags.items()
     },
@@ -48,15 +49,20 @@ print(json.dumps({
 """
 
 
-@pytest.mark.integration
-def test_dagbag_imports_every_dag_with_tags_and_retries(tmp_path: Path) -> None:
+def dagbag(tmp_path: Path, **env: str) -> dict:
     # A child process: Airflow reads its configuration once, at import.
     result = subprocess.run(
         [sys.executable, "-c", DAGBAG, str(REPO / "dags")],
-        env=airflow_environment(tmp_path, tmp_path / "var"), capture_output=True, text=True,
+        env={**airflow_environment(tmp_path, tmp_path / "var"), **env},
+        capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    bag = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.integration
+def test_dagbag_imports_every_dag_with_tags_and_retries(tmp_path: Path) -> None:
+    bag = dagbag(tmp_path)
     assert bag["errors"] == {}
     assert set(bag["dags"]) >= {"recloop_features", "recloop_training"}
     assert len(bag["dags"]) == len(list((REPO / "dags").glob("*.py")))
@@ -65,6 +71,21 @@ def test_dagbag_imports_every_dag_with_tags_and_retries(tmp_path: Path) -> None:
         assert "recloop" in dag["tags"]
         for task_id, retries in dag["retries"].items():
             assert retries >= 1, f"{dag_id}.{task_id} has no retries"
+    # On their clocks by default: features and metrics hourly, training daily or on its asset.
+    assert bag["dags"]["recloop_features"]["timetable"] == "CronTriggerTimetable"
+    assert bag["dags"]["recloop_metrics"]["timetable"] == "CronTriggerTimetable"
+    assert bag["dags"]["recloop_training"]["timetable"] == "AssetOrTimeSchedule"
+
+
+@pytest.mark.integration
+def test_the_clocks_can_be_turned_off_leaving_the_assets(tmp_path: Path) -> None:
+    """The demo's setting: no run starts on the clock, training still starts on its asset."""
+    bag = dagbag(tmp_path, RECLOOP_AIRFLOW__TIMED_SCHEDULES="false")
+    assert bag["errors"] == {}
+    timetables = {dag_id: dag["timetable"] for dag_id, dag in bag["dags"].items()}
+    assert timetables == {"recloop_features": "NullTimetable",
+                          "recloop_metrics": "NullTimetable",
+                          "recloop_training": "AssetTriggeredTimetable"}  # fmt: skip
 
 
 def recloop(home: Path, *args: str) -> None:
