@@ -15,7 +15,8 @@ On MovieLens-100K (P1) it adds about 1% NDCG@10 to EASE (0.4824 -> 0.4875). Its 
 has seen.
 
 ``lambda`` and ``dropout`` (0 is EASE) are tuned together on a validation split carved out
-of the training data (a random 10% of each user's interactions) unless the config fixes them.
+of the training data (a random 10% of each user's interactions, ``protocols.validation``, the
+split the two-stage blend's weight is tuned on) unless the config fixes them.
 """
 
 from __future__ import annotations
@@ -101,32 +102,13 @@ class Ease(Recommender):
         return weights.astype(np.float32)
 
     def _tune(self, data: InteractionData) -> tuple[float, float]:
-        """The (lambda, dropout) with the best validation NDCG@10 among the free ones' grids."""
+        """The (lambda, dropout) with the best validation NDCG@10 among the free ones' grids,
+        on the same validation split as the other kinds tune on (``protocols.validation``)."""
         from training.metrics import ndcg_at_k
+        from training.protocols import validation
 
-        rng = np.random.default_rng(self.config.seed)
-        frame = data.interactions
-        is_valid = np.zeros(len(frame), dtype=bool)
-        for positions in frame.groupby("user_id", sort=True).indices.values():
-            if len(positions) >= 5:
-                chosen = rng.choice(
-                    positions,
-                    max(1, int(len(positions) * self.config.validation_share)),
-                    replace=False,
-                )
-                is_valid[chosen] = True
-        train = data.with_interactions(frame[~is_valid])
-        x = self._matrix(train)
-        users = list(train.interactions["user_id"].unique())
-        row_of = {u: r for r, u in enumerate(users)}
-        valid = frame[is_valid & frame["user_id"].isin(row_of).to_numpy()]
-        relevant = np.zeros_like(x, dtype=bool)
-        relevant[
-            valid["user_id"].map(row_of).to_numpy(),
-            valid["item_id"].map(self.item_index).to_numpy(),
-        ] = True
-        keep = relevant.any(axis=1)
-        if not keep.any():
+        split = validation(data, self.config.validation_share, self.config.seed)
+        if not len(split):
             # Too few interactions per user to hold any out: Steck's default for ML-size data.
             chosen = (
                 self.config.l2 if self.config.l2 is not None else DEFAULT_L2,
@@ -134,6 +116,12 @@ class Ease(Recommender):
             )
             self.tuning = {"l2": chosen[0], "dropout": chosen[1], "validation_ndcg@10": None}
             return chosen
+        x = self._matrix(split.train)
+        row_of = {u: r for r, u in enumerate(split.train.interactions["user_id"].unique())}
+        rows = np.array([row_of[query.user_id] for query in split.queries])
+        relevant = np.zeros((len(rows), len(self.item_ids)), dtype=bool)
+        for row, items in enumerate(split.relevant):
+            relevant[row, [self.item_index[item] for item in items]] = True
         l2s = [self.config.l2] if self.config.l2 is not None else self.config.l2_grid
         dropouts = (
             [self.config.dropout] if self.config.dropout is not None else self.config.dropout_grid
@@ -141,9 +129,9 @@ class Ease(Recommender):
         best, chosen = -1.0, (l2s[0], dropouts[0])
         for dropout in dropouts:
             for l2 in l2s:
-                scores = (x @ self._solve(x, l2, dropout)).astype(np.float64)
-                scores[x > 0] = -np.inf
-                value = ndcg_at_k(scores[keep], relevant[keep], 10)
+                scores = (x[rows] @ self._solve(x, l2, dropout)).astype(np.float64)
+                scores[x[rows] > 0] = -np.inf
+                value = ndcg_at_k(scores, relevant, 10)
                 if value > best:
                     best, chosen = value, (l2, dropout)
         self.tuning = {"l2": chosen[0], "dropout": chosen[1], "validation_ndcg@10": best}
