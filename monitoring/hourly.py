@@ -6,7 +6,7 @@ candidate on the champion's logged slates (monitoring.ope), and the alarms (moni
 plus ``challenger_wins``), and writes them to the hour's Parquet files (monitoring.store).
 ``publish`` logs the hour to MLflow (experiment ``online-metrics``, one run per hour) and
 redraws the dashboard. ``decide`` says whether to request a retraining: an alarm of a kind
-in ``monitoring.retrain_on`` and no request within the cooldown.
+in ``monitoring.retrain_on`` and no request within the cooldown for the same champion.
 """
 
 from __future__ import annotations
@@ -224,17 +224,24 @@ def estimate(settings: Settings, start: datetime, end: datetime) -> dict[str, An
 
 def decide(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]:
     """Request a retraining when the hour raised an alarm of a configured kind, unless one was
-    requested within the cooldown. The decision is written either way."""
+    requested within the cooldown while the same champion served (a champion promoted since
+    that request is judged afresh: its own degradation is new evidence, not the old alarm
+    again). The decision is written either way, with the champion it was made for."""
     config = settings.monitoring
     alarms = store.read(settings, "alarms")
     hour_alarms = alarms[alarms["hour_end"] == pd.Timestamp(end)] if len(alarms) else alarms
     triggering = [row for row in hour_alarms.to_dict("records") if row["kind"] in config.retrain_on]
+    champion = _stamped_champion(hour_alarms)
     past = store.read(settings, "decisions")
     recent = pd.DataFrame()
     if len(past):
         cutoff = pd.Timestamp(end) - pd.Timedelta(hours=config.retrain_cooldown_hours)
         recent = past[past["requested"] & (past["hour_end"] > cutoff)
                       & (past["hour_end"] < pd.Timestamp(end))]  # fmt: skip
+        if champion is not None and "champion_version" in recent:
+            # A request written without a champion (before decisions carried one) counts.
+            made_for = recent["champion_version"]
+            recent = recent[made_for.isna() | (made_for.astype(str) == champion)]
     promoted = None
     wins = [row for row in hour_alarms.to_dict("records") if row["kind"] == "challenger_wins"]
     if wins and config.promote_on_win:
@@ -254,10 +261,19 @@ def decide(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]
     if wins and config.promote_on_win:
         reason = f"{said}; {reason}"
     decision = {"hour_start": pd.Timestamp(start), "hour_end": pd.Timestamp(end),
-                "requested": requested, "reason": reason, "promoted": promoted}  # fmt: skip
+                "requested": requested, "reason": reason, "promoted": promoted,
+                "champion_version": champion}  # fmt: skip
     store.write(settings, "decisions", end, pd.DataFrame([decision]))
     return {"requested": requested, "reason": reason, "hour_end": end.isoformat(),
             "promoted": promoted}  # fmt: skip
+
+
+def _stamped_champion(hour_alarms: pd.DataFrame) -> str | None:
+    """The champion the hour's alarms were raised under (``estimate`` stamps each alarm)."""
+    if hour_alarms.empty or "champion_version" not in hour_alarms:
+        return None
+    stamped = hour_alarms["champion_version"].dropna()
+    return str(stamped.iloc[0]) if len(stamped) else None
 
 
 def _promote_winner(

@@ -418,7 +418,8 @@ class MonitoringSettings(_Section):
         6.0,
         ge=0,
         description="No second retraining request within this many hours of the "
-        "last one (one degradation would otherwise request a retraining every hour).",
+        "last one while the same champion serves (one degradation would otherwise request a "
+        "retraining every hour); a champion promoted since that request is judged afresh.",
     )
 
 

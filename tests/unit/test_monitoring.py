@@ -397,3 +397,38 @@ def test_the_gate_estimate_reads_the_logged_impressions_and_holds_the_truth(tmp_
     # A window before anything was logged has nothing to weigh.
     before = logs.impressions(settings, start - timedelta(hours=1), start)
     assert ope.gate_estimate(before, model) == {"impressions": 0.0}
+
+
+def test_the_retraining_cooldown_holds_per_champion(tmp_path) -> None:
+    """A degradation requests a retraining; the same champion's next alarm within the
+    cooldown does not; a champion promoted since is judged afresh; a request written before
+    decisions named their champion still counts against every champion."""
+    from monitoring import store
+    from monitoring.hourly import decide
+    from recloop.settings import Settings
+
+    settings = Settings(home=tmp_path, monitoring={"retrain_cooldown_hours": 6})
+    start = datetime(2026, 1, 1, 10, tzinfo=UTC)
+
+    def hour(n: int, champion: str | None) -> dict:
+        begin, end = start + timedelta(hours=n), start + timedelta(hours=n + 1)
+        alarm = {"hour_start": pd.Timestamp(begin), "hour_end": pd.Timestamp(end),
+                 "champion_version": champion, "kind": "degradation", "subject": champion,
+                 "detail": f"{champion} declined", "before": 0.04, "after": 0.03}  # fmt: skip
+        store.write(settings, "alarms", end, pd.DataFrame([alarm]))
+        return decide(settings, begin, end)
+
+    assert hour(0, "1")["requested"]
+    held = hour(1, "1")
+    assert not held["requested"] and "within the cooldown" in held["reason"]
+    assert hour(2, "4")["requested"]  # promoted since the request: its own decline counts
+    assert not hour(3, "4")["requested"]
+    assert hour(10, "4")["requested"]  # the cooldown is over
+    written = store.read(settings, "decisions")
+    assert list(written["champion_version"]) == ["1", "1", "4", "4", "4"]
+    # A request without a champion (as written before decisions carried one) holds them all.
+    legacy = {"hour_start": pd.Timestamp(start + timedelta(hours=20)), "requested": True,
+              "hour_end": pd.Timestamp(start + timedelta(hours=21)), "reason": "old",
+              "promoted": None}  # fmt: skip
+    store.write(settings, "decisions", start + timedelta(hours=21), pd.DataFrame([legacy]))
+    assert not hour(21, "7")["requested"]
