@@ -369,21 +369,8 @@ class Demo:
                     record.seconds = {"traffic": round(traffic_seconds, 1)}
                     pending = (record, self.trigger_hour(record))
                     hour += 1
-                # Users keep coming until a new champion has served a whole hour: the replay
-                # judges a version only on hours that began after it was registered.
                 served = [*self.records, *([pending[0]] if pending else [])]
-                served_whole = any(r.served_versions and first_champion not in r.served_versions
-                                   for r in served)  # fmt: skip
-                waiting = any(r.retrain_requested for r in self.records) and not served_whole
-                # Likewise after a promotion on online evidence: until the promoted version
-                # has served a whole hour on its own.
-                promoted = [r for r in self.records if r.promoted]
-                if promoted:
-                    latest = promoted[-1]
-                    waiting = waiting or not any(
-                        r.hour > latest.hour and set(r.served_versions or {}) == {latest.promoted}
-                        for r in served
-                    )
+                waiting = self._unsettled(first_champion, served)
                 most = self.config.hours + self.config.extra_hours
                 if hour == last and waiting and last < most:
                     last += 1
@@ -391,6 +378,28 @@ class Demo:
             return self.summary(first_champion, replayed, time.monotonic() - began)
         finally:
             self.stop()
+
+    def _unsettled(self, first_champion: str, served: list[HourRecord]) -> bool:
+        """Whether users should keep coming (up to ``extra_hours`` more): the replay judges a
+        version only on hours that began after it was registered, so the demo goes on while
+        a requested retraining has not yet put a new champion in front of users for a whole
+        hour, while a training run is still in flight, and until the champion of the moment
+        (a retraining's, or one promoted on online evidence) has served a whole hour on its
+        own."""
+        requested = any(r.retrain_requested for r in self.records)
+        replaced = any(r.served_versions and first_champion not in r.served_versions
+                       for r in served)  # fmt: skip
+        if requested and not replaced:
+            return True
+        if self.records and self.records[-1].retrain_requested:
+            return True  # its training run may not have been created yet
+        training = self.airflow.runs("recloop_training")
+        if any(run["state"] in ("queued", "running") for run in training):
+            return True
+        champion = self._champion()
+        return champion != first_champion and not any(
+            set(r.served_versions or {}) == {champion} for r in served
+        )
 
     def replay_versions(self, first_champion: str) -> dict[str, dict[str, Any]]:
         """Each registered version's greedy slates on the requests of every hour that began
