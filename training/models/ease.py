@@ -122,6 +122,7 @@ class Ease(Recommender):
         relevant = np.zeros((len(rows), len(self.item_ids)), dtype=bool)
         for row, items in enumerate(split.relevant):
             relevant[row, [self.item_index[item] for item in items]] = True
+        queried = x[rows]  # the validation users' training rows, scored at every grid point
         l2s = [self.config.l2] if self.config.l2 is not None else self.config.l2_grid
         dropouts = (
             [self.config.dropout] if self.config.dropout is not None else self.config.dropout_grid
@@ -129,8 +130,8 @@ class Ease(Recommender):
         best, chosen = -1.0, (l2s[0], dropouts[0])
         for dropout in dropouts:
             for l2 in l2s:
-                scores = (x[rows] @ self._solve(x, l2, dropout)).astype(np.float64)
-                scores[x[rows] > 0] = -np.inf
+                scores = (queried @ self._solve(x, l2, dropout)).astype(np.float64)
+                scores[queried > 0] = -np.inf
                 value = ndcg_at_k(scores, relevant, 10)
                 if value > best:
                     best, chosen = value, (l2, dropout)
