@@ -13,7 +13,9 @@ V(pi) = mean over requests of sum_k sum_a pi_k(a|x) * P(click | a at k, x) / k.
 Each of 100 seeded repetitions logs 100,000 impressions (10 slots x 10,000 slates) by
 sampling the logging policy's slates and the users' clicks, then estimates the target's CTR
 with IPS, SNIPS and doubly robust (monitoring.estimators; DR's reward model is monitoring.ope's
-cross-fitted position-based model), and with vw-estimators' IPS and SNIPS (and its Gaussian
+cross-fitted position-based model), with the position-based IPS and DR (each item's exposure
+over every slot, from both policies' full marginals and the same model's examination), and
+with vw-estimators' IPS and SNIPS (and its Gaussian
 interval and confidence sequence) on the same impressions. It also checks the on-policy CTR
 of the logging policy against its Wilson interval, and how often the promotion gate's support
 check (the target's mean importance weight, ``estimators.support``) lets the log judge the
@@ -44,6 +46,7 @@ from training.promotion import unsupported
 SLOTS = 10
 CANDIDATES = 30
 TEMPERATURE = 0.5
+EPSILON = 0.2  # the second protocol's logging policy, as the demo's service explores
 
 
 def _requests(count: int, seed: int):
@@ -60,6 +63,7 @@ def _requests(count: int, seed: int):
     logging = np.empty((count, CANDIDATES, SLOTS))
     target = np.empty((count, CANDIDATES, SLOTS))
     log_weights = np.empty((count, CANDIDATES))
+    target_weights = np.empty((count, CANDIDATES))
     everyone = np.arange(CANDIDATES)
     for n in track(range(count), description="drawing requests", transient=True):
         user = world.users[int(users[rng.integers(len(users))])].user_id
@@ -72,17 +76,44 @@ def _requests(count: int, seed: int):
         click[n] = attract[:, None] * exam[None, :]
         w_log = policy.weights(utility + rng.normal(0, 1, CANDIDATES))
         w_target = policy.weights(utility + rng.normal(0, 1, CANDIDATES))
-        log_weights[n] = w_log
+        log_weights[n], target_weights[n] = w_log, w_target
         logging[n] = plackett_luce_marginals(w_log, everyone, SLOTS)
         target[n] = plackett_luce_marginals(w_target, everyone, SLOTS)
-    return candidates, click, logging, target, log_weights
+    return candidates, click, logging, target, log_weights, target_weights
 
 
-def _log(rng, candidates, click, logging, target, log_weights) -> pd.DataFrame:
-    """One repetition's impressions: Plackett-Luce slates (Gumbel top-k) and clicks."""
+def _greedy(candidates, log_weights, target_weights):
+    """The second protocol's policies, over the same requests: epsilon-greedy logging over
+    the logging score's top SLOTS, and the greedy target (the top SLOTS of the target's
+    score). Exact marginals of both, and the greedy slates the logging policy departs from."""
     count = len(candidates)
+    greedy_log = np.argsort(-log_weights, axis=1, kind="stable")[:, :SLOTS]
+    greedy_target = np.argsort(-target_weights, axis=1, kind="stable")[:, :SLOTS]
+    requests, slots = np.arange(count)[:, None], np.arange(SLOTS)[None, :]
+    logging = np.full((count, CANDIDATES, SLOTS), EPSILON / CANDIDATES)
+    logging[requests, greedy_log, slots] += 1 - EPSILON
+    target = np.zeros((count, CANDIDATES, SLOTS))
+    target[requests, greedy_target, slots] = 1.0
+    return logging, target, greedy_log
+
+
+def _plackett_luce_slates(rng, log_weights) -> np.ndarray:
+    """(requests, SLOTS) candidate positions: Plackett-Luce slates by Gumbel top-k."""
     keys = np.log(log_weights) + rng.gumbel(size=log_weights.shape)
-    slates = np.argsort(-keys, axis=1)[:, :SLOTS]  # (count, SLOTS) candidate positions
+    return np.argsort(-keys, axis=1)[:, :SLOTS]
+
+
+def _epsilon_greedy_slates(rng, greedy_log) -> np.ndarray:
+    """The greedy slate, or with probability EPSILON a uniformly random ordered sample."""
+    slates = greedy_log.copy()
+    for n in np.flatnonzero(rng.random(len(slates)) < EPSILON):
+        slates[n] = rng.permutation(CANDIDATES)[:SLOTS]
+    return slates
+
+
+def _log(rng, candidates, click, logging, target, slates) -> pd.DataFrame:
+    """One repetition's impressions of the drawn ``slates`` and their clicks."""
+    count = len(candidates)
     rows = np.repeat(np.arange(count), SLOTS)
     slots = np.tile(np.arange(SLOTS), count)
     shown = slates.ravel()
@@ -95,13 +126,21 @@ def _log(rng, candidates, click, logging, target, log_weights) -> pd.DataFrame:
     })  # fmt: skip
 
 
-def _doubly_robust(frame: pd.DataFrame, candidates, target) -> estimators.Estimate:
-    """DR with the cross-fitted position-based reward model; the direct term sums the
-    target's exact marginals over every candidate of the request."""
+def _model_based(
+    frame: pd.DataFrame, candidates, logging, target
+) -> dict[str, estimators.Estimate]:
+    """DR with the cross-fitted position-based reward model (the direct term sums the
+    target's exact marginals over every candidate of the request), and the position-based
+    IPS and DR (``estimators.exposure``: each item's exposure over every slot, with the same
+    model's examination)."""
     requests = frame["request"].to_numpy()
     slots = frame["position"].to_numpy()
-    predicted, fitted = cross_fit(frame, requests % 2)
+    shown = frame["candidate"].to_numpy()
+    # Each logged item's marginal in every slot: what the service logs as slot_propensities.
+    predicted, fitted = cross_fit(frame, requests % 2, logging[requests, shown])
     direct = np.zeros(len(frame))
+    logged_exposure = np.zeros(len(frame))
+    target_exposure = np.zeros(len(frame))
     ids = candidates.astype(str)
     for mine, model in fitted:
         exam = model.examination[np.minimum(np.arange(SLOTS), len(model.examination) - 1)]
@@ -109,10 +148,18 @@ def _doubly_robust(frame: pd.DataFrame, candidates, target) -> estimators.Estima
         attract = np.vectorize(lambda i, known=known, default=default: known.get(i, default))(ids)
         value = np.einsum("nas,na,s->ns", target, attract, exam)  # (requests, slots)
         direct[mine] = value[requests[mine], slots[mine]]
-    return estimators.doubly_robust(
-        frame["clicked"], frame["propensity"], frame["target"], frame["request_id"],
-        predicted=predicted, direct=direct,
-    )  # fmt: skip
+        rows, items = requests[mine], shown[mine]
+        logged_exposure[mine] = estimators.exposure(exam, logging[rows, items])
+        target_exposure[mine] = estimators.exposure(exam, target[rows, items])
+    clicks, slate_ids = frame["clicked"], frame["request_id"]
+    model = {"predicted": predicted, "direct": direct}
+    return {
+        "dr": estimators.doubly_robust(clicks, frame["propensity"], frame["target"], slate_ids,
+                                       **model),
+        "pbm_ips": estimators.ips(clicks, logged_exposure, target_exposure, slate_ids),
+        "pbm_dr": estimators.doubly_robust(clicks, logged_exposure, target_exposure, slate_ids,
+                                           **model),
+    }  # fmt: skip
 
 
 def _vw(frame: pd.DataFrame, with_cs: bool) -> dict[str, tuple[float, float, float]]:
@@ -138,6 +185,62 @@ def _vw(frame: pd.DataFrame, with_cs: bool) -> dict[str, tuple[float, float, flo
     return out
 
 
+def _protocol(prefix: str, description: str, requests, draw, args) -> list[Row]:
+    """One protocol's rows: each estimator's mean relative error and interval coverage over
+    the repetitions, the on-policy Wilson coverage and the gate's support check."""
+    candidates, click, logging, target = requests
+    count = len(candidates)
+    truth = float(np.einsum("nas,nas->", target, click) / (count * SLOTS))
+    on_policy = float(np.einsum("nas,nas->", logging, click) / (count * SLOTS))
+    results: dict[str, list[tuple[float, float, float]]] = {}
+    wilson_hits, supported = [], []
+    gate = PromotionSettings()
+    for rep in track(range(args.repetitions), description=f"{prefix or 'pl'} repetitions",
+                     transient=True):  # fmt: skip
+        rng = np.random.default_rng([args.seed, 23, rep])
+        frame = _log(rng, candidates, click, logging, target, draw(rng))
+        clicks, logged, weights, slates = (frame["clicked"], frame["propensity"],
+                                           frame["target"], frame["request_id"])  # fmt: skip
+        for name, estimate in (
+            ("ips", estimators.ips(clicks, logged, weights, slates)),
+            ("snips", estimators.snips(clicks, logged, weights, slates)),
+            *_model_based(frame, candidates, logging, target).items(),
+        ):
+            results.setdefault(name, []).append((estimate.value, estimate.low, estimate.high))
+        for name, triple in _vw(frame, rep < args.cs_repetitions).items():
+            results.setdefault(f"vw_{name}", []).append(triple)
+        low, high = estimators.wilson(int(clicks.sum()), len(clicks))
+        wilson_hits.append(low <= on_policy <= high)
+        # Whether the gate would let these logs judge the target at all (its support check).
+        mean_weight = estimators.support(logged, weights, slates)
+        supported.append(unsupported(mean_weight.numbers("support"), gate) is None)
+
+    protocol = (f"{count * SLOTS:,} impressions x {args.repetitions} seeds; {description}; "
+                f"truth {truth:.4f}")  # fmt: skip
+    rows = []
+    for name, triples in results.items():
+        values = np.array(triples, dtype=np.float64)
+        error = float(np.mean(np.abs(values[:, 0] - truth) / truth))
+        rows.append(Row("ope", f"{prefix}{name}_rel_error", error, "x", "goal", 0.05,
+                        protocol=protocol, digits=4))  # fmt: skip
+        if np.isfinite(values[:, 1]).all():
+            coverage = float(np.mean((values[:, 1] <= truth) & (truth <= values[:, 2])))
+            runs = (
+                f"{len(values)} seeds; {description}"
+                if len(values) != args.repetitions
+                else protocol
+            )
+            rows.append(Row("ope", f"{prefix}{name}_ci_coverage", coverage, "share", "goal",
+                            0.90, protocol=runs, digits=2))  # fmt: skip
+    rows.append(Row("ope", f"{prefix}wilson_on_policy_coverage", float(np.mean(wilson_hits)),
+                    "share", "goal", 0.90, protocol=f"{description}; on-policy CTR "
+                    f"{on_policy:.4f}", digits=2))  # fmt: skip
+    rows.append(Row("ope", f"{prefix}support_pass", float(np.mean(supported)), "share", "goal",
+                    0.95, protocol=f"{protocol}; the gate's support check (training.promotion."
+                    "unsupported) passed", digits=2))  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repetitions", type=int, default=100)
@@ -150,51 +253,19 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    candidates, click, logging, target, log_weights = _requests(args.requests, args.seed)
-    truth = float(np.einsum("nas,nas->", target, click) / (args.requests * SLOTS))
-    on_policy = float(np.einsum("nas,nas->", logging, click) / (args.requests * SLOTS))
-    results: dict[str, list[tuple[float, float, float]]] = {}
-    wilson_hits, supported = [], []
-    gate = PromotionSettings()
-    for rep in track(range(args.repetitions), description="repetitions", transient=True):
-        rng = np.random.default_rng([args.seed, 23, rep])
-        frame = _log(rng, candidates, click, logging, target, log_weights)
-        clicks, logged, weights, slates = (frame["clicked"], frame["propensity"],
-                                           frame["target"], frame["request_id"])  # fmt: skip
-        for name, estimate in (
-            ("ips", estimators.ips(clicks, logged, weights, slates)),
-            ("snips", estimators.snips(clicks, logged, weights, slates)),
-            ("dr", _doubly_robust(frame, candidates, target)),
-        ):
-            results.setdefault(name, []).append((estimate.value, estimate.low, estimate.high))
-        for name, triple in _vw(frame, rep < args.cs_repetitions).items():
-            results.setdefault(f"vw_{name}", []).append(triple)
-        low, high = estimators.wilson(int(clicks.sum()), len(clicks))
-        wilson_hits.append(low <= on_policy <= high)
-        # Whether the gate would let these logs judge the target at all (its support check).
-        mean_weight = estimators.support(logged, weights, slates)
-        supported.append(unsupported(mean_weight.numbers("support"), gate) is None)
+    candidates, click, logging, target, log_weights, target_weights = _requests(
+        args.requests, args.seed
+    )
+    rows = _protocol("", f"PL log vs PL target (T={TEMPERATURE})",
+                     (candidates, click, logging, target),
+                     lambda rng: _plackett_luce_slates(rng, log_weights), args)  # fmt: skip
+    greedy_logging, greedy_target, greedy_log = _greedy(candidates, log_weights, target_weights)
+    rows += _protocol("greedy_target_", f"epsilon-greedy log (epsilon={EPSILON}) vs greedy "
+                      "target", (candidates, click, greedy_logging, greedy_target),
+                      lambda rng: _epsilon_greedy_slates(rng, greedy_log), args)  # fmt: skip
     seconds = time.perf_counter() - started
-
-    protocol = (f"{args.requests * SLOTS:,} impressions x {args.repetitions} seeds; PL log vs "
-                f"PL target (T={TEMPERATURE}); truth {truth:.4f}")  # fmt: skip
-    rows = []
-    for name, triples in results.items():
-        values = np.array(triples, dtype=np.float64)
-        error = float(np.mean(np.abs(values[:, 0] - truth) / truth))
-        rows.append(Row("ope", f"{name}_rel_error", error, "x", "goal", 0.05, protocol=protocol,
-                        digits=4))  # fmt: skip
-        if np.isfinite(values[:, 1]).all():
-            coverage = float(np.mean((values[:, 1] <= truth) & (truth <= values[:, 2])))
-            runs = f"{len(values)} seeds" if len(values) != args.repetitions else protocol
-            rows.append(Row("ope", f"{name}_ci_coverage", coverage, "share", "goal", 0.90,
-                            protocol=runs, digits=2))  # fmt: skip
-    rows.append(Row("ope", "wilson_on_policy_coverage", float(np.mean(wilson_hits)), "share",
-                    "goal", 0.90, protocol=f"on-policy CTR {on_policy:.4f}", digits=2))  # fmt: skip
-    rows.append(Row("ope", "support_pass", float(np.mean(supported)), "share", "goal", 0.95,
-                    protocol=f"{protocol}; the gate's support check (training.promotion."
-                    "unsupported) passed", digits=2))  # fmt: skip
-    rows.append(Row("ope", "seconds", seconds, "s", "none", seconds, protocol=protocol))
+    rows.append(Row("ope", "seconds", seconds, "s", "none", seconds,
+                    protocol=f"both protocols, {args.repetitions} seeds each"))  # fmt: skip
     publish(rows, args, lambda r: f"{r.metric}: {r.value:.4f} (reference {r.reference_value})")
 
 

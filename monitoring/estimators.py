@@ -27,6 +27,17 @@ logging policy's per-slot marginal propensities ``logged`` = mu_k(a|x) and the t
 - ``support``: the mean importance weight, about 1 when the log can see everything the
   target would show; well below 1 when it cannot, or has not yet met the target's rare
   heavy weights, which is when the intervals above stop holding their level.
+- Position-based weights (``exposure``, ``position_based_support``): under the stronger
+  position-based click model (a click is examination(k) * attractiveness(a | x); Li et al.
+  2018, section 4.2), the slot matters only through its examination probability, so a logged
+  click on item a in any slot speaks for a target that shows a in another. Each probability
+  above is replaced by the item's *exposure*, sum_k examination(k) * P(a in slot k | x): the
+  weight is the target's exposure of the logged item over the logging policy's. ``ips`` and
+  ``doubly_robust`` take exposures in place of ``target`` and ``logged`` unchanged (the
+  algebra is the same; the logging policy's exposure needs the item's propensity in every
+  slot, which the service logs). A target that moves an item the log showed only in its
+  greedy slot to another slot then matches every time instead of only when exploration put
+  it there, so the weights are far lighter; the price is the click model's assumption.
 - ``confidence_sequence``: vw-estimators' off-policy confidence sequence (Waudby-Smith et al.,
   Karampatziakis et al. 2021) for the IPS value: valid at every look, so an hourly DAG that
   checks the same cumulative log again and again keeps its error rate.
@@ -195,6 +206,44 @@ def support(logged: Any, target: Any, slates: Any, alpha: float = 0.05) -> Estim
     would count as unsupported."""
     _, logged, target, groups = _inputs(np.zeros(len(logged)), logged, target, slates)
     return _mean_of_terms("support", target / logged, groups, alpha)
+
+
+def exposure(examination: Any, probabilities: Any) -> np.ndarray:
+    """Per impression, sum over slots of examination(k) * P(the item in slot k): the expected
+    examination an item gets from a policy (position-based weights, module docstring).
+
+    ``examination``: (slots,) or one row per impression, 1 for slot 0; ``probabilities``:
+    one row per impression, the item's probability in each slot (0 beyond a short slate's
+    end). Both are padded with their last value and zeros to the longer of the two."""
+    probabilities = np.atleast_2d(np.asarray(probabilities, dtype=np.float64))
+    examination = np.asarray(examination, dtype=np.float64)
+    if examination.ndim == 1:
+        examination = np.broadcast_to(examination, (len(probabilities), len(examination)))
+    if len(examination) != len(probabilities):
+        raise ValueError("examination: one row per impression, or one row for all")
+    slots = probabilities.shape[1]
+    if examination.shape[1] < slots:  # slots past those fitted: examined like the last
+        tail = np.repeat(examination[:, -1:], slots - examination.shape[1], axis=1)
+        examination = np.concatenate([examination, tail], axis=1)
+    values = np.einsum("ns,ns->n", examination[:, :slots], probabilities)
+    if not np.isfinite(values).all() or (values < 0).any():
+        raise ValueError("probabilities: every value must be finite and non-negative")
+    return np.minimum(values, 1.0)  # an item is in one slot at most: round-off only
+
+
+def position_based_support(
+    logged: Any, target: Any, examined: Any, slates: Any, alpha: float = 0.05
+) -> Estimate:
+    """``support`` for position-based weights: the mean of w * examination(slot of the
+    logged impression) / the slate's mean examination, about 1 under full support.
+
+    Per slate, the expected sum of w_j * examination(j) is the target's total examination,
+    sum_k examination(k) over the slots it fills, so the slate-mean-normalised terms average
+    1 where the target fills every slot and the log can show its items. ``examined`` is
+    examination(j) / the slate's mean examination, per impression."""
+    _, logged, target, groups = _inputs(np.zeros(len(logged)), logged, target, slates)
+    examined = _check("examined", examined, len(logged))
+    return _mean_of_terms("support", target / logged * examined, groups, alpha)
 
 
 def doubly_robust(

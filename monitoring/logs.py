@@ -1,12 +1,12 @@
 """What the service logged, as one row per impression with its outcome.
 
-The event log holds impressions (slot, propensity, model version, policy, context with the
-traffic arm) and, separately, the clicks and ratings users sent back for the same request and
-item. ``impressions`` joins them: every impression whose ``ts`` lies in the window, with
-``clicked`` (1 when a click for the same request and item arrived within the attribution
-window) and the rating, if any. Reads go through the profile's own reader (DuckDB over the
-local log's sealed files, or the Postgres table), never through the warehouse, so the metrics
-DAG needs no lock that dbt holds.
+The event log holds impressions (slot, propensity, the item's propensity in every slot, model
+version, policy, context with the traffic arm) and, separately, the clicks and ratings users
+sent back for the same request and item. ``impressions`` joins them: every impression whose
+``ts`` lies in the window, with ``clicked`` (1 when a click for the same request and item
+arrived within the attribution window) and the rating, if any. Reads go through the profile's
+own reader (DuckDB over the local log's sealed files, or the Postgres table), never through
+the warehouse, so the metrics DAG needs no lock that dbt holds.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 USER_ATTRIBUTES = "feast_user_attributes"  # dbt's export of the user_attributes mart
 
 COLUMNS = (
-    "ts", "request_id", "user_id", "item_id", "position", "propensity", "model_version",
+    "ts", "request_id", "user_id", "item_id", "position", "propensity", "slot_propensities",
+    "model_version",
     "policy", "arm", "served_by", "device", "hour", "clicked", "rating",
 )  # fmt: skip
 
@@ -47,7 +48,7 @@ outcomes AS (
       AND e.ts >= s.ts AND e.ts < s.ts + to_seconds($attribution)
     GROUP BY ALL
 )
-SELECT s.ts, s.request_id, s.user_id, s.item_id, s.position, s.propensity,
+SELECT s.ts, s.request_id, s.user_id, s.item_id, s.position, s.propensity, s.slot_propensities,
        coalesce(s.model_version, 'unknown') AS model_version,
        coalesce(s.policy, 'unknown') AS policy,
        coalesce(json_extract_string(s.context, '$.arm'), 'none') AS arm,

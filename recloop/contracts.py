@@ -55,6 +55,7 @@ Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^\S(
 ShortText = Annotated[str, Field(max_length=256)]
 LongText = Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
 FiniteFloat = Annotated[float, AfterValidator(_finite)]
+Probability = Annotated[float, AfterValidator(_finite), Field(ge=0, le=1)]
 
 
 class EventType(StrEnum):
@@ -110,6 +111,12 @@ class Event(_Contract):
     propensity: FiniteFloat | None = Field(
         None, gt=0, le=1, description="Probability the logging policy showed this item here."
     )
+    slot_propensities: list[Probability] | None = Field(
+        None,
+        max_length=10_001,
+        description="Impressions: the probability the logging policy would have shown this "
+        "item in each slot of the slate, slot 0 first (its own slot's is `propensity`).",
+    )
     model_version: ShortText | None = Field(None, description="Model that produced the slate.")
     policy: ShortText | None = Field(None, description="Policy that produced the slate.")
     context: dict[str, Any] = Field(
@@ -127,7 +134,24 @@ class Event(_Contract):
                 )
         if self.event_type is EventType.impression and self.position is None:
             raise ValueError("position: an impression needs the slot it was shown in")
+        if self.slot_propensities is not None:
+            self._check_slot_propensities(self.slot_propensities)
         return self
+
+    def _check_slot_propensities(self, slots: list[float]) -> None:
+        if self.event_type is not EventType.impression:
+            raise ValueError("slot_propensities: only an impression carries them")
+        if self.position is None or self.position >= len(slots):
+            raise ValueError(
+                f"slot_propensities: {len(slots)} slots, none for position {self.position}"
+            )
+        own = slots[self.position]
+        # The same number twice: it must agree with itself (to float round-off).
+        if self.propensity is None or not math.isclose(own, self.propensity, rel_tol=1e-9):
+            raise ValueError(
+                f"slot_propensities: {own} at position {self.position} is not the "
+                f"propensity ({self.propensity})"
+            )
 
 
 USER_COLUMNS = tuple(User.model_fields)
@@ -183,6 +207,7 @@ _DUCKDB_TYPES = {
     pa.bool_(): "BOOLEAN",
     pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
     pa.list_(pa.string()): "VARCHAR[]",
+    pa.list_(pa.float64()): "DOUBLE[]",
 }
 
 
@@ -214,6 +239,7 @@ _POSTGRES_TYPES = {
     pa.bool_(): "boolean",
     pa.timestamp("us", tz="UTC"): "timestamptz",
     pa.list_(pa.string()): "text[]",
+    pa.list_(pa.float64()): "double precision[]",
 }
 
 

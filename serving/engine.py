@@ -129,16 +129,20 @@ class Engine:
         # Built without validation (model_construct): every value is the service's own, and
         # this runs ten times per request. Ids: one random base per request, + slot.
         base = uuid.uuid4().int & ~0xFF
+        # Every shown item's probability in every slot (the position-based estimators' input),
+        # its own slot's floored as the logged propensity is: the contract has them agree.
+        everywhere = np.array(slate.slot_propensities, dtype=np.float64)
+        np.fill_diagonal(everywhere, [max(row["propensity"], 1e-12) for row in chosen])
         self.impressions.put([
             Event.model_construct(
                 event_id=uuid.UUID(int=base | row["slot"]), ts=now, user_id=request.user_id,
                 item_id=row["item_id"],
                 event_type=EventType.impression, request_id=request_id, position=row["slot"],
-                propensity=max(row["propensity"], 1e-12), model_version=deployment.version,
-                policy=self.policy.name, value=None,
+                propensity=max(row["propensity"], 1e-12), slot_propensities=slots.tolist(),
+                model_version=deployment.version, policy=self.policy.name, value=None,
                 context={**context, "arm": arm, "served_by": served_by},
             )
-            for row in chosen
+            for row, slots in zip(chosen, everywhere, strict=True)
         ])  # fmt: skip
         return {
             "request_id": request_id, "user_id": request.user_id, "items": chosen,

@@ -4,7 +4,12 @@ and the exact probability of each item in its slot (the propensity the event log
 Every policy returns, per slot, the *marginal* probability that the item shown there would be
 shown in that slot by this policy for this request (given the candidates and their scores).
 That is what per-slot inverse propensity estimators divide by, and what the contract's
-``propensity`` field means.
+``propensity`` field means. Each policy also gives every shown item's marginal in *every* slot
+of the slate (``Slate.slot_propensities``, the contract's ``slot_propensities``): a click
+model in which a click depends on the slot only through an examination probability (the
+position-based model) lets an estimator credit a target that puts the item in another slot,
+and that needs the probability of the item in each slot (``monitoring.estimators``'
+position-based weights; Li et al. 2018).
 
 - ``greedy``: the top k by score; every propensity is 1.
 - ``epsilon_greedy``: with probability 1 - epsilon the greedy slate; otherwise a uniformly
@@ -71,10 +76,14 @@ class Candidates:
 
 @dataclass(frozen=True)
 class Slate:
-    """Chosen candidate positions in slot order, and each one's probability in its slot."""
+    """Chosen candidate positions in slot order, and each one's probability in its slot.
+
+    ``slot_propensities[i, j]``: the probability that the item shown in slot i would be shown
+    in slot j, for every slot j of the slate; its diagonal is ``propensities``."""
 
     indices: np.ndarray
     propensities: np.ndarray
+    slot_propensities: np.ndarray
 
 
 class Policy(Protocol):
@@ -94,7 +103,7 @@ class Greedy:
     def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate:
         del rng
         best = top(candidates.scores, k)
-        return Slate(best, np.ones(len(best)))
+        return Slate(best, np.ones(len(best)), np.eye(len(best)))
 
 
 @dataclass(frozen=True)
@@ -114,13 +123,17 @@ class EpsilonGreedy:
         greedy = top(candidates.scores, min(k, scored))
         everyone = scored + candidates.unscored
         if everyone == 0 or self.epsilon == 0:
-            return Slate(greedy, np.ones(len(greedy)))
+            return Slate(greedy, np.ones(len(greedy)), np.eye(len(greedy)))
         # A random slate is as long as the greedy one (unscored items only ever replace, never
         # lengthen: a model with nothing to rank shows nothing).
         explore = rng.random() < self.epsilon
         indices = rng.permutation(everyone)[: len(greedy)] if explore else greedy
-        propensities = self.epsilon / everyone + (1 - self.epsilon) * (indices == greedy)
-        return Slate(indices, propensities)
+        # Item i in slot j: epsilon / N from the random slate, plus 1 - epsilon where it is
+        # slot j's greedy item.
+        everywhere = self.epsilon / everyone + (1 - self.epsilon) * (
+            indices[:, None] == greedy[None, :]
+        )
+        return Slate(indices, np.diagonal(everywhere).copy(), everywhere)
 
 
 @dataclass(frozen=True)
@@ -149,7 +162,7 @@ class PlackettLuce:
             keys = np.log(weights) + rng.gumbel(size=len(weights))
         indices = np.argsort(-keys, kind="stable")[:k]
         marginals = plackett_luce_marginals(weights, indices, k)
-        return Slate(indices, marginals[np.arange(k), np.arange(k)])
+        return Slate(indices, marginals[np.arange(k), np.arange(k)], marginals)
 
 
 @dataclass(frozen=True)
@@ -185,11 +198,12 @@ class Thompson:
         indices = top(rng.beta(alpha, beta), k)
         samples = rng.beta(alpha, beta, size=(self.draws, len(alpha)))
         ranked = np.argsort(-samples, axis=1, kind="stable")[:, :k]  # (draws, k)
-        propensities = (ranked == indices[None, :]).mean(axis=0)
+        # Item i in slot j: how often the draws put it there.
+        frequencies = (ranked[:, None, :] == indices[None, :, None]).mean(axis=0)  # (k, k)
         # The shown slate itself is one draw: a frequency of 0 would be a Monte Carlo miss,
         # and a propensity must be positive, so count the shown draw as well.
-        propensities = (propensities * self.draws + 1) / (self.draws + 1)
-        return Slate(indices, propensities)
+        everywhere = (frequencies * self.draws + np.eye(k)) / (self.draws + 1)
+        return Slate(indices, np.diagonal(everywhere).copy(), everywhere)
 
 
 def plackett_luce_marginals(weights: np.ndarray, items: np.ndarray, slots: int) -> np.ndarray:

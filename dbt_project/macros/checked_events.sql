@@ -26,6 +26,7 @@
             cast(request_id as varchar) as request_id,
             cast(position as integer) as position,
             cast(propensity as double precision) as propensity,
+            cast(slot_propensities as double precision[]) as slot_propensities,
             cast(model_version as varchar) as model_version,
             cast(policy as varchar) as policy,
             cast(context as json) as context,
@@ -72,7 +73,7 @@
 {% macro event_columns(relation=none) -%}
     {%- set columns = [
         'event_id', 'ts', 'user_id', 'item_id', 'event_type', 'value', 'request_id',
-        'position', 'propensity', 'model_version', 'policy', 'context', 'logged_at',
+        'position', 'propensity', 'slot_propensities', 'model_version', 'policy', 'context', 'logged_at',
     ] -%}
     {%- for column in columns -%}
         {{ relation ~ '.' if relation }}{{ column }}{{ ', ' if not loop.last }}

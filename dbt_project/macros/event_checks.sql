@@ -23,5 +23,18 @@
             then 'position: ' || cast(position as varchar) || ' is negative'
         when event_type = 'impression' and position is null
             then 'position: an impression needs its slot'
+        -- Lists and arrays are 1-based in both DuckDB and Postgres: slot k is element k + 1.
+        when slot_propensities is not null and event_type != 'impression'
+            then 'slot_propensities: only an impression carries them'
+        when (select min(p) from unnest(slot_propensities) as slots (p)) < 0
+            or (select max(p) from unnest(slot_propensities) as slots (p)) > 1
+            then 'slot_propensities: a value is outside [0, 1]'
+        when slot_propensities is not null
+            and (
+                coalesce(array_length(slot_propensities, 1), 0) <= position
+                or propensity is null
+                or slot_propensities[position + 1] != propensity
+            )
+            then 'slot_propensities: the value at the position is not the propensity'
     end
 {%- endmacro %}

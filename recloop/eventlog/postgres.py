@@ -37,10 +37,14 @@ _POSTGRES_TYPES = {
     "request_id": "text",
     "position": "integer",
     "propensity": "double precision",
+    "slot_propensities": "double precision[]",
     "model_version": "text",
     "policy": "text",
     "context": "jsonb NOT NULL DEFAULT '{}'::jsonb",
 }
+
+# Added to the contract after the first release; an older table gets them on first use.
+_ADDED_COLUMNS = ("slot_propensities",)
 
 
 def _identifier(name: str) -> str:
@@ -70,6 +74,12 @@ class PostgresEventLog:
                 f"CREATE TABLE IF NOT EXISTS {self.table} ({columns}, "
                 f"{LOGGED_AT} timestamptz NOT NULL DEFAULT now())"
             )
+            # Columns the contract gained after the table was made (NULL in older rows).
+            for name in _ADDED_COLUMNS:
+                conn.execute(
+                    f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS {name} "
+                    f"{_POSTGRES_TYPES[name]}"
+                )
             conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {_identifier(table)}_ts_idx ON {self.table} (ts)"
             )
@@ -104,6 +114,7 @@ class PostgresEventLog:
                 event.request_id,
                 event.position,
                 event.propensity,
+                event.slot_propensities,
                 event.model_version,
                 event.policy,
                 json.dumps(event.context),

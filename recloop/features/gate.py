@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from recloop.contracts import EVENT_COLUMNS, LOGGED_AT, RATING_MAX, RATING_MIN, EventType
@@ -117,7 +118,8 @@ def read_raw_events(settings: Settings, start: datetime | None, end: datetime) -
         f"WHERE ({happened}) OR ({arrived}))"
     )
     params = {**happened_params, **arrived_params}
-    numeric = {"value": "DOUBLE", "position": "BIGINT", "propensity": "DOUBLE"}
+    numeric = {"value": "DOUBLE", "position": "BIGINT", "propensity": "DOUBLE",
+               "slot_propensities": "DOUBLE[]"}  # fmt: skip
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         keys = [row[0] for row in con.execute(
@@ -133,7 +135,9 @@ def read_raw_events(settings: Settings, start: datetime | None, end: datetime) -
         frame = con.execute(f"SELECT {selected} FROM {batch}", params).df()
     # A contract column no row carries is absent upstream, not null: drop it so that the
     # column-set expectation names it.
-    missing = [c for c in (*EVENT_COLUMNS, LOGGED_AT) if c not in keys and c != "context"]
+    # slot_propensities came later: events logged before it do not carry the key.
+    optional = {"context", "slot_propensities"}
+    missing = [c for c in (*EVENT_COLUMNS, LOGGED_AT) if c not in keys and c not in optional]
     return frame.drop(columns=missing if len(frame) else [])
 
 
@@ -175,9 +179,10 @@ def raw_event_expectations(end: datetime) -> list[Any]:
     import great_expectations.expectations as gxe
 
     return [
-        # ts_parsed is added by the reader (ts as an instant); anything else is unexpected.
+        # The gate adds ts_parsed (ts as an instant) and each impression's smallest and
+        # largest slot propensity (``_derived_event_columns``); anything else is unexpected.
         gxe.ExpectTableColumnsToMatchSet(
-            column_set=[*EVENT_COLUMNS, LOGGED_AT, "ts_parsed"], exact_match=True
+            column_set=[*EVENT_COLUMNS, LOGGED_AT, *DERIVED_EVENT_COLUMNS], exact_match=True
         ),
         *[
             gxe.ExpectColumnValuesToNotBeNull(column=c)
@@ -198,6 +203,8 @@ def raw_event_expectations(end: datetime) -> list[Any]:
             column="propensity", min_value=0, max_value=1, strict_min=True
         ),
         gxe.ExpectColumnValuesToBeBetween(column="position", min_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column="slot_propensities_min", min_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column="slot_propensities_max", max_value=1),
         gxe.ExpectColumnMaxToBeBetween(column="ts_parsed", max_value=_latest_allowed()),
     ]
 
@@ -341,6 +348,26 @@ def _describe(dataset: str, result: Any) -> str:
     return f"{dataset}: {config.type}({json.dumps(kwargs, default=str)}): {detail}"
 
 
+DERIVED_EVENT_COLUMNS = ("ts_parsed", "slot_propensities_min", "slot_propensities_max")
+
+
+def _derived_event_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """The raw events with the columns their expectations read. Raw timestamps are text as
+    written: parsed, so that "in the future" compares instants (unparseable ones become NaT
+    and fail the not-null check on ts_parsed). Per-slot propensities are a list per row, which
+    no column expectation reads: their extremes are what must lie in [0, 1]."""
+    frame = frame.copy()
+    frame["ts_parsed"] = pd.to_datetime(frame["ts"], utc=True, errors="coerce", format="ISO8601")
+    slots = frame.get("slot_propensities")
+    for name, extreme in (("slot_propensities_min", np.min), ("slot_propensities_max", np.max)):
+        frame[name] = (
+            np.nan if slots is None
+            else [float(extreme(v)) if isinstance(v, list | np.ndarray) and len(v) else np.nan
+                  for v in slots]
+        )  # fmt: skip
+    return frame
+
+
 def run_gate(settings: Settings, start: datetime | None, end: datetime) -> GateReport:
     """Validate this interval's batches; raise GateFailed naming every failed expectation."""
     import great_expectations as gx
@@ -354,11 +381,7 @@ def run_gate(settings: Settings, start: datetime | None, end: datetime) -> GateR
     for dataset in DATASETS:
         frame = dataset.read(settings, start, end)
         if dataset.name == "raw_events" and "ts" in frame:
-            # Raw timestamps are text as written; parsed here so that "in the future" compares
-            # instants (unparseable ones become NaT and fail the not-null check on ts_parsed).
-            frame["ts_parsed"] = pd.to_datetime(
-                frame["ts"], utc=True, errors="coerce", format="ISO8601"
-            )
+            frame = _derived_event_columns(frame)
         report.rows[dataset.name] = len(frame)
         expectations = dataset.expectations(end)
         floor = volume_floor(

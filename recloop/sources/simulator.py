@@ -505,8 +505,17 @@ def epsilon_greedy_propensities(
     With probability epsilon the slate is a uniformly random ordered sample of the candidates
     (each item is in a given slot with probability 1 / candidates), otherwise the greedy slate.
     """
+    everywhere = epsilon_greedy_slot_propensities(greedy, shown, candidates, epsilon)
+    return [everywhere[k][k] for k in range(len(shown))]
+
+
+def epsilon_greedy_slot_propensities(
+    greedy: Sequence[str], shown: Sequence[str], candidates: int, epsilon: float
+) -> list[list[float]]:
+    """Per shown item, its exact probability in every slot of the slate (slot 0 first)."""
     return [
-        epsilon / candidates + (1 - epsilon) * (greedy[k] == item) for k, item in enumerate(shown)
+        [epsilon / candidates + (1 - epsilon) * (slot_item == item) for slot_item in greedy]
+        for item in shown
     ]
 
 
@@ -570,7 +579,7 @@ def generate_traffic(world: World, *, show_progress: bool = False) -> Iterator[l
                 "weekday": at.weekday(),
                 "device": DEVICES[rng.choice(len(DEVICES), p=world.user_devices[user])],
             }
-            propensities = epsilon_greedy_propensities(
+            everywhere = epsilon_greedy_slot_propensities(
                 greedy_ids, item_ids, len(candidates), config.epsilon
             )
             clicked = world.respond(user_id, item_ids, at, context, rng)
@@ -587,13 +596,14 @@ def generate_traffic(world: World, *, show_progress: bool = False) -> Iterator[l
                     "user_id": user_id,
                     "item_id": item_id,
                     "position": slot,
-                    "propensity": propensities[slot],
+                    "propensity": everywhere[slot][slot],
                 }
                 events.append(
                     Event(
                         event_id=_event_id(rng),
                         ts=at,
                         event_type=EventType.impression,
+                        slot_propensities=everywhere[slot],
                         **slot_fields,
                     )
                 )

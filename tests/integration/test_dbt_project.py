@@ -202,7 +202,13 @@ def test_rows_breaking_the_contract_are_quarantined_with_reasons(tmp_path: Path)
         {**base, "event_id": str(uuid.uuid4()), "event_type": "rating", "value": 9},
         {**base, "event_id": str(uuid.uuid4()), "ts": "2099-01-01T00:00:00+00:00"},
         {**base, "event_id": existing},
-    ]
+        # An impression whose per-slot propensities disagree with its own propensity, and
+        # one with a probability above 1 in another slot.
+        {**base, "event_id": str(uuid.uuid4()), "event_type": "impression", "position": 1,
+         "propensity": 0.5, "slot_propensities": [0.1, 0.4]},
+        {**base, "event_id": str(uuid.uuid4()), "event_type": "impression", "position": 0,
+         "propensity": 0.5, "slot_propensities": [0.5, 1.5]},
+    ]  # fmt: skip
     partition = settings.events_dir / "event_date=2030-01-01" / "event_hour=00"
     partition.mkdir(parents=True)
     (partition / "part-upstream-000001.jsonl").write_text(
@@ -210,11 +216,15 @@ def test_rows_breaking_the_contract_are_quarantined_with_reasons(tmp_path: Path)
     )
     run_dbt(settings, ["build"], as_of=AS_OF)
     quarantined = query(settings, "SELECT * FROM staging.quarantined_events ORDER BY ALL")
-    reasons = sorted(reason.split(":")[0] for reason in quarantined.rejection_reason)
-    assert reasons == ["event_id", "ts", "user_id", "value"]
+    reasons = sorted(quarantined.rejection_reason)
+    assert [reason.split(":")[0] for reason in reasons] == [
+        "event_id", "slot_propensities", "slot_propensities", "ts", "user_id", "value"
+    ]  # fmt: skip
+    assert "slot_propensities: a value is outside [0, 1]" in reasons
+    assert "slot_propensities: the value at the position is not the propensity" in reasons
     assert query(settings, "SELECT count(*) AS n FROM staging.stg_events").n[0] == staged
     run_dbt(settings, ["build"], as_of=AS_OF)  # quarantining again adds nothing
-    assert len(query(settings, "SELECT * FROM staging.quarantined_events")) == 4
+    assert len(query(settings, "SELECT * FROM staging.quarantined_events")) == 6
 
 
 def test_docs_generate(built: Settings) -> None:

@@ -98,13 +98,18 @@ def test_a_clean_batch_passes_and_publishes_data_docs(home: Settings) -> None:
         ([{"ts": "2099-01-01T00:00:00+00:00"}], "expect_column_max_to_be_between", "ts"),
         ([{"user_id": "<drop>", "userId": "u00001"}], "expect_table_columns_to_match_set",
          "user_id"),
+        ([{"event_type": "impression", "position": 0, "propensity": 0.5,
+           "slot_propensities": [0.5, 1.5]}],
+         'expect_column_values_to_be_between({"column": "slot_propensities_max"',
+         "slot_propensities"),
     ],
-    ids=["null_user_id", "rating_out_of_range", "timestamp_in_the_future", "column_renamed"],
+    ids=["null_user_id", "rating_out_of_range", "timestamp_in_the_future", "column_renamed",
+         "slot_propensity_out_of_range"],
 )  # fmt: skip
 def test_poisoned_raw_batches_stop_the_gate(home: Settings, rows, expectation, quarantined) -> None:
     inject(home, rows)
     message = gate_failure(home)
-    assert f"raw_events: {expectation}(" in message
+    assert f"raw_events: {expectation}" in message
     assert [reason.split(":")[0] for reason in quarantine_reasons(home)] == [quarantined]
 
 
