@@ -13,14 +13,19 @@ V(pi) = mean over requests of sum_k sum_a pi_k(a|x) * P(click | a at k, x) / k.
 Each of 100 seeded repetitions logs 100,000 impressions (10 slots x 10,000 slates) by
 sampling the logging policy's slates and the users' clicks, then estimates the target's CTR
 with IPS, SNIPS and doubly robust (monitoring.estimators; DR's reward model is monitoring.ope's
-cross-fitted position-based model), with the position-based IPS and DR (each item's exposure
-over every slot, from both policies' full marginals and the same model's examination), and
-with vw-estimators' IPS and SNIPS (and its Gaussian
+cross-fitted position-based model), and with vw-estimators' IPS and SNIPS (and its Gaussian
 interval and confidence sequence) on the same impressions. It also checks the on-policy CTR
 of the logging policy against its Wilson interval, and how often the promotion gate's support
 check (the target's mean importance weight, ``estimators.support``) lets the log judge the
 target: it should, since the logging policy shows every candidate in every slot. The truth
 is conditional on the drawn requests (the repetitions resample slates and clicks).
+
+A second protocol (rows prefixed ``greedy_target_``) draws the same requests' slates as the
+demo's service does: epsilon-greedy (epsilon 0.2) over the logging score's top 10, and
+estimates a *greedy* target (the top 10 of the target's score). Item-position weights are
+then N / epsilon = 150 wherever the target differs from the logging policy's greedy slate,
+so it also reports the position-based IPS estimate (``pbm_ips``) as the hourly monitoring
+makes it (``monitoring.ope.compare`` with the logged per-slot propensities).
 
 Metrics: mean relative error per estimator, and the share of repetitions whose 95% interval
 holds the truth (goals: relative error <= 5%, coverage >= 90%).
@@ -37,7 +42,7 @@ from rich.progress import track
 
 from benchmarks.results import Row, add_output_options, publish
 from monitoring import estimators
-from monitoring.ope import cross_fit
+from monitoring.ope import compare, cross_fit
 from recloop.settings import PromotionSettings
 from recloop.sources.simulator import DEVICES, WorldConfig, build_world
 from serving.policies import PlackettLuce, plackett_luce_marginals
@@ -126,21 +131,13 @@ def _log(rng, candidates, click, logging, target, slates) -> pd.DataFrame:
     })  # fmt: skip
 
 
-def _model_based(
-    frame: pd.DataFrame, candidates, logging, target
-) -> dict[str, estimators.Estimate]:
-    """DR with the cross-fitted position-based reward model (the direct term sums the
-    target's exact marginals over every candidate of the request), and the position-based
-    IPS and DR (``estimators.exposure``: each item's exposure over every slot, with the same
-    model's examination)."""
+def _doubly_robust(frame: pd.DataFrame, candidates, target) -> estimators.Estimate:
+    """DR with the cross-fitted position-based reward model; the direct term sums the
+    target's exact marginals over every candidate of the request."""
     requests = frame["request"].to_numpy()
     slots = frame["position"].to_numpy()
-    shown = frame["candidate"].to_numpy()
-    # Each logged item's marginal in every slot: what the service logs as slot_propensities.
-    predicted, fitted = cross_fit(frame, requests % 2, logging[requests, shown])
+    predicted, fitted = cross_fit(frame, requests % 2)
     direct = np.zeros(len(frame))
-    logged_exposure = np.zeros(len(frame))
-    target_exposure = np.zeros(len(frame))
     ids = candidates.astype(str)
     for mine, model in fitted:
         exam = model.examination[np.minimum(np.arange(SLOTS), len(model.examination) - 1)]
@@ -148,18 +145,20 @@ def _model_based(
         attract = np.vectorize(lambda i, known=known, default=default: known.get(i, default))(ids)
         value = np.einsum("nas,na,s->ns", target, attract, exam)  # (requests, slots)
         direct[mine] = value[requests[mine], slots[mine]]
-        rows, items = requests[mine], shown[mine]
-        logged_exposure[mine] = estimators.exposure(exam, logging[rows, items])
-        target_exposure[mine] = estimators.exposure(exam, target[rows, items])
-    clicks, slate_ids = frame["clicked"], frame["request_id"]
-    model = {"predicted": predicted, "direct": direct}
-    return {
-        "dr": estimators.doubly_robust(clicks, frame["propensity"], frame["target"], slate_ids,
-                                       **model),
-        "pbm_ips": estimators.ips(clicks, logged_exposure, target_exposure, slate_ids),
-        "pbm_dr": estimators.doubly_robust(clicks, logged_exposure, target_exposure, slate_ids,
-                                           **model),
-    }  # fmt: skip
+    return estimators.doubly_robust(
+        frame["clicked"], frame["propensity"], frame["target"], frame["request_id"],
+        predicted=predicted, direct=direct,
+    )  # fmt: skip
+
+
+def _position_based(frame: pd.DataFrame, logging, target_slates) -> estimators.Estimate:
+    """The position-based IPS estimate of the greedy target, as the hourly monitoring makes
+    it (``monitoring.ope.compare``: the examination harvested from the logged per-slot
+    propensities, a bootstrap interval that refits it)."""
+    requests = frame["request"].to_numpy()
+    logged = frame.assign(slot_propensities=list(logging[requests, frame["candidate"]]))
+    result = compare(logged, {"target": target_slates}, weights="position_based")
+    return result["targets"]["target"]["estimates"]["pbm_ips"]
 
 
 def _vw(frame: pd.DataFrame, with_cs: bool) -> dict[str, tuple[float, float, float]]:
@@ -185,9 +184,10 @@ def _vw(frame: pd.DataFrame, with_cs: bool) -> dict[str, tuple[float, float, flo
     return out
 
 
-def _protocol(prefix: str, description: str, requests, draw, args) -> list[Row]:
+def _protocol(prefix: str, description: str, requests, draw, args, target_slates=None) -> list[Row]:
     """One protocol's rows: each estimator's mean relative error and interval coverage over
-    the repetitions, the on-policy Wilson coverage and the gate's support check."""
+    the repetitions, the on-policy Wilson coverage and the gate's support check. With
+    ``target_slates`` (a greedy target's slate per request id), the position-based IPS too."""
     candidates, click, logging, target = requests
     count = len(candidates)
     truth = float(np.einsum("nas,nas->", target, click) / (count * SLOTS))
@@ -204,7 +204,12 @@ def _protocol(prefix: str, description: str, requests, draw, args) -> list[Row]:
         for name, estimate in (
             ("ips", estimators.ips(clicks, logged, weights, slates)),
             ("snips", estimators.snips(clicks, logged, weights, slates)),
-            *_model_based(frame, candidates, logging, target).items(),
+            ("dr", _doubly_robust(frame, candidates, target)),
+            *(
+                [("pbm_ips", _position_based(frame, logging, target_slates))]
+                if target_slates is not None
+                else []
+            ),
         ):
             results.setdefault(name, []).append((estimate.value, estimate.low, estimate.high))
         for name, triple in _vw(frame, rep < args.cs_repetitions).items():
@@ -260,9 +265,12 @@ def main() -> None:
                      (candidates, click, logging, target),
                      lambda rng: _plackett_luce_slates(rng, log_weights), args)  # fmt: skip
     greedy_logging, greedy_target, greedy_log = _greedy(candidates, log_weights, target_weights)
+    top = np.argmax(greedy_target, axis=1)  # (requests, SLOTS): the target's candidate per slot
+    target_slates = {str(n): [str(i) for i in candidates[n, top[n]]] for n in range(len(top))}
     rows += _protocol("greedy_target_", f"epsilon-greedy log (epsilon={EPSILON}) vs greedy "
                       "target", (candidates, click, greedy_logging, greedy_target),
-                      lambda rng: _epsilon_greedy_slates(rng, greedy_log), args)  # fmt: skip
+                      lambda rng: _epsilon_greedy_slates(rng, greedy_log), args,
+                      target_slates)  # fmt: skip
     seconds = time.perf_counter() - started
     rows.append(Row("ope", "seconds", seconds, "s", "none", seconds,
                     protocol=f"both protocols, {args.repetitions} seeds each"))  # fmt: skip

@@ -37,7 +37,9 @@ logging policy's per-slot marginal propensities ``logged`` = mu_k(a|x) and the t
   algebra is the same; the logging policy's exposure needs the item's propensity in every
   slot, which the service logs). A target that moves an item the log showed only in its
   greedy slot to another slot then matches every time instead of only when exploration put
-  it there, so the weights are far lighter; the price is the click model's assumption.
+  it there, so the weights are far lighter; the price is the click model's assumption, and an
+  examination fitted from the same log, whose noise the fixed-weight intervals above leave
+  out: ``bootstrapped`` carries it (``monitoring.ope`` refits it in every replicate).
 - ``confidence_sequence``: vw-estimators' off-policy confidence sequence (Waudby-Smith et al.,
   Karampatziakis et al. 2021) for the IPS value: valid at every look, so an hourly DAG that
   checks the same cumulative log again and again keeps its error rate.
@@ -244,6 +246,19 @@ def position_based_support(
     _, logged, target, groups = _inputs(np.zeros(len(logged)), logged, target, slates)
     examined = _check("examined", examined, len(logged))
     return _mean_of_terms("support", target / logged * examined, groups, alpha)
+
+
+def bootstrapped(
+    name: str, value: float, replicates: Any, impressions: int, slates: int, alpha: float = 0.05
+) -> Estimate:
+    """``value`` with a normal interval whose standard error is the replicates' spread: for
+    an estimate whose terms rest on something fitted from the same log (the position-based
+    weights' examination), recomputed, fit included, under per-slate Poisson(1) weights."""
+    replicates = np.asarray(replicates, dtype=np.float64)
+    if len(replicates) < 2 or not np.isfinite(replicates).all():
+        return Estimate(name, value, -math.inf, math.inf, impressions, slates)
+    half = stats.norm.ppf(1 - alpha / 2) * float(np.std(replicates, ddof=1))
+    return Estimate(name, value, value - half, value + half, impressions, slates)
 
 
 def doubly_robust(

@@ -1,4 +1,5 @@
-"""Policies: the logged propensities are the frequencies the policy really produces."""
+"""Policies: the logged propensities are the frequencies the policy really produces, in the
+slot each item was shown in and in every other slot of the slate."""
 
 from __future__ import annotations
 
@@ -22,16 +23,24 @@ K = 3
 def frequencies_and_logged(
     policy, candidates: Candidates, draws: int, seed: int = 0, size: int | None = None
 ):
-    """Empirical P(item at slot) over many slates, and the propensities logged for them
-    (``size``: how many items, when unscored ones follow the scored)."""
+    """Empirical P(item at slot) over many slates, and the propensities logged for them: each
+    shown item's in every slot (``Slate.slot_propensities``), whose diagonal must be the
+    propensity of the slot it was shown in (``size``: how many items, when unscored ones
+    follow the scored)."""
     m = size or len(candidates.scores)
     counts = np.zeros((m, K))
     logged: dict[tuple[int, int], set[float]] = {}
     for n in range(draws):
         slate = policy.draw(candidates, K, np.random.default_rng(seed + n))
-        for slot, (item, p) in enumerate(zip(slate.indices, slate.propensities, strict=True)):
-            counts[item, slot] += 1
-            logged.setdefault((int(item), slot), set()).add(round(float(p), 9))
+        everywhere = slate.slot_propensities
+        assert everywhere.shape == (len(slate.indices), len(slate.indices))
+        np.testing.assert_array_equal(np.diagonal(everywhere), slate.propensities)
+        for shown, item in enumerate(slate.indices):
+            counts[item, shown] += 1
+            for slot in range(len(slate.indices)):
+                logged.setdefault((int(item), slot), set()).add(
+                    round(float(everywhere[shown, slot]), 9)
+                )
     return counts / draws, logged
 
 
