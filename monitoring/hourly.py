@@ -28,6 +28,11 @@ WEEK = timedelta(days=7)
 EXPERIMENT = "online-metrics"
 
 
+# The off_policy table's row of each candidate's paired gain over the champion, by the weights
+# behind it (monitoring.off_policy_weights; ope.compare says which it could use).
+GAIN_ROW = {"item_position": "dr_gain", "position_based": "pbm_ips_gain"}
+
+
 def _registry_versions(settings: Settings) -> dict[str, Any]:
     """champion and challenger ModelVersions (None when unset), and the other candidates:
     ``monitoring.candidates`` and, by default, the newest version of every model kind."""
@@ -65,8 +70,10 @@ def _off_policy(
     """Estimates per candidate over the hour and since its registration, each request's
     slates answered with the user's clicks before it (``clicks``), as the service answered
     them (``ope.greedy_slates``). Since registration,
-    also the IPS confidence sequence (vw-estimators) and ``dr_gain``: the candidate's doubly
-    robust CTR less the champion's own greedy slates', paired on the same impressions
+    also the IPS confidence sequence (vw-estimators) and the gain row (``GAIN_ROW``:
+    ``dr_gain`` or ``pbm_ips_gain``, by ``monitoring.off_policy_weights`` and what the log
+    allows): the candidate's CTR estimate less the champion's own greedy slates', paired on
+    the same impressions
     (``ope.compare``), at level alpha / (candidates x looks x (looks + 1)), where looks counts
     this hour and the earlier hours that tested the candidate (``earlier_looks``, by version):
     alpha spent over the candidates and the hourly looks (Bonferroni; the sum over looks is
@@ -82,6 +89,7 @@ def _off_policy(
     from training.promotion import unsupported
 
     alpha = settings.monitoring.alpha
+    weights = settings.monitoring.off_policy_weights
     fresh = settings.serving.fresh_clicks
     rows, alarms = [], []
     champion_slates: dict[str, list[str]] | None = None
@@ -96,7 +104,7 @@ def _off_policy(
                              ("since_registered", since)):  # fmt: skip
             if part.empty:
                 continue
-            result = ope.evaluate(part, slates, alpha)
+            result = ope.evaluate(part, slates, alpha, weights)
             low, high = wilson(int(part["clicked"].sum()), len(part), alpha)
             common = {
                 "candidate_version": str(version.version),
@@ -122,19 +130,22 @@ def _off_policy(
             looks = 1 + earlier_looks.get(str(version.version), 0)
             level = alpha / (len(candidates) * looks * (looks + 1))
             compared = ope.compare(part, {"candidate": slates, "champion": champion_slates},
-                                   baseline="champion", alpha=level)  # fmt: skip
+                                   baseline="champion", alpha=level,
+                                   weights=weights)  # fmt: skip
             if not compared["targets"]:
                 continue
+            used = compared["weights"]
             gain = compared["targets"]["candidate"]["gain"]
-            base = compared["targets"]["champion"]["estimates"]["dr"]
+            base = compared["targets"]["champion"]["estimates"][ope.ESTIMATE_OF[used]]
             # The same gain on the new users' impressions alone, for the gate's cold-start
             # check (training.promotion).
             cold = ope.cold_start_gains(part, {"candidate": slates, "champion": champion_slates},
-                                        baseline="champion", alpha=level)  # fmt: skip
+                                        baseline="champion", alpha=level,
+                                        weights=weights)  # fmt: skip
             candidate = compared["targets"]["candidate"]
             weights = candidate["support"]
             support = {} if weights is None else weights.numbers("support")
-            row = {**common, "estimator": "dr_gain", "value": gain.value, "low": gain.low,
+            row = {**common, "estimator": GAIN_ROW[used], "value": gain.value, "low": gain.low,
                    "high": gain.high, "level": 1 - level, "baseline": base.value,
                    "unlogged_share": candidate["unlogged_share"], **support,
                    **cold.get("candidate", {})}  # fmt: skip
@@ -145,7 +156,7 @@ def _off_policy(
             if gain.low > 0 and unsupported(row, settings.promotion) is None:
                 alarms.append(drift.Alarm(
                     "challenger_wins", str(version.version),
-                    f"version {version.version}'s doubly robust CTR beats the champion's "
+                    f"version {version.version}'s {ope.LABEL[used]} CTR beats the champion's "
                     f"greedy slates on them by {gain.value:+.4f}, "
                     f"{1 - level:.2%} interval [{gain.low:+.4f}, {gain.high:+.4f}] "
                     f"({result['impressions']} impressions since it was registered)",
@@ -155,11 +166,11 @@ def _off_policy(
 
 
 def _earlier_looks(settings: Settings, end: datetime) -> dict[str, int]:
-    """Per candidate version, the hours before ``end`` whose dr_gain test it had."""
+    """Per candidate version, the hours before ``end`` whose gain test it had."""
     written = store.read(settings, "off_policy")
     if written.empty or "estimator" not in written:
         return {}
-    tested = written[(written["estimator"] == "dr_gain")
+    tested = written[(written["estimator"].isin(GAIN_ROW.values()))
                      & (written["hour_end"] < pd.Timestamp(end))]  # fmt: skip
     return tested.groupby("candidate_version")["hour_end"].nunique().to_dict()
 
@@ -280,7 +291,7 @@ def _promote_winner(
     settings: Settings, end: datetime, wins: list[dict[str, Any]]
 ) -> tuple[str | None, str]:
     """Feed the hour's best ``challenger_wins`` candidate (the largest gain) to the promotion
-    gate (``training.pipeline.promote_on_evidence``) with its ``dr_gain`` row as evidence.
+    gate (``training.pipeline.promote_on_evidence``) with its gain row as evidence.
     Returns (the version promoted or None, what happened in words). A failure is logged and
     said, and the alarm then requests a retraining as any other."""
     from training.pipeline import promote_on_evidence
@@ -288,10 +299,10 @@ def _promote_winner(
     estimates = store.read(settings, "off_policy")
     winners = [w["subject"] for w in wins]
     mine = estimates[(estimates["hour_end"] == pd.Timestamp(end))
-                     & (estimates["estimator"] == "dr_gain")
+                     & (estimates["estimator"].isin(GAIN_ROW.values()))
                      & (estimates["candidate_version"].isin(winners))]  # fmt: skip
     if mine.empty:
-        return None, "promotion on online evidence: the hour's dr_gain rows are missing"
+        return None, "promotion on online evidence: the hour's gain rows are missing"
     best = mine.sort_values("value", ascending=False).iloc[0]
     evidence = {
         "impressions": float(best["impressions"]), "matches": float(best["matches"]),
@@ -300,6 +311,7 @@ def _promote_winner(
         "gain_low": float(best["low"]), "gain_high": float(best["high"]),
         "alpha": float(1 - best["level"]),
         "unlogged_share": float(best.get("unlogged_share", 0.0)),
+        "position_based": float(best["estimator"] == GAIN_ROW["position_based"]),
     }  # fmt: skip
     for key in ("support_value", "support_low", "support_high", "cold_impressions",
                 "cold_matches", "cold_gain_value", "cold_gain_low", "cold_gain_high"):  # fmt: skip

@@ -318,6 +318,14 @@ def _direct(fitted: list, items: np.ndarray, positions: np.ndarray) -> np.ndarra
 
 
 WEIGHTS = ("item_position", "position_based")
+# The CTR estimate each kind of weights stands behind, and what the gate's words call it.
+ESTIMATE_OF = {"item_position": "dr", "position_based": "pbm_ips"}
+LABEL = {"item_position": "doubly robust", "position_based": "position-based IPS"}
+
+
+def label(numbers: dict[str, Any]) -> str:
+    """The name, in words, of the estimator behind a gate's numbers (``gate_estimates``)."""
+    return LABEL["position_based" if numbers.get("position_based") else "item_position"]
 
 
 def compare(
@@ -403,7 +411,9 @@ def compare(
         if position_based is not None:
             estimates["pbm_ips"] = pbm[name]["pbm_ips"]
         per_target[name] = {
-            "matches": int(target.sum()),
+            # Impressions that speak for the target: the same item in the same slot, or
+            # under position-based weights the same item anywhere in its slate.
+            "matches": int((where >= 0).sum() if used == "position_based" else target.sum()),
             # The share of the target's slots whose item the log never showed: the logging
             # policy's support likely misses it (its exploring pool is the champion's top
             # serving.candidates), so only the reward model speaks for those slots, and the
@@ -471,15 +481,19 @@ def _position_based_estimates(
 
 
 def evaluate(
-    frame: pd.DataFrame, target_slates: dict[str, list[str]], alpha: float = 0.05
+    frame: pd.DataFrame,
+    target_slates: dict[str, list[str]],
+    alpha: float = 0.05,
+    weights: str = "item_position",
 ) -> dict[str, Any]:
-    """IPS, SNIPS and doubly robust estimates (and the IPS confidence sequence) of the greedy
-    target whose slate for each request is ``target_slates[request_id]``.
+    """IPS, SNIPS and doubly robust estimates (and the IPS confidence sequence, and the
+    position-based IPS where the log allows it) of the greedy target whose slate for each
+    request is ``target_slates[request_id]``; ``weights`` as ``compare``'s.
 
     ``frame`` is the logging policy's impressions (``monitoring.logs.impressions``); requests
     without a target slate are left out and counted.
     """
-    result = compare(frame, {"target": target_slates}, alpha=alpha)
+    result = compare(frame, {"target": target_slates}, alpha=alpha, weights=weights)
     if not result["targets"]:
         return {"impressions": 0, "uncovered": result["uncovered"], "estimates": {}}
     target = result["targets"]["target"]
@@ -489,8 +503,9 @@ def evaluate(
         "uncovered": result["uncovered"],
         "matches": target["matches"],
         "estimates": target["estimates"],
-        "gain": target["gain"],  # the target's DR CTR less the logged CTR, paired
+        "gain": target["gain"],  # the target's CTR estimate less the logged CTR, paired
         "cs": (low, high),
+        "weights": result["weights"],
     }
 
 
@@ -561,12 +576,13 @@ def gate_estimate(
     alpha: float = 0.05,
     clicks: pd.DataFrame | None = None,
     fresh_clicks: int = 20,
+    weights: str = "item_position",
 ) -> dict[str, float]:
     """What the promotion gate weighs: ``model``'s doubly robust CTR estimate (and interval)
     as the greedy target on the logged impressions ``frame`` (``monitoring.logs.impressions``),
     beside the CTR those impressions actually had. ``impressions`` is 0 when there are none."""
     return gate_estimates(frame, {"challenger": model}, alpha=alpha, clicks=clicks,
-                          fresh_clicks=fresh_clicks)["challenger"]  # fmt: skip
+                          fresh_clicks=fresh_clicks, weights=weights)["challenger"]  # fmt: skip
 
 
 def gate_estimates(
@@ -577,11 +593,14 @@ def gate_estimates(
     alpha: float = 0.05,
     clicks: pd.DataFrame | None = None,
     fresh_clicks: int = 20,
+    weights: str = "item_position",
 ) -> dict[str, dict[str, float]]:
     """``gate_estimate``'s numbers for each named model, all on the same impressions and
-    reward model. The gain (``gain_*``) is each model's doubly robust CTR less the logged
-    CTR, paired impression by impression; with ``baseline`` (one of the names) it is less
-    that model's doubly robust CTR instead, also paired, and ``baseline_*`` holds that CTR.
+    reward model. The gain (``gain_*``) is each model's CTR estimate (``challenger_*``:
+    doubly robust, or position-based IPS as ``weights`` and the log allow, which
+    ``position_based`` says, 1 or 0) less the logged CTR, paired impression by impression;
+    with ``baseline`` (one of the names) it is less that model's estimate instead, also
+    paired, and ``baseline_*`` holds that CTR.
     ``clicks``: the log's clicks, the newest ``fresh_clicks`` folded into each request as
     the service does (``greedy_slates``). Where new users were served (``is_cold_start``),
     the same gain on their impressions alone is in ``cold_*`` (``cold_start_gains``)."""
@@ -591,19 +610,21 @@ def gate_estimates(
         return {name: {"impressions": 0.0} for name in models}
     targets = {name: greedy_slates(model, frame, clicks, fresh_clicks=fresh_clicks)
                for name, model in models.items()}  # fmt: skip
-    result = compare(frame, targets, baseline=baseline, alpha=alpha)
+    result = compare(frame, targets, baseline=baseline, alpha=alpha, weights=weights)
     if not result["targets"]:  # no impression the slates could cover: nothing matches
         return {name: {"impressions": float(len(frame)), "matches": 0.0} for name in models}
     clicks, shown = int(frame["clicked"].sum()), len(frame)
     low, high = wilson(clicks, shown, alpha)
     numbers = {}
+    used = ESTIMATE_OF[result["weights"]]
     for name, estimated in result["targets"].items():
-        dr, gain = estimated["estimates"]["dr"], estimated["gain"]
+        value, gain = estimated["estimates"][used], estimated["gain"]
         numbers[name] = {
             "impressions": float(result["impressions"]),
             "matches": float(estimated["matches"]),
             "unlogged_share": estimated["unlogged_share"],
-            **dr.numbers("challenger"),
+            "position_based": float(result["weights"] == "position_based"),
+            **value.numbers("challenger"),
             "champion_online": clicks / shown,
             "champion_low": low,
             "champion_high": high,
@@ -612,10 +633,11 @@ def gate_estimates(
         if (weights := estimated["support"]) is not None:
             numbers[name].update(weights.numbers("support"))
     if baseline is not None:
-        base = result["targets"][baseline]["estimates"]["dr"]
+        base = result["targets"][baseline]["estimates"][used]
         for values in numbers.values():
             values.update(base.numbers("baseline"))
-    for name, values in cold_start_gains(frame, targets, baseline=baseline, alpha=alpha).items():
+    cold = cold_start_gains(frame, targets, baseline=baseline, alpha=alpha, weights=weights)
+    for name, values in cold.items():
         numbers[name].update(values)
     return numbers
 
@@ -638,6 +660,7 @@ def cold_start_gains(
     *,
     baseline: str | None = None,
     alpha: float = 0.05,
+    weights: str = "item_position",
 ) -> dict[str, dict[str, float]]:
     """Each target's gain (``compare``'s) on the cold-start impressions alone
     (``is_cold_start``), as the ``cold_*`` numbers the gate weighs; empty when the log served
@@ -645,7 +668,7 @@ def cold_start_gains(
     cold = frame[is_cold_start(frame)]
     if cold.empty:
         return {}
-    compared = compare(cold, targets, baseline=baseline, alpha=alpha)["targets"]
+    compared = compare(cold, targets, baseline=baseline, alpha=alpha, weights=weights)["targets"]
     return {
         name: {"cold_impressions": float(len(cold)), "cold_matches": float(estimated["matches"]),
                **estimated["gain"].numbers("cold_gain")}

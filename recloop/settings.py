@@ -403,6 +403,15 @@ class MonitoringSettings(_Section):
         description="Also evaluate off-policy the newest registered version of every "
         "model kind (the candidates the last training run registered).",
     )
+    off_policy_weights: Literal["item_position", "position_based"] = Field(
+        "position_based",
+        description="Importance weights of the off-policy gain that alarms and the promotion "
+        "gate weigh: item_position (doubly robust, per slot: a logged click speaks for a "
+        "candidate only where it shows the same item in the same slot) or position_based "
+        "(IPS on each item's examination-weighted exposure over every slot, Li et al. 2018; "
+        "needs the per-slot propensities the service logs, and uses item_position where "
+        "impressions lack them). benchmarks/ope.py measures both.",
+    )
     retrain_on: list[AlarmKind] = Field(
         default_factory=lambda: ["degradation", "challenger_wins", "feature_drift"],
         description="Alarms that emit the Airflow asset retrain_requested.",

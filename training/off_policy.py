@@ -98,7 +98,8 @@ def gate_off_policy(
             return {"impressions": float(len(frame)), "matches": 0.0}
         return gate_estimate(frame, models["challenger"], settings.monitoring.alpha,
                              clicks=clicks(settings, *window),
-                             fresh_clicks=settings.serving.fresh_clicks)  # fmt: skip
+                             fresh_clicks=settings.serving.fresh_clicks,
+                             weights=settings.monitoring.off_policy_weights)  # fmt: skip
     except Exception:
         log.exception("the gate's off-policy estimate failed; the gate decides without it")
         return {"failed": 1.0}
@@ -139,7 +140,7 @@ def select_off_policy(
     With no window, no impressions, too little overlap or a failure, nothing is chosen, and
     the reason says so."""
     from monitoring.logs import clicks, impressions
-    from monitoring.ope import gate_estimates
+    from monitoring.ope import gate_estimates, label
     from training.pipeline import _load_data  # here: the pipeline imports this module
 
     def fallback(why: str, estimates: dict | None = None) -> OffPolicySelection:
@@ -169,7 +170,8 @@ def select_off_policy(
             return fallback("no interactions before the logged window to fit the candidates on")
         estimates = gate_estimates(frame, models, baseline=baseline, alpha=alpha,
                                    clicks=clicks(settings, *window),
-                                   fresh_clicks=settings.serving.fresh_clicks)  # fmt: skip
+                                   fresh_clicks=settings.serving.fresh_clicks,
+                                   weights=settings.monitoring.off_policy_weights)  # fmt: skip
     except Exception:
         log.exception("the off-policy selection failed; the offline criterion decides")
         return fallback("the estimate failed (see the training log)")
@@ -192,7 +194,8 @@ def select_off_policy(
         f"{recipes[v]['kind']} (v{v}) {estimates[v]['challenger_value']:.4f}" for v in ranked
     )
     reason = (
-        f"off-policy selection: doubly robust CTR on {int(estimates[best]['impressions'])} "
+        f"off-policy selection: {label(estimates[best])} CTR on "
+        f"{int(estimates[best]['impressions'])} "
         f"logged impressions: {listed}"
     )
     if len(eligible) < len(candidates):

@@ -270,10 +270,12 @@ def _off_policy_gain_verdict(
     ``off_policy_margin``."""
     if (why := unsupported(estimate, settings)) is not None:
         return False, f"off-policy: {why}: the log cannot judge it"
+    from monitoring.ope import label
+
     gain, low, high = estimate["gain_value"], estimate["gain_low"], estimate["gain_high"]
     level = f"{1 - estimate.get('alpha', 0.05):.1%}"
     said = (
-        f"off-policy: the challenger's doubly robust CTR {estimate['challenger_value']:.4f} "
+        f"off-policy: the challenger's {label(estimate)} CTR {estimate['challenger_value']:.4f} "
         f"against the champion's recipe's {estimate['baseline_value']:.4f} on the same "
         f"{int(estimate['impressions'])} impressions: gain {gain:+.4f}, {level} interval "
         f"[{low:+.4f}, {high:+.4f}]"
@@ -292,6 +294,8 @@ def _off_policy_verdict(
     protocols already decided that it is better, and a wide interval is no evidence either
     way. Paired, the served CTR's own noise is in the interval too; comparing the
     challenger's interval with the served CTR as if exact would refuse too readily."""
+    from monitoring.ope import label
+
     if estimate.get("failed"):
         return True, "off-policy: not computed (the estimate failed: see the training log)"
     impressions = int(estimate.get("impressions", 0))
@@ -310,7 +314,7 @@ def _off_policy_verdict(
     gain, gain_low, gain_high = estimate["gain_value"], estimate["gain_low"], estimate["gain_high"]
     online = estimate["champion_online"]
     said = (
-        f"the challenger's doubly robust CTR {value:.4f} [{low:.4f}, {upper:.4f}] against the "
+        f"the challenger's {label(estimate)} CTR {value:.4f} [{low:.4f}, {upper:.4f}] against the "
         f"served policy's online CTR {online:.4f}: gain {gain:+.4f} "
         f"[{gain_low:+.4f}, {gain_high:+.4f}] on the same impressions"
     )

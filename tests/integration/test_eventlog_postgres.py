@@ -54,6 +54,31 @@ def test_append_is_idempotent_and_readable(schema) -> None:
         assert log.read().column("context")[0].as_py() == '{"device": "tv"}'
 
 
+def test_slot_propensities_round_trip_and_an_older_table_gains_the_column(schema) -> None:
+    """A table made before the contract had slot_propensities gets the column on first use
+    (its rows read null); new impressions keep theirs."""
+    connection = postgres_admin()
+    connection.execute(f"CREATE SCHEMA {schema}")
+    connection.execute(
+        f"CREATE TABLE {schema}.events (event_id uuid PRIMARY KEY, ts timestamptz NOT NULL, "
+        "user_id text NOT NULL, item_id text NOT NULL, event_type text NOT NULL, "
+        "value double precision, request_id text, position integer, "
+        "propensity double precision, model_version text, policy text, "
+        "context jsonb NOT NULL DEFAULT '{}'::jsonb, logged_at timestamptz NOT NULL DEFAULT now())"
+    )
+    connection.execute(
+        f"INSERT INTO {schema}.events (event_id, ts, user_id, item_id, event_type) "
+        "VALUES (gen_random_uuid(), '2026-01-05 09:00+00', 'u1', 'i1', 'click')"
+    )
+    connection.close()
+    impression = {**events(1)[0], "event_type": "impression", "position": 1,
+                  "propensity": 0.5, "slot_propensities": [0.25, 0.5, 0.0]}  # fmt: skip
+    with open_event_log(Settings(profile="production", postgres_url=URL), schema=schema) as log:
+        assert log.append([impression]).appended == 1
+        table = log.read()
+    assert table.column("slot_propensities").to_pylist() == [None, [0.25, 0.5, 0.0]]
+
+
 def test_broken_batch_appends_nothing(schema) -> None:
     batch = events(3)
     batch[1]["ts"] = "2026-01-05T10:00:00"  # naive

@@ -107,7 +107,7 @@ def test_the_off_policy_criterion_promotes_what_the_log_favours(settings: Settin
                                                "last_interaction_at": end.isoformat()})  # fmt: skip
     first = run_training(settings, kinds=["ease"], data=data, show_progress=False)
     assert first.decision["promote"] and first.challenger["kind"] == "ease"
-    assert first.decision["reasons"][0].startswith("off-policy selection: doubly robust CTR")
+    assert first.decision["reasons"][0].startswith("off-policy selection: position-based IPS CTR")
     # The log favours popularity. Where the offline cold-start protocols bind
     # (off_policy_cold_start "offline"), it would cost EASE's P3b NDCG, so it is refused, and
     # EASE's recipe refreshes the champion instead.
@@ -141,7 +141,7 @@ def test_the_hourly_metrics_promote_a_candidate_the_champions_log_favours(
 ) -> None:
     """EASE serves (version 1) and popularity is registered beside it (version 2, refused by
     the offline gate); then users, shown uniformly random slates under the champion's arm,
-    click only popularity's slate. The hourly metrics find popularity's doubly robust gain
+    click only popularity's slate. The hourly metrics find popularity's position-based gain
     over EASE's greedy slates above zero (challenger_wins) and feed it to the promotion gate:
     refused where the offline cold-start protocols bind (a retraining is requested instead),
     and by default, cold start judged on the log, promoted by moving the champion alias, with
@@ -163,17 +163,17 @@ def test_the_hourly_metrics_promote_a_candidate_the_champions_log_favours(
     wins = [a for a in summary["alarms"] if a["kind"] == "challenger_wins"]
     assert [a["subject"] for a in wins] == ["2"], summary["alarms"]
 
-    def dr_gain():
-        return store.read(settings, "off_policy").query("estimator == 'dr_gain'")
+    def gain():  # the log carries per-slot propensities: the position-based gain
+        return store.read(settings, "off_policy").query("estimator == 'pbm_ips_gain'")
 
     # One look: alpha / (1 x 2). A rerun of the hour is the same look; the next hour's is the
     # second: alpha / (2 x 3).
-    assert dr_gain()["low"].iloc[0] > 0
-    assert dr_gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2])
+    assert gain()["low"].iloc[0] > 0
+    assert gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2])
     hourly.estimate(settings, end - timedelta(hours=1), end)
-    assert dr_gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2])
+    assert gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2])
     hourly.estimate(settings, end, end + timedelta(hours=1))
-    assert dr_gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2, 1 - 0.05 / 6])
+    assert gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2, 1 - 0.05 / 6])
     # Where the offline cold-start protocols bind, popularity would cost EASE's P3b NDCG: the
     # gate refuses, and the win requests a retraining instead, as any alarm.
     offline = settings.model_copy(update={"promotion": settings.promotion.model_copy(

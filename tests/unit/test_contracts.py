@@ -38,6 +38,10 @@ def test_valid_rows_pass_and_timestamps_become_utc() -> None:
     assert not result.rejected
     assert result.valid[0].ts == NOW
     assert result.valid[0].ts.tzinfo == UTC
+    # An impression's propensity in every slot of its slate: 0 is allowed (a slot the policy
+    # never puts it in), and its own slot's is its propensity.
+    slots = validate_rows(Event, [event(position=1, slot_propensities=[0.0, 0.5, 0.25])])
+    assert slots.valid[0].slot_propensities == [0.0, 0.5, 0.25]
 
 
 @pytest.mark.parametrize(
@@ -56,6 +60,15 @@ def test_valid_rows_pass_and_timestamps_become_utc() -> None:
         ({"event_type": "rating", "value": None}, "value", "needs a value"),
         ({"value": float("nan")}, "value", "finite"),
         ({"surprise": 1}, "surprise", "Extra inputs"),
+        ({"slot_propensities": [0.4, 0.1]}, "slot_propensities", "is not the propensity"),
+        ({"slot_propensities": []}, "slot_propensities", "none for position 0"),
+        ({"slot_propensities": [0.5, 1.2]}, "slot_propensities.1", "less than or equal to 1"),
+        ({"slot_propensities": [0.5, -0.1]}, "slot_propensities.1", "greater than or equal"),
+        (
+            {"event_type": "click", "slot_propensities": [0.5]},
+            "slot_propensities",
+            "only an impression",
+        ),
     ],
 )
 def test_broken_rows_are_rejected_with_field_and_reason(changes, field, reason) -> None:

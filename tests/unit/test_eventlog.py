@@ -43,6 +43,24 @@ def test_append_then_read_back(tmp_path: Path) -> None:
     assert partitions == ["event_hour=10", "event_hour=11", "event_hour=12"]
 
 
+def test_slot_propensities_round_trip_and_older_events_read_as_null(tmp_path: Path) -> None:
+    batch = events(3)
+    for row in batch:
+        row["slot_propensities"] = [0.05] * 10
+        row["slot_propensities"][row["position"]] = 0.1
+    with LocalEventLog(tmp_path) as log:
+        log.append(batch)
+    # A segment written before the field existed: its lines carry no such key.
+    older = {**events(1)[0], "ts": START.isoformat(), "logged_at": START.isoformat()}
+    segment = tmp_path / "event_date=2026-01-05" / "event_hour=10" / "part-older-000001.jsonl"
+    segment.write_text(json.dumps(older) + "\n")
+    table = read_events(tmp_path)
+    by_id = dict(zip(table.column("event_id").to_pylist(),
+                     table.column("slot_propensities").to_pylist(), strict=True))  # fmt: skip
+    assert by_id[batch[1]["event_id"]] == batch[1]["slot_propensities"]
+    assert by_id[older["event_id"]] is None
+
+
 def test_read_filters_by_time(tmp_path: Path) -> None:
     with LocalEventLog(tmp_path) as log:
         log.append(events(60))

@@ -162,7 +162,7 @@ def test_off_policy_selection_picks_the_candidate_the_log_favours(tmp_path) -> N
     assert estimate["gain_value"] == pytest.approx(
         estimate["challenger_value"] - estimate["baseline_value"])  # fmt: skip
     assert estimate["gain_low"] > 0 and estimate["alpha"] == pytest.approx(0.05 / 2)
-    assert "doubly robust CTR on 9000 logged impressions: popularity (v2)" in chosen.reason
+    assert "position-based IPS CTR on 9000 logged impressions: popularity (v2)" in chosen.reason
     # A champion recipe this run did not retrain is refitted as the baseline, by name.
     other = select_off_policy(settings, summaries[1:], ease, described, data=data,
                               show_progress=False)  # fmt: skip

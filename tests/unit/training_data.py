@@ -66,7 +66,8 @@ def logged_window(settings: Settings, start: datetime | None = None) -> tuple:
     those clicks in it. Returns (settings, data, popularity's recipe, its true CTR as the
     service would serve it, with each user's earlier clicks left out, the window's start and
     end). ``start``: when the window begins (2026-03-01 by default); the
-    slates are logged as the champion arm's, served by version 1."""
+    slates are logged as the champion arm's, served by version 1, each impression with its
+    propensity in every slot (what the position-based weights need)."""
     import uuid
     from datetime import UTC, timedelta
 
@@ -104,7 +105,8 @@ def logged_window(settings: Settings, start: datetime | None = None) -> tuple:
             events.append(Event(
                 event_id=uuid.UUID(int=len(events) + 1), ts=at, user_id=user, item_id=item,
                 position=slot, event_type="impression", request_id=request_id, propensity=1 / 30,
-                model_version="1", policy="uniform", context={"arm": "champion"}))  # fmt: skip
+                slot_propensities=[1 / 30] * 3, model_version="1", policy="uniform",
+                context={"arm": "champion"}))  # fmt: skip
             # Users click only the target's items (at 0.5 x examination): its CTR is known.
             if item in target[user] and rng.random() < exam[slot] * 0.5:
                 at_click = at + timedelta(seconds=1)
