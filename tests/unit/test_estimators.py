@@ -29,6 +29,32 @@ def test_ips_and_snips_by_hand() -> None:
     assert ips.impressions == 4 and ips.slates == 2
 
 
+def test_exposure_and_position_based_weights_by_hand() -> None:
+    """Two impressions of a three-slot slate, examination (1, 0.5, 0.25). The first item is
+    logged with probabilities (0.8, 0.1, 0.1) over the slots: exposure 0.8 + 0.05 + 0.025;
+    a target that puts it in slot 1 exposes it 0.5. The second, logged only in slot 2 (a
+    two-slot list: the third slot is past its slate), is not in the target's slate."""
+    exam = [1.0, 0.5, 0.25]
+    logged = estimators.exposure(exam, [[0.8, 0.1, 0.1], [0.0, 0.2, 0.0]])
+    assert logged == pytest.approx([0.875, 0.1])
+    target = estimators.exposure(exam, [[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    assert target == pytest.approx([0.5, 0.0])
+    # Examination fitted for fewer slots than the slate: the last one's holds further down.
+    assert estimators.exposure([1.0, 0.5], [[0.0, 0.0, 1.0]]) == pytest.approx([0.5])
+    ips = estimators.ips([1, 1], logged, target, ["a", "a"])
+    assert ips.value == pytest.approx((0.5 / 0.875) / 2)
+    with pytest.raises(ValueError, match="examination: one row per impression"):
+        estimators.exposure([[1.0, 0.5]] * 3, [[0.5, 0.5]] * 2)
+
+
+def test_bootstrapped_interval_is_the_replicates_spread() -> None:
+    replicates = [0.9, 1.1, 1.0, 1.0]
+    estimate = estimators.bootstrapped("pbm_ips", 1.0, replicates, 40, 4)
+    half = 1.959963984540054 * float(np.std(replicates, ddof=1))
+    assert (estimate.low, estimate.high) == pytest.approx((1 - half, 1 + half))
+    assert math.isinf(estimators.bootstrapped("pbm_ips", 1.0, [1.0], 40, 4).high)
+
+
 def _random_log(
     seed: int, n: int, lowest_propensity: float, ctr: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
