@@ -143,8 +143,8 @@ def _off_policy(
                                         baseline="champion", alpha=level,
                                         weights=weights)  # fmt: skip
             candidate = compared["targets"]["candidate"]
-            weights = candidate["support"]
-            support = {} if weights is None else weights.numbers("support")
+            mean_weight = candidate["support"]
+            support = {} if mean_weight is None else mean_weight.numbers("support")
             row = {**common, "estimator": GAIN_ROW[used], "value": gain.value, "low": gain.low,
                    "high": gain.high, "level": 1 - level, "baseline": base.value,
                    "unlogged_share": candidate["unlogged_share"], **support,

@@ -630,8 +630,8 @@ def gate_estimates(
             "champion_high": high,
             **gain.numbers("gain"),
         }
-        if (weights := estimated["support"]) is not None:
-            numbers[name].update(weights.numbers("support"))
+        if (mean_weight := estimated["support"]) is not None:
+            numbers[name].update(mean_weight.numbers("support"))
     if baseline is not None:
         base = result["targets"][baseline]["estimates"][used]
         for values in numbers.values():

@@ -197,6 +197,9 @@ def test_recommendations_for_known_unknown_and_new_users(world: Path) -> None:
     assert sorted(e["position"] for e in shown) == [0, 1, 2, 3, 4]
     assert {e["model_version"] for e in shown} == {body["model_version"]}
     assert all(e["propensity"] == 1.0 and e["policy"] == "greedy" for e in shown)
+    # Greedy: each item in its own slot with certainty, in no other.
+    for e in shown:
+        assert e["slot_propensities"] == [float(k == e["position"]) for k in range(5)]
 
 
 def test_an_item_added_after_training_is_recommended_from_its_text(world: Path) -> None:

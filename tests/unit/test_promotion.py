@@ -270,3 +270,22 @@ def test_the_gate_can_judge_on_the_recent_protocol() -> None:
     assert on_recent.numbers["gain.recent.ndcg.low"] > 0
     with pytest.raises(ValueError, match="needs a recent evaluation"):
         decide(evaluations(BASE), champion, recent, data_gate_passed=True)
+
+
+def test_gate_estimates_weigh_every_model_and_the_new_users_alike(tmp_path) -> None:
+    """Several models and cold-start impressions on one log with per-slot propensities: each
+    model gets the position-based numbers, its cold-start gain among them."""
+    from monitoring import logs, ope
+    from training.pipeline import fit_recipe, recipe
+
+    settings, data, popularity, _, start, end = logged_window(Settings(home=tmp_path))
+    models = {name: fit_recipe(recipe(name, settings), data, settings, show_progress=False)
+              for name in ("popularity", "ease")}  # fmt: skip
+    frame = logs.impressions(settings, start, end)
+    new_user = frame["request_id"].map(lambda r: int(r, 16) % 2 == 0)  # every other request
+    frame["served_by"] = np.where(new_user, "popularity", "history")
+    numbers = ope.gate_estimates(frame, models, baseline="ease", weights="position_based")
+    for values in numbers.values():
+        assert values["position_based"] == 1.0 and values["cold_impressions"] > 0
+        assert {"support_value", "cold_gain_value", "baseline_value"} <= set(values)
+    assert ope.label(numbers["popularity"]) == "position-based IPS"
