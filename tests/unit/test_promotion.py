@@ -278,7 +278,7 @@ def test_gate_estimates_weigh_every_model_and_the_new_users_alike(tmp_path) -> N
     from monitoring import logs, ope
     from training.pipeline import fit_recipe, recipe
 
-    settings, data, popularity, _, start, end = logged_window(Settings(home=tmp_path))
+    settings, data, _, _, start, end = logged_window(Settings(home=tmp_path))
     models = {name: fit_recipe(recipe(name, settings), data, settings, show_progress=False)
               for name in ("popularity", "ease")}  # fmt: skip
     frame = logs.impressions(settings, start, end)
