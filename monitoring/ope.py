@@ -163,14 +163,15 @@ def harvested_examination(
     if weighted[0] <= 0:
         return None
     # Examination does not rise down the slate: the projection onto non-increasing sequences
-    # (weighted by each slot's harvested clicks) takes out much of the slots' noise.
-    from sklearn.isotonic import IsotonicRegression
+    # (scipy's pool-adjacent-violators, weighted by each slot's harvested clicks) takes out
+    # much of the slots' noise.
+    from scipy.optimize import isotonic_regression
 
     counts = np.bincount(positions, weights=clicks * (shared > 0), minlength=width)
     ratio = weighted[:width] / weighted[0]
-    fitted = IsotonicRegression(increasing=False).fit_transform(
-        np.arange(width), ratio, sample_weight=np.maximum(counts[:width], 1e-9)
-    )
+    fitted = isotonic_regression(
+        ratio, weights=np.maximum(counts[:width], 1e-9), increasing=False
+    ).x
     return np.clip(fitted / fitted[0], floor, 1.0)
 
 
