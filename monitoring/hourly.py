@@ -69,11 +69,10 @@ def _off_policy(
 ) -> tuple[pd.DataFrame, list[drift.Alarm]]:
     """Estimates per candidate over the hour and since its registration, each request's
     slates answered with the user's clicks before it (``clicks``), as the service answered
-    them (``ope.greedy_slates``). Since registration,
-    also the IPS confidence sequence (vw-estimators) and the gain row (``GAIN_ROW``:
-    ``dr_gain`` or ``pbm_ips_gain``, by ``monitoring.off_policy_weights`` and what the log
-    allows): the candidate's CTR estimate less the champion's own greedy slates', paired on
-    the same impressions
+    them (``ope.greedy_slates``). Since registration, also the IPS confidence sequence
+    (vw-estimators) and the gain row (``GAIN_ROW``: ``dr_gain`` or ``pbm_ips_gain``, by
+    ``monitoring.off_policy_weights`` and what the log allows): the candidate's CTR estimate
+    less the champion's own greedy slates', paired on the same impressions
     (``ope.compare``), at level alpha / (candidates x looks x (looks + 1)), where looks counts
     this hour and the earlier hours that tested the candidate (``earlier_looks``, by version):
     alpha spent over the candidates and the hourly looks (Bonferroni; the sum over looks is
