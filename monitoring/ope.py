@@ -156,10 +156,22 @@ def harvested_examination(
     clicks = np.asarray(clicks, dtype=np.float64)
     if weights is not None:
         clicks = clicks * weights
-    width = slots.shape[1]
+    return _harvest(positions, clicks, _shared_part(positions, slots), slots.shape[1], floor)
+
+
+def _shared_part(positions: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """Per impression, min_j mu(a, j) / mu(a, k): the weight that moves its click to the
+    shared item distribution (``harvested_examination``)."""
     own = slots[np.arange(len(positions)), positions]
-    shared = np.nanmin(slots, axis=1)  # over the slate's own slots: NaN pads a short one
-    weighted = np.bincount(positions, weights=clicks * shared / own, minlength=width)
+    return np.nanmin(slots, axis=1) / own  # over the slate's own slots: NaN pads a short one
+
+
+def _harvest(
+    positions: np.ndarray, clicks: np.ndarray, shared: np.ndarray, width: int, floor: float = 1e-3
+) -> np.ndarray | None:
+    """``harvested_examination`` from each impression's (weighted) click and shared-part
+    weight: the bootstrap calls it once per replicate and fold."""
+    weighted = np.bincount(positions, weights=clicks * shared, minlength=width)
     if weighted[0] <= 0:
         return None
     # Examination does not rise down the slate: the projection onto non-increasing sequences
@@ -230,67 +242,91 @@ def _slot_propensities(rows: pd.DataFrame) -> np.ndarray | None:
     return matrix
 
 
-def _examination(fitted: list, size: int, slots: int) -> np.ndarray:
-    """(impressions, slots): the cross-fitted reward model's examination of every slot, for
-    each impression (from the model its fold's predictions come from)."""
-    theta = np.zeros((size, slots))
-    for mine, model in fitted:
-        fitted_slots = model.examination[:slots]
-        padded = np.concatenate(
-            [fitted_slots, np.repeat(fitted_slots[-1:], slots - len(fitted_slots))]
-        )
-        theta[mine] = padded
-    return theta
-
-
 # Poisson bootstrap replicates behind the position-based intervals (their examination is
 # fitted from the same log, and a fixed-examination interval would leave that noise out).
 REPLICATES = 100
 
 
 @dataclass(frozen=True)
-class PositionBased:
-    """The position-based weights of one log (``estimators.exposure``): per impression, its
-    slot, click, per-slot propensities (NaN past a short slate's end) and cross-fitting fold,
-    and the examination of every slot harvested from the other fold."""
+class _Fold:
+    """One cross-fitting fold of the position-based weights: its impressions (``mine``), their
+    per-slot propensities (0 past a short slate's end), and the other fold's impressions'
+    slot, click and shared-part weight that its examination is harvested from."""
 
+    mine: np.ndarray
+    slots: np.ndarray
+    train: np.ndarray
     positions: np.ndarray
     clicks: np.ndarray
-    slots: np.ndarray
-    folds: list[np.ndarray]  # per fold, the mask of its impressions
-    theta: np.ndarray  # (impressions, slots)
+    shared: np.ndarray
+
+
+@dataclass(frozen=True)
+class PositionBased:
+    """The position-based weights of one log (``estimators.exposure``): per cross-fitting
+    fold, the examination of every slot harvested from the other fold (``theta``), and what
+    a bootstrap replicate needs to harvest it again."""
+
+    folds: list[_Fold]
+    theta: list[np.ndarray]  # per fold, (slots,)
+    positions: np.ndarray
+    slots: np.ndarray  # (impressions, slots), NaN past a short slate's end
 
     @classmethod
     def of(cls, rows: pd.DataFrame, fitted: list, slots: np.ndarray) -> PositionBased:
-        return cls(rows["position"].to_numpy(dtype=np.int64),
-                   rows["clicked"].to_numpy(dtype=np.float64), slots,
-                   [mine for mine, _ in fitted],
-                   _examination(fitted, len(rows), max(slots.shape[1], 1)))  # fmt: skip
+        positions = rows["position"].to_numpy(dtype=np.int64)
+        clicks = rows["clicked"].to_numpy(dtype=np.float64)
+        shared = _shared_part(positions, slots)
+        width = max(slots.shape[1], 1)
+        folds, theta = [], []
+        for mine, model in fitted:
+            train = ~mine if (~mine).any() else mine
+            folds.append(_Fold(mine, np.nan_to_num(slots[mine]), train, positions[train],
+                               clicks[train], shared[train]))  # fmt: skip
+            theta.append(_padded(model.examination, width))
+        return cls(folds, theta, positions, slots)
 
-    def examination(self, weights: np.ndarray | None = None) -> np.ndarray:
-        """Each impression's examination of every slot: the cross-fitted one, or with
-        ``weights`` harvested again from the reweighted other fold (a bootstrap replicate;
-        a fold whose harvest fails keeps its own)."""
+    def examination(self, weights: np.ndarray | None = None) -> list[np.ndarray]:
+        """Each fold's examination of every slot: the cross-fitted one, or with ``weights``
+        (per impression, a bootstrap replicate's) harvested again from the reweighted other
+        fold (a fold whose harvest fails keeps its own)."""
         if weights is None:
             return self.theta
-        theta = self.theta.copy()
-        for mine in self.folds:
-            train = ~mine if (~mine).any() else mine
-            harvested = harvested_examination(self.positions[train], self.clicks[train],
-                                              self.slots[train], weights[train])  # fmt: skip
-            if harvested is not None:
-                theta[mine] = harvested[: theta.shape[1]]
+        theta = []
+        for fold, own in zip(self.folds, self.theta, strict=True):
+            harvested = _harvest(fold.positions, fold.clicks * weights[fold.train], fold.shared,
+                                 len(own))  # fmt: skip
+            theta.append(own if harvested is None else harvested[: len(own)])
         return theta
 
-    def logged(self, theta: np.ndarray) -> np.ndarray:
+    def logged(self, theta: list[np.ndarray]) -> np.ndarray:
         """The logging policy's exposure of each logged item."""
-        return exposure(theta, np.nan_to_num(self.slots))
+        out = np.empty(len(self.positions))
+        for fold, examination in zip(self.folds, theta, strict=True):
+            out[fold.mine] = exposure(examination, fold.slots)
+        return out
+
+    def target(self, theta: list[np.ndarray], where: np.ndarray) -> np.ndarray:
+        """A greedy target's exposure of each logged item (``where``: ``slot_in``'s): the
+        examination of the slot its slate puts the item in (slots past those fitted examined
+        like the last), 0 where its slate does not hold the item."""
+        out = np.zeros(len(where))
+        for fold, examination in zip(self.folds, theta, strict=True):
+            at = where[fold.mine]
+            out[fold.mine] = np.where(
+                at >= 0, examination[np.minimum(np.maximum(at, 0), len(examination) - 1)], 0.0
+            )
+        return out
 
     def examined(self) -> np.ndarray:
         """Each impression's slot examination over its slate's mean examination."""
-        mean = np.nanmean(np.where(np.isnan(self.slots), np.nan, self.theta), axis=1)
-        slot = np.minimum(self.positions, self.theta.shape[1] - 1)
-        return self.theta[np.arange(len(self.theta)), slot] / mean
+        out = np.empty(len(self.positions))
+        for fold, examination in zip(self.folds, self.theta, strict=True):
+            slots = self.slots[fold.mine]
+            mean = np.nanmean(np.where(np.isnan(slots), np.nan, examination[None, :]), axis=1)
+            own = examination[np.minimum(self.positions[fold.mine], len(examination) - 1)]
+            out[fold.mine] = own / mean
+        return out
 
     @staticmethod
     def slot_in(rows: pd.DataFrame, slates: dict[str, list[str]]) -> np.ndarray:
@@ -300,13 +336,11 @@ class PositionBased:
         return np.array([slot_of[r].get(i, -1) for r, i in zip(
             rows["request_id"], rows["item_id"], strict=True)])  # fmt: skip
 
-    @staticmethod
-    def target(theta: np.ndarray, where: np.ndarray) -> np.ndarray:
-        """A greedy target's exposure of each logged item: the examination of the slot its
-        slate puts the item in (slots past those fitted examined like the last), 0 where
-        its slate does not hold the item."""
-        slot = np.minimum(np.maximum(where, 0), theta.shape[1] - 1)
-        return np.where(where >= 0, theta[np.arange(len(theta)), slot], 0.0)
+
+def _padded(examination: np.ndarray, width: int) -> np.ndarray:
+    """The first ``width`` slots' examination, slots past those fitted examined like the last."""
+    head = np.asarray(examination, dtype=np.float64)[:width]
+    return np.concatenate([head, np.repeat(head[-1:], width - len(head))])
 
 
 def _direct(fitted: list, items: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -400,7 +434,7 @@ def compare(
         elif used == "position_based":
             theta = position_based.theta
             supported = position_based_support(
-                position_based.logged(theta)[has], PositionBased.target(theta, where)[has],
+                position_based.logged(theta)[has], position_based.target(theta, where)[has],
                 position_based.examined()[has], slate_ids[has], alpha)  # fmt: skip
         else:
             supported = support(logged[has], target[has], slate_ids[has], alpha)
@@ -452,10 +486,10 @@ def _position_based_estimates(
     rng = np.random.default_rng(0)  # reproducible intervals for the same log
     slates = int(groups.max()) + 1
 
-    def values(theta: np.ndarray, w: np.ndarray | None) -> dict[str, dict[str, float]]:
+    def values(theta: list[np.ndarray], w: np.ndarray | None) -> dict[str, dict[str, float]]:
         logged = weights.logged(theta)
         total = float(len(clicks)) if w is None else float(w.sum())
-        terms = {name: PositionBased.target(theta, where) / logged * clicks
+        terms = {name: weights.target(theta, where) / logged * clicks
                  for name, (_, _, where, _) in arrays.items()}  # fmt: skip
         out = {}
         for name in arrays:
