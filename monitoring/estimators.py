@@ -255,7 +255,7 @@ def bootstrapped(
     an estimate whose terms rest on something fitted from the same log (the position-based
     weights' examination), recomputed, fit included, under per-slate Poisson(1) weights."""
     replicates = np.asarray(replicates, dtype=np.float64)
-    if len(replicates) < 2 or not np.isfinite(replicates).all():
+    if slates < 2 or len(replicates) < 2 or not np.isfinite(replicates).all():
         return Estimate(name, value, -math.inf, math.inf, impressions, slates)
     half = stats.norm.ppf(1 - alpha / 2) * float(np.std(replicates, ddof=1))
     return Estimate(name, value, value - half, value + half, impressions, slates)

@@ -502,6 +502,8 @@ def _position_based_estimates(
     replicates = []
     for _ in range(REPLICATES):
         w = rng.poisson(1.0, slates)[groups].astype(np.float64)
+        if not w.any():  # every slate drawn zero times (a handful of slates): no replicate
+            continue
         replicates.append(values(weights.examination(w), w))
     names = {"pbm_ips": "pbm_ips",
              "gain": "pbm_ips_gain" if baseline is None else "pbm_ips_difference"}  # fmt: skip

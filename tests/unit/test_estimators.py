@@ -53,6 +53,8 @@ def test_bootstrapped_interval_is_the_replicates_spread() -> None:
     half = 1.959963984540054 * float(np.std(replicates, ddof=1))
     assert (estimate.low, estimate.high) == pytest.approx((1 - half, 1 + half))
     assert math.isinf(estimators.bootstrapped("pbm_ips", 1.0, [1.0], 40, 4).high)
+    # One slate: every replicate is the same slate again, so no interval can be read off.
+    assert math.isinf(estimators.bootstrapped("pbm_ips", 1.0, replicates, 10, 1).high)
 
 
 def _random_log(

@@ -509,3 +509,8 @@ def test_position_based_estimates_credit_a_reordering_the_log_rarely_shows() -> 
     assert older["targets"]["target"]["gain"].estimator == "dr_gain"
     with pytest.raises(ValueError, match="weights: 'exact' is not one of"):
         ope.compare(frame, {"target": slates}, weights="exact")
+    # A log of two slates (as the new users' impressions of a quiet hour can be): some
+    # replicates draw neither; the estimate still comes, with its interval.
+    two = frame[frame["request_id"].isin(["r0", "r1"])]
+    tiny = ope.compare(two, {"target": slates}, weights="position_based")
+    assert tiny["targets"]["target"]["estimates"]["pbm_ips"].high >= 0
