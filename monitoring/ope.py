@@ -81,13 +81,8 @@ class PositionBasedModel:
         clicked = np.bincount(positions, weights=clicks, minlength=slots)
         overall = (clicked.sum() + 1.0) / (shown.sum() + 2.0)
         slot_ctr = (clicked + strength * overall) / (shown + strength)
-        if examination is None:
-            examination = slot_ctr / slot_ctr[0]
-        else:  # past the slots it was harvested for: examined like its last
-            examination = np.asarray(examination, dtype=np.float64)[:slots]
-            examination = np.concatenate(
-                [examination, np.repeat(examination[-1:], slots - len(examination))]
-            )
+        # A harvested examination is kept, past its slots examined like its last.
+        examination = slot_ctr / slot_ctr[0] if examination is None else _padded(examination, slots)
         item_clicks = np.bincount(codes, weights=clicks, minlength=len(items))
         for _ in range(iterations):
             # Unshrunk while fitting: shrinking the explored items' rates towards the mean
@@ -414,9 +409,13 @@ def compare(
         arrays[name] = (target, _direct(fitted, items, positions), where, items != "")
         has = items != ""
         unlogged[name] = float(np.mean([i not in shown for i in items[has]])) if has.any() else 0.0
-    groups = np.unique(slate_ids, return_inverse=True)[1].ravel()
     if position_based is not None:
+        groups = np.unique(slate_ids, return_inverse=True)[1].ravel()
         pbm = _position_based_estimates(position_based, arrays, clicks, groups, baseline, alpha)
+        # The logging policy's exposures and each slot's relative examination are the same
+        # for every target: the support of each reads them.
+        exposed = position_based.logged(position_based.theta)
+        examined = position_based.examined()
 
     per_target = {}
     for name, (target, direct, where, has) in arrays.items():
@@ -432,10 +431,9 @@ def compare(
         if not has.any():
             supported = None
         elif used == "position_based":
-            theta = position_based.theta
             supported = position_based_support(
-                position_based.logged(theta)[has], position_based.target(theta, where)[has],
-                position_based.examined()[has], slate_ids[has], alpha)  # fmt: skip
+                exposed[has], position_based.target(position_based.theta, where)[has],
+                examined[has], slate_ids[has], alpha)  # fmt: skip
         else:
             supported = support(logged[has], target[has], slate_ids[has], alpha)
         estimates = {
