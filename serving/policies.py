@@ -82,8 +82,12 @@ class Slate:
     in slot j, for every slot j of the slate; its diagonal is ``propensities``."""
 
     indices: np.ndarray
-    propensities: np.ndarray
     slot_propensities: np.ndarray
+
+    @property
+    def propensities(self) -> np.ndarray:
+        """Each shown item's probability in the slot it was shown in."""
+        return np.diagonal(self.slot_propensities).copy()
 
 
 class Policy(Protocol):
@@ -103,7 +107,7 @@ class Greedy:
     def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate:
         del rng
         best = top(candidates.scores, k)
-        return Slate(best, np.ones(len(best)), np.eye(len(best)))
+        return Slate(best, np.eye(len(best)))
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,7 @@ class EpsilonGreedy:
         greedy = top(candidates.scores, min(k, scored))
         everyone = scored + candidates.unscored
         if everyone == 0 or self.epsilon == 0:
-            return Slate(greedy, np.ones(len(greedy)), np.eye(len(greedy)))
+            return Slate(greedy, np.eye(len(greedy)))
         # A random slate is as long as the greedy one (unscored items only ever replace, never
         # lengthen: a model with nothing to rank shows nothing).
         explore = rng.random() < self.epsilon
@@ -133,7 +137,7 @@ class EpsilonGreedy:
         everywhere = self.epsilon / everyone + (1 - self.epsilon) * (
             indices[:, None] == greedy[None, :]
         )
-        return Slate(indices, np.diagonal(everywhere).copy(), everywhere)
+        return Slate(indices, everywhere)
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,7 @@ class PlackettLuce:
             keys = np.log(weights) + rng.gumbel(size=len(weights))
         indices = np.argsort(-keys, kind="stable")[:k]
         marginals = plackett_luce_marginals(weights, indices, k)
-        return Slate(indices, marginals[np.arange(k), np.arange(k)], marginals)
+        return Slate(indices, marginals)
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,7 @@ class Thompson:
         # The shown slate itself is one draw: a frequency of 0 would be a Monte Carlo miss,
         # and a propensity must be positive, so count the shown draw as well.
         everywhere = (frequencies * self.draws + np.eye(k)) / (self.draws + 1)
-        return Slate(indices, np.diagonal(everywhere).copy(), everywhere)
+        return Slate(indices, everywhere)
 
 
 def plackett_luce_marginals(weights: np.ndarray, items: np.ndarray, slots: int) -> np.ndarray:
