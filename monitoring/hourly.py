@@ -81,7 +81,10 @@ def _off_policy(
     raised when that gain's lower bound is above zero and the log can judge the candidate
     (``training.promotion.unsupported``: at most ``promotion.off_policy_max_unlogged`` of its
     slots show items the window never logged, where the reward model alone speaks, and its
-    mean importance weight, ``support_*``, reaches 1 less that share). (The IPS sequence is
+    mean importance weight, ``support_*``, reaches 1 less that share; for the
+    position-based IPS gain, which has no reward model and can only underestimate a
+    candidate the log does not fully support, those two apply to the champion's slates
+    instead). (The IPS sequence is
     reported, not used: where the logging policy explores uniformly over a hundred items it
     stays near [0, 1] for anything the champion would not show.)"""
     from training import registry
@@ -146,13 +149,16 @@ def _off_policy(
             support = {} if mean_weight is None else mean_weight.numbers("support")
             row = {**common, "estimator": GAIN_ROW[used], "value": gain.value, "low": gain.low,
                    "high": gain.high, "level": 1 - level, "baseline": base.value,
-                   "unlogged_share": candidate["unlogged_share"], **support,
+                   "unlogged_share": candidate["unlogged_share"],
+                   "baseline_unlogged_share": compared["targets"]["champion"]["unlogged_share"],
+                   "position_based": float(used == "position_based"), **support,
                    **cold.get("candidate", {})}  # fmt: skip
             rows.append(row)
             # Only where the log can judge the candidate: not where too many of its slots
             # show items the champion's exploration never showed (the reward model alone
-            # speaks), nor where its weights say the log has barely met its items.
-            if gain.low > 0 and unsupported(row, settings.promotion) is None:
+            # speaks; under IPS those slots only pull the gain down), nor where its weights
+            # say the log has barely met its items.
+            if gain.low > 0 and unsupported(row, settings.promotion, promote=True) is None:
                 alarms.append(drift.Alarm(
                     "challenger_wins", str(version.version),
                     f"version {version.version}'s {ope.LABEL[used]} CTR beats the champion's "

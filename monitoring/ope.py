@@ -635,7 +635,8 @@ def gate_estimates(
     doubly robust, or position-based IPS as ``weights`` and the log allow, which
     ``position_based`` says, 1 or 0) less the logged CTR, paired impression by impression;
     with ``baseline`` (one of the names) it is less that model's estimate instead, also
-    paired, and ``baseline_*`` holds that CTR.
+    paired, and ``baseline_*`` holds that CTR (``baseline_unlogged_share`` its slots' share
+    that the log never showed: ``training.promotion.unsupported``).
     ``clicks``: the log's clicks, the newest ``fresh_clicks`` folded into each request as
     the service does (``greedy_slates``). Where new users were served (``is_cold_start``),
     the same gain on their impressions alone is in ``cold_*`` (``cold_start_gains``)."""
@@ -668,9 +669,10 @@ def gate_estimates(
         if (mean_weight := estimated["support"]) is not None:
             numbers[name].update(mean_weight.numbers("support"))
     if baseline is not None:
-        base = result["targets"][baseline]["estimates"][used]
+        base = result["targets"][baseline]
         for values in numbers.values():
-            values.update(base.numbers("baseline"))
+            values.update(base["estimates"][used].numbers("baseline"))
+            values["baseline_unlogged_share"] = base["unlogged_share"]
     cold = cold_start_gains(frame, targets, baseline=baseline, alpha=alpha, weights=weights)
     for name, values in cold.items():
         numbers[name].update(values)

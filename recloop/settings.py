@@ -215,7 +215,10 @@ class PromotionSettings(_Section):
         "champion's top serving.candidates, so for other items only the reward model speaks, "
         "and the interval does not hold its error. The challenger's mean importance weight "
         "(1 under full support) must also have its upper bound at 1 less this share, or its "
-        "items were logged in its slots too rarely for the interval to hold.",
+        "items were logged in its slots too rarely for the interval to hold. A "
+        "position-based IPS gain (no reward model: missing support only lowers the "
+        "challenger's estimate) may still select and promote it; then these two checks "
+        "apply to the champion's slates the gain subtracts.",
     )
     off_policy_support_half_width: float = Field(
         0.5,

@@ -134,7 +134,9 @@ def select_off_policy(
     window and estimated as the greedy target on the window's logged impressions, all with
     one reward model; the highest doubly robust CTR among those that match at least
     ``promotion.off_policy_min_matches`` impressions within the log's support
-    (``training.promotion.unsupported``), is chosen. Each gain is
+    (``training.promotion.unsupported`` as for a promotion: a position-based IPS estimate
+    that the log's support cuts short only underestimates, so ranking by it cannot choose a
+    worse candidate for a better-looking one), is chosen. Each gain is
     paired against the champion's recipe (against the logged clicks when there is no
     champion) at level alpha / candidates (Bonferroni: the gate tests the best of several).
     With no window, no impressions, too little overlap or a failure, nothing is chosen, and
@@ -179,8 +181,9 @@ def select_off_policy(
         values["alpha"] = alpha
     least = settings.promotion.off_policy_min_matches
     most = settings.promotion.off_policy_max_unlogged
+    gate = settings.promotion
     eligible = [v for v in candidates if estimates[v].get("matches", 0) >= least
-                and unsupported(estimates[v], settings.promotion) is None]  # fmt: skip
+                and unsupported(estimates[v], gate, promote=True) is None]  # fmt: skip
     if not eligible:
         return fallback(f"no candidate matches {least} logged impressions with the log's "
                         f"support (at most {most:.0%} of its slots unlogged, its mean "

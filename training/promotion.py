@@ -199,7 +199,9 @@ def decide(
     return Decision(promote, reasons, numbers)
 
 
-def unsupported(estimate: dict[str, float], settings: PromotionSettings) -> str | None:
+def unsupported(
+    estimate: dict[str, float], settings: PromotionSettings, *, promote: bool = False
+) -> str | None:
     """Why an off-policy estimate cannot judge the challenger, or None when it can.
 
     - Too many of its slots show items the logged window never showed (``unlogged_share``
@@ -211,21 +213,42 @@ def unsupported(estimate: dict[str, float], settings: PromotionSettings) -> str 
       slots it puts them in, or shows them there so rarely that it has not met their heavy
       weights, and the estimate's interval, however narrow, does not hold its level
       (tests/unit/test_estimators.py: a 95% interval held the truth in 27% of such logs).
+
+    ``promote``: the question is whether the estimate may promote the challenger (its gain's
+    lower bound above a margin), not whether it may refuse it. A position-based IPS estimate
+    (``position_based`` 1) has no reward model: an item the log never showed adds nothing to
+    the challenger's estimate, and clicks are never negative, so where the log's support
+    falls short the challenger is underestimated, never overestimated (Sachdeva et al.
+    2020, "Off-policy bandits with deficient support"), and a gain whose lower bound clears
+    the margin all the same stands. Then the first two checks apply to the baseline the
+    gain subtracts (``baseline_unlogged_share``, the champion's greedy slates) instead,
+    whose underestimate would inflate the gain; the width check stays, because an interval
+    that has not met the heavy weights misses on either side.
     """
     most = settings.off_policy_max_unlogged
-    share = estimate.get("unlogged_share", 0.0)
-    if share > most:
-        return (
-            f"{share:.1%} of the challenger's slots show items the logged window never showed "
-            f"(more than {most:.0%}; only the reward model speaks for them, and the interval "
-            "does not hold its error)"
-        )
+    one_sided = promote and estimate.get("position_based") == 1.0
+    if one_sided:
+        share = estimate.get("baseline_unlogged_share", 0.0)
+        if share > most:
+            return (
+                f"{share:.1%} of the baseline's slots show items the logged window never "
+                f"showed (more than {most:.0%}): its position-based IPS CTR is "
+                "underestimated, and the gain over it overestimated"
+            )
+    else:
+        share = estimate.get("unlogged_share", 0.0)
+        if share > most:
+            return (
+                f"{share:.1%} of the challenger's slots show items the logged window never "
+                f"showed (more than {most:.0%}; only the reward model speaks for them, and "
+                "the interval does not hold its error)"
+            )
     if "support_high" not in estimate:
         return None
     value, low, high = (estimate["support_value"], estimate["support_low"],
                         estimate["support_high"])  # fmt: skip
     said = f"its mean importance weight is {value:.3f} [{low:.3f}, {high:.3f}]"
-    if high < 1.0 - most:
+    if high < 1.0 - most and not one_sided:
         return (
             f"{said}, below {1.0 - most:.2f}: the log cannot show, or has too rarely shown, "
             "its items in the slots it puts them in, and the interval does not hold its level"
@@ -268,7 +291,7 @@ def _off_policy_gain_verdict(
     """(promote, why) with the off-policy criterion: the challenger's doubly robust CTR less
     the champion's recipe's, paired on the same impressions, must have its lower bound above
     ``off_policy_margin``."""
-    if (why := unsupported(estimate, settings)) is not None:
+    if (why := unsupported(estimate, settings, promote=True)) is not None:
         return False, f"off-policy: {why}: the log cannot judge it"
     from monitoring.ope import label
 

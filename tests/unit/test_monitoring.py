@@ -434,10 +434,13 @@ def test_the_retraining_cooldown_holds_per_champion(tmp_path) -> None:
     assert not hour(21, "7")["requested"]
 
 
-def _tastes_log(seed: int, requests: int = 30_000, epsilon: float = 0.2):
+def _tastes_log(seed: int, requests: int = 30_000, epsilon: float = 0.2, unexplored: int = 0):
     """An epsilon-greedy log of a champion that ranks each user type's own best items first,
     in a position-based world where the two types like different items, with each item's
-    logged propensity in every slot; and a greedy target that ranks for the same types."""
+    logged propensity in every slot; and a greedy target that ranks for the same types.
+    ``unexplored``: that many middling items (the 9th onwards) are outside the exploring
+    pool, as items beyond the champion's top serving.candidates are, and the target shows
+    the first of them in its last slot instead of the champion's fourth item."""
     rng = np.random.default_rng(seed)
     n_items, slots = 20, 5
     exam = 1 / (1 + np.arange(slots))
@@ -445,14 +448,17 @@ def _tastes_log(seed: int, requests: int = 30_000, epsilon: float = 0.2):
     items = np.array([f"i{n}" for n in range(n_items)])
     champion = np.argsort(-attract, axis=1)[:, :slots]  # per type
     target = np.argsort(-attract, axis=1)[:, [3, 0, 4, 1, 2]]  # the same items, reordered
+    pool = np.array([n for n in range(n_items) if not 8 <= n < 8 + unexplored])
+    if unexplored:
+        target[:, -1] = 8
     kinds = rng.integers(0, 2, requests)
     explore = rng.random(requests) < epsilon
     rows = []
     for request, (kind, explored) in enumerate(zip(kinds, explore, strict=True)):
-        shown = rng.permutation(n_items)[:slots] if explored else champion[kind]
+        shown = rng.permutation(pool)[:slots] if explored else champion[kind]
         clicked = rng.random(slots) < exam * attract[kind, shown]
         for slot, item in enumerate(shown):
-            everywhere = epsilon / n_items + (1 - epsilon) * (champion[kind] == item)
+            everywhere = epsilon / len(pool) + (1 - epsilon) * (champion[kind] == item)
             rows.append({"request_id": f"r{request}", "position": slot, "item_id": items[item],
                          "propensity": everywhere[slot], "slot_propensities": everywhere,
                          "clicked": int(clicked[slot])})  # fmt: skip
@@ -514,3 +520,32 @@ def test_position_based_estimates_credit_a_reordering_the_log_rarely_shows() -> 
     two = frame[frame["request_id"].isin(["r0", "r1"])]
     tiny = ope.compare(two, {"target": slates}, weights="position_based")
     assert tiny["targets"]["target"]["estimates"]["pbm_ips"].high >= 0
+
+
+def test_position_based_ips_only_underestimates_a_target_the_log_does_not_support() -> None:
+    """A target that puts an item the exploration never showed in one of its slots: the
+    position-based IPS estimate has no reward model to guess that item's clicks, so it
+    counts none and falls short of the truth, with the interval's lower bound below it in
+    every seed, while the support checks say the log does not fully cover the target. That
+    is why ``training.promotion.unsupported`` lets such a gain promote (``promote=True``:
+    only the gain's lower bound matters, and it errs low) but not veto."""
+    from recloop.settings import PromotionSettings
+    from training.promotion import unsupported
+
+    settings = PromotionSettings()
+    ratios = []
+    for seed in (3, 5, 6):
+        frame, slates, truth, _ = _tastes_log(seed=seed, unexplored=4)
+        result = ope.compare(frame, {"target": slates}, weights="position_based")
+        target = result["targets"]["target"]
+        estimate = target["estimates"]["pbm_ips"]
+        assert estimate.value < truth and estimate.low < truth, (seed, estimate, truth)
+        ratios.append(estimate.value / truth)
+        assert target["unlogged_share"] == pytest.approx(0.2)
+        numbers = {"unlogged_share": target["unlogged_share"], "position_based": 1.0,
+                   **target["support"].numbers("support")}  # fmt: skip
+        assert target["support"].high < 0.95
+        assert "of the challenger's slots" in unsupported(numbers, settings)
+        assert unsupported(numbers, settings, promote=True) is None
+    # The unlogged slot holds about a twentieth of the target's clicks (8 seeds: 2% to 7%).
+    assert np.mean(ratios) < 0.97, ratios

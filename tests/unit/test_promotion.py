@@ -248,6 +248,26 @@ def test_the_off_policy_criterion_decides_on_the_gain_over_the_champions_recipe(
     decision = decide(evaluations(BASE), evaluations(BASE), SETTINGS, data_gate_passed=True,
                       off_policy=supported, criterion="off_policy")  # fmt: skip
     assert decision.promote, decision.reasons
+    # A position-based IPS gain has no reward model: unlogged slots and a short mean weight
+    # only pull the challenger's estimate down, so a gain clearing the margin promotes...
+    ips = {"position_based": 1.0, "baseline_unlogged_share": 0.0}
+    short = {**rare, **ips, "unlogged_share": 0.1}
+    decision = decide(evaluations(BASE), evaluations(BASE), SETTINGS, data_gate_passed=True,
+                      off_policy=short, criterion="off_policy")  # fmt: skip
+    assert decision.promote, decision.reasons
+    # ...but not when the champion's slates it subtracts are the ones short of support (the
+    # gain is then inflated), nor when the weights are too uncertain, nor as a veto.
+    inflated = {**short, "baseline_unlogged_share": 0.1}
+    decision = decide(evaluations(BASE), evaluations(BASE), SETTINGS, data_gate_passed=True,
+                      off_policy=inflated, criterion="off_policy")  # fmt: skip
+    assert not decision.promote and "10.0% of the baseline's slots" in decision.reasons[-1]
+    decision = decide(evaluations(BASE), evaluations(BASE), SETTINGS, data_gate_passed=True,
+                      off_policy={**unsure, **ips}, criterion="off_policy")  # fmt: skip
+    assert not decision.promote and "wider than +-0.5" in decision.reasons[-1]
+    ips_veto = {**off_policy(0.02, 0.01, 0.03), **ips, "unlogged_share": 0.1}
+    veto = decide(evaluations(BASE + 0.05), evaluations(BASE), SETTINGS, data_gate_passed=True,
+                  off_policy=ips_veto)  # fmt: skip
+    assert veto.promote and veto.reasons[-1].endswith("; not used"), veto.reasons
     with pytest.raises(ValueError, match="needs the challenger's estimate"):
         decide(evaluations(BASE), evaluations(BASE), SETTINGS, data_gate_passed=True,
                criterion="off_policy")  # fmt: skip
