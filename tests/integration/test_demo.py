@@ -101,10 +101,16 @@ def test_the_loop_closes(demo: dict[str, Any]) -> None:
     assert recovery["random_true_ctr"] < recovery["best_true_ctr"], recovery
     assert recovery["new_true_ctr"] < recovery["best_true_ctr"], recovery
     # A version recloop_metrics promoted on online evidence (challenger_wins), if any, is
-    # what the service served in the hours after (unless it was the last hour).
+    # what the service served in the hours after (unless it was the last hour), or the alias
+    # moved on before the service's next swap: a retraining already under way promoted a
+    # later version over it (seen here: item_ctr v3 promoted at hour 2 on a gain that held
+    # the truth, then v6 from the retraining an hour earlier's request, served from hour 4).
     for hour, version in summary["online_promotions"].items():
         later = [h for h in hours if h["hour"] > int(hour)]
-        assert not later or any(version in (h["served_versions"] or {}) for h in later), hours
+        served = any(version in (h["served_versions"] or {}) for h in later)
+        superseded = any(h["champion_version"] not in (None, version)
+                         for h in hours if h["hour"] >= int(hour))  # fmt: skip
+        assert not later or served or superseded, hours
     # Estimated CTR against the truth: every hour within a point, and the 95% intervals hold
     # the true CTR in most hours (a 95% interval misses one hour in twenty; three misses or
     # more in nine hours happen in under 1% of runs).
