@@ -83,8 +83,8 @@ def _off_policy(
     slots show items the window never logged, where the reward model alone speaks, and its
     mean importance weight, ``support_*``, reaches 1 less that share; for the
     position-based IPS gain, which has no reward model and can only underestimate a
-    candidate the log does not fully support, those two apply to the champion's slates
-    instead). (The IPS sequence is
+    candidate the log does not fully support, the share is the champion's slates' and the
+    weight's floor is not checked). (The IPS sequence is
     reported, not used: where the logging policy explores uniformly over a hundred items it
     stays near [0, 1] for anything the champion would not show.)"""
     from training import registry

@@ -217,8 +217,8 @@ class PromotionSettings(_Section):
         "(1 under full support) must also have its upper bound at 1 less this share, or its "
         "items were logged in its slots too rarely for the interval to hold. A "
         "position-based IPS gain (no reward model: missing support only lowers the "
-        "challenger's estimate) may still select and promote it; then these two checks "
-        "apply to the champion's slates the gain subtracts.",
+        "challenger's estimate) may still select and promote it; then the share is the "
+        "champion's slates' (the gain subtracts them) and the weight's floor is not checked.",
     )
     off_policy_support_half_width: float = Field(
         0.5,

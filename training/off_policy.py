@@ -189,7 +189,8 @@ def select_off_policy(
                         f"support (at most {most:.0%} of its slots unlogged, its mean "
                         f"importance weight's upper bound at least {1 - most:.2f} and its "
                         "half interval within promotion.off_policy_support_half_width; for a "
-                        "position-based IPS estimate the first two of the champion's recipe)",
+                        "position-based IPS estimate, the champion's recipe's unlogged share "
+                        "and no floor on the weight)",
                         estimates)  # fmt: skip
     best = max(eligible, key=lambda v: estimates[v]["challenger_value"])
     chosen = next(s for s in summaries if s["version"] == best)

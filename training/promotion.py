@@ -220,10 +220,11 @@ def unsupported(
     the challenger's estimate, and clicks are never negative, so where the log's support
     falls short the challenger is underestimated, never overestimated (Sachdeva et al.
     2020, "Off-policy bandits with deficient support"), and a gain whose lower bound clears
-    the margin all the same stands. Then the first two checks apply to the baseline the
-    gain subtracts (``baseline_unlogged_share``, the champion's greedy slates) instead,
-    whose underestimate would inflate the gain; the width check stays, because an interval
-    that has not met the heavy weights misses on either side.
+    the margin all the same stands. Then the unlogged-share check reads the baseline the
+    gain subtracts instead (``baseline_unlogged_share``, the champion's greedy slates or
+    recipe), whose underestimate would inflate the gain, and the mean weight's floor is not
+    checked (it falls short by the same missing support); the width check stays, because an
+    interval that has not met the heavy weights misses on either side.
     """
     most = settings.off_policy_max_unlogged
     one_sided = promote and estimate.get("position_based") == 1.0
