@@ -497,22 +497,14 @@ def movielens_world(config: WorldConfig) -> World:
 # Traffic under a logging policy
 
 
-def epsilon_greedy_propensities(
-    greedy: Sequence[str], shown: Sequence[str], candidates: int, epsilon: float
-) -> list[float]:
-    """Exact P(item shown in slot k) under per-slate epsilon-greedy.
-
-    With probability epsilon the slate is a uniformly random ordered sample of the candidates
-    (each item is in a given slot with probability 1 / candidates), otherwise the greedy slate.
-    """
-    everywhere = epsilon_greedy_slot_propensities(greedy, shown, candidates, epsilon)
-    return [everywhere[k][k] for k in range(len(shown))]
-
-
 def epsilon_greedy_slot_propensities(
     greedy: Sequence[str], shown: Sequence[str], candidates: int, epsilon: float
 ) -> list[list[float]]:
-    """Per shown item, its exact probability in every slot of the slate (slot 0 first)."""
+    """Per shown item, its exact probability in every slot of the slate (slot 0 first)
+    under per-slate epsilon-greedy: with probability epsilon the slate is a uniformly random
+    ordered sample of the candidates (each item is in a given slot with probability
+    1 / candidates), otherwise the greedy slate. The logged propensity of the item shown in
+    slot k is row k's entry k."""
     return [
         [epsilon / candidates + (1 - epsilon) * (slot_item == item) for slot_item in greedy]
         for item in shown

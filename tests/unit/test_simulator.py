@@ -8,7 +8,7 @@ from recloop.sources.simulator import (
     TOPICS,
     WorldConfig,
     build_world,
-    epsilon_greedy_propensities,
+    epsilon_greedy_slot_propensities,
     generate_traffic,
 )
 
@@ -104,10 +104,8 @@ def test_epsilon_greedy_propensities_match_frequencies() -> None:
         for slot, item in enumerate(shown):
             counts[item, slot] += 1
     for item in candidates:
-        expected = [
-            epsilon_greedy_propensities(greedy, [item] * slots, len(candidates), epsilon)[k]
-            for k in range(slots)
-        ]
+        # The item's probability in every slot, the row the service logs with each impression.
+        expected = epsilon_greedy_slot_propensities(greedy, [item], len(candidates), epsilon)[0]
         observed = counts[item] / draws
         # 4.5 standard errors of a binomial frequency: fails by chance about once in 10^5 runs.
         tolerance = 4.5 * np.sqrt(np.array(expected) * (1 - np.array(expected)) / draws)
