@@ -318,8 +318,9 @@ def _promote_winner(
         "unlogged_share": float(best.get("unlogged_share", 0.0)),
         "position_based": float(best["estimator"] == GAIN_ROW["position_based"]),
     }  # fmt: skip
-    for key in ("support_value", "support_low", "support_high", "cold_impressions",
-                "cold_matches", "cold_gain_value", "cold_gain_low", "cold_gain_high"):  # fmt: skip
+    for key in ("support_value", "support_low", "support_high", "baseline_unlogged_share",
+                "cold_impressions", "cold_matches", "cold_gain_value", "cold_gain_low",
+                "cold_gain_high"):  # fmt: skip
         if key in best and pd.notna(best[key]):
             evidence[key] = float(best[key])
     version = str(best["candidate_version"])

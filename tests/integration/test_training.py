@@ -170,6 +170,10 @@ def test_the_hourly_metrics_promote_a_candidate_the_champions_log_favours(
     # second: alpha / (2 x 3).
     assert gain()["low"].iloc[0] > 0
     assert gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2])
+    # What the one-sided support rule reads (training.promotion.unsupported): an IPS gain,
+    # and the share of EASE's own slates the log never showed (none: it logged them).
+    assert gain()["position_based"].tolist() == [1.0]
+    assert gain()["baseline_unlogged_share"].tolist() == [0.0]
     hourly.estimate(settings, end - timedelta(hours=1), end)
     assert gain()["level"].tolist() == pytest.approx([1 - 0.05 / 2])
     hourly.estimate(settings, end, end + timedelta(hours=1))
