@@ -135,8 +135,9 @@ def select_off_policy(
     one reward model; the highest doubly robust CTR among those that match at least
     ``promotion.off_policy_min_matches`` impressions within the log's support
     (``training.promotion.unsupported`` as for a promotion: a position-based IPS estimate
-    that the log's support cuts short only underestimates, so ranking by it cannot choose a
-    worse candidate for a better-looking one), is chosen. Each gain is
+    that the log's support cuts short only undersells its candidate, so the one ranked first
+    is, in expectation, at least as good as it reads; the ranking can pass over one the log
+    undersells, never promote one it oversells), is chosen. Each gain is
     paired against the champion's recipe (against the logged clicks when there is no
     champion) at level alpha / candidates (Bonferroni: the gate tests the best of several).
     With no window, no impressions, too little overlap or a failure, nothing is chosen, and
