@@ -194,15 +194,21 @@ def cross_fit(
     items = rows["item_id"].to_numpy()
     fitted = []
     for fold in (0, 1):
-        others = folds != fold
-        train = others if others.any() else np.ones(len(rows), dtype=bool)
+        mine = folds == fold
+        train = _fitted_on(mine)
         examination = None if slots is None else harvested_examination(
             positions[train], rows["clicked"].to_numpy()[train], slots[train])  # fmt: skip
         model = PositionBasedModel.fit(rows[train], examination=examination)
-        mine = ~others
         predicted[mine] = model.predict(items[mine], positions[mine])
         fitted.append((mine, model))
     return predicted, fitted
+
+
+def _fitted_on(mine: np.ndarray) -> np.ndarray:
+    """The rows a fold's model is fitted on: the other fold's, or every row where the other
+    fold is empty (a log of one request)."""
+    others = ~mine
+    return others if others.any() else np.ones(len(mine), dtype=bool)
 
 
 def _target(rows: pd.DataFrame, slates: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -275,7 +281,7 @@ class PositionBased:
         width = max(slots.shape[1], 1)
         folds, theta = [], []
         for mine, model in fitted:
-            train = ~mine if (~mine).any() else mine
+            train = _fitted_on(mine)  # the rows cross_fit fitted this fold's model on
             folds.append(_Fold(mine, np.nan_to_num(slots[mine]), train, positions[train],
                                clicks[train], shared[train]))  # fmt: skip
             theta.append(_padded(model.examination, width))
