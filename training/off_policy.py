@@ -180,9 +180,8 @@ def select_off_policy(
         return fallback("the estimate failed (see the training log)")
     for values in estimates.values():
         values["alpha"] = alpha
-    least = settings.promotion.off_policy_min_matches
-    most = settings.promotion.off_policy_max_unlogged
     gate = settings.promotion
+    least, most = gate.off_policy_min_matches, gate.off_policy_max_unlogged
     eligible = [v for v in candidates if estimates[v].get("matches", 0) >= least
                 and unsupported(estimates[v], gate, promote=True) is None]  # fmt: skip
     if not eligible:
