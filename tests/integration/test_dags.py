@@ -182,7 +182,9 @@ def test_training_dag_after_the_feature_dag(tmp_path: Path) -> None:
         "RECLOOP_TRAINING__MODEL_CONFIG_OVERRIDES": json.dumps({"two_tower": {"epochs": 2}}),
     })  # fmt: skip
     settings = Settings(home=home)
-    client = mlflow.MlflowClient(settings.tracking_uri())
+    # Both URIs: given the tracking URI alone, a client takes the registry URI that an earlier
+    # test in this process set globally (training.registry.configure), another test's home.
+    client = mlflow.MlflowClient(settings.tracking_uri(), settings.tracking_uri())
     versions = client.search_model_versions(f"name='{registry.MODEL_NAME}'")
     assert sorted(v.tags["kind"] for v in versions) == sorted(kinds)
     champion = client.get_model_version_by_alias(registry.MODEL_NAME, registry.CHAMPION)

@@ -32,7 +32,7 @@ def test_training_registers_candidates_and_sets_aliases(
     assert report.challenger["kind"] == "ease"
     assert report.decision["promote"] and report.champion_changed
 
-    client = mlflow.MlflowClient(settings.tracking_uri())
+    client = mlflow.MlflowClient(settings.tracking_uri(), settings.tracking_uri())
     versions = client.search_model_versions(f"name='{registry.MODEL_NAME}'")
     assert len(versions) == 2
     champion = client.get_model_version_by_alias(registry.MODEL_NAME, registry.CHAMPION)
@@ -190,7 +190,7 @@ def test_the_hourly_metrics_promote_a_candidate_the_champions_log_favours(
     assert decision["promoted"] == "2", decision
     assert "promoted version 2 on online evidence" in decision["reason"]
     assert not decision["requested"]  # the only alarm was the win, and it was acted on
-    client = mlflow.MlflowClient(settings.tracking_uri())
+    client = mlflow.MlflowClient(settings.tracking_uri(), settings.tracking_uri())
     champion = client.get_model_version_by_alias(registry.MODEL_NAME, registry.CHAMPION)
     assert str(champion.version) == "2"
 
