@@ -6,8 +6,11 @@ slate share a user and a moment, so they are not independent: every interval bel
 cluster-robust by slate (the variance is computed over per-slate sums), which is what makes
 the 95% intervals hold their level on slate logs (``benchmarks/ope.py`` measures it).
 
-On-policy: ``wilson`` (statsmodels' Wilson score interval) for the CTR, and ``ewma_ctr`` for an
-exponentially weighted CTR with the Wilson interval at its effective sample size.
+On-policy: ``clustered_ctr`` for the CTR: Wilson's score interval (statsmodels) at the
+effective sample size that clustering leaves, so that a user's many impressions count for
+what they are worth (the traffic split assigns users, not impressions, to arms); ``wilson``
+is the plain interval it starts from, and ``ewma_ctr`` the same with exponentially decaying
+weights.
 
 Off-policy, under the item-position click model (a click depends on the item, the slot and
 the context, not on the other items of the slate; Li et al. 2018, "Offline evaluation of
@@ -135,13 +138,69 @@ def wilson(clicks: float, impressions: float, alpha: float = 0.05) -> tuple[floa
     return float(low), float(high)
 
 
+def clustered_ctr(
+    clicks: Any, clusters: Any, weights: Any = None, alpha: float = 0.05
+) -> tuple[float, float, float, float]:
+    """(CTR, low, high, effective impressions) of 0/1 ``clicks`` grouped in ``clusters``
+    (one label per impression: the user, or the request), optionally ``weights``.
+
+    Impressions of one user are not independent draws: a user who likes what is shown
+    clicks on many of them, one who does not on none. The binomial interval then counts
+    each of a user's impressions as new evidence and is too narrow for the question a CTR
+    answers (what the policy earns on the users it serves; Deng, Knoblich and Lu, KDD 2018,
+    "Applying the delta method in metric analytics"). Here the CTR's variance is estimated
+    from the cluster sums of the weighted residuals (a sandwich variance with the
+    small-sample factor J / (J - 1)); its ratio to the same estimate with every impression
+    its own cluster is the design effect, and the interval is Wilson's at the effective
+    size (Kish's, the weights' own, divided by the design effect): Wilson's behaviour at
+    small CTRs, with the width that the clustering warrants (Korn and Graubard 1998).
+
+    The design effect is truncated at 1, as Korn and Graubard advise: an estimate below 1
+    (impressions of one cluster less alike than strangers') is more likely noise than a
+    reason to claim more than independent impressions would give. With singleton clusters
+    this is exactly ``wilson`` at Kish's size. With no clicks at all, or clicks only, the
+    residuals are zero and no design effect can be estimated: Kish's size stands. With one
+    cluster, one independent unit is all there is, and the size is 1.
+    """
+    clicks = np.asarray(clicks, dtype=np.float64)
+    size = clicks.shape[0] if clicks.ndim == 1 else -1
+    clicks = _check("clicks", clicks, size)
+    weights = np.ones(size) if weights is None else _check("weights", weights, size)
+    if (weights < 0).any():
+        raise ValueError("weights: must be 0 or above")
+    groups = np.unique(np.asarray(clusters), return_inverse=True)[1].ravel()
+    if groups.shape != (size,):
+        raise ValueError(f"clusters: expected {size} labels (one per impression)")
+    total = float(weights.sum())
+    if size == 0 or total <= 0:
+        return (math.nan, 0.0, 1.0, 0.0)
+    rate = float(np.sum(weights * clicks) / total)
+    effective = total**2 / float(np.sum(weights**2))  # Kish's
+    residuals = weights * (clicks - rate)
+    count = int(groups.max()) + 1
+    independent = size / max(size - 1, 1) * float(np.sum(residuals**2))
+    if count < 2:
+        effective = min(effective, 1.0)
+    elif independent > 0:
+        clustered = count / (count - 1) * float(np.sum(_cluster_sums(residuals, groups) ** 2))
+        effective /= max(clustered / independent, 1.0)
+    low, high = wilson(rate * effective, effective, alpha)
+    return rate, low, high, effective
+
+
 def ewma_ctr(
-    clicks: Any, ages_hours: Any, half_life_hours: float, alpha: float = 0.05
+    clicks: Any,
+    ages_hours: Any,
+    half_life_hours: float,
+    alpha: float = 0.05,
+    clusters: Any = None,
 ) -> tuple[float, float, float, float]:
     """(CTR, low, high, effective impressions) with weights 0.5 ** (age / half-life).
 
-    The interval is Wilson's at Kish's effective sample size (sum w)^2 / sum w^2, which is
-    what the weighted mean's variance corresponds to for Bernoulli clicks.
+    The interval is ``clustered_ctr``'s with those weights: Wilson's at Kish's effective
+    sample size (sum w)^2 / sum w^2, which is what the weighted mean's variance corresponds
+    to for independent Bernoulli clicks, divided by the design effect of ``clusters`` (one
+    label per impression; None: every impression its own).
     """
     clicks = np.asarray(clicks, dtype=np.float64)
     ages = np.asarray(ages_hours, dtype=np.float64)
@@ -152,10 +211,8 @@ def ewma_ctr(
     if clicks.size == 0:
         return (math.nan, 0.0, 1.0, 0.0)
     weights = 0.5 ** (np.maximum(ages, 0.0) / half_life_hours)
-    rate = float(np.sum(weights * clicks) / np.sum(weights))
-    effective = float(np.sum(weights) ** 2 / np.sum(weights**2))
-    low, high = wilson(rate * effective, effective, alpha)
-    return rate, low, high, effective
+    labels = np.arange(clicks.size) if clusters is None else clusters
+    return clustered_ctr(clicks, labels, weights, alpha)
 
 
 def _mean_of_terms(name: str, terms: np.ndarray, groups: np.ndarray, alpha: float) -> Estimate:

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from monitoring import drift, logs, online, ope, store
-from monitoring.estimators import wilson
+from monitoring.estimators import clustered_ctr
 from recloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def _off_policy(
             if part.empty:
                 continue
             result = ope.evaluate(part, slates, alpha, weights)
-            low, high = wilson(int(part["clicked"].sum()), len(part), alpha)
+            _, low, high, _ = clustered_ctr(part["clicked"], part["user_id"], alpha=alpha)
             common = {
                 "candidate_version": str(version.version),
                 "candidate_kind": version.tags.get("kind", "unknown"),

@@ -646,7 +646,7 @@ def gate_estimates(
     ``clicks``: the log's clicks, the newest ``fresh_clicks`` folded into each request as
     the service does (``greedy_slates``). Where new users were served (``is_cold_start``),
     the same gain on their impressions alone is in ``cold_*`` (``cold_start_gains``)."""
-    from monitoring.estimators import wilson
+    from monitoring.estimators import clustered_ctr
 
     if frame.empty:
         return {name: {"impressions": 0.0} for name in models}
@@ -656,7 +656,7 @@ def gate_estimates(
     if not result["targets"]:  # no impression the slates could cover: nothing matches
         return {name: {"impressions": float(len(frame)), "matches": 0.0} for name in models}
     clicks, shown = int(frame["clicked"].sum()), len(frame)
-    low, high = wilson(clicks, shown, alpha)
+    _, low, high, _ = clustered_ctr(frame["clicked"], frame["user_id"], alpha=alpha)
     numbers = {}
     used = ESTIMATE_OF[result["weights"]]
     for name, estimated in result["targets"].items():

@@ -309,11 +309,15 @@ class Demo:
         rows = store.read(self.settings, "online_metrics")
         hour = rows[(rows["hour_end"] == end) & (rows["window"] == "hour")]
         if len(hour):
-            clicks, shown = int(hour["clicks"].sum()), int(hour["impressions"].sum())
             from monitoring.estimators import wilson
 
+            # The versions' rows pooled: Wilson at the sum of their effective sizes (each
+            # already shrunk for its users' many impressions; monitoring.online).
+            clicks, shown = int(hour["clicks"].sum()), int(hour["impressions"].sum())
+            effective = float(hour["effective_impressions"].sum())
             record.ctr = clicks / shown
-            record.ctr_low, record.ctr_high = wilson(clicks, shown, self.settings.monitoring.alpha)
+            record.ctr_low, record.ctr_high = wilson(record.ctr * effective, effective,
+                                                     self.settings.monitoring.alpha)  # fmt: skip
         alarms = store.read(self.settings, "alarms")
         if len(alarms):
             record.alarms = [f"{a['kind']}: {a['detail']}" for a in
