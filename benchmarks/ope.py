@@ -42,7 +42,7 @@ from rich.progress import track
 
 from benchmarks.results import Row, add_output_options, publish
 from monitoring import estimators
-from monitoring.ope import compare, cross_fit
+from monitoring.ope import compare, cross_fit, padded_examination
 from recloop.settings import PromotionSettings
 from recloop.sources.simulator import DEVICES, WorldConfig, build_world
 from serving.policies import PlackettLuce, plackett_luce_marginals
@@ -140,7 +140,7 @@ def _doubly_robust(frame: pd.DataFrame, candidates, target) -> estimators.Estima
     direct = np.zeros(len(frame))
     ids = candidates.astype(str)
     for mine, model in fitted:
-        exam = model.examination[np.minimum(np.arange(SLOTS), len(model.examination) - 1)]
+        exam = padded_examination(model.examination, SLOTS)
         known, default = model.attractiveness, model.default
         attract = np.vectorize(lambda i, known=known, default=default: known.get(i, default))(ids)
         value = np.einsum("nas,na,s->ns", target, attract, exam)  # (requests, slots)

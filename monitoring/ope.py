@@ -82,7 +82,10 @@ class PositionBasedModel:
         overall = (clicked.sum() + 1.0) / (shown.sum() + 2.0)
         slot_ctr = (clicked + strength * overall) / (shown + strength)
         # A harvested examination is kept, past its slots examined like its last.
-        examination = slot_ctr / slot_ctr[0] if examination is None else _padded(examination, slots)
+        if examination is None:
+            examination = slot_ctr / slot_ctr[0]
+        else:
+            examination = padded_examination(examination, slots)
         item_clicks = np.bincount(codes, weights=clicks, minlength=len(items))
         for _ in range(iterations):
             # Unshrunk while fitting: shrinking the explored items' rates towards the mean
@@ -284,7 +287,7 @@ class PositionBased:
             train = _fitted_on(mine)  # the rows cross_fit fitted this fold's model on
             folds.append(_Fold(mine, np.nan_to_num(slots[mine]), train, positions[train],
                                clicks[train], shared[train]))  # fmt: skip
-            theta.append(_padded(model.examination, width))
+            theta.append(padded_examination(model.examination, width))
         return cls(folds, theta, positions, slots)
 
     def examination(self, weights: np.ndarray | None = None) -> list[np.ndarray]:
@@ -338,7 +341,7 @@ class PositionBased:
             rows["request_id"], rows["item_id"], strict=True)])  # fmt: skip
 
 
-def _padded(examination: np.ndarray, width: int) -> np.ndarray:
+def padded_examination(examination: np.ndarray, width: int) -> np.ndarray:
     """The first ``width`` slots' examination, slots past those fitted examined like the last."""
     head = np.asarray(examination, dtype=np.float64)[:width]
     return np.concatenate([head, np.repeat(head[-1:], width - len(head))])
