@@ -49,6 +49,32 @@ def test_online_metrics_windows_and_counts() -> None:
     assert hour["mrr"] == pytest.approx(0.5)
 
 
+def test_online_intervals_count_users_not_impressions() -> None:
+    """Two users, two requests each: MRR's interval comes from per-user sums (by hand), and
+    the CTR's effective size from the design effect of the users' clicks."""
+    frame = _frame([("r1", 0, "a", 1), ("r1", 1, "b", 0), ("r2", 0, "a", 1), ("r2", 1, "b", 0),
+                    ("r3", 0, "a", 0), ("r3", 1, "b", 0), ("r4", 0, "a", 0),
+                    ("r4", 1, "b", 1)])  # fmt: skip
+    frame["user_id"] = ["u1"] * 4 + ["u2"] * 4
+    end = datetime(2026, 1, 1, 11, tzinfo=UTC)
+    hour = online.online_metrics(frame, end - timedelta(hours=1), end, catalogue=10)
+    hour = hour[hour["window"] == "hour"].iloc[0]
+    # MRR per request 1, 1, 0, 0.5: mean 0.625; per-user sums of the residuals +0.75, -0.75.
+    half = 1.959963984540054 * math.sqrt(2 / 1 * (0.75**2 + 0.75**2) / 4**2)
+    assert (hour["mrr"], hour["mrr_low"], hour["mrr_high"]) == pytest.approx(
+        (0.625, 0.625 - half, 0.625 + half)
+    )
+    # Clicks 1,0,1,0 and 0,0,0,1 (CTR 3/8): per-user residual sums +0.5, -0.5 against
+    # independent ones; the design effect 2 * 0.5 / (8/7 * 8 * 0.375 * 0.625) is below 1,
+    # so the effective size stays 8.
+    assert hour["effective_impressions"] == pytest.approx(8.0)
+    frame["clicked"] = [1, 1, 1, 1, 0, 0, 0, 0]  # now each user clicks all or nothing
+    hour = online.online_metrics(frame, end - timedelta(hours=1), end, catalogue=10)
+    hour = hour[hour["window"] == "hour"].iloc[0]
+    # Residual sums +2 and -2: design effect 2 * 8 / (8/7 * 8 * 0.25) = 7, size 8 / 7.
+    assert hour["effective_impressions"] == pytest.approx(8 / 7)
+
+
 def test_adwin_raises_degradation_only_inside_the_hour() -> None:
     rng = np.random.default_rng(0)
     stream = np.r_[rng.random(6000) < 0.12, rng.random(4000) < 0.05].astype(float)
