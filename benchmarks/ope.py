@@ -55,7 +55,8 @@ EPSILON = 0.2  # the second protocol's logging policy, as the demo's service exp
 
 
 def _requests(count: int, seed: int):
-    """Contexts, candidates, true click probabilities, and both policies' marginals."""
+    """Contexts, candidates, true click probabilities, both policies' marginals, and each
+    request's user."""
     world = build_world(WorldConfig(users=500, items=300, seed=seed))
     rng = np.random.default_rng([seed, 11])
     at = world.end
@@ -70,8 +71,10 @@ def _requests(count: int, seed: int):
     log_weights = np.empty((count, CANDIDATES))
     target_weights = np.empty((count, CANDIDATES))
     everyone = np.arange(CANDIDATES)
+    requested_by = np.empty(count, dtype=object)
     for n in track(range(count), description="drawing requests", transient=True):
         user = world.users[int(users[rng.integers(len(users))])].user_id
+        requested_by[n] = user
         context = {"hour": int(rng.integers(24)), "device": DEVICES[int(rng.integers(3))]}
         chosen = rng.choice(items, size=CANDIDATES, replace=False)
         ids = [world.items[i].item_id for i in chosen]
@@ -84,7 +87,7 @@ def _requests(count: int, seed: int):
         log_weights[n], target_weights[n] = w_log, w_target
         logging[n] = plackett_luce_marginals(w_log, everyone, SLOTS)
         target[n] = plackett_luce_marginals(w_target, everyone, SLOTS)
-    return candidates, click, logging, target, log_weights, target_weights
+    return candidates, click, logging, target, log_weights, target_weights, requested_by
 
 
 def _greedy(candidates, log_weights, target_weights):
@@ -116,15 +119,17 @@ def _epsilon_greedy_slates(rng, greedy_log) -> np.ndarray:
     return slates
 
 
-def _log(rng, candidates, click, logging, target, slates) -> pd.DataFrame:
-    """One repetition's impressions of the drawn ``slates`` and their clicks."""
+def _log(rng, candidates, click, logging, target, slates, users) -> pd.DataFrame:
+    """One repetition's impressions of the drawn ``slates`` and their clicks; ``users``: each
+    request's user (``monitoring.ope`` clusters its intervals by user)."""
     count = len(candidates)
     rows = np.repeat(np.arange(count), SLOTS)
     slots = np.tile(np.arange(SLOTS), count)
     shown = slates.ravel()
     p_click = click[rows, shown, slots]
     return pd.DataFrame({
-        "request": rows, "request_id": rows.astype(str), "position": slots,
+        "request": rows, "request_id": rows.astype(str), "user_id": users[rows],
+        "position": slots,
         "candidate": shown, "item_id": candidates[rows, shown].astype(str),
         "clicked": (rng.random(len(rows)) < p_click).astype(int),
         "propensity": logging[rows, shown, slots], "target": target[rows, shown, slots],
@@ -188,7 +193,7 @@ def _protocol(prefix: str, description: str, requests, draw, args, target_slates
     """One protocol's rows: each estimator's mean relative error and interval coverage over
     the repetitions, the on-policy Wilson coverage and the gate's support check. With
     ``target_slates`` (a greedy target's slate per request id), the position-based IPS too."""
-    candidates, click, logging, target = requests
+    candidates, click, logging, target, users = requests
     count = len(candidates)
     truth = float(np.einsum("nas,nas->", target, click) / (count * SLOTS))
     on_policy = float(np.einsum("nas,nas->", logging, click) / (count * SLOTS))
@@ -198,7 +203,7 @@ def _protocol(prefix: str, description: str, requests, draw, args, target_slates
     for rep in track(range(args.repetitions), description=f"{prefix or 'pl'} repetitions",
                      transient=True):  # fmt: skip
         rng = np.random.default_rng([args.seed, 23, rep])
-        frame = _log(rng, candidates, click, logging, target, draw(rng))
+        frame = _log(rng, candidates, click, logging, target, draw(rng), users)
         clicks, logged, weights, slates = (frame["clicked"], frame["propensity"],
                                            frame["target"], frame["request_id"])  # fmt: skip
         for name, estimate in (
@@ -258,17 +263,17 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    candidates, click, logging, target, log_weights, target_weights = _requests(
+    candidates, click, logging, target, log_weights, target_weights, users = _requests(
         args.requests, args.seed
     )
     rows = _protocol("", f"PL log vs PL target (T={TEMPERATURE})",
-                     (candidates, click, logging, target),
+                     (candidates, click, logging, target, users),
                      lambda rng: _plackett_luce_slates(rng, log_weights), args)  # fmt: skip
     greedy_logging, greedy_target, greedy_log = _greedy(candidates, log_weights, target_weights)
     top = np.argmax(greedy_target, axis=1)  # (requests, SLOTS): the target's candidate per slot
     target_slates = {str(n): [str(i) for i in candidates[n, top[n]]] for n in range(len(top))}
     rows += _protocol("greedy_target_", f"epsilon-greedy log (epsilon={EPSILON}) vs greedy "
-                      "target", (candidates, click, greedy_logging, greedy_target),
+                      "target", (candidates, click, greedy_logging, greedy_target, users),
                       lambda rng: _epsilon_greedy_slates(rng, greedy_log), args,
                       target_slates)  # fmt: skip
     seconds = time.perf_counter() - started

@@ -3,8 +3,11 @@ off-policy values of what could have been served.
 
 Everything here is per impression (one row per item shown in a slot). Clicks within one
 slate share a user and a moment, so they are not independent: every interval below is
-cluster-robust by slate (the variance is computed over per-slate sums), which is what makes
-the 95% intervals hold their level on slate logs (``benchmarks/ope.py`` measures it).
+cluster-robust (the variance is computed over per-cluster sums), which is what makes the 95%
+intervals hold their level on slate logs (``benchmarks/ope.py`` measures it). The off-policy
+estimators call the cluster labels ``slates``; ``monitoring.ope`` passes each impression's
+user, a coarser cluster that holds all of a user's slates, since a user's slates share a
+taste too.
 
 On-policy: ``clustered_ctr`` for the CTR: Wilson's score interval (statsmodels) at the
 effective sample size that clustering leaves, so that a user's many impressions count for
