@@ -22,7 +22,7 @@ logging policy's per-slot marginal propensities ``logged`` = mu_k(a|x) and the t
 ``target`` = pi_k(a|x) of the same item in the same slot, weight w = pi / mu:
 
 - ``ips``: mean of w * click. vw-estimators' ``bandits.ips`` computes the same point value
-  (the tests check it); ours adds the slate-clustered interval.
+  (the tests check it); ours adds the clustered interval.
 - ``snips``: sum(w * click) / sum(w), with a delta-method interval. Same point value as
   vw-estimators' ``bandits.snips``.
 - ``doubly_robust``: direct + w * (click - predicted), where ``predicted`` is a reward model's
@@ -219,7 +219,7 @@ def ewma_ctr(
 
 
 def _mean_of_terms(name: str, terms: np.ndarray, groups: np.ndarray, alpha: float) -> Estimate:
-    """The mean of per-impression terms with its slate-clustered interval (IPS and DR)."""
+    """The mean of per-impression terms with its clustered interval (IPS and DR)."""
     n = len(terms)
     value = float(terms.sum() / n)
     sizes = np.bincount(groups).astype(np.float64)
@@ -251,7 +251,7 @@ def snips(clicks: Any, logged: Any, target: Any, slates: Any, alpha: float = 0.0
 
 def support(logged: Any, target: Any, slates: Any, alpha: float = 0.05) -> Estimate:
     """How much of the target's probability the log can see: the mean importance weight
-    pi / mu over the impressions, with its slate-clustered interval.
+    pi / mu over the impressions, with its clustered interval.
 
     Each slot's weights sum, in expectation over the logging policy, to the target's
     probability on items the logging policy can show there: 1 where it can show everything
@@ -313,7 +313,7 @@ def bootstrapped(
 ) -> Estimate:
     """``value`` with a normal interval whose standard error is the replicates' spread: for
     an estimate whose terms rest on something fitted from the same log (the position-based
-    weights' examination), recomputed, fit included, under per-slate Poisson(1) weights."""
+    weights' examination), recomputed, fit included, under per-cluster Poisson(1) weights."""
     replicates = np.asarray(replicates, dtype=np.float64)
     if slates < 2 or len(replicates) < 2 or not np.isfinite(replicates).all():
         return Estimate(name, value, -math.inf, math.inf, impressions, slates)
@@ -361,7 +361,7 @@ def doubly_robust_gain(
 ) -> Estimate:
     """The target's doubly robust CTR less the logging policy's own, on the same impressions:
     each impression's DR term minus its click. Paired, so the interval is the difference's
-    (both sides' noise, and their correlation, in one slate-clustered interval) rather than a
+    (both sides' noise, and their correlation, in one clustered interval) rather than a
     comparison of two separate intervals."""
     terms, clicks, groups = _dr_terms(clicks, logged, target, slates, predicted, direct)
     return _mean_of_terms("dr_gain", terms - clicks, groups, alpha)
