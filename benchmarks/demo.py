@@ -45,6 +45,11 @@ def main() -> None:
                         help="the service's exploring policy")  # fmt: skip
     parser.add_argument("--temperature", type=float, default=DemoConfig.temperature,
                         help="plackett_luce's temperature")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=DemoConfig.seed,
+                        help="seed of the world and of the simulated users' requests and "
+                        "clicks: every run with the same seed draws the same luck, so "
+                        "repeated runs check the intervals independently only across "
+                        "seeds (RESULTS.md records the default's)")  # fmt: skip
     add_output_options(parser)
     args = parser.parse_args()
 
@@ -53,12 +58,12 @@ def main() -> None:
     config = DemoConfig(hours=args.hours, shift_hour=args.shift_hour, movielens=movielens,
                         gate_protocol=args.gate_protocol, gate_criterion=args.gate_criterion,
                         trending_half_life_hours=args.trending_half_life,
-                        policy=args.policy, temperature=args.temperature,
+                        policy=args.policy, temperature=args.temperature, seed=args.seed,
                         **({"models": models} if models else {}))  # fmt: skip
     if (config.gate_protocol, config.gate_criterion, config.trending_half_life_hours,
-            config.models, config.policy, config.temperature) != (
+            config.models, config.policy, config.temperature, config.seed) != (
             "P1", DemoConfig.gate_criterion, None, DemoConfig.models, DemoConfig.policy,
-            DemoConfig.temperature):  # fmt: skip
+            DemoConfig.temperature, DemoConfig.seed):  # fmt: skip
         args.no_record = True  # RESULTS.md's demo rows are the defaults' (make demo's)
     if args.home is not None:
         summary = Demo(Settings(home=args.home.resolve()), config, echo=print).run()
