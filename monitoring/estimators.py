@@ -94,6 +94,11 @@ def _check(name: str, values: np.ndarray, size: int) -> np.ndarray:
     return values
 
 
+def cluster_codes(labels: Any) -> np.ndarray:
+    """Each impression's cluster as 0 .. J-1, from any labels (user ids, request ids)."""
+    return np.unique(np.asarray(labels), return_inverse=True)[1].ravel()
+
+
 def _inputs(
     clicks: Any, logged: Any, target: Any, slates: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -108,7 +113,7 @@ def _inputs(
         raise ValueError("logged: propensities must lie in (0, 1]")
     if (target < 0).any() or (target > 1).any():
         raise ValueError("target: probabilities must lie in [0, 1]")
-    groups = np.unique(np.asarray(slates), return_inverse=True)[1].ravel()
+    groups = cluster_codes(slates)
     if groups.shape != (size,):
         raise ValueError(f"slates: expected {size} slate ids (one per impression)")
     return clicks, logged, target, groups
@@ -171,7 +176,7 @@ def clustered_ctr(
     weights = np.ones(size) if weights is None else _check("weights", weights, size)
     if (weights < 0).any():
         raise ValueError("weights: must be 0 or above")
-    groups = np.unique(np.asarray(clusters), return_inverse=True)[1].ravel()
+    groups = cluster_codes(clusters)
     if groups.shape != (size,):
         raise ValueError(f"clusters: expected {size} labels (one per impression)")
     total = float(weights.sum())
@@ -225,6 +230,21 @@ def _mean_of_terms(name: str, terms: np.ndarray, groups: np.ndarray, alpha: floa
     sizes = np.bincount(groups).astype(np.float64)
     centred = _cluster_sums(terms, groups) - value * sizes
     return _normal_interval(name, value, centred, n, n, len(sizes), alpha)
+
+
+def clustered_mean(name: str, values: Any, clusters: Any, alpha: float = 0.05) -> Estimate:
+    """The mean of ``values`` with its normal interval clustered by ``clusters`` (one label
+    per value; with one value per cluster, the plain standard error). Infinite bounds with
+    fewer than two clusters."""
+    values = np.asarray(values, dtype=np.float64)
+    size = values.shape[0] if values.ndim == 1 else -1
+    values = _check("values", values, size)
+    if size == 0:
+        raise ValueError("values: nothing to average")
+    groups = cluster_codes(clusters)
+    if groups.shape != (size,):
+        raise ValueError(f"clusters: expected {size} labels (one per value)")
+    return _mean_of_terms(name, values, groups, alpha)
 
 
 def ips(clicks: Any, logged: Any, target: Any, slates: Any, alpha: float = 0.05) -> Estimate:

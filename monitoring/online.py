@@ -21,9 +21,8 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from monitoring.estimators import clustered_ctr, ewma_ctr
+from monitoring.estimators import clustered_ctr, clustered_mean, ewma_ctr
 
 WINDOWS: dict[str, float] = {"day": 24.0, "week": 168.0}  # sliding, in hours before the end
 GROUP = ["model_version", "policy", "arm"]
@@ -32,20 +31,14 @@ GROUP = ["model_version", "policy", "arm"]
 def _mean_interval(
     values: np.ndarray, users: np.ndarray, alpha: float
 ) -> tuple[float, float, float]:
-    """The mean of per-request values with a normal interval clustered by user (a sandwich
-    variance over per-user sums with the factor J / (J - 1); with one request per user it
-    is the plain standard error)."""
+    """The mean of per-request values with a normal interval clustered by user
+    (``estimators.clustered_mean``); NaN bounds with fewer than two users."""
     if len(values) == 0:
         return math.nan, math.nan, math.nan
-    mean = float(values.mean())
-    groups = np.unique(users, return_inverse=True)[1].ravel()
-    count = int(groups.max()) + 1
-    if count < 2:
-        return mean, math.nan, math.nan
-    sums = np.bincount(groups, weights=values - mean)
-    variance = count / (count - 1) * float(np.sum(sums**2)) / len(values) ** 2
-    half = stats.norm.ppf(1 - alpha / 2) * math.sqrt(variance)
-    return mean, mean - half, mean + half
+    estimate = clustered_mean("mean", values, users, alpha)
+    if estimate.slates < 2:
+        return estimate.value, math.nan, math.nan
+    return estimate.value, estimate.low, estimate.high
 
 
 def slate_metrics(frame: pd.DataFrame) -> pd.DataFrame:

@@ -37,6 +37,7 @@ import pandas as pd
 from feature_repo.constants import USER_ACTIVITY_TTL
 from monitoring.estimators import (
     bootstrapped,
+    cluster_codes,
     confidence_sequence,
     doubly_robust,
     doubly_robust_difference,
@@ -407,8 +408,9 @@ def compare(
     slate_ids = rows["request_id"].to_numpy()
     # The intervals cluster by user, not by slate: a user's slates share a taste, so their
     # terms are alike, and the promotion is for the users, whom the traffic split assigns
-    # too (estimators.clustered_ctr says why for the CTR). Each user is one cluster.
-    users = rows["user_id"].to_numpy()
+    # too (estimators.clustered_ctr says why for the CTR). Each user is one cluster, coded
+    # once here for every estimator and the bootstrap.
+    users = cluster_codes(rows["user_id"])
     positions = rows["position"].to_numpy()
     slot_matrix = _slot_propensities(rows)
     predicted, fitted = cross_fit(rows, np.array([_fold(r) for r in slate_ids]), slot_matrix)
@@ -423,8 +425,7 @@ def compare(
         has = items != ""
         unlogged[name] = float(np.mean([i not in shown for i in items[has]])) if has.any() else 0.0
     if position_based is not None:
-        groups = np.unique(users, return_inverse=True)[1].ravel()
-        pbm = _position_based_estimates(position_based, arrays, clicks, groups, baseline, alpha)
+        pbm = _position_based_estimates(position_based, arrays, clicks, users, baseline, alpha)
         # The logging policy's exposures and each slot's relative examination are the same
         # for every target: the support of each reads them.
         exposed = position_based.logged(position_based.theta)
