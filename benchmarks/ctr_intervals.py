@@ -68,13 +68,14 @@ def main() -> None:
     hits: dict[str, list[bool]] = {"wilson": [], "by_request": [], "by_user": []}
     widths: dict[str, list[float]] = {name: [] for name in hits}
     rng = np.random.default_rng([args.seed, 37])
+    # Every hour has the same shape: each impression's user and request, in order.
+    user_of = np.repeat(np.arange(USERS_PER_HOUR), REQUESTS_PER_USER * SLOTS)
+    request_of = np.repeat(np.arange(USERS_PER_HOUR * REQUESTS_PER_USER), SLOTS)
     for _ in track(range(args.repetitions), description="hours", transient=True):
         users = rng.integers(len(pools), size=USERS_PER_HOUR)
         requests = rng.integers(POOL, size=(USERS_PER_HOUR, REQUESTS_PER_USER))
         probabilities = pools[users[:, None], requests].reshape(-1)
         clicks = (rng.random(probabilities.shape) < probabilities).astype(np.float64)
-        user_of = np.repeat(np.arange(USERS_PER_HOUR), REQUESTS_PER_USER * SLOTS)
-        request_of = np.repeat(np.arange(USERS_PER_HOUR * REQUESTS_PER_USER), SLOTS)
         intervals = {
             "wilson": estimators.wilson(clicks.sum(), len(clicks)),
             "by_request": estimators.clustered_ctr(clicks, request_of)[1:3],
