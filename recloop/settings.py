@@ -312,10 +312,12 @@ class ServingSettings(_Section):
         20, ge=1, description="Recent clicks kept per user in Feast's push-fed view."
     )
     impression_flush_seconds: float = Field(
-        0.2,
+        0.02,
         gt=0,
-        description="Impressions are appended in the background at least this often; a crash "
-        "loses at most this much of them (they were never acknowledged to a client).",
+        description="Impressions are appended in the background, one batch this often (each "
+        "append ends in an fsync or a commit); a crash loses at most this much of them (they "
+        "were never acknowledged to a client). Longer batches hold requests back while they "
+        "are serialised.",
     )
     quantization: Literal["none", "int8", "int8_text"] = Field(
         "int8",

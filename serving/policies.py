@@ -46,7 +46,6 @@ import numpy as np
 
 # At import, not per call: the first call would otherwise pay for importing scipy (about a
 # second), on some client's request.
-from training.metrics import top_k
 
 # Quadrature grid for the Plackett-Luce integral: points per decade of t, and how far past
 # the last chosen item's clock the integral runs (exp(-40) is far below float precision).
@@ -263,7 +262,12 @@ def top(scores: np.ndarray, k: int) -> np.ndarray:
     one row, which also handles an empty pool)."""
     scores = np.asarray(scores)
     k = min(k, len(scores))
-    return top_k(scores[None, :], k)[0] if k > 0 else np.zeros(0, dtype=np.int64)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    # top_k's steps on one row, without its take_along_axis bookkeeping (twice per request).
+    part = np.argpartition(-scores, k - 1)[:k]
+    part.sort()  # so that the stable sort below breaks ties by position
+    return part[np.argsort(-scores[part], kind="stable")]
 
 
 def make_policy(

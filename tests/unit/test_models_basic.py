@@ -203,3 +203,16 @@ def test_two_stage_pools_each_models_best_unseen_items() -> None:
     scores = model._score([model.resolve(UserQuery(history=("i0", "i1")))])[0]
     assert list(np.argsort(-scores[2:]) + 2) == [2, 3, 4]
     assert scores[0] > scores[1] > scores[2]  # seen items keep the blend's order among the pool
+
+
+def test_history_columns_are_kept_per_history_and_follow_the_catalogue(data) -> None:
+    """The cached columns of a history: known items once each, in order; a new catalogue
+    (a refit or a load) drops what was kept for the old one."""
+    model = create("ease").fit(data)
+    index = model.item_index
+    history = ("i3", "nobody-knows", "i1", "i3")
+    columns = model.history_columns(history)
+    assert columns.tolist() == [index["i3"], index["i1"]]
+    assert model.history_columns(list(history)) is columns  # a list asks for the same key
+    model._set_catalogue(["i1", "i3"])
+    assert model.history_columns(history).tolist() == [1, 0]

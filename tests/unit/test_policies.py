@@ -157,3 +157,20 @@ def test_make_policy_names_the_allowed_values() -> None:
     )
     with pytest.raises(ValueError, match=r"serving\.policy: unknown 'softmax'"):
         make_policy("softmax", epsilon=0.1, temperature=0.4, draws=100)
+
+
+def test_top_is_training_top_k_on_one_row() -> None:
+    """``top`` (the service's per-request ranking) keeps top_k's order: best first, ties by
+    position, -inf last; and an empty pool or k = 0 gives nothing."""
+    from serving.policies import top
+    from training.metrics import top_k
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(1, 40))
+        scores = rng.integers(-3, 4, n).astype(float)  # many ties
+        scores[rng.random(n) < 0.2] = -np.inf
+        k = int(rng.integers(1, n + 3))
+        assert top(scores, k).tolist() == top_k(scores[None, :], min(k, n))[0].tolist()
+    assert top(np.array([1.0, 3.0, 3.0, 2.0]), 3).tolist() == [1, 2, 3]
+    assert top(np.zeros(0), 5).tolist() == [] and top(SCORES, 0).tolist() == []

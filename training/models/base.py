@@ -24,6 +24,7 @@ import numpy as np
 from training.data import InteractionData, UserQuery
 
 MANIFEST = "model.json"
+HISTORY_COLUMNS_CACHE = 100_000  # histories whose catalogue columns a model keeps
 
 
 class Recommender(ABC):
@@ -41,6 +42,8 @@ class Recommender(ABC):
         self.profile_texts: dict[str, str] = {}
         self.popularity: np.ndarray = np.zeros(0)
         self.quantized = False  # True once quantize() switched it to the int8 path
+        self._columns: dict[tuple[str, ...], np.ndarray] = {}  # history_columns' cache
+        self._prior: tuple[np.ndarray, np.ndarray] | None = None  # (popularity, its prior)
 
     @classmethod
     def default_config(cls) -> Any:
@@ -214,6 +217,7 @@ class Recommender(ABC):
     def _set_catalogue(self, item_ids: Sequence[str]) -> None:
         self.item_ids = list(item_ids)
         self.item_index = {item: i for i, item in enumerate(self.item_ids)}
+        self._columns = {}  # columns of the catalogue before
 
     def _remember(self, data: InteractionData) -> None:
         self._set_catalogue(list(data.items["item_id"]))
@@ -248,14 +252,38 @@ class Recommender(ABC):
         """(users, items) 0/1 rows of the users' histories over the catalogue."""
         rows = np.zeros((len(users), len(self.item_ids)), dtype=np.float32)
         for r, user in enumerate(users):
-            columns = [self.item_index[i] for i in user.history if i in self.item_index]
-            rows[r, columns] = 1.0
+            rows[r, self.history_columns(user.history)] = 1.0
         return rows
 
+    def history_columns(self, history: Sequence[str]) -> np.ndarray:
+        """Catalogue columns of the items of ``history`` the model knows, each once, in the
+        history's order.
+
+        Kept per history: the service asks for the same user's columns request after request,
+        and hashing a history is one pass in C where mapping it is two dict lookups per item
+        in Python (a tenth of /recommend's time on MovieLens-100K's 100-item histories). The
+        cache is cleared when it reaches ``HISTORY_COLUMNS_CACHE`` histories, and with the
+        catalogue."""
+        key = history if isinstance(history, tuple) else tuple(history)
+        columns = self._columns.get(key)
+        if columns is None:
+            index = self.item_index
+            columns = np.fromiter(
+                dict.fromkeys(index[item] for item in key if item in index), dtype=np.int64
+            )
+            if len(self._columns) >= HISTORY_COLUMNS_CACHE:
+                self._columns = {}
+            self._columns[key] = columns
+        return columns
+
     def popularity_prior(self) -> np.ndarray:
-        """Popularity scaled into [0, 1e-6]: a tie-breaker that never outweighs a real score."""
-        top = self.popularity.max(initial=0.0)
-        return self.popularity / top * 1e-6 if top > 0 else self.popularity
+        """Popularity scaled into [0, 1e-6]: a tie-breaker that never outweighs a real score.
+        Computed once per popularity array (every request adds it to its scores)."""
+        if self._prior is None or self._prior[0] is not self.popularity:
+            top = self.popularity.max(initial=0.0)
+            prior = self.popularity / top * 1e-6 if top > 0 else self.popularity
+            self._prior = (self.popularity, prior)
+        return self._prior[1]
 
 
 class ResolvedUser:

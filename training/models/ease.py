@@ -148,9 +148,8 @@ class Ease(Recommender):
         rows, kind = (self.int8_rows, np.int32) if self.quantized else (self.weights, np.float32)
         scores = np.zeros((len(users), len(self.item_ids)), dtype=np.float32)
         for row, user in enumerate(users):
-            seen = list(dict.fromkeys(
-                self.item_index[i] for i in user.history if i in self.item_index))  # fmt: skip
-            if seen:
+            seen = self.history_columns(user.history)
+            if len(seen):
                 scores[row] = rows[seen].sum(axis=0, dtype=kind)
         if self.quantized:
             scores *= self.int8_scale
