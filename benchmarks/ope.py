@@ -24,8 +24,9 @@ A second protocol (rows prefixed ``greedy_target_``) draws the same requests' sl
 demo's service does: epsilon-greedy (epsilon 0.2) over the logging score's top 10, and
 estimates a *greedy* target (the top 10 of the target's score). Item-position weights are
 then N / epsilon = 150 wherever the target differs from the logging policy's greedy slate,
-so it also reports the position-based IPS estimate (``pbm_ips``) as the hourly monitoring
-makes it (``monitoring.ope.compare`` with the logged per-slot propensities).
+so it also reports the position-based IPS and doubly robust estimates (``pbm_ips``,
+``pbm_dr``) as the hourly monitoring makes them (``monitoring.ope.compare`` with the logged
+per-slot propensities).
 
 Metrics: mean relative error per estimator, and the share of repetitions whose 95% interval
 holds the truth (goals: relative error <= 5%, coverage >= 90%).
@@ -156,14 +157,18 @@ def _doubly_robust(frame: pd.DataFrame, candidates, target) -> estimators.Estima
     )  # fmt: skip
 
 
-def _position_based(frame: pd.DataFrame, logging, target_slates) -> estimators.Estimate:
-    """The position-based IPS estimate of the greedy target, as the hourly monitoring makes
-    it (``monitoring.ope.compare``: the examination harvested from the logged per-slot
-    propensities, a bootstrap interval that refits it)."""
+def _position_based(
+    frame: pd.DataFrame, logging, target_slates
+) -> list[tuple[str, estimators.Estimate]]:
+    """The position-based IPS and doubly robust estimates of the greedy target, as the hourly
+    monitoring makes them (``monitoring.ope.compare``: the examination harvested from the
+    logged per-slot propensities, a bootstrap interval that refits it, and the reward model
+    with it)."""
     requests = frame["request"].to_numpy()
     logged = frame.assign(slot_propensities=list(logging[requests, frame["candidate"]]))
     result = compare(logged, {"target": target_slates}, weights="position_based")
-    return result["targets"]["target"]["estimates"]["pbm_ips"]
+    estimates = result["targets"]["target"]["estimates"]
+    return [(name, estimates[name]) for name in ("pbm_ips", "pbm_dr")]
 
 
 def _vw(frame: pd.DataFrame, with_cs: bool) -> dict[str, tuple[float, float, float]]:
@@ -210,11 +215,7 @@ def _protocol(prefix: str, description: str, requests, draw, args, target_slates
             ("ips", estimators.ips(clicks, logged, weights, slates)),
             ("snips", estimators.snips(clicks, logged, weights, slates)),
             ("dr", _doubly_robust(frame, candidates, target)),
-            *(
-                [("pbm_ips", _position_based(frame, logging, target_slates))]
-                if target_slates is not None
-                else []
-            ),
+            *(_position_based(frame, logging, target_slates) if target_slates is not None else []),
         ):
             results.setdefault(name, []).append((estimate.value, estimate.low, estimate.high))
         for name, triple in _vw(frame, rep < args.cs_repetitions).items():
