@@ -346,22 +346,31 @@ class PositionBased:
 class _Rewards:
     """The cross-fitted reward model again, refitted under a bootstrap replicate's weights:
     the position-based doubly robust estimate's interval needs the model refitted with the
-    examination it rests on (``_position_based_estimates``). Items are codes into one list:
-    each impression's logged item, and each target's item in the impression's slot (-1 where
-    the target's slate is shorter)."""
+    examination it rests on (``_position_based_estimates``). Items are codes into one list
+    of the logged items and the targets' (a target's slot past its slate's end: the code
+    ``items``, whose attractiveness is 0). Per cross-fitting fold (``PositionBased.folds``):
+    the codes of the items its model is fitted on, and of its own impressions' logged items
+    and each target's item in their slots, with those impressions' slots."""
 
-    logged: np.ndarray
-    targets: dict[str, np.ndarray]
     items: int
+    folds: list[tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]]
     strength: float = 20.0  # PositionBasedModel.fit's
 
     @classmethod
-    def of(cls, rows: pd.DataFrame, target_items: dict[str, np.ndarray]) -> _Rewards:
+    def of(
+        cls, rows: pd.DataFrame, target_items: dict[str, np.ndarray], weights: PositionBased
+    ) -> _Rewards:
         logged_items = rows["item_id"].to_numpy(dtype=object)
         known = pd.Index(pd.unique(np.concatenate([logged_items, *target_items.values()])))
-        targets = {name: np.where(items != "", known.get_indexer(items), -1)
+        logged = known.get_indexer(logged_items)
+        targets = {name: np.where(items != "", known.get_indexer(items), len(known))
                    for name, items in target_items.items()}  # fmt: skip
-        return cls(known.get_indexer(logged_items), targets, len(known))
+        folds = [
+            (logged[fold.train], logged[fold.mine], weights.positions[fold.mine],
+             {name: codes[fold.mine] for name, codes in targets.items()})
+            for fold in weights.folds
+        ]  # fmt: skip
+        return cls(len(known), folds)
 
     def predict(
         self, weights: PositionBased, theta: list[np.ndarray], w: np.ndarray | None
@@ -369,27 +378,28 @@ class _Rewards:
         """Per impression, the click probability of its logged item and of each target's item
         in its slot, from the model fitted on the other fold, as ``PositionBasedModel.fit``
         fits it to a given examination: each item's clicks over its examination-weighted
-        impressions, shrunk towards the mean; ``w`` (a replicate's) weights both."""
+        impressions, shrunk towards the mean; ``w`` (a replicate's) weights both. (Every
+        slot is within ``theta``'s: it is padded to the widest slate's.)"""
         predicted = np.empty(len(weights.positions))
-        direct = {name: np.zeros(len(weights.positions)) for name in self.targets}
-        for fold, examination in zip(weights.folds, theta, strict=True):
-            last = len(examination) - 1
-            scale = np.ones(len(fold.clicks)) if w is None else w[fold.train]
-            expected = examination[np.minimum(fold.positions, last)] * scale
-            codes = self.logged[fold.train]
-            clicks = np.bincount(codes, weights=fold.clicks * scale, minlength=self.items)
-            shown = np.bincount(codes, weights=expected, minlength=self.items)
+        direct = {name: np.empty(len(weights.positions)) for name in self.folds[0][3]}
+        for fold, examination, (fitted_on, logged, positions, targets) in zip(
+            weights.folds, theta, self.folds, strict=True
+        ):
+            clicks = fold.clicks if w is None else fold.clicks * w[fold.train]
+            expected = examination[fold.positions]
+            if w is not None:
+                expected = expected * w[fold.train]
+            clicked = np.bincount(fitted_on, weights=clicks, minlength=self.items + 1)
+            shown = np.bincount(fitted_on, weights=expected, minlength=self.items + 1)
             default = float(clicks.sum() / max(expected.sum(), 1e-12))
             attractiveness = np.clip(
-                (clicks + self.strength * default) / (shown + self.strength), 0.0, 1.0
+                (clicked + self.strength * default) / (shown + self.strength), 0.0, 1.0
             )
-            exam = examination[np.minimum(weights.positions[fold.mine], last)]
-            predicted[fold.mine] = np.clip(exam * attractiveness[self.logged[fold.mine]], 0, 1)
-            for name, codes in self.targets.items():
-                mine = codes[fold.mine]
-                direct[name][fold.mine] = np.where(
-                    mine >= 0, np.clip(exam * attractiveness[mine], 0, 1), 0.0
-                )
+            attractiveness[self.items] = 0.0  # no item: no click
+            exam = examination[positions]
+            predicted[fold.mine] = np.minimum(exam * attractiveness[logged], 1.0)
+            for name, codes in targets.items():
+                direct[name][fold.mine] = np.minimum(exam * attractiveness[codes], 1.0)
         return predicted, direct
 
 
@@ -477,7 +487,7 @@ def compare(
         has = items != ""
         unlogged[name] = float(np.mean([i not in shown for i in items[has]])) if has.any() else 0.0
     if position_based is not None:
-        rewards = _Rewards.of(rows, target_items)
+        rewards = _Rewards.of(rows, target_items, position_based)
         pbm = _position_based_estimates(position_based, rewards, arrays, clicks, users,
                                          baseline, alpha)  # fmt: skip
         # The logging policy's exposures and each slot's relative examination are the same

@@ -605,7 +605,8 @@ def test_position_based_doubly_robust_refits_its_reward_model_in_every_replicate
     predicted, fitted = ope.cross_fit(frame, folds, slots)
     weights = ope.PositionBased.of(frame, fitted, slots)
     _, items = ope._target(frame, slates)
-    again, direct = ope._Rewards.of(frame, {"t": items}).predict(weights, weights.theta, None)
+    rewards = ope._Rewards.of(frame, {"t": items}, weights)
+    again, direct = rewards.predict(weights, weights.theta, None)
     np.testing.assert_array_equal(again, predicted)
     np.testing.assert_array_equal(direct["t"], ope._direct(fitted, items, frame["position"]))
     for seed in (3, 5, 6):
