@@ -93,8 +93,9 @@ class Policy(Protocol):
     name: str
     explores_unscored: ClassVar[bool]  # whether a draw may show ``Candidates.unscored`` items
     reads_counts: ClassVar[bool]  # whether a draw needs ``Candidates.clicks``/``impressions``
+    draws_at_random: ClassVar[bool]  # whether a draw reads ``rng`` (None is passed otherwise)
 
-    def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate: ...
+    def draw(self, candidates: Candidates, k: int, rng: np.random.Generator | None) -> Slate: ...
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,9 @@ class Greedy:
     name: str = "greedy"
     explores_unscored: ClassVar[bool] = False
     reads_counts: ClassVar[bool] = False
+    draws_at_random: ClassVar[bool] = False
 
-    def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate:
+    def draw(self, candidates: Candidates, k: int, rng: np.random.Generator | None) -> Slate:
         del rng
         best = top(candidates.scores, k)
         return Slate(best, np.eye(len(best)))
@@ -115,6 +117,7 @@ class EpsilonGreedy:
     name: str = field(init=False)
     explores_unscored: ClassVar[bool] = True
     reads_counts: ClassVar[bool] = False
+    draws_at_random: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.epsilon <= 1:
@@ -145,6 +148,7 @@ class PlackettLuce:
     name: str = field(init=False)
     explores_unscored: ClassVar[bool] = False  # a weight needs a score
     reads_counts: ClassVar[bool] = False
+    draws_at_random: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -177,6 +181,7 @@ class Thompson:
     # counts (none yet: the prior alone).
     explores_unscored: ClassVar[bool] = True
     reads_counts: ClassVar[bool] = True  # its posteriors are the items' clicks and impressions
+    draws_at_random: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.prior_strength <= 0:

@@ -174,3 +174,13 @@ def test_top_is_training_top_k_on_one_row() -> None:
         assert top(scores, k).tolist() == top_k(scores[None, :], min(k, n))[0].tolist()
     assert top(np.array([1.0, 3.0, 3.0, 2.0]), 3).tolist() == [1, 2, 3]
     assert top(np.zeros(0), 5).tolist() == [] and top(SCORES, 0).tolist() == []
+
+
+def test_only_greedy_draws_without_a_generator() -> None:
+    """The service seeds a generator per request only for a policy that draws at random:
+    greedy is given None and ranks as ever; every other policy says it needs one."""
+    assert Greedy().draw(Candidates(SCORES), K, None).indices.tolist() == [0, 1, 2]
+    assert not Greedy.draws_at_random
+    for name in ("epsilon_greedy", "plackett_luce", "thompson"):
+        policy = make_policy(name, epsilon=0.1, temperature=0.2, draws=100)
+        assert policy.draws_at_random, name
