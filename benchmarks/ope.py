@@ -28,8 +28,9 @@ so it also reports the position-based IPS and doubly robust estimates (``pbm_ips
 ``pbm_dr``) as the hourly monitoring makes them (``monitoring.ope.compare`` with the logged
 per-slot propensities).
 
-Metrics: mean relative error per estimator, and the share of repetitions whose 95% interval
-holds the truth (goals: relative error <= 5%, coverage >= 90%).
+Metrics: mean relative error per estimator, the share of repetitions whose 95% interval
+holds the truth (goals: relative error <= 5%, coverage >= 90%), and the intervals' mean
+width as a share of the truth, against IPS's (``_ci_width``).
 """
 
 from __future__ import annotations
@@ -229,6 +230,8 @@ def _protocol(prefix: str, description: str, requests, draw, args, target_slates
     protocol = (f"{count * SLOTS:,} impressions x {args.repetitions} seeds; {description}; "
                 f"truth {truth:.4f}")  # fmt: skip
     rows = []
+    ips = np.array(results["ips"], dtype=np.float64)
+    ips_width = float(np.mean(ips[:, 2] - ips[:, 1]) / truth)  # the widths' reference
     for name, triples in results.items():
         values = np.array(triples, dtype=np.float64)
         error = float(np.mean(np.abs(values[:, 0] - truth) / truth))
@@ -243,6 +246,10 @@ def _protocol(prefix: str, description: str, requests, draw, args, target_slates
             )
             rows.append(Row("ope", f"{prefix}{name}_ci_coverage", coverage, "share", "goal",
                             0.90, protocol=runs, digits=2))  # fmt: skip
+            # The mean interval width, as a share of the truth, against IPS's on the same logs.
+            width = float(np.mean(values[:, 2] - values[:, 1]) / truth)
+            rows.append(Row("ope", f"{prefix}{name}_ci_width", width, "x truth", "ips width",
+                            ips_width, protocol=runs, digits=3))  # fmt: skip
     rows.append(Row("ope", f"{prefix}wilson_on_policy_coverage", float(np.mean(wilson_hits)),
                     "share", "goal", 0.90, protocol=f"{description}; on-policy CTR "
                     f"{on_policy:.4f}", digits=2))  # fmt: skip
