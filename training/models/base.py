@@ -24,7 +24,8 @@ import numpy as np
 from training.data import InteractionData, UserQuery
 
 MANIFEST = "model.json"
-HISTORY_COLUMNS_CACHE = 100_000  # histories whose catalogue columns a model keeps
+# Columns a model keeps for history_columns, over all the histories it keeps (4 bytes each).
+HISTORY_COLUMNS_KEPT = 2_000_000
 
 
 class Recommender(ABC):
@@ -43,6 +44,7 @@ class Recommender(ABC):
         self.popularity: np.ndarray = np.zeros(0)
         self.quantized = False  # True once quantize() switched it to the int8 path
         self._columns: dict[tuple[str, ...], np.ndarray] = {}  # history_columns' cache
+        self._columns_kept = 0  # how many columns it holds
         self._prior: tuple[np.ndarray, np.ndarray] | None = None  # (popularity, its prior)
 
     @classmethod
@@ -217,7 +219,7 @@ class Recommender(ABC):
     def _set_catalogue(self, item_ids: Sequence[str]) -> None:
         self.item_ids = list(item_ids)
         self.item_index = {item: i for i, item in enumerate(self.item_ids)}
-        self._columns = {}  # columns of the catalogue before
+        self._columns, self._columns_kept = {}, 0  # columns of the catalogue before
 
     def _remember(self, data: InteractionData) -> None:
         self._set_catalogue(list(data.items["item_id"]))
@@ -261,19 +263,21 @@ class Recommender(ABC):
 
         Kept per history: the service asks for the same user's columns request after request,
         and hashing a history is one pass in C where mapping it is two dict lookups per item
-        in Python (a tenth of /recommend's time on MovieLens-100K's 100-item histories). The
-        cache is cleared when it reaches ``HISTORY_COLUMNS_CACHE`` histories, and with the
-        catalogue."""
+        in Python (about a tenth of the worker's time under /recommend load on MovieLens-100K's
+        100-item histories, by py-spy). The
+        cache is emptied when it would hold over ``HISTORY_COLUMNS_KEPT`` columns (8 MB),
+        and with the catalogue."""
         key = history if isinstance(history, tuple) else tuple(history)
         columns = self._columns.get(key)
         if columns is None:
             index = self.item_index
             columns = np.fromiter(
-                dict.fromkeys(index[item] for item in key if item in index), dtype=np.int64
+                dict.fromkeys(index[item] for item in key if item in index), dtype=np.int32
             )
-            if len(self._columns) >= HISTORY_COLUMNS_CACHE:
-                self._columns = {}
+            if self._columns_kept + len(columns) > HISTORY_COLUMNS_KEPT:
+                self._columns, self._columns_kept = {}, 0
             self._columns[key] = columns
+            self._columns_kept += len(columns)
         return columns
 
     def popularity_prior(self) -> np.ndarray:
