@@ -264,9 +264,8 @@ class Recommender(ABC):
         Kept per history: the service asks for the same user's columns request after request,
         and hashing a history is one pass in C where mapping it is two dict lookups per item
         in Python (about a tenth of the worker's time under /recommend load on MovieLens-100K's
-        100-item histories, by py-spy). The
-        cache is emptied when it would hold over ``HISTORY_COLUMNS_KEPT`` columns (8 MB),
-        and with the catalogue."""
+        100-item histories, by py-spy). The cache is emptied when it would hold over
+        ``HISTORY_COLUMNS_KEPT`` columns (8 MB), and with the catalogue."""
         key = history if isinstance(history, tuple) else tuple(history)
         columns = self._columns.get(key)
         if columns is None:
