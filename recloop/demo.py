@@ -290,7 +290,7 @@ class Demo:
 
     def trigger_hour(self, record: HourRecord) -> tuple[str, str]:
         """Start the hour's runs of recloop_features and recloop_metrics (its exact interval)."""
-        time.sleep(2.5)  # the service's impression flush (0.2 s) and the log's seal (1 s)
+        time.sleep(2.5)  # the service's impression flush (0.02 s) and the log's seal (1 s)
         features = self.airflow.trigger("recloop_features")
         metrics = self.airflow.trigger("recloop_metrics",
                                        {"start": record.start, "end": record.end})  # fmt: skip
