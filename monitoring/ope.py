@@ -49,6 +49,8 @@ from monitoring.estimators import (
     support,
 )
 
+STRENGTH = 20.0  # pseudo-impressions that shrink an item's attractiveness towards the mean
+
 
 @dataclass(frozen=True)
 class PositionBasedModel:
@@ -60,7 +62,7 @@ class PositionBasedModel:
     def fit(
         cls,
         frame: pd.DataFrame,
-        strength: float = 20.0,
+        strength: float = STRENGTH,
         iterations: int = 100,
         examination: np.ndarray | None = None,
     ) -> PositionBasedModel:
@@ -103,15 +105,13 @@ class PositionBasedModel:
             examination = updated
             if settled:
                 break
-        expected = examination[positions]
-        default = float(clicks.sum() / max(expected.sum(), 1e-12))
-        attractiveness = (item_clicks + strength * default) / (
-            np.bincount(codes, weights=expected, minlength=len(items)) + strength
+        attractiveness, default = shrunk_attractiveness(
+            codes, clicks, examination[positions], len(items), strength
         )
         return cls(
             np.minimum(examination, 1.0),
-            dict(zip(items, np.clip(attractiveness, 0.0, 1.0).tolist(), strict=True)),
-            min(default, 1.0),
+            dict(zip(items, attractiveness.tolist(), strict=True)),
+            default,
         )
 
     def predict(self, item_ids: Sequence[str], positions: Sequence[int]) -> np.ndarray:
@@ -120,6 +120,21 @@ class PositionBasedModel:
         exam = self.examination[np.minimum(positions, last)]
         attract = np.array([self.attractiveness.get(i, self.default) for i in item_ids])
         return np.clip(exam * attract, 0.0, 1.0)
+
+
+def shrunk_attractiveness(
+    codes: np.ndarray, clicks: np.ndarray, expected: np.ndarray, size: int, strength: float
+) -> tuple[np.ndarray, float]:
+    """Each item's (codes 0 .. size - 1) clicks over its examination-weighted impressions
+    (``expected``: each impression's examination), shrunk towards the overall rate by
+    ``strength`` pseudo-impressions; and that rate, the attractiveness of an item never shown.
+    Both at most 1. ``PositionBasedModel.fit`` ends with it, and the position-based doubly
+    robust bootstrap refits with it (``_Rewards``)."""
+    default = float(clicks.sum() / max(expected.sum(), 1e-12))
+    attractiveness = (np.bincount(codes, weights=clicks, minlength=size) + strength * default) / (
+        np.bincount(codes, weights=expected, minlength=size) + strength
+    )
+    return np.clip(attractiveness, 0.0, 1.0), min(default, 1.0)
 
 
 def _fold(request_id: str) -> int:
@@ -354,7 +369,6 @@ class _Rewards:
 
     items: int
     folds: list[tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]]
-    strength: float = 20.0  # PositionBasedModel.fit's
 
     @classmethod
     def of(
@@ -389,11 +403,8 @@ class _Rewards:
             expected = examination[fold.positions]
             if w is not None:
                 expected = expected * w[fold.train]
-            clicked = np.bincount(fitted_on, weights=clicks, minlength=self.items + 1)
-            shown = np.bincount(fitted_on, weights=expected, minlength=self.items + 1)
-            default = float(clicks.sum() / max(expected.sum(), 1e-12))
-            attractiveness = np.clip(
-                (clicked + self.strength * default) / (shown + self.strength), 0.0, 1.0
+            attractiveness, _ = shrunk_attractiveness(
+                fitted_on, clicks, expected, self.items + 1, STRENGTH
             )
             attractiveness[self.items] = 0.0  # no item: no click
             exam = examination[positions]
