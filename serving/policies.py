@@ -44,9 +44,6 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
-# At import, not per call: the first call would otherwise pay for importing scipy (about a
-# second), on some client's request.
-
 # Quadrature grid for the Plackett-Luce integral: points per decade of t, and how far past
 # the last chosen item's clock the integral runs (exp(-40) is far below float precision).
 _POINTS_PER_DECADE = 16
