@@ -29,25 +29,30 @@ QUERY = (
 
 
 class NewItems(NamedTuple):
-    """A model's new items: ids and texts in the same order, and each id's text."""
+    """A model's new items: ids, texts and categories in the same order, and each id's text
+    and categories. Tuples, which a model may keep by identity (``TwoTower.score_texts``)."""
 
     ids: list[str]
-    texts: list[str]
+    texts: tuple[str, ...]
     text_by_id: dict[str, str]
+    categories: tuple[tuple[str, ...], ...] = ()
+    categories_by_id: dict[str, tuple[str, ...]] = {}  # noqa: RUF012 (read only)
 
 
-NO_NEW_ITEMS = NewItems([], [], {})
+NO_NEW_ITEMS = NewItems([], (), {})
 
 
 class Catalogue:
-    """Item ids, newest first, and the text each is encoded from (``training.data.item_text``,
-    the text training gave the same item). Not changed once built: a refresh builds another."""
+    """Item ids, newest first, the text each is encoded from (``training.data.item_text``,
+    the text training gave the same item) and its categories (which the two-tower item tower
+    reads beside the text). Not changed once built: a refresh builds another."""
 
     def __init__(
         self, item_ids: tuple[str, ...] = (), texts: tuple[str, ...] = (),
-        read_at: datetime | None = None,
+        read_at: datetime | None = None, categories: tuple[tuple[str, ...], ...] | None = None,
     ):  # fmt: skip
         self.item_ids, self.texts, self.read_at = item_ids, texts, read_at
+        self.categories = categories if categories is not None else ((),) * len(item_ids)
         self._index = {item: n for n, item in enumerate(item_ids)}
         self._new: dict[tuple[str, str], NewItems] = {}
 
@@ -57,17 +62,27 @@ class Catalogue:
         changes), so a request pays for one dict lookup."""
         cached = self._new.get(key)
         if cached is None:
-            ids, texts = [], []
-            for item, text in zip(self.item_ids, self.texts, strict=True):
+            ids, texts, categories = [], [], []
+            for item, text, names in zip(self.item_ids, self.texts, self.categories, strict=True):
                 if len(ids) == limit:
                     break
                 if item not in known:
                     ids.append(item)
                     texts.append(text)
+                    categories.append(names)
             if len(self._new) >= 8:  # versions come and go: keep the few being served
                 self._new.clear()
-            cached = self._new[key] = NewItems(ids, texts, dict(zip(ids, texts, strict=True)))
+            cached = self._new[key] = NewItems(
+                ids, tuple(texts), dict(zip(ids, texts, strict=True)),
+                tuple(categories), dict(zip(ids, categories, strict=True)),
+            )  # fmt: skip
         return cached
+
+    def same_items(self, other: Catalogue) -> bool:
+        """Whether ``other`` lists the same items, described the same way."""
+        return (self.item_ids, self.texts, self.categories) == (
+            other.item_ids, other.texts, other.categories
+        )  # fmt: skip
 
     def text_of(self, item_id: str) -> str | None:
         index = self._index.get(item_id)
@@ -91,5 +106,10 @@ def read_catalogue(settings: Settings) -> Catalogue:
     except ExportMissing as error:
         raise ExportMissing(f"{error}: run the feature pipeline (`recloop features run`) for "
                             "the service to know its catalogue") from None  # fmt: skip
-    texts = tuple(item_text(row) for row in frame.to_dict("records"))
-    return Catalogue(tuple(frame["item_id"].astype(str)), texts, datetime.now(UTC))
+    rows = frame.to_dict("records")
+    texts = tuple(item_text(row) for row in rows)
+    categories = tuple(
+        () if row["categories"] is None else tuple(str(c) for c in row["categories"])
+        for row in rows
+    )
+    return Catalogue(tuple(frame["item_id"].astype(str)), texts, datetime.now(UTC), categories)

@@ -169,18 +169,19 @@ class Engine:
         scores = model.score([query], ids)[0]
         first_new = len(request.item_ids)
         texts_of = {
-            first_new + n: item_text(item.model_dump()) for n, item in enumerate(request.new_items)
-            if item.item_id not in model.item_index
+            first_new + n: (item_text(item.model_dump()), tuple(item.categories))
+            for n, item in enumerate(request.new_items) if item.item_id not in model.item_index
         }  # fmt: skip
         # The catalogue's new items as /recommend has them: encoded, within the limit.
         new = self._new_items(published, deployment)
         for position, item in enumerate(request.item_ids):
             if item in new.text_by_id:
-                texts_of[position] = new.text_by_id[item]
+                texts_of[position] = (new.text_by_id[item], new.categories_by_id[item])
         from_text = list(texts_of)
         if from_text and model.reads_item_text:
+            texts, categories = zip(*texts_of.values(), strict=True)
             with self._text_lock:
-                scores[from_text] = model.score_texts([query], list(texts_of.values()))[0]
+                scores[from_text] = model.score_texts([query], texts, categories)[0]
         else:
             from_text = []  # no model reads item text: they rank last, as unknown ids do
         scored_from_text = set(from_text)
@@ -318,11 +319,14 @@ class Engine:
     ) -> tuple[list[str], np.ndarray]:
         """The new items (``_new_items``) and their scores from their text. (The text path
         computes the user's vector again: a two-tower user tower pass, about 0.1 ms.)"""
-        ids, texts, _ = self._new_items(self.published, deployment)
-        if not ids:
+        new = self._new_items(self.published, deployment)
+        if not new.ids:
             return [], np.empty(0)
+        ids = new.ids
         with self._text_lock:
-            scores = deployment.model.score_texts([query], texts)[0].astype(np.float64)
+            scores = deployment.model.score_texts([query], new.texts, new.categories)[0].astype(
+                np.float64
+            )
         if exclude_seen and query.history:
             seen = set(query.history)
             scores[[n for n, item in enumerate(ids) if item in seen]] = -np.inf
@@ -360,7 +364,8 @@ class Engine:
         list of its new items (so a catalogue refresh leaves a model that reads no text, whose
         co-occurrence vectors are the costly ones, with the vectors it had)."""
         key = (deployment.alias, deployment.version)
-        new_ids, texts, _ = new = self._new_items(self.published, deployment)
+        new = self._new_items(self.published, deployment)
+        new_ids = new.ids
         cached = self._vectors
         if cached and cached[0] == key and cached[1] is new:
             return cached[2], cached[3], cached[4]
@@ -375,7 +380,7 @@ class Engine:
         ids, vectors = list(model.item_ids), _unit_rows(vectors)
         if new_ids:
             with self._text_lock:
-                new_vectors = _unit_rows(model.text_item_embeddings(texts))
+                new_vectors = _unit_rows(model.text_item_embeddings(new.texts, new.categories))
             ids, vectors = [*ids, *new_ids], np.vstack([vectors, new_vectors])
         rows = {item: len(model.item_ids) + n for n, item in enumerate(new_ids)}
         self._vectors = (key, new, ids, vectors, rows)  # only the newest is kept
@@ -398,7 +403,7 @@ class Engine:
                 log.warning("catalogue not refreshed: %s", self.catalogue_error)
             else:
                 self.catalogue_error = None
-                if (fresh.item_ids, fresh.texts) != (catalogue.item_ids, catalogue.texts):
+                if not fresh.same_items(catalogue):
                     catalogue = fresh
         try:
             models = self.watcher.current
@@ -415,10 +420,11 @@ class Engine:
                 if catalogue is published.catalogue and key in published.encoded:
                     continue
                 model = deployment.model
-                texts = catalogue.new_items(key, model.item_index, config.new_items).texts
-                for start in range(0, len(texts), TEXT_CHUNK):
+                new = catalogue.new_items(key, model.item_index, config.new_items)
+                for start in range(0, len(new.texts), TEXT_CHUNK):
+                    chunk = slice(start, start + TEXT_CHUNK)
                     with self._text_lock:  # encoded once, kept by the model for its scoring
-                        model.text_item_embeddings(texts[start : start + TEXT_CHUNK])
+                        model.text_item_embeddings(new.texts[chunk], new.categories[chunk])
         except Exception as error:
             self.catalogue_error = f"encoding new items: {type(error).__name__}: {error}"
             log.exception("new items not encoded; still serving what was published before")

@@ -166,8 +166,11 @@ def test_recommendations_for_known_unknown_and_new_users(world: Path) -> None:
             "profile_model"]  # fmt: skip
         assert ranked["model_version"] == reader["version"]
         offline = registry.download_model(Settings(home=world), reader["version"])
-        texts = [item_text(NewItem(**item).model_dump()) for item in new_items]
-        expected = offline.score_texts([UserQuery(known)], texts)[0]
+        described = [NewItem(**item) for item in new_items]
+        texts = [item_text(item.model_dump()) for item in described]
+        expected = offline.score_texts(
+            [UserQuery(known)], texts, [item.categories for item in described]
+        )[0]
         served = [row["score"] for row in ranked["items"][2:]]
         assert served == pytest.approx(expected.tolist(), rel=1e-4, abs=1e-4)
         twice = http.post("/rank", json={"user_id": known, "item_ids": ["brand-new-1"],
@@ -236,7 +239,8 @@ def test_an_item_added_after_training_is_recommended_from_its_text(world: Path) 
             k = min(len(model.item_ids) + 1 - len(model.histories[known]), 100)
             body = http.post("/recommend", json={"user_id": known, "k": k}).json()
             slate = {row["item_id"]: row["score"] for row in body["items"]}
-            offline = model.score_texts([UserQuery(known)], [item_text(item.model_dump())])[0]
+            text, categories = [item_text(item.model_dump())], [item.categories]
+            offline = model.score_texts([UserQuery(known)], text, categories)[0]
             assert slate[item.item_id] == pytest.approx(float(offline[0]), rel=1e-4, abs=1e-4)
             ranked = http.post("/rank", json={"user_id": known,
                                               "item_ids": [item.item_id]}).json()  # fmt: skip
@@ -246,7 +250,7 @@ def test_an_item_added_after_training_is_recommended_from_its_text(world: Path) 
             # (the served item table may be int8: cosines agree to about 1e-2).
             similar = http.post("/similar_items", json={"item_id": item.item_id, "k": 3}).json()
             assert similar["known"] is True and len(similar["items"]) == 3
-            own = model.text_item_embeddings([item_text(item.model_dump())])[0]
+            own = model.text_item_embeddings(text, categories)[0]
             table = model.item_embeddings()
             for row in similar["items"]:
                 other = table[model.item_index[row["item_id"]]]

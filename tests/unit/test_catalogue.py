@@ -16,15 +16,20 @@ from serving.models import Deployment, ModelSet
 
 
 def catalogue(*ids: str) -> Catalogue:
-    return Catalogue(ids, tuple(f"text of {i}" for i in ids), datetime.now(UTC))
+    return Catalogue(
+        ids, tuple(f"text of {i}" for i in ids), datetime.now(UTC),
+        tuple((f"genre of {i}",) for i in ids),
+    )  # fmt: skip
 
 
 def test_new_items_are_the_newest_unknown_ones_within_the_limit() -> None:
     items = catalogue("n3", "k1", "n2", "n1", "k2")  # newest first
     known = {"k1": 0, "k2": 1}
     new = items.new_items(("champion", "1"), known, 2)
-    assert new.ids == ["n3", "n2"] and new.texts == ["text of n3", "text of n2"]
+    assert new.ids == ["n3", "n2"] and new.texts == ("text of n3", "text of n2")
+    assert new.categories == (("genre of n3",), ("genre of n2",))
     assert new.text_by_id.get("n2") == "text of n2"
+    assert new.categories_by_id.get("n2") == ("genre of n2",)
     assert new.text_by_id.get("n1") is None  # past the limit
     assert new.text_by_id.get("k1") is None  # trained on
     assert items.text_of("k1") == "text of k1" and items.text_of("nope") is None
@@ -38,12 +43,14 @@ class TextModel:
     def __init__(self, fail: bool = False):
         self.item_index = {"k1": 0}
         self.encoded: list[str] = []
+        self.categories: list[tuple[str, ...]] = []
         self.fail = fail
 
-    def text_item_embeddings(self, texts):
+    def text_item_embeddings(self, texts, categories):
         if self.fail:
             raise RuntimeError("text encoder folder missing")
         self.encoded += list(texts)
+        self.categories += list(categories)
 
 
 class Watcher:
@@ -69,6 +76,7 @@ def test_a_catalogue_is_published_only_once_its_new_items_are_encoded(monkeypatc
     engine = bare_engine(model, monkeypatch, lambda settings: read)
     engine._refresh_catalogue()
     assert model.encoded == ["text of n2", "text of n1"]
+    assert model.categories == [("genre of n2",), ("genre of n1",)]
     assert engine.published.catalogue is read
     assert engine.published.encoded == {("champion", "7")}
     assert engine.published.describe()["new_items_for"] == ["champion v7"]
@@ -78,6 +86,12 @@ def test_a_catalogue_is_published_only_once_its_new_items_are_encoded(monkeypatc
     monkeypatch.setattr(engine_module, "read_catalogue", lambda settings: same)
     engine._refresh_catalogue()
     assert engine.published.catalogue is read and model.encoded == ["text of n2", "text of n1"]
+    # Other categories for the same texts are other items to the text model: read again.
+    engine._catalogue_due = 0.0
+    recategorised = Catalogue(same.item_ids, same.texts, datetime.now(UTC))
+    monkeypatch.setattr(engine_module, "read_catalogue", lambda settings: recategorised)
+    engine._refresh_catalogue()
+    assert engine.published.catalogue is recategorised and model.categories[2:] == [(), ()]
 
 
 def test_a_failed_encoding_keeps_what_was_published_and_says_why(monkeypatch) -> None:

@@ -121,6 +121,21 @@ def test_save_and_load_give_identical_scores(fitted: TwoTower, tmp_path) -> None
     assert loaded.config == fitted.config
 
 
+def test_categories_can_be_left_out_and_older_versions_load(
+    data: InteractionData, cache_dir: str, tmp_path
+) -> None:
+    """``categories=False`` is the item tower before it read categories; a version saved
+    then (without the category arrays) still loads and scores as it did."""
+    model = small(cache_dir, categories=False).fit(data)
+    assert model.category_names == [] and model.item_categories.shape == (20, 0)
+    path = model.save(tmp_path / "model")
+    with np.load(path / "arrays.npz") as arrays:
+        older = {k: arrays[k] for k in arrays.files if not k.startswith(("category", "item_cat"))}
+    np.savez(path / "arrays.npz", **older)
+    loaded = load_model(path)
+    np.testing.assert_array_equal(loaded.score(KNOWN + NEW), model.score(KNOWN + NEW))
+
+
 def test_an_item_without_interactions_is_scored_from_its_text(fitted: TwoTower) -> None:
     assert fitted.item_id_index[fitted.item_index[COLD_ITEM]] == 0  # no id of its own
     scores = fitted.score(KNOWN + NEW)
@@ -142,23 +157,46 @@ def test_a_new_items_text_scores_as_the_same_item_in_the_catalogue(
     assert model.reads_item_text
     rows = data.items.set_index("item_id", drop=False)
     cold, other = item_text(rows.loc[COLD_ITEM]), item_text(rows.loc["i3"])
+    genres = [list(rows.loc[COLD_ITEM, "categories"]), list(rows.loc["i3", "categories"])]
+    assert model.category_names == sorted(GENRES)
     users = KNOWN + NEW
-    scores = model.score_texts(users, [cold, other, cold])
+    scores = model.score_texts(users, [cold, other, cold], [genres[0], genres[1], genres[0]])
     assert scores.shape == (6, 3)
-    # i19 has no interactions: in the catalogue it is the unknown id plus its text, which is
-    # what a new item gets. (Tolerance: the catalogue's texts were encoded in one padded batch.)
+    # i19 has no interactions: in the catalogue it is the unknown id plus its text and
+    # categories, which is what a new item gets. (Tolerance: the catalogue's texts were
+    # encoded in one padded batch.)
     np.testing.assert_allclose(scores[:, 0], model.score(users, [COLD_ITEM])[:, 0], atol=1e-3)
     np.testing.assert_array_equal(scores[:, 2], scores[:, 0])
     # i3 has interactions and its own id vector; from its text alone it scores otherwise.
     assert not np.allclose(scores[:, 1], model.score(users, ["i3"])[:, 0], atol=1e-3)
+    # The categories are read: the same text without them (or with others) is another item.
+    bare = model.score_texts(users, [cold])[:, 0]
+    assert not np.allclose(bare, scores[:, 0], atol=1e-3)
+    with pytest.raises(ValueError, match="categories: 1 lists for 2 texts"):
+        model.score_texts(users, [cold, other], [genres[0]])
     # The same holds for its place among the items (what /similar_items compares).
-    embedded = model.text_item_embeddings([cold])
+    embedded = model.text_item_embeddings([cold], [genres[0]])
     table = model.item_embeddings()
     np.testing.assert_allclose(embedded[0], table[model.item_index[COLD_ITEM]], atol=1e-3)
 
+    # The service passes the same tuples on every request: found by identity, the same.
+    texts, categories = (cold, other), (tuple(genres[0]), tuple(genres[1]))
+    first = model.text_item_embeddings(texts, categories)
+    assert model.last_stacked is None  # two items are not worth keeping stacked
+    monkeypatch.setattr(two_tower, "STACK_AT_LEAST", 2)
+    np.testing.assert_array_equal(model.text_item_embeddings(texts, categories), first)
+    assert model.last_stacked[0] is texts and model.last_stacked[1] is categories
+    np.testing.assert_array_equal(model.text_item_embeddings(texts, categories), first)
+    listed = [list(genres[0]), list(genres[1])]  # lists can change: kept by value only
+    np.testing.assert_array_equal(model.text_item_embeddings(list(texts), listed), first)
+    assert model.last_stacked[0] is texts
+
     monkeypatch.setattr(two_tower, "RECENT_ITEM_TEXTS", 2)
-    model.score_texts(users[:1], ["A brand new film. Genres: Horror.", cold])
-    assert list(model.recent_item_texts) == ["A brand new film. Genres: Horror.", cold]
+    model.score_texts(users[:1], ["A brand new film. Genres: Horror.", cold], [["Horror"], []])
+    assert list(model.recent_item_texts) == [
+        ("A brand new film. Genres: Horror.", ("Horror",)),
+        (cold, ()),
+    ]
 
 
 def test_a_new_user_with_attributes_only_gets_scores(fitted: TwoTower) -> None:
@@ -217,14 +255,15 @@ def test_lora_fine_tunes_the_text_encoder(data: InteractionData, cache_dir: str,
 
     assert loaded.reads_item_text
     loaded.config.text_cache_dir = None
-    cold = item_text(data.items.set_index("item_id", drop=False).loc[COLD_ITEM])
-    np.testing.assert_allclose(loaded.score_texts(KNOWN + NEW, [cold])[:, 0],
+    cold_row = data.items.set_index("item_id", drop=False).loc[COLD_ITEM]
+    cold, genres = item_text(cold_row), [list(cold_row["categories"])]
+    np.testing.assert_allclose(loaded.score_texts(KNOWN + NEW, [cold], genres)[:, 0],
                                scores[:, model.item_index[COLD_ITEM]], atol=1e-3)  # fmt: skip
     row = loaded.item_embeddings()[loaded.item_index[COLD_ITEM]]
-    np.testing.assert_allclose(loaded.text_item_embeddings([cold])[0], row, atol=1e-3)
+    np.testing.assert_allclose(loaded.text_item_embeddings([cold], genres)[0], row, atol=1e-3)
     untuned = load_model(model.save(tmp_path / "untuned"))
     untuned.lora_weights = {name: np.zeros_like(w) for name, w in untuned.lora_weights.items()}
-    assert not np.allclose(untuned.score_texts(KNOWN, [cold])[:, 0],
+    assert not np.allclose(untuned.score_texts(KNOWN, [cold], genres)[:, 0],
                            scores[:3, model.item_index[COLD_ITEM]], atol=1e-3)  # fmt: skip
     # A warm start goes on from the adapters (a learning rate of ~0 keeps them as they were).
     copied = small(cache_dir, text_encoder="lora", lora_rank=2, epochs=1, lr=1e-12)
@@ -247,9 +286,11 @@ def test_lora_fine_tunes_the_text_encoder(data: InteractionData, cache_dir: str,
     for each in (int8, int8_untuned):
         each.config.text_cache_dir = None
         each.quantize(text_encoder=True)
-    in_int8 = int8.score_texts(KNOWN, [cold])[:, 0]
+    in_int8 = int8.score_texts(KNOWN, [cold], genres)[:, 0]
     np.testing.assert_allclose(in_int8, scores[:3, model.item_index[COLD_ITEM]], atol=0.1)
-    assert not np.allclose(int8_untuned.score_texts(KNOWN, [cold])[:, 0], in_int8, atol=1e-3)
+    assert not np.allclose(
+        int8_untuned.score_texts(KNOWN, [cold], genres)[:, 0], in_int8, atol=1e-3
+    )
     # A version registered before adapters were saved has none: it says so, naming LoRA.
     loaded.lora_weights = None
     assert not loaded.reads_item_text

@@ -123,12 +123,17 @@ class Recommender(ABC):
         """Whether ``score_texts`` can score items the model never saw from their text."""
         return False
 
-    def score_texts(self, users: Sequence[UserQuery], texts: Sequence[str]) -> np.ndarray:
+    def score_texts(
+        self, users: Sequence[UserQuery], texts: Sequence[str],
+        categories: Sequence[Sequence[str]] | None = None,
+    ) -> np.ndarray:  # fmt: skip
         """(len(users), len(texts)) scores of items known only by their text (an item added
         after training), on the same scale as ``score``'s, so both rank together. Texts are
-        written as ``training.data.item_text`` writes a catalogue item's. Only kinds whose
-        ``reads_item_text`` is True can; the others raise NotImplementedError."""
-        del users, texts
+        written as ``training.data.item_text`` writes a catalogue item's; ``categories``, one
+        list per text (None: none known), are the items' categories, which a kind may read
+        beside the text. Only kinds whose ``reads_item_text`` is True can; the others raise
+        NotImplementedError."""
+        del users, texts, categories
         raise NotImplementedError(f"{self.kind}: scores no item from its text")
 
     def recommend(
@@ -165,11 +170,13 @@ class Recommender(ABC):
         for kinds without any (similar items then come from co-occurrence in histories)."""
         return None
 
-    def text_item_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+    def text_item_embeddings(
+        self, texts: Sequence[str], categories: Sequence[Sequence[str]] | None = None
+    ) -> np.ndarray:
         """(len(texts), dim) vectors, in ``item_embeddings``' space, of items known only by
-        their text (written as ``score_texts`` takes them). Only kinds whose
+        their text and categories (as ``score_texts`` takes them). Only kinds whose
         ``reads_item_text`` is True can; the others raise NotImplementedError."""
-        del texts
+        del texts, categories
         raise NotImplementedError(f"{self.kind}: embeds no item from its text")
 
     def save(self, path: Path | str) -> Path:
