@@ -103,6 +103,7 @@ def int8_text_rows(path: Path, split) -> list[Row]:
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(*neighbours, strict=True)])
     model, reference = load_model(path), load_model(path)
     model.text = torch.from_numpy(small)
+    model._set_item_features()  # the history the user tower pools reads the same text
     model._precompute_items()
     value = evaluate(model, split).metrics["ndcg"]
     ref = evaluate(reference, split).metrics["ndcg"]

@@ -141,8 +141,9 @@ def test_two_stage_tunes_its_weight_on_a_validation_split(data) -> None:
     assert set(found) == {"0.0", "0.5", "1.0"}
     assert model.config.ranker_weight == max(grid, key=lambda w: found[str(w)])
     # The same figures, recomputed: each weight fixed, fitted on the validation split's
-    # training part and evaluated on its held-out 10%.
-    split = protocols.validation(data, 0.1, model.config.seed)
+    # training part and evaluated on its held-out share (a quarter, as P1 holds out).
+    assert model.config.validation_share == 0.25
+    split = protocols.validation(data, model.config.validation_share, model.config.seed)
     assert len(split) > 0
     for weight in grid:
         probe = create("two_stage", ranker="popularity", candidates=5, ranker_weight=weight)

@@ -14,7 +14,7 @@ history items (half of them the user's first by time, as a new user's are).
 Item tower: the item's id embedding and bias plus an MLP over its sentence embedding
 (all-MiniLM-L6-v2 over ``item_text``; frozen, or fine-tuned with LoRA) beside a multi-hot of
 its categories (``categories``: the sentence embedding of "Genres: Action, Comedy" blurs
-them; read apart, they added about 0.006 AUC and 0.01-0.02 NDCG@10 on new items, P2 on
+them; read apart, they added 0.005-0.007 AUC and 0.005-0.017 NDCG@10 on new items, P2 on
 MovieLens-100K, over two seeds). The user tower pools the same features over the history.
 Each step scores the batch twice, with the ids and with all of them dropped (text and
 categories only, as an item without interactions is scored); dropout on those features keeps
