@@ -123,8 +123,9 @@ class NewItem(_Body):
     )
     text: str | None = Field(
         None, max_length=MAX_TEXT,
-        description="The item's own text; when given it is read instead of title and "
-        "categories, as for catalogue items that have one.",
+        description="The item's own text; when given the text encoder reads it instead of "
+        "title and categories, as for catalogue items that have one (a two-tower model "
+        "still reads the categories apart).",
     )  # fmt: skip
 
 
