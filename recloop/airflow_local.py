@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +39,12 @@ from recloop.postgres_warehouse import create_database, database_url
 from recloop.settings import Settings
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
+# Airflow's SQLite metadata database (the local profile) now and then refuses a write while
+# the scheduler holds it, and the API answers 500 "Database error" (seen once in a clean-clone
+# test run: the audit log insert of a trigger). Requests that are safe to repeat are repeated,
+# this many times in all, a second apart and more.
+ATTEMPTS = 4
+REPEATABLE = {"GET", "PATCH"}
 TERMINAL = {"success", "failed"}
 Executor = Literal["local", "celery"]
 # Airflow's own default queue ([operators] default_queue).
@@ -284,12 +292,22 @@ class LocalAirflow:
         return {"Authorization": f"Bearer {self._token}"}
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        self._check_alive()
-        response = httpx.request(method, f"{self.url}/api/v2{path}", headers=self._headers(),
-                                 timeout=60, **kwargs)  # fmt: skip
+        attempts = ATTEMPTS if method in REPEATABLE else 1
+        response = self._send(method, path, attempts, **kwargs)
         if response.status_code >= 400:
             raise AirflowError(f"{method} {path}: {response.status_code} {response.text[:500]}")
         return response.json()
+
+    def _send(self, method: str, path: str, attempts: int, **kwargs: Any) -> httpx.Response:
+        """The response, once it is not a server error or after ``attempts`` tries."""
+        for attempt in range(attempts):
+            self._check_alive()
+            response = httpx.request(method, f"{self.url}/api/v2{path}", headers=self._headers(),
+                                     timeout=60, **kwargs)  # fmt: skip
+            if response.status_code < 500 or attempt == attempts - 1:
+                return response
+            time.sleep(2**attempt)
+        raise AssertionError("unreachable: the last attempt returns")
 
     def wait_for_dags(self, dag_ids: list[str], timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
@@ -304,8 +322,23 @@ class LocalAirflow:
         self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
-        body = {"logical_date": None, "conf": conf or {}}
-        return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
+        """Start a run and return its id. The id is chosen here, so that a trigger the API
+        failed to answer can be sent again: if the first did create the run, the second
+        finds it (409) instead of starting another."""
+        run_id = f"manual__{datetime.now(UTC).isoformat()}_{secrets.token_hex(3)}"
+        body = {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}}
+        path = f"/dags/{dag_id}/dagRuns"
+        response = self._send("POST", path, 1, json=body)
+        for attempt in range(1, ATTEMPTS):
+            if response.status_code < 500:
+                break
+            time.sleep(2 ** (attempt - 1))
+            response = self._send("POST", path, 1, json=body)
+            if response.status_code == 409:  # the failed one had created it after all
+                return run_id
+        if response.status_code >= 400:
+            raise AirflowError(f"POST {path}: {response.status_code} {response.text[:500]}")
+        return response.json()["dag_run_id"]
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
