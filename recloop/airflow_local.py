@@ -328,14 +328,9 @@ class LocalAirflow:
         run_id = f"manual__{datetime.now(UTC).isoformat()}_{secrets.token_hex(3)}"
         body = {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}}
         path = f"/dags/{dag_id}/dagRuns"
-        response = self._send("POST", path, 1, json=body)
-        for attempt in range(1, ATTEMPTS):
-            if response.status_code < 500:
-                break
-            time.sleep(2 ** (attempt - 1))
-            response = self._send("POST", path, 1, json=body)
-            if response.status_code == 409:  # the failed one had created it after all
-                return run_id
+        response = self._send("POST", path, ATTEMPTS, json=body)
+        if response.status_code == 409:  # a failed try had created it after all
+            return run_id
         if response.status_code >= 400:
             raise AirflowError(f"POST {path}: {response.status_code} {response.text[:500]}")
         return response.json()["dag_run_id"]
