@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 from recloop.settings import Settings
-from training.data import item_text
+from training.data import item_categories, item_text
 
 EXPORT = "feast_items"
 QUERY = (
@@ -108,8 +108,5 @@ def read_catalogue(settings: Settings) -> Catalogue:
                             "the service to know its catalogue") from None  # fmt: skip
     rows = frame.to_dict("records")
     texts = tuple(item_text(row) for row in rows)
-    categories = tuple(
-        () if row["categories"] is None else tuple(str(c) for c in row["categories"])
-        for row in rows
-    )
+    categories = tuple(item_categories(row["categories"]) for row in rows)
     return Catalogue(tuple(frame["item_id"].astype(str)), texts, datetime.now(UTC), categories)

@@ -193,6 +193,14 @@ def attribute_tokens(attributes: dict[str, Any] | None) -> list[str]:
     return tokens
 
 
+def item_categories(value: Any) -> tuple[str, ...]:
+    """An item's ``categories`` value (a list, an array from Parquet or Postgres, None or a
+    missing value) as names."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ()
+    return tuple(str(name) for name in value)
+
+
 def item_text(row: Any) -> str:
     """The text an item's encoder reads: the item's own text when the source wrote one
     (MovieLens: title with year and genres), else its title and categories."""

@@ -56,6 +56,7 @@ from training.data import (
     UserQuery,
     Vocabulary,
     attribute_tokens,
+    item_categories,
     item_text,
     shared_rows,
 )
@@ -439,19 +440,15 @@ class TwoTower(Recommender):
         )  # (users, attributes)
         # The categories the item tower reads; a warm start keeps its model's, whose weights
         # have one input per category (a category it never met is left out).
+        categories = [item_categories(value) for value in data.items["categories"]]
         if warm_start is not None:
             assert isinstance(warm_start, TwoTower)
             self.category_names = list(warm_start.category_names)
         elif self.config.categories:
-            self.category_names = sorted(
-                {c for value in data.items["categories"] for c in _categories(value)}
-            )
+            self.category_names = sorted({name for names in categories for name in names})
         else:
             self.category_names = []
-        self.item_categories = torch.from_numpy(
-            _multi_hot([_categories(value) for value in data.items["categories"]],
-                       self.category_names)
-        )  # fmt: skip
+        self.item_categories = torch.from_numpy(_multi_hot(categories, self.category_names))
 
     def _tokens(self, attributes: list[dict[str, Any]]) -> np.ndarray:
         """(users, attributes) token indices, 0 where an attribute is missing or unknown."""
@@ -674,7 +671,7 @@ class TwoTower(Recommender):
             plain = [text for text, _ in missing]
             encoded = (self._encode(plain) if self.lora_weights is None
                        else self._encode_with_adapters(plain))  # fmt: skip
-            categories = _multi_hot([list(names) for _, names in missing], self.category_names)
+            categories = _multi_hot([names for _, names in missing], self.category_names)
             features = np.concatenate([encoded, categories], axis=1)
             text = torch.from_numpy(features).to(self.device)
             ids = torch.zeros(len(missing), dtype=torch.int64, device=self.device)
@@ -818,14 +815,7 @@ def _described(
     return [(text, tuple(names)) for text, names in zip(texts, categories, strict=True)]
 
 
-def _categories(value: Any) -> list[str]:
-    """An item's categories as names (None or a missing value: none)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return []
-    return [str(name) for name in value]
-
-
-def _multi_hot(categories: list[list[str]], names: list[str]) -> np.ndarray:
+def _multi_hot(categories: Sequence[Sequence[str]], names: list[str]) -> np.ndarray:
     """(items, names) float32, 1 where the item has the category; unknown names are left out."""
     column = {name: c for c, name in enumerate(names)}
     out = np.zeros((len(categories), len(names)), dtype=np.float32)
