@@ -455,7 +455,7 @@ def demo(
     out.print(table)
     promotions = ", ".join(f"v{v} in hour {h}" for h, v in summary["online_promotions"].items())
     out.print(
-        f"champion v{summary['first_champion']} -> v{summary['final_champion']}; drift detected "
+        f"champion v{summary['first_champion']} -> {served_champion(summary)}; drift detected "
         f"in hours {summary['drift_detected_hours']}; asset-triggered training runs: "
         f"{len(summary['asset_triggered_training_runs'])}; promoted on online evidence: "
         f"{promotions or 'none'}; new champion served from hour "
@@ -489,6 +489,15 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     out.print(table)
     if report.get("quarantine_file"):
         out.print(f"rejected rows and reasons: {report['quarantine_file']}", soft_wrap=True)
+
+
+def served_champion(summary: dict) -> str:
+    """The demo summary's champion change, as the service saw it."""
+    new, final = summary["new_champion"], summary["final_champion"]
+    if new is None:
+        return f"v{final} (no new champion served)"
+    late = f" (v{final} promoted after the last hour)" if final != new else ""
+    return f"v{new} served{late}"
 
 
 if __name__ == "__main__":

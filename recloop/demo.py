@@ -456,7 +456,7 @@ class Demo:
                   f"in {time.monotonic() - started:.0f} s")  # fmt: skip
         return replayed
 
-    def recovery(self, replayed: dict[str, dict[str, Any]], first: str, final: str,
+    def recovery(self, replayed: dict[str, dict[str, Any]], first: str, final: str | None,
                  served_from: int | None) -> dict[str, Any] | None:  # fmt: skip
         """The new champion's true CTR less the old one's, on the requests of the hours the
         new one served (both replayed greedily, paired per request, t interval). The new one
@@ -502,8 +502,15 @@ class Demo:
         training_runs = self.airflow.runs("recloop_training")
         asset_runs = [r for r in training_runs if r["run_type"] == "asset_triggered"]
         final = self._champion()
-        served_from = next((r.hour for r in self.records
-                            if final != first_champion and final in (r.served_versions or {})),
+        # The new champion is the newest version, other than the first, that the service
+        # served: the alias's last version when it served, else the one before it. A version
+        # promoted in the demo's last hour (its runs go on while that hour's users come, and
+        # extra_hours may be spent) had no hour left to be served in: the loop closed with
+        # the one before it, which is what the replay and the recovery are about.
+        served = {int(v) for r in self.records for v in (r.served_versions or {})}
+        served.discard(int(first_champion))
+        new = str(max(served)) if served else None
+        served_from = next((r.hour for r in self.records if new in (r.served_versions or {})),
                            None)  # fmt: skip
         covered = [r.ctr_low <= r.true_ctr <= r.ctr_high for r in self.records
                    if r.ctr is not None]  # fmt: skip
@@ -512,7 +519,8 @@ class Demo:
             "seconds": round(seconds, 1),
             "shift_hour": self.config.shift_hour,
             "first_champion": first_champion,
-            "final_champion": final,
+            "final_champion": final,  # the alias at the end
+            "new_champion": new,  # the newest replacing version that was served (above)
             "drift_detected_hours": [r.hour for r in self.records if r.alarms and
                                      any(a.startswith("degradation") for a in r.alarms)],
             "retrain_requested_hours": [r.hour for r in self.records if r.retrain_requested],
@@ -526,7 +534,7 @@ class Demo:
                          for version, v in replayed.items()},
             # The loop's payoff in truth, not in estimates: what the new champion earned on the
             # hours it served, against what the old one would have earned on the same requests.
-            "recovery": self.recovery(replayed, first_champion, final, served_from),
+            "recovery": self.recovery(replayed, first_champion, new, served_from),
             "ctr_interval_coverage": sum(covered) / len(covered) if covered else None,
             "hours": [asdict(r) for r in self.records],
             "dashboard": str(self.settings.monitoring_dir / "dashboard.html"),
