@@ -199,6 +199,25 @@ def test_a_new_items_text_scores_as_the_same_item_in_the_catalogue(
     ]
 
 
+def test_a_refit_forgets_the_vectors_it_made_of_texts(
+    data: InteractionData, cache_dir: str
+) -> None:
+    from training.data import item_text
+
+    # Vectors of new items' texts and of profile texts are kept between calls; a refit
+    # changes the towers that made them, so the kept ones must go with it.
+    model = small(cache_dir).fit(data)
+    rows = data.items.set_index("item_id", drop=False)
+    cold, genres = item_text(rows.loc[COLD_ITEM]), list(rows.loc[COLD_ITEM, "categories"])
+    users = [*KNOWN, NEW[2]]
+    before = model.score_texts(users, [cold], [genres])[:, 0]
+    model.config.seed = 7
+    model.fit(data)
+    after = model.score_texts(users, [cold], [genres])[:, 0]
+    assert not np.allclose(after, before, atol=1e-3)
+    np.testing.assert_allclose(after, model.score(users, [COLD_ITEM])[:, 0], atol=1e-3)
+
+
 def test_a_new_user_with_attributes_only_gets_scores(fitted: TwoTower) -> None:
     writer = UserQuery(attributes={"age": 30, "gender": "F", "occupation": "writer"})
     student = UserQuery(attributes={"age": 19, "gender": "M", "occupation": "student"})

@@ -240,6 +240,12 @@ class TwoTower(Recommender):
         # reads new items' text as it was trained to; None for a frozen encoder.
         self.lora_weights: dict[str, np.ndarray] | None = None
         self._tuned_encoder: tuple[Any, Any] | None = None  # (tokenizer, merged encoder), lazily
+        self._forget_texts()
+
+    def _forget_texts(self) -> None:
+        """Empty the caches of what the towers and encoder made of texts: a refit changes
+        the towers, int8 the encoder, and a kept vector would outlive the weights it came
+        from."""
         self.recent_profiles: OrderedDict[str, np.ndarray] = OrderedDict()  # see _profiles
         # (text, categories) -> item vector: see score_texts and _text_item_vectors
         self.recent_item_texts: OrderedDict[tuple[str, tuple[str, ...]], np.ndarray] = OrderedDict()
@@ -256,6 +262,7 @@ class TwoTower(Recommender):
         self.device = _device(c.device)
         self.item_text_tuned = None
         self.lora_weights, self._tuned_encoder = None, None  # a refit's own, if it tunes text
+        self._forget_texts()
         torch.manual_seed(c.seed)
         rng = np.random.default_rng(c.seed)
 
@@ -611,6 +618,7 @@ class TwoTower(Recommender):
         self.device = torch.device("cpu")
         self.towers.cpu()
         self._tuned_encoder = None  # rebuilt in int8 when next needed
+        self._forget_texts()
         return True
 
     def item_embeddings(self) -> np.ndarray:
