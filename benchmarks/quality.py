@@ -6,7 +6,9 @@ attributes only, and P3b, three revealed interactions). `popularity` and `ease_p
 lambda 300, no dropout, untuned) are computed in the same run as references; ratios are to
 ease_plain.
 With `--training-run`, it also times `recloop train` (the whole candidate set through the real
-pipeline and MLflow) on the same data, against one ease_plain fit.
+pipeline and MLflow) on the same data, against one ease_plain fit: the settings' default
+candidates (`training.models`), or the kinds `--models` names (variants and references left
+out: they are benchmark names, not kinds).
 
     .venv/bin/python -m benchmarks.quality --data ../shared/datasets/ml-100k --json
     .venv/bin/python -m benchmarks.quality --data PATH --protocol P2 --models two_tower
@@ -58,7 +60,7 @@ def main() -> None:
         choices=protocols.PROTOCOLS,
         help="protocols to run (repeatable; default all)",
     )
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models")
+    parser.add_argument("--models", help=f"comma-separated models (default: {','.join(MODELS)})")
     parser.add_argument(
         "--training-run",
         action="store_true",
@@ -72,7 +74,9 @@ def main() -> None:
     add_output_options(parser)
     args = parser.parse_args()
     data = from_movielens(args.data)
-    names = [name.strip() for name in args.models.split(",")]
+    chosen = [name.strip() for name in args.models.split(",")] if args.models else None
+    names = list(chosen or MODELS)
+    kinds = [n for n in chosen if n not in VARIANTS] if chosen else Settings().training.models
     for required in ("popularity", REFERENCE):
         if required not in names:
             names.insert(0, required)
@@ -86,7 +90,7 @@ def main() -> None:
         # The reference alone, then the pipeline: for when the quality rows are already current.
         started = time.perf_counter()
         build(REFERENCE, settings).fit(protocols.split(data, "P1", settings.seed).train)
-        row = time_training_run(data, names, time.perf_counter() - started)
+        row = time_training_run(data, kinds, time.perf_counter() - started)
         publish([row], args, lambda r: f"{r.label}: {r.value:.1f} s (ratio {r.ratio:.1f})")
         return
     for protocol in args.protocol or protocols.PROTOCOLS:
@@ -132,7 +136,7 @@ def main() -> None:
             )
         )
     if args.training_run:
-        rows.append(time_training_run(data, names, seconds[REFERENCE]))
+        rows.append(time_training_run(data, kinds, seconds[REFERENCE]))
     publish(
         rows,
         args,
@@ -142,10 +146,9 @@ def main() -> None:
     )
 
 
-def time_training_run(data, names: list[str], ease_seconds: float) -> Row:
+def time_training_run(data, kinds: list[str], ease_seconds: float) -> Row:
     from training.pipeline import run_training
 
-    kinds = [n for n in names if n != REFERENCE]
     settings = Settings(home=Path(tempfile.mkdtemp(prefix="recloop-train-")))
     started = time.perf_counter()
     run_training(settings, kinds=kinds, data=data, show_progress=False)
