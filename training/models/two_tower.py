@@ -428,8 +428,7 @@ class TwoTower(Recommender):
             return text[items]
         unique, inverse = torch.unique(items, return_inverse=True)
         encoded = self._run_encoder(unique.cpu().numpy())
-        categories = self.item_categories[unique.cpu()].to(encoded.device)
-        return torch.cat([encoded, categories], dim=1)[inverse]
+        return _item_features(encoded, self.item_categories[unique.cpu()])[inverse]
 
     # -- vocabularies, text and profiles ---------------------------------------------------
 
@@ -467,7 +466,7 @@ class TwoTower(Recommender):
 
     def _set_item_features(self) -> None:
         """The table the towers read items from: text embedding, then category multi-hot."""
-        self.item_features = torch.cat([self.text, self.item_categories], dim=1)
+        self.item_features = _item_features(self.text, self.item_categories)
 
     @staticmethod
     def _item_texts(data: InteractionData) -> list[str]:
@@ -598,7 +597,7 @@ class TwoTower(Recommender):
         """(items, dim + 1) item vectors with the bias as last column: score = u . v."""
         self.towers.eval()
         text = self.item_text_tuned if self.item_text_tuned is not None else self.text
-        text = torch.cat([text, self.item_categories], dim=1).to(self.device)
+        text = _item_features(text, self.item_categories).to(self.device)
         ids = torch.from_numpy(self.item_id_index).to(self.device)
         vectors, bias = self.towers.items(ids, text)  # (items, d), (items,)
         vectors = torch.cat([vectors, bias[:, None]], dim=1) / self.config.temperature
@@ -680,8 +679,8 @@ class TwoTower(Recommender):
             encoded = (self._encode(plain) if self.lora_weights is None
                        else self._encode_with_adapters(plain))  # fmt: skip
             categories = _multi_hot([names for _, names in missing], self.category_names)
-            features = np.concatenate([encoded, categories], axis=1)
-            text = torch.from_numpy(features).to(self.device)
+            text = _item_features(torch.from_numpy(encoded), torch.from_numpy(categories))
+            text = text.to(self.device)
             ids = torch.zeros(len(missing), dtype=torch.int64, device=self.device)
             vectors, bias = self.towers.items(ids, text)
             fresh = torch.cat([vectors, bias[:, None]], dim=1) / self.config.temperature
@@ -821,6 +820,12 @@ def _described(
             f"categories: {len(categories)} lists for {len(texts)} texts (one per text)"
         )
     return [(text, tuple(names)) for text, names in zip(texts, categories, strict=True)]
+
+
+def _item_features(text: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
+    """(items, text + categories): what the item tower reads of an item, its text embedding
+    and then its category multi-hot (the one place the two are joined)."""
+    return torch.cat([text, categories.to(text.device, text.dtype)], dim=1)
 
 
 def _multi_hot(categories: Sequence[Sequence[str]], names: list[str]) -> np.ndarray:
