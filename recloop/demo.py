@@ -92,6 +92,24 @@ class DemoConfig:
     movielens: str | None = None
 
 
+def new_champion(first: str, final: str | None, served: list[dict[str, int] | None]) -> str | None:
+    """The version that replaced the first champion in front of users: the alias's last
+    version (``final``) when the service served it in some hour, else the replacing version
+    that served the most requests in the last hour that served one; None if none served.
+
+    A version promoted during the demo's last hour (that hour's runs go on while its users
+    come, and extra_hours may be spent) has no hour left to be served in: the loop closed
+    with the one before it, which is what the replay and the recovery judge."""
+    if final is not None and final != first and any(final in (s or {}) for s in served):
+        return final
+    new = None
+    for hour in served:
+        replacing = {v: n for v, n in (hour or {}).items() if v != first}
+        if replacing:
+            new = max(replacing, key=replacing.__getitem__)
+    return new
+
+
 @dataclass
 class HourRecord:
     hour: int
@@ -502,14 +520,7 @@ class Demo:
         training_runs = self.airflow.runs("recloop_training")
         asset_runs = [r for r in training_runs if r["run_type"] == "asset_triggered"]
         final = self._champion()
-        # The new champion is the newest version, other than the first, that the service
-        # served: the alias's last version when it served, else the one before it. A version
-        # promoted in the demo's last hour (its runs go on while that hour's users come, and
-        # extra_hours may be spent) had no hour left to be served in: the loop closed with
-        # the one before it, which is what the replay and the recovery are about.
-        served = {int(v) for r in self.records for v in (r.served_versions or {})}
-        served.discard(int(first_champion))
-        new = str(max(served)) if served else None
+        new = new_champion(first_champion, final, [r.served_versions for r in self.records])
         served_from = next((r.hour for r in self.records if new in (r.served_versions or {})),
                            None)  # fmt: skip
         covered = [r.ctr_low <= r.true_ctr <= r.ctr_high for r in self.records
@@ -520,7 +531,7 @@ class Demo:
             "shift_hour": self.config.shift_hour,
             "first_champion": first_champion,
             "final_champion": final,  # the alias at the end
-            "new_champion": new,  # the newest replacing version that was served (above)
+            "new_champion": new,  # the replacing version users met (new_champion)
             "drift_detected_hours": [r.hour for r in self.records if r.alarms and
                                      any(a.startswith("degradation") for a in r.alarms)],
             "retrain_requested_hours": [r.hour for r in self.records if r.retrain_requested],

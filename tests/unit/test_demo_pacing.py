@@ -64,3 +64,17 @@ def test_users_keep_coming_until_the_loop_has_settled(
     records = [_hour(n, served, requested) for n, (served, requested) in enumerate(hours)]
     demo = _demo(tmp_path, champion, training, records)
     assert demo._unsettled("1", records) is unsettled
+
+
+def test_the_new_champion_is_the_replacing_version_users_met() -> None:
+    from recloop.demo import new_champion
+
+    hours = [{"1": 100}, {"1": 60, "4": 40}, {"4": 100}, {"4": 70, "6": 30}]
+    # The alias's last version, served: it is the new champion.
+    assert new_champion("1", "6", hours) == "6"
+    # Promoted after the last hour's users came: the version they met instead.
+    assert new_champion("1", "9", hours) == "4"
+    assert new_champion("1", "9", [*hours, {"6": 100}]) == "6"
+    # Nothing replaced the first champion in front of users.
+    assert new_champion("1", "4", [{"1": 100}, None]) is None
+    assert new_champion("1", "1", [{"1": 100}]) is None
