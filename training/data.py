@@ -201,6 +201,16 @@ def item_categories(value: Any) -> tuple[str, ...]:
     return tuple(str(name) for name in value)
 
 
+def multi_hot(categories: Sequence[Sequence[str]], names: list[str]) -> np.ndarray:
+    """(items, names) float32, 1 where the item has the category; names outside ``names``
+    are left out (a category the model never met)."""
+    column = {name: c for c, name in enumerate(names)}
+    out = np.zeros((len(categories), len(names)), dtype=np.float32)
+    for row, values in enumerate(categories):
+        out[row, [column[v] for v in values if v in column]] = 1.0
+    return out
+
+
 def item_text(row: Any) -> str:
     """The text an item's encoder reads: the item's own text when the source wrote one
     (MovieLens: title with year and genres), else its title and categories."""

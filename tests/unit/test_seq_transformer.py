@@ -130,6 +130,27 @@ def test_save_and_load_score_identically(data, text_cache: str, tmp_path: Path) 
     assert loaded.devices.to_list() == ["web"]
 
 
+def test_items_start_from_their_text_and_categories(data, text_cache: str, tmp_path) -> None:
+    config = {**FAST, "epochs": 2, "use_text": True, "text_cache_dir": text_cache}
+    model = create("seq_transformer", **config).fit(data)
+    plain = create("seq_transformer", **config, categories=False).fit(data)
+    assert model.category_names == ["Action", "Drama"] and plain.category_names == []
+    text = model.network.text[1:21].cpu().numpy()  # rows 1..items: the catalogue's
+    assert text.shape[1] == plain.network.text.shape[1] + 2
+    np.testing.assert_array_equal(text[:, -2:], [[0, 1] if i % 2 else [1, 0] for i in range(20)])
+    # A version saved before the categories were read (no category_names) loads and scores
+    # as it did; a warm start from it keeps its width.
+    users = [UserQuery(user_id="u1"), UserQuery(history=("i3", "i4"))]
+    path = plain.save(tmp_path / "older")
+    with np.load(path / "arrays.npz") as arrays:
+        older = {k: arrays[k] for k in arrays.files if k != "category_names"}
+    np.savez(path / "arrays.npz", **older)
+    loaded = load_model(path)
+    np.testing.assert_array_equal(loaded.score(users), plain.score(users))
+    warm = create("seq_transformer", **config).fit(data, warm_start=loaded)
+    assert warm.category_names == [] and warm.network.text.shape == plain.network.text.shape
+
+
 def test_rerank_orders_candidates_by_score(model) -> None:
     users = [UserQuery(user_id="u0"), UserQuery(history=("i7",))]
     candidates = [["i1", "i2", "i3", "not-an-item"], ["i9", "i8", "i0"]]

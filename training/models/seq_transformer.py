@@ -21,8 +21,11 @@ Three choices that make BCE train well in a few epochs:
 Additions for this platform:
 
 - items start from their text: an item's vector is a learned projection of its frozen
-  MiniLM embedding (``training.text``) plus a learned per-item residual that starts at zero,
-  so items with few or no interactions sit near similar items;
+  MiniLM embedding (``training.text``) and a multi-hot of its categories, plus a learned
+  per-item residual that starts at zero, so items with few or no interactions sit near
+  similar items. (The categories, as in the two-tower: the sentence embedding of "Genres:
+  Action, Comedy" blurs them; read apart, P2 NDCG@10 0.273 -> 0.315, P4 0.1225 -> 0.1251
+  on MovieLens-100K.);
 - a learned begin-of-sequence token opens every history, so an empty history (a new user)
   and a short one (a few fresh interactions) are states the model was trained on;
 - request context (hour, weekday and device of the interaction being predicted) adds learned
@@ -45,7 +48,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.data import InteractionData, UserQuery, Vocabulary, item_text, shared_rows
+from training.data import (
+    InteractionData,
+    UserQuery,
+    Vocabulary,
+    item_categories,
+    item_text,
+    multi_hot,
+    shared_rows,
+)
 from training.models.base import Recommender, ResolvedUser
 
 HOURS, WEEKDAYS = 24, 7
@@ -69,6 +80,7 @@ class SeqTransformerConfig:
     seed: int = 42  # same seed, same data: the same scores (on CPU)
     device: str = "auto"  # "auto": cuda when available, else cpu; or "cpu", "cuda", "cuda:1"
     use_text: bool = True  # items start from their MiniLM text; False: from their ids alone
+    categories: bool = True  # with use_text, items' category multi-hot beside their text
     text_model: str | None = None  # a local sentence-encoder folder; None: MiniLM's package
     text_cache_dir: str | None = None  # where encoded item texts are kept; None: no cache
     show_progress: bool = True  # tqdm bars (text encoding, epochs)
@@ -242,6 +254,7 @@ class SeqTransformer(Recommender):
         self.network: SasRec | None = None
         self.devices = Vocabulary([])  # device names seen in training; 0 is unknown
         self.history: list[dict[str, float]] = []  # training loss per epoch
+        self.category_names: list[str] = []  # the multi-hot's columns (see _text_vectors)
 
     @classmethod
     def default_config(cls) -> SeqTransformerConfig:
@@ -255,7 +268,7 @@ class SeqTransformer(Recommender):
         if warm_start is not None:
             _check_warm_start(warm_start)
             # The champion's weights only fit the champion's shapes.
-            for name in ("max_len", "dim", "heads", "layers", "use_text"):
+            for name in ("max_len", "dim", "heads", "layers", "use_text", "categories"):
                 setattr(self.config, name, getattr(warm_start.config, name))
         config, device = self.config, self._device()
         config.check()
@@ -263,7 +276,7 @@ class SeqTransformer(Recommender):
             raise ValueError("interactions: seq_transformer needs at least one to train on")
         devices = set(data.interactions["device"].dropna().astype(str)) - {"unknown"}
         self.devices = Vocabulary(sorted(devices))
-        text = self._text_vectors(data)  # (items, text_dim); text_dim 0 without text
+        text = self._text_vectors(data, warm_start)  # (items, text_dim); 0 without text
         items = len(self.item_ids)
 
         with torch.random.fork_rng(devices=[_cuda_index(device)] if device.type == "cuda" else []):
@@ -330,18 +343,28 @@ class SeqTransformer(Recommender):
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.config.device)
 
-    def _text_vectors(self, data: InteractionData) -> np.ndarray:
-        """(items, text_dim) MiniLM vectors of the catalogue's item texts (text_dim 0 when
-        the config turns text off)."""
+    def _text_vectors(self, data: InteractionData, warm_start: SeqTransformer | None) -> np.ndarray:
+        """(items, text_dim) MiniLM vectors of the catalogue's item texts, then their
+        category multi-hot (text_dim 0 when the config turns text off). A warm start keeps
+        its model's categories: its projection has one input per category."""
         if not self.config.use_text:
+            self.category_names = []
             return np.zeros((len(self.item_ids), 0), dtype=np.float32)
         from training.text import encode
 
         texts = [item_text(row) for _, row in data.items.iterrows()]
-        return encode(
+        text = encode(
             texts, self.config.text_model, cache_dir=self.config.text_cache_dir,
             show_progress=self.config.show_progress,
         )  # fmt: skip
+        categories = [item_categories(value) for value in data.items["categories"]]
+        if warm_start is not None:
+            self.category_names = list(warm_start.category_names)
+        elif self.config.categories:
+            self.category_names = sorted({name for names in categories for name in names})
+        else:
+            self.category_names = []
+        return np.concatenate([text, multi_hot(categories, self.category_names)], axis=1)
 
     def _windows(self, data: InteractionData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Training windows: inputs and targets (W, L) item indices, target contexts (W, L, 3).
@@ -478,12 +501,15 @@ class SeqTransformer(Recommender):
             for name, tensor in self.network.state_dict().items()
         }
         state["devices"] = np.array(self.devices.to_list(), dtype=np.str_)
+        state["category_names"] = np.array(self.category_names, dtype=np.str_)
         state["loss"] = np.array([row["loss"] for row in self.history], dtype=np.float64)
         return state
 
     def _load_state(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
         del path
         self.devices = Vocabulary(arrays["devices"].tolist())
+        # Versions saved before the categories were read have none (their text is text alone).
+        self.category_names = arrays.get("category_names", np.array([], dtype=np.str_)).tolist()
         self.history = [
             {"epoch": epoch, "loss": float(loss)} for epoch, loss in enumerate(arrays["loss"])
         ]

@@ -58,6 +58,7 @@ from training.data import (
     attribute_tokens,
     item_categories,
     item_text,
+    multi_hot,
     shared_rows,
 )
 from training.models.base import Recommender, ResolvedUser
@@ -454,7 +455,7 @@ class TwoTower(Recommender):
             self.category_names = sorted({name for names in categories for name in names})
         else:
             self.category_names = []
-        self.item_categories = torch.from_numpy(_multi_hot(categories, self.category_names))
+        self.item_categories = torch.from_numpy(multi_hot(categories, self.category_names))
 
     def _tokens(self, attributes: list[dict[str, Any]]) -> np.ndarray:
         """(users, attributes) token indices, 0 where an attribute is missing or unknown."""
@@ -678,7 +679,7 @@ class TwoTower(Recommender):
             plain = [text for text, _ in missing]
             encoded = (self._encode(plain) if self.lora_weights is None
                        else self._encode_with_adapters(plain))  # fmt: skip
-            categories = _multi_hot([names for _, names in missing], self.category_names)
+            categories = multi_hot([names for _, names in missing], self.category_names)
             text = _item_features(torch.from_numpy(encoded), torch.from_numpy(categories))
             text = text.to(self.device)
             ids = torch.zeros(len(missing), dtype=torch.int64, device=self.device)
@@ -826,15 +827,6 @@ def _item_features(text: torch.Tensor, categories: torch.Tensor) -> torch.Tensor
     """(items, text + categories): what the item tower reads of an item, its text embedding
     and then its category multi-hot (the one place the two are joined)."""
     return torch.cat([text, categories.to(text.device, text.dtype)], dim=1)
-
-
-def _multi_hot(categories: Sequence[Sequence[str]], names: list[str]) -> np.ndarray:
-    """(items, names) float32, 1 where the item has the category; unknown names are left out."""
-    column = {name: c for c, name in enumerate(names)}
-    out = np.zeros((len(categories), len(names)), dtype=np.float32)
-    for row, values in enumerate(categories):
-        out[row, [column[v] for v in values if v in column]] = 1.0
-    return out
 
 
 def _embed_in_batches(tokenizer, encoder, texts: list[str], device, size: int = 64) -> np.ndarray:
