@@ -10,10 +10,13 @@ carries no DuckDB warehouse code.)
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from recloop.settings import Settings
+
+READ_ATTEMPTS = 4  # reads of a local export that the feature pipeline replaced mid-read
 
 
 class ExportMissing(LookupError):
@@ -44,7 +47,30 @@ def read_export(settings: Settings, name: str, query: str) -> Any:
             raise ExportMissing(f"{where} does not exist") from None
     import duckdb
 
-    if not Path(where).exists():
+    path = Path(where)
+    if not path.exists():
         raise ExportMissing(f"{where} does not exist")
-    with duckdb.connect() as con:
-        return con.execute(query.format(relation=f"read_parquet('{where}')")).df()
+    # dbt rewrites the file while other processes read it (the next hour's features run
+    # beside a training run): DuckDB writes a new file and renames it over the old one, and a
+    # read that spans the rename can find the new file's bytes where the old footer pointed
+    # ("TProtocolException: Invalid data", seen in the demo). A read that fails while the
+    # file changed under it is repeated; one that fails on an unchanged file is an error.
+    for attempt in range(READ_ATTEMPTS):
+        before = _identity(path)
+        try:
+            with duckdb.connect() as con:
+                return con.execute(query.format(relation=f"read_parquet('{where}')")).df()
+        except duckdb.Error:
+            if attempt + 1 == READ_ATTEMPTS or _identity(path) == before:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """Which file ``path`` is now (inode, size, mtime); None while it is being replaced."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
