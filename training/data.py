@@ -211,6 +211,22 @@ def multi_hot(categories: Sequence[Sequence[str]], names: list[str]) -> np.ndarr
     return out
 
 
+def category_columns(
+    items: pd.DataFrame, kept: Sequence[str] | None, enabled: bool
+) -> tuple[list[str], np.ndarray]:
+    """The category names a model reads and the items' multi-hot over them: ``kept`` (a warm
+    start's, whose weights have one input per category), else every category the items
+    have when ``enabled``, else none."""
+    categories = [item_categories(value) for value in items["categories"]]
+    if kept is not None:
+        names = list(kept)
+    elif enabled:
+        names = sorted({name for values in categories for name in values})
+    else:
+        names = []
+    return names, multi_hot(categories, names)
+
+
 def item_text(row: Any) -> str:
     """The text an item's encoder reads: the item's own text when the source wrote one
     (MovieLens: title with year and genres), else its title and categories."""

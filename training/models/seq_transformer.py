@@ -52,9 +52,8 @@ from training.data import (
     InteractionData,
     UserQuery,
     Vocabulary,
-    item_categories,
+    category_columns,
     item_text,
-    multi_hot,
     shared_rows,
 )
 from training.models.base import Recommender, ResolvedUser
@@ -357,14 +356,9 @@ class SeqTransformer(Recommender):
             texts, self.config.text_model, cache_dir=self.config.text_cache_dir,
             show_progress=self.config.show_progress,
         )  # fmt: skip
-        categories = [item_categories(value) for value in data.items["categories"]]
-        if warm_start is not None:
-            self.category_names = list(warm_start.category_names)
-        elif self.config.categories:
-            self.category_names = sorted({name for names in categories for name in names})
-        else:
-            self.category_names = []
-        return np.concatenate([text, multi_hot(categories, self.category_names)], axis=1)
+        kept = warm_start.category_names if warm_start is not None else None
+        self.category_names, columns = category_columns(data.items, kept, self.config.categories)
+        return np.concatenate([text, columns], axis=1)
 
     def _windows(self, data: InteractionData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Training windows: inputs and targets (W, L) item indices, target contexts (W, L, 3).

@@ -56,7 +56,7 @@ from training.data import (
     UserQuery,
     Vocabulary,
     attribute_tokens,
-    item_categories,
+    category_columns,
     item_text,
     multi_hot,
     shared_rows,
@@ -447,15 +447,11 @@ class TwoTower(Recommender):
         )  # (users, attributes)
         # The categories the item tower reads; a warm start keeps its model's, whose weights
         # have one input per category (a category it never met is left out).
-        categories = [item_categories(value) for value in data.items["categories"]]
         if warm_start is not None:
             assert isinstance(warm_start, TwoTower)
-            self.category_names = list(warm_start.category_names)
-        elif self.config.categories:
-            self.category_names = sorted({name for names in categories for name in names})
-        else:
-            self.category_names = []
-        self.item_categories = torch.from_numpy(multi_hot(categories, self.category_names))
+        kept = warm_start.category_names if warm_start is not None else None
+        self.category_names, columns = category_columns(data.items, kept, self.config.categories)
+        self.item_categories = torch.from_numpy(columns)
 
     def _tokens(self, attributes: list[dict[str, Any]]) -> np.ndarray:
         """(users, attributes) token indices, 0 where an attribute is missing or unknown."""
