@@ -389,7 +389,11 @@ class MonitoringSettings(_Section):
         "smaller detects later but raises fewer false alarms.",
     )
     min_requests: int = Field(
-        100, ge=1, description="An hour with fewer requests raises no feature-drift alarm."
+        100,
+        ge=1,
+        description="An hour with fewer requests raises no feature-drift alarm, nor a field "
+        "with fewer distinct requesters (each user counts once: their requests are not "
+        "independent draws).",
     )
     psi_threshold: float = Field(
         0.25,
