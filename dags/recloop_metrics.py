@@ -1,6 +1,8 @@
 """Hourly online metrics: estimate -> publish, and decide -> (maybe) request retraining.
 
-Each run reads what the service logged in its hour (and the week before it) and writes the
+Each run waits until its hour's clicks can all have arrived (`settle`: the attribution window
+and the event log's seal after the hour's end; a run triggered for an explicit window goes at
+once), then reads what the service logged in its hour (and the week before it) and writes the
 online metrics with intervals, the off-policy estimates of the challenger, and the alarms
 (monitoring.hourly). `publish` logs the hour to MLflow (experiment `online-metrics`) and
 redraws the dashboard under the home's `monitoring/`. `decide` feeds a candidate whose
@@ -52,6 +54,14 @@ def recloop_metrics():
         start = data_interval_start or end
         return hour(params.get("start"), params.get("end"), start.isoformat(), end.isoformat())
 
+    # The scheduled hour is estimated once its clicks can all have arrived (its attribution
+    # window and the event log's seal after its end); rescheduling frees the worker slot.
+    @task.sensor(poke_interval=60, timeout=2 * 3600, mode="reschedule")
+    def settle(window: dict, params=None) -> bool:
+        from monitoring import tasks
+
+        return tasks.settled(window, explicit=bool(params.get("start") or params.get("end")))
+
     @task
     def estimate(window: dict) -> dict:
         from monitoring import tasks
@@ -76,6 +86,7 @@ def recloop_metrics():
 
     window = plan()
     estimated = estimate(window)
+    settle(window) >> estimated
     published = publish(window)
     wanted = decide(window)
     # The decision does not wait on MLflow: a tracking server down must not stop the loop.
