@@ -310,10 +310,7 @@ def _assemble(
 
     event_rows = [
         {
-            "event_id": uuid.uuid5(
-                MOVIELENS_NAMESPACE,
-                f"{collector.source}/{r.user_id}/{r.item_id}/{r.ts.timestamp():.0f}",
-            ),
+            "event_id": _event_id(collector.source, r),
             "ts": r.ts,
             "user_id": r.user_id,
             "item_id": r.item_id,
@@ -323,10 +320,12 @@ def _assemble(
         for r in kept
     ]
     checked = validate_rows(Event, event_rows)
+    rejected = {rejection.index for rejection in checked.rejected}
     for rejection in checked.rejected:
         rating = kept[rejection.index]
         collector.reject(ratings_file, rating.line, rejection.field, rejection.reason, rating.raw)
-    dataset.events = checked.valid
+    kept = [rating for index, rating in enumerate(kept) if index not in rejected]
+    dataset.events = _without_conflicts(collector, ratings_file, kept, checked.valid)
 
     start = min((event.ts for event in dataset.events), default=datetime(1995, 1, 1, tzinfo=UTC))
     first_user: dict[str, datetime] = {}
@@ -346,7 +345,69 @@ def _assemble(
     for item_id, item in items.items():
         item["text"] = _item_text(item["title"], item["categories"], (tags or {}).get(item_id, []))
     dataset.items = _validated(collector, Item, items, first_item, start)
+    _drop_orphans(collector, ratings_file, kept, users, items)
     return dataset
+
+
+def _event_id(source: str, rating: _Rating) -> uuid.UUID:
+    """Deterministic: loading the same file again gives the same ids (ingest is idempotent)."""
+    key = f"{source}/{rating.user_id}/{rating.item_id}/{rating.ts.timestamp():.0f}"
+    return uuid.uuid5(MOVIELENS_NAMESPACE, key)
+
+
+def _without_conflicts(
+    collector: _Collector, name: str, ratings: list[_Rating], events: list[Event]
+) -> list[Event]:
+    """The valid ``events`` (one per rating, in order) less those that contradict an earlier
+    line: the same user, item and second (so the same event id) with another value. The event
+    log would keep the first and count the other as a duplicate, losing it without a word; it
+    goes to quarantine instead, naming the line kept. An exact repeat is a true duplicate and
+    passes (the log drops it)."""
+    first: dict[uuid.UUID, _Rating] = {}
+    kept = []
+    for rating, event in zip(ratings, events, strict=True):
+        earlier = first.setdefault(event.event_id, rating)
+        if earlier is not rating and earlier.value != rating.value:
+            collector.reject(name, rating.line, "rating",
+                             f"conflicts with line {earlier.line} (same user, item and second, "
+                             f"rating {earlier.value:g}, kept)", rating.raw)  # fmt: skip
+        else:
+            kept.append(event)
+    return kept
+
+
+def _drop_orphans(
+    collector: _Collector,
+    name: str,
+    ratings: list[_Rating],
+    users: dict[str, dict[str, Any]],
+    items: dict[str, dict[str, Any]],
+) -> None:
+    """Quarantine the events of users and items that their own contract rejected (a user row
+    with an impossible age): loaded, they would be events of a user the warehouse never
+    holds. Each is quarantined with the rejected row's file and line."""
+    dataset = collector.dataset
+    valid_users = {user.user_id for user in dataset.users}
+    valid_items = {item.item_id for item in dataset.items}
+    if len(valid_users) == len(users) and len(valid_items) == len(items):
+        return
+    line_of = {(r.user_id, r.item_id, r.ts): r for r in ratings}
+    kept = []
+    for event in dataset.events:
+        if event.user_id in valid_users and event.item_id in valid_items:
+            kept.append(event)
+            continue
+        rating = line_of[(event.user_id, event.item_id, event.ts)]
+        field_name, key, rows = (
+            ("user_id", event.user_id, users)
+            if event.user_id not in valid_users
+            else ("item_id", event.item_id, items)
+        )
+        row = rows[key]
+        collector.reject(name, rating.line, field_name,
+                         f"{field_name.removesuffix('_id')} {key!r} was rejected "
+                         f"({row.get('file', '?')} line {row['line']})", rating.raw)  # fmt: skip
+    dataset.events = kept
 
 
 def _validated(collector, contract, rows: dict[str, dict[str, Any]], first_seen, start) -> list:

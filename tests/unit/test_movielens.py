@@ -93,6 +93,36 @@ def test_ml100k_bad_users_and_items(tmp_path: Path) -> None:
     assert any("duplicate of line 1" in row.reason for row in dataset.quarantined)
 
 
+def test_the_events_of_a_rejected_user_or_item_are_quarantined_with_it(tmp_path: Path) -> None:
+    """A user row its contract rejects takes its ratings with it, each quarantined naming the
+    rejected row: loaded, they would be events of a user the warehouse never holds. (An item
+    row that fails to parse was never an item: its ratings name an unknown item.)"""
+    files = ml100k_files(GOOD_100K + "3\t1\t4\t881250960\n1\t5\t2\t881250961\n")
+    files["u.user"] += "3|200|F|writer|00000\n"
+    files["u.item"] += f"5|Bad Flags|01-Jan-1995||http://x|{flags(1).replace('0', '2', 1)}\n"
+    dataset = load_movielens(write(tmp_path / "ml", files))
+    assert {(e.user_id, e.item_id) for e in dataset.events} == {("1", "1"), ("2", "2"), ("1", "2")}
+    orphans = {(row.line, row.field, row.reason) for row in dataset.quarantined
+               if row.file == "u.data"}  # fmt: skip
+    assert orphans == {
+        (4, "user_id", "user '3' was rejected (u.user line 3)"),
+        (5, "item_id", "unknown item '5'"),  # its row failed to parse: never an item
+    }
+    assert dataset.files["u.data"].rejected == 2
+
+
+def test_a_rating_that_contradicts_an_earlier_line_is_quarantined(tmp_path: Path) -> None:
+    """Same user, item and second (so the same event id) with another rating: the log would
+    keep one and drop the other as a duplicate; the later goes to quarantine instead. An exact
+    repeat is a duplicate and is not."""
+    ratings = GOOD_100K + "1\t1\t1\t881250949\n1\t1\t5\t881250949\n"
+    dataset = load_movielens(write(tmp_path / "ml", ml100k_files(ratings)))
+    (row,) = dataset.quarantined
+    assert (row.file, row.line, row.field) == ("u.data", 4, "rating")
+    assert row.reason == "conflicts with line 1 (same user, item and second, rating 5, kept)"
+    assert [e.value for e in dataset.events if (e.user_id, e.item_id) == ("1", "1")] == [5, 5]
+
+
 def test_ml1m_fixture(tmp_path: Path) -> None:
     folder = write(
         tmp_path / "ml1m",
