@@ -19,24 +19,33 @@ Why it is built this way:
   segment found by the next writer belongs to a dead one. Recovery cuts such a segment back to
   its last complete line (only an unacknowledged append can be torn: acknowledged ones were
   fsynced whole), moves any undecodable line to ``<root>/_corrupt/`` and seals what remains.
+- Failed appends leave nothing: a flush that fails (a short write on a full disk, an fsync
+  error) cuts every segment it touched back to its size before the batch, so no torn line is
+  ever followed by the next append's lines and no unacknowledged line is left to be written a
+  second time by the client's retry. A segment that cannot be cut back is abandoned to the
+  next writer's recovery, and this writer refuses appends until the log is reopened.
 - Idempotency: the writer keeps the set of logged ``event_id``s (loaded at open with DuckDB),
-  so a retried batch adds nothing. One writer process at a time keeps that set authoritative;
-  a second one gets ``EventLogBusy`` after ``lock_timeout`` seconds.
+  so a retried batch adds nothing. An ``event_id`` enters that set only once durable; until
+  then it belongs to the flush that is writing it, and an append of the same id waits for that
+  flush and fails if it fails. One writer process at a time keeps that set authoritative; a
+  second one gets ``EventLogBusy`` after ``lock_timeout`` seconds.
 - ``logged_at`` (arrival time, not part of the contract) is stored with each event so that
   incremental dbt models can pick up late events.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +61,8 @@ from recloop.eventlog.base import (
     InvalidEvents,
     ts_filter,
 )
+
+log = logging.getLogger(__name__)
 
 SEALED_SUFFIX = ".jsonl"
 OPEN_SUFFIX = ".jsonl.open"
@@ -145,12 +156,12 @@ class _Segment:
     size: int = 0
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity, so a set can hold the tickets an append awaits
 class _Ticket:
     """One append waiting for its lines to become durable."""
 
-    lines: dict[str, list[bytes]]
-    ids: list[int]
+    lines: dict[str, list[bytes]] = field(default_factory=dict)
+    ids: list[int] = field(default_factory=list)
     done: bool = False
     error: BaseException | None = None
 
@@ -186,12 +197,15 @@ class LocalEventLog:
         self._writer_id = uuid.uuid4().hex[:12]
         self._segment_counter = 0
         self._segments: dict[str, _Segment] = {}
-        self._mutex = threading.Lock()  # guards _seen, _pending, _flushing
+        self._mutex = threading.Lock()  # guards _seen, _in_flight, _pending, _flushing
         self._flushed = threading.Condition(self._mutex)
         self._io = threading.Lock()  # guards the files: held while writing, syncing, sealing
         self._pending: list[_Ticket] = []
+        # event_id -> the ticket whose flush is writing it; in _seen only once that succeeds.
+        self._in_flight: dict[int, _Ticket] = {}
         self._flushing = False
         self._closed = False
+        self._broken: str | None = None  # why appends are refused (set under _io; see _abandon)
         self.stats = _Stats()
         self._lock_fd = self._acquire_writer_lock(lock_timeout)
         try:
@@ -316,33 +330,58 @@ class LocalEventLog:
         with self._mutex:
             if self._closed:
                 raise EventLogError(f"event log {self.root} is closed")
-            lines: dict[str, list[bytes]] = {}
-            ids: list[int] = []
+            if self._broken is not None:
+                raise EventLogError(self._broken)
+            ticket = _Ticket()
+            others: set[_Ticket] = set()  # concurrent appends writing some of our events
             duplicates = 0
             for event in checked.valid:
                 key = event.event_id.int
                 if key in self._seen:
                     duplicates += 1
                     continue
-                self._seen.add(key)
-                ids.append(key)
+                owner = self._in_flight.get(key)
+                if owner is not None:
+                    # Being written by this batch or a concurrent one (a client retrying a
+                    # call that timed out): not written twice, and acknowledged only once that
+                    # write is durable. If it fails, this call fails too rather than writing
+                    # the event itself: the error is most likely the same disk's, and the
+                    # client retries a failed call anyway, so one write path stays enough.
+                    duplicates += 1
+                    if owner is not ticket:
+                        others.add(owner)
+                    continue
+                self._in_flight[key] = ticket
+                ticket.ids.append(key)
                 # pydantic's Rust serialiser is the fast path; logged_at is spliced in before
                 # the closing brace instead of building a second dict per event.
                 line = event.model_dump_json().encode()[:-1] + suffix
-                lines.setdefault(partition_of(event.ts), []).append(line)
-            self.stats.duplicates += duplicates
-            if not ids:
-                return AppendResult(appended=0, duplicates=duplicates)
-            ticket = _Ticket(lines, ids)
-            self._pending.append(ticket)
-            while not ticket.done:
-                if self._flushing:
-                    self._flushed.wait()
-                    continue
-                self._flush_pending()
+                ticket.lines.setdefault(partition_of(event.ts), []).append(line)
+            if ticket.ids:
+                self._pending.append(ticket)
+            self._wait_for([ticket, *others] if ticket.ids else list(others))
+            if ticket.error is None and not any(other.error for other in others):
+                self.stats.duplicates += duplicates
+                return AppendResult(appended=len(ticket.ids), duplicates=duplicates)
         if ticket.error is not None:
             raise EventLogError(f"append to {self.root} failed: {ticket.error}") from ticket.error
-        return AppendResult(appended=len(ids), duplicates=duplicates)
+        error = next(other.error for other in others if other.error is not None)
+        raise EventLogError(
+            f"append to {self.root} failed: a concurrent append of the same event_id failed: "
+            f"{error}"
+        ) from error
+
+    def _wait_for(self, tickets: list[_Ticket]) -> None:
+        """Wait until every ticket is flushed, leading a flush whenever none is running.
+
+        Called and returns with _mutex held. A ticket not done is either in the running flush
+        or pending, so when no flush runs, flushing the pending tickets finishes it.
+        """
+        while not all(ticket.done for ticket in tickets):
+            if self._flushing:
+                self._flushed.wait()
+            else:
+                self._flush_pending()
 
     def _flush_pending(self) -> None:
         """Leader: write and sync every pending ticket. Called and returns with _mutex held."""
@@ -356,39 +395,94 @@ class LocalEventLog:
                 for ticket in tickets:
                     for partition, lines in ticket.lines.items():
                         merged.setdefault(partition, []).extend(lines)
-                touched = [self._write(part, b"".join(lines)) for part, lines in merged.items()]
-                if self.fsync:
-                    for segment in touched:
-                        os.fdatasync(segment.fd)
-                for partition in merged:
-                    segment = self._segments[partition]
-                    if segment.size >= self.segment_max_bytes:
-                        self._seal(partition)
-                self._seal_expired()
-        except BaseException as caught:
-            error = caught
+                try:
+                    self._write_durably(merged)
+                except BaseException as caught:
+                    error = caught
+                else:
+                    # Durable, so acknowledged, from here on: a failure to seal must not fail
+                    # these tickets, or their client would retry them into a second copy.
+                    self._seal_due()
         finally:
             self._mutex.acquire()
+            self._finish(tickets, error)
+
+    def _finish(self, tickets: list[_Ticket], error: BaseException | None) -> None:
+        """Settle a flush's tickets and wake their waiters. Called with _mutex held."""
         self._flushing = False
         self.stats.flushes += 1
         for ticket in tickets:
             ticket.done = True
             ticket.error = error
+            for key in ticket.ids:
+                del self._in_flight[key]
             if error is None:
+                self._seen.update(ticket.ids)
                 self.stats.appended += len(ticket.ids)
-            else:
-                # Not acknowledged, so a retry must be able to append these events again.
-                self._seen.difference_update(ticket.ids)
+            # On failure the ids are simply forgotten: nothing of the batch is on disk (see
+            # _write_durably), so a retry must be able to append these events again.
         self._flushed.notify_all()
 
-    def _write(self, partition: str, data: bytes) -> _Segment:
-        segment = self._segments.get(partition) or self._open_segment(partition)
+    def _write_durably(self, merged: dict[str, list[bytes]]) -> None:
+        """Write and sync one flush's lines; on any error leave none of them, and re-raise."""
+        if self._broken is not None:
+            raise EventLogError(self._broken)
+        before: dict[str, int] = {}  # partition -> its segment's size before this flush
+        try:
+            for partition, lines in merged.items():
+                segment = self._segments.get(partition) or self._open_segment(partition)
+                before[partition] = segment.size
+                self._write(segment, b"".join(lines))
+            if self.fsync:
+                for partition in before:
+                    os.fdatasync(self._segments[partition].fd)
+        except BaseException:
+            self._roll_back(before)
+            raise
+
+    def _roll_back(self, before: dict[str, int]) -> None:
+        """Cut each segment a failed flush touched back to its size before the flush.
+
+        Left in place, a short write's half line would be followed by the next append's lines
+        (a sealed segment DuckDB cannot read, and a log that cannot be reopened), and whole
+        lines whose fsync failed would be written again by the client's retry (two copies).
+        O_APPEND writes go to the end of the file, so the next append starts where this cut.
+        """
+        for partition, size in before.items():
+            segment = self._segments[partition]
+            try:
+                os.ftruncate(segment.fd, size)
+                if self.fsync:
+                    os.fsync(segment.fd)  # the cut must outlive a crash like the data it cut
+            except Exception as error:
+                self._abandon(partition, error)
+            else:
+                segment.size = size
+
+    def _abandon(self, partition: str, error: BaseException) -> None:
+        """Stop writing a segment whose failed flush could not be cut off; refuse appends.
+
+        Its tail is unknown, so it is neither written after nor sealed (readers would fail on
+        a torn line): it stays ``.open`` and the next writer's recovery cuts it back to whole
+        lines, as after a crash, keeping every acknowledged event in it. Appends are refused
+        until then rather than sent to a fresh segment, because recovery may also keep whole
+        lines of the failed flush, and a retry logged meanwhile would be their second copy.
+        """
+        segment = self._segments.pop(partition)
+        with contextlib.suppress(OSError):
+            os.close(segment.fd)
+        self._broken = (
+            f"event log {self.root} refuses appends: a failed append could not be cut from "
+            f"{segment.path} ({error}); reopen the log (restart the service) to recover it"
+        )
+        log.error("%s", self._broken)
+
+    def _write(self, segment: _Segment, data: bytes) -> None:
         view = memoryview(data)
         while view:
             written = os.write(segment.fd, view)
             view = view[written:]
         segment.size += len(data)
-        return segment
 
     def _open_segment(self, partition: str) -> _Segment:
         directory = self.root / partition
@@ -410,21 +504,32 @@ class LocalEventLog:
     # -- sealing ------------------------------------------------------------------------------
 
     def _seal(self, partition: str) -> None:
-        segment = self._segments.pop(partition)
+        segment = self._segments[partition]
         if self.fsync:
             os.fsync(segment.fd)
-        os.close(segment.fd)
         sealed = _sealed_name(segment.path)
         os.rename(segment.path, sealed)
+        # Only once renamed does it stop being an open segment: a seal that failed before
+        # leaves it in place, still written to and sealed by a later try.
+        del self._segments[partition]
+        os.close(segment.fd)
         if self.fsync:
             _fsync_dir(sealed.parent)
         self.stats.sealed += 1
 
-    def _seal_expired(self) -> None:
+    def _seal_due(self) -> None:
+        """Seal the segments that are full or older than seal_seconds; failures wait for the
+        next try (each flush and the sealer's every tick), as nothing acknowledged is lost."""
         now = time.monotonic()
         for partition, segment in list(self._segments.items()):
-            if now - segment.opened_at >= self.seal_seconds:
-                self._seal(partition)
+            if (
+                segment.size >= self.segment_max_bytes
+                or now - segment.opened_at >= self.seal_seconds
+            ):
+                try:
+                    self._seal(partition)
+                except Exception:
+                    log.warning("sealing %s failed; will retry", segment.path, exc_info=True)
 
     def seal(self) -> None:
         """Seal every open segment now, making every acknowledged event visible to readers."""
@@ -436,7 +541,7 @@ class LocalEventLog:
         interval = max(0.05, min(self.seal_seconds / 2, 5.0))
         while not self._stop_sealer.wait(interval):
             with self._io:
-                self._seal_expired()
+                self._seal_due()
 
     # -- reading ------------------------------------------------------------------------------
 
