@@ -89,6 +89,42 @@ class InteractionData:
         return InteractionData(self.users, self.items, interactions.reset_index(drop=True),
                                self.name, self.snapshot, exposures)  # fmt: skip
 
+    def save(self, folder: Path | str) -> Path:
+        """Write the data to ``folder`` (Parquet per frame, the name and snapshot as JSON), so
+        that another process reads back exactly these rows (``load``)."""
+        import json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        frames = {"users": self.users, "items": self.items, "interactions": self.interactions}
+        if self.exposures is not None:
+            frames["exposures"] = self.exposures
+        for name, frame in frames.items():
+            frame.to_parquet(folder / f"{name}.parquet", index=False)
+        meta = {"name": self.name, "snapshot": self.snapshot}
+        (folder / "data.json").write_text(json.dumps(meta, default=str))
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path | str) -> InteractionData:
+        """The data ``save`` wrote to ``folder``."""
+        import json
+
+        folder = Path(folder)
+        meta = json.loads((folder / "data.json").read_text())
+        items = pd.read_parquet(folder / "items.parquet")
+        # Parquet gives list columns back as arrays; the models expect lists.
+        items["categories"] = items["categories"].map(list)
+        exposures = folder / "exposures.parquet"
+        return cls(
+            pd.read_parquet(folder / "users.parquet"),
+            items,
+            pd.read_parquet(folder / "interactions.parquet"),
+            name=meta["name"],
+            snapshot=meta["snapshot"],
+            exposures=pd.read_parquet(exposures) if exposures.exists() else None,
+        )
+
     def user_attributes(self) -> dict[str, dict[str, Any]]:
         """Each user's attributes as plain Python values (None where unknown)."""
         users = self.users.set_index("user_id")[list(ATTRIBUTES)]

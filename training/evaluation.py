@@ -26,7 +26,17 @@ class Evaluation:
     k: int
     metrics: dict[str, float]
     per_user: dict[str, np.ndarray] = field(repr=False)
-    users: list[int] = field(repr=False)  # row numbers into the split's queries
+    # Row numbers into the split's queries: they name a user only within one split of one
+    # data snapshot, so the gate never pairs on them (``user_ids`` and ``data_digest`` below).
+    users: list[int] = field(repr=False)
+    # The user behind each per-user value, in the same order; None where the split withholds
+    # the ids (P3a and P3b describe a new user rather than name one) or for evaluations saved
+    # before ids were recorded (``training.pipeline.read_evaluations``).
+    user_ids: list[str] | None = field(default=None, repr=False)
+    # The digest of the interactions the split was drawn from (the feature store's export
+    # records one; a source folder does not). The same users hold out the same items only
+    # in splits of the same data, so per-user values pair only within one digest.
+    data_digest: str | None = None
 
     def named(self) -> dict[str, float]:
         """Metrics named as MLflow logs them: ``P1.ndcg_at_10``."""
@@ -61,10 +71,15 @@ def evaluate(
     rows = np.flatnonzero(relevant.any(axis=1))
     scores, relevant = scores[rows], relevant[rows]
     per_user = {name: metrics.per_user(name, scores, relevant, k) for name in names}
+    ids = [split.queries[row].user_id for row in rows]
+    # As text, the form a saved evaluation reads back, so in-process and saved ids compare.
+    user_ids = None if any(user is None for user in ids) else [str(user) for user in ids]
     return Evaluation(
         protocol=split.protocol,
         k=k,
         metrics={name: float(values.mean()) for name, values in per_user.items()},
         per_user=per_user,
         users=rows.tolist(),
+        user_ids=user_ids,
+        data_digest=split.train.snapshot.get("interactions_digest"),
     )

@@ -4,7 +4,10 @@ Every candidate *recipe* (a kind and its configured overrides) is fitted on each
 training part and evaluated on its held-out part, then fitted once more on all the data: that
 last model is what gets registered and, if promoted, served. The champion is judged by its own
 recipe evaluated in the same run on the same splits, so the gate compares like with like and
-neither side has seen the other's test data.
+neither side has seen the other's test data. The DAG's tasks each read the feature store's
+export again, so each checks that it still holds the data the run began on (the plan's
+interactions digest) and refuses to go on otherwise: the splits, and so the users' held-out
+items the gate pairs, are the same only on the same data.
 
 Warm start (``training.warm_start``): a neural recipe continues from the champion's weights on
 only the newest ``warm_start_days`` of interactions. Its evaluation mirrors that: fitted on the
@@ -237,6 +240,7 @@ def begin(
 
     from training import registry
 
+    frozen = data is None  # read from the feature store here: the run's tasks read this copy
     data = _load_data(settings, data)
     kinds = kinds or settings.training.models
     recipes = [recipe(kind, settings) for kind in kinds]
@@ -252,8 +256,19 @@ def begin(
             settings.training.protocols), "warm_start": settings.training.warm_start,
             "seed": settings.seed}.items():  # fmt: skip
         client.log_param(run_id, name, value)
-    return {"parent_run_id": run_id, "recipes": recipes, "data": data.describe(),
+    plan = {"parent_run_id": run_id, "recipes": recipes, "data": data.describe(),
             "data_gate_passed": _data_gate_passed(settings, data)}  # fmt: skip
+    if frozen:
+        # The DAG's tasks each load the data in their own process, while the hourly features
+        # run may rewrite the export between them: every task would then train or judge on
+        # other rows (a user's held-out items differ, so the gate's pairs would compare
+        # different tests). They read the rows this task read, kept with the run, instead.
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            client.log_artifacts(run_id, str(data.save(folder)), TRAINING_DATA)
+        plan["data_artifact"] = TRAINING_DATA
+    return plan
 
 
 def train_recipe(
@@ -269,7 +284,8 @@ def train_recipe(
     the data's protocol splits when the caller already made them (one process, many recipes)."""
     from training import registry
 
-    data = _load_data(settings, data)
+    data = _load_data(settings, data, plan)
+    _same_data(plan, data.snapshot.get("interactions_digest"), f"training {the_recipe['kind']}")
     if splits is None:
         splits = make_splits(data, settings)
     client = registry.configure(settings)
@@ -307,9 +323,15 @@ def judge(
     client = registry.configure(settings)
     if not summaries:
         raise ValueError("summaries: no candidate was trained")
+    if data is None and plan.get("data_artifact"):
+        data = _load_data(settings, None, plan)  # the rows the candidates were trained on
     champion_version = registry.alias_version(client, registry.CHAMPION)
     champion_recipe = registry.recipe_of(champion_version) if champion_version else None
     evaluations = {s["version"]: load_evaluations(s["run_id"]) for s in summaries}
+    for s in summaries:
+        for protocol, evaluation in evaluations[s["version"]].items():
+            _same_data(plan, evaluation.data_digest,
+                       f"{s['kind']} (version {s['version']}), {protocol}")  # fmt: skip
     gate = settings.promotion.protocol
     best = max(summaries, key=lambda s: s["metrics"][gate]["ndcg"])
     criterion, selection = "offline", None
@@ -336,7 +358,9 @@ def judge(
             refreshed = same[0]
             champion_evaluations = evaluations[refreshed["version"]]
         else:
-            data = _load_data(settings, data)
+            data = _load_data(settings, data, plan)
+            _same_data(plan, data.snapshot.get("interactions_digest"),
+                       "judge (the champion's recipe)")  # fmt: skip
             splits = make_splits(data, settings)
             champion_evaluations, _ = evaluate_recipe(
                 champion_recipe, splits, settings, show_progress=show_progress
@@ -405,40 +429,100 @@ def _selection_numbers(
 
 
 EVALUATIONS = "evaluations.npz"
+TRAINING_DATA = "training_data"  # the parent run's artifact: the rows every task reads
 
 
 def save_evaluations(evaluations: dict[str, Evaluation], path: Path) -> Path:
-    """Per-user values of every protocol, so the gate can resample them in another task."""
+    """Per-user values of every protocol, so the gate can resample them in another task: per
+    protocol ``P1|<metric>`` arrays, ``P1|user_ids`` (who each value is, where the split names
+    its users), ``P1|data_digest`` (the data the split came from, where the source records
+    one), ``P1|users`` (row numbers, for tracing: never paired on) and ``P1|k``. Strings are
+    saved as fixed-width text arrays, which load without pickle."""
     import numpy as np
 
     arrays = {}
     for protocol, evaluation in evaluations.items():
         arrays[f"{protocol}|users"] = np.asarray(evaluation.users, dtype=np.int64)
         arrays[f"{protocol}|k"] = np.asarray(evaluation.k)
+        if evaluation.user_ids is not None:
+            arrays[f"{protocol}|user_ids"] = np.asarray(evaluation.user_ids, dtype=str)
+        if evaluation.data_digest is not None:
+            arrays[f"{protocol}|data_digest"] = np.asarray(evaluation.data_digest, dtype=str)
         for name, values in evaluation.per_user.items():
             arrays[f"{protocol}|{name}"] = values
     np.savez(path, **arrays)
     return path
 
 
-def load_evaluations(run_id: str) -> dict[str, Evaluation]:
-    import mlflow
+def read_evaluations(path: Path | str) -> dict[str, Evaluation]:
+    """What ``save_evaluations`` wrote. A file saved before user ids and digests were
+    recorded loads with ``user_ids`` and ``data_digest`` None (its ``users`` are row numbers,
+    which name users only within the split they came from): the gate never pairs such an
+    evaluation (``training.promotion.unpaired``), the judge of a run refuses it and a
+    promotion on online evidence reports no offline gain for it."""
     import numpy as np
 
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=EVALUATIONS)
     grouped: dict[str, dict[str, Any]] = {}
-    with np.load(local, allow_pickle=False) as arrays:
+    with np.load(path, allow_pickle=False) as arrays:
         for key in arrays.files:
             protocol, name = key.split("|")
             grouped.setdefault(protocol, {})[name] = arrays[key]
     evaluations = {}
     for protocol, values in grouped.items():
-        users, k = values.pop("users"), int(values.pop("k"))
+        rows, k = values.pop("users"), int(values.pop("k"))
+        user_ids, digest = values.pop("user_ids", None), values.pop("data_digest", None)
         evaluations[protocol] = Evaluation(
             protocol=protocol, k=k, metrics={n: float(v.mean()) for n, v in values.items()},
-            per_user=values, users=users.tolist(),
+            per_user=values, users=rows.tolist(),
+            user_ids=None if user_ids is None else [str(u) for u in user_ids],
+            data_digest=None if digest is None else str(digest),
         )  # fmt: skip
     return evaluations
+
+
+def load_evaluations(run_id: str) -> dict[str, Evaluation]:
+    import mlflow
+
+    return read_evaluations(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=EVALUATIONS)
+    )
+
+
+def _same_data(plan: dict[str, Any], digest: str | None, what: str) -> None:
+    """Refuse ``what`` unless its data has the interactions digest the run's plan recorded.
+    Every task of the DAG reads the feature store's export itself, and an hourly features
+    run may rewrite it between tasks: a user's held-out items then differ from task to task,
+    and the gate's per-user pairs would compare different tests, not different models."""
+    recorded = plan["data"].get("interactions_digest")
+    if digest != recorded:
+        raise ValueError(
+            f"{what}: the data's interactions digest is {digest or 'unknown'}, but the "
+            f"training run {plan['parent_run_id']} began on {recorded or 'unknown'}: the "
+            "feature store's export changed between the run's tasks, and evaluations of "
+            "different data cannot be compared user by user; start a new training run"
+        )
+
+
+def _not_paired_across_runs(
+    version: str, champion_version: str, mine: Evaluation | None, theirs: Evaluation | None
+) -> str | None:
+    """Why two versions' evaluations, each from its own training run, do not pair, or None.
+    Within a run every candidate is evaluated on the same splits; across runs only where the
+    data is the same (one interactions digest; the seed is assumed unchanged). A source
+    folder records no digest, so its runs cannot be shown to share their data."""
+    if mine is None or theirs is None:
+        return None  # decide names the missing evaluation itself
+    if mine.data_digest is not None and mine.data_digest == theirs.data_digest:
+        return None
+    if mine.data_digest is None or theirs.data_digest is None:
+        data = "data without a recorded digest, which cannot be shown to be the same"
+    else:
+        data = (f"different data (interactions digests {mine.data_digest} and "
+                f"{theirs.data_digest})")  # fmt: skip
+    return (
+        f"version {version} and champion {champion_version} were evaluated in their own "
+        f"training runs on {data}: their held-out interactions differ"
+    )
 
 
 def _data_gate_passed(settings: Settings, data: InteractionData) -> bool:
@@ -554,9 +638,26 @@ def _log_decision(
     log.info("promotion: %s", json.dumps(decision.to_dict()))
 
 
-def _load_data(settings: Settings, data: InteractionData | None) -> InteractionData:
+def _load_data(
+    settings: Settings, data: InteractionData | None, plan: dict[str, Any] | None = None
+) -> InteractionData:
+    """``data`` when given; else the rows the run's ``begin`` kept with the ``plan``'s parent
+    run; else the feature store's training set as it is now."""
     if data is not None:
         return data
+    if plan is not None and plan.get("data_artifact"):
+        import tempfile
+
+        import mlflow
+
+        from training import registry
+
+        registry.configure(settings)
+        with tempfile.TemporaryDirectory() as folder:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=plan["parent_run_id"], artifact_path=plan["data_artifact"], dst_path=folder
+            )
+            return InteractionData.load(path)
     from training.datasets import from_feature_store
 
     return from_feature_store(settings)
@@ -586,12 +687,20 @@ def promote_on_evidence(settings: Settings, version: str, evidence: dict[str, fl
         return Decision(False, [f"version {version} is already the champion"])
     candidate = client.get_model_version(registry.MODEL_NAME, str(version))
     evaluations = load_evaluations(candidate.run_id)
+    champion_evaluations = load_evaluations(champion.run_id)
+    gate = settings.promotion.protocol
+    # Two training runs: the same user ids, but (unless the data was the same) other held-out
+    # items, so a paired bootstrap's pairs would not isolate the models. The off-policy gain
+    # decides here anyway; the offline gain is reported only where it is a paired one.
+    not_paired = _not_paired_across_runs(
+        str(version), str(champion.version), evaluations.get(gate), champion_evaluations.get(gate)
+    )
     outcome = last_outcome(settings)
     decision = decide(
-        evaluations, load_evaluations(champion.run_id), settings.promotion,
+        evaluations, champion_evaluations, settings.promotion,
         # No gate ever ran where models are trained from a source folder: nothing to respect.
         data_gate_passed=outcome is None or bool(outcome["passed"]), off_policy=evidence,
-        criterion="off_policy", seed=settings.seed,
+        criterion="off_policy", seed=settings.seed, not_paired=not_paired,
     )  # fmt: skip
     reason = (f"online evidence: version {version} against champion {champion.version} on the "
               "champion's logged slates (recloop_metrics)")  # fmt: skip
@@ -637,8 +746,9 @@ def promote_challenger(
     popularity = None
     if registry.recipe_of(challenger)["kind"] != "popularity":
         popularity, _ = evaluate_recipe(recipe("popularity", settings), splits, settings)
+    champion_recipe = registry.recipe_of(champion) if champion is not None else None
     if off_policy is None and _weighs_off_policy(
-        champion_evaluations, registry.recipe_of(challenger), registry.recipe_of(champion)
+        champion_evaluations, registry.recipe_of(challenger), champion_recipe
     ):
         off_policy = gate_off_policy(settings, registry.recipe_of(challenger), data.describe(),
                                      data=data, show_progress=show_progress)  # fmt: skip
@@ -649,7 +759,8 @@ def promote_challenger(
     )  # fmt: skip
     candidate = Candidate(registry.recipe_of(challenger), challenger_evaluations, [], 0.0,
                           version=challenger.version)  # fmt: skip
-    _log_decision(decision, candidate, champion)
+    _log_decision(decision, candidate, champion,
+                  promoted=challenger.version if decision.promote else None)  # fmt: skip
     if decision.promote:
         registry.set_alias(client, registry.CHAMPION, challenger.version)
     return decision

@@ -4,8 +4,12 @@ The challenger is promoted only if, on the same evaluation data:
 1. the latest data gate passed (no promotion on features from a failed batch);
 2. its NDCG@10 gain over the champion on ``promotion.protocol`` (P1 by default; ``recent``
    judges on the newest interactions) has a paired-bootstrap interval (per-user differences
-   resampled; Efron & Tibshirani 1993) whose lower bound is above the margin;
-3. its cold-start NDCG@10 (P2, P3a, P3b, where evaluated) drops by no more than the tolerance;
+   resampled; Efron & Tibshirani 1993) whose lower bound is above the margin. A pair is one
+   user id in splits of the same data (one interactions digest): on other data the user's
+   held-out items differ, so such evaluations are never paired (``unpaired``): the offline
+   criterion then refuses to decide (ValueError), and the off-policy one reports no gain;
+3. its cold-start NDCG@10 (P2, P3a, P3b, where both sides were evaluated) drops by no more
+   than the tolerance; a protocol not evaluated is named in the reasons, not judged;
 4. when the service has logged impressions (with their propensities) in the
    ``promotion.off_policy_hours`` before the data's end, the interval of the challenger's
    doubly robust CTR less the CTR those impressions had, paired impression by impression
@@ -65,11 +69,39 @@ def paired_bootstrap(
     return float(diff.mean()), float(low), float(high)
 
 
+def unpaired(challenger: Evaluation, champion: Evaluation) -> str | None:
+    """Why the two evaluations' per-user values cannot be paired user by user, or None when
+    they can: both must name their users, and both must come from splits of the same data
+    (a user's held-out items are drawn from the data, so on other data the same user is
+    tested on other items, and the difference is no longer the two models' alone)."""
+    missing = [side for side, e in (("challenger", challenger), ("champion", champion))
+               if e.user_ids is None]  # fmt: skip
+    if missing:
+        return (
+            f"the {' and the '.join(missing)}'s {champion.protocol} evaluation names no users "
+            "(it was saved before user ids were recorded)"
+        )
+    if challenger.data_digest != champion.data_digest:
+        return (
+            f"the challenger and the champion were evaluated on different data (interactions "
+            f"digests {challenger.data_digest or 'unknown'} and "
+            f"{champion.data_digest or 'unknown'})"
+        )
+    if not set(challenger.user_ids) & set(champion.user_ids):
+        return f"the challenger's and the champion's {champion.protocol} users have none in common"
+    return None
+
+
 def _aligned(a: Evaluation, b: Evaluation, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    # Both evaluated the same split, but a user may drop out of one (no rankable relevant item).
-    common = sorted(set(a.users) & set(b.users))
-    pos_a = {u: i for i, u in enumerate(a.users)}
-    pos_b = {u: i for i, u in enumerate(b.users)}
+    # Matched by user id, never by row: rows number one split's queries, and a user may drop
+    # out of one side (no rankable relevant item), shifting every row after it.
+    if a.user_ids is None or b.user_ids is None:
+        raise ValueError(f"{a.protocol}: an evaluation without user ids cannot be paired")
+    pos_a = {u: i for i, u in enumerate(a.user_ids)}
+    pos_b = {u: i for i, u in enumerate(b.user_ids)}
+    if len(pos_a) != len(a.user_ids) or len(pos_b) != len(b.user_ids):
+        raise ValueError(f"{a.protocol}: a user appears twice in one evaluation")
+    common = sorted(pos_a.keys() & pos_b.keys())
     return (
         a.per_user[metric][[pos_a[u] for u in common]],
         b.per_user[metric][[pos_b[u] for u in common]],
@@ -87,13 +119,20 @@ def decide(
     refresh: bool = False,
     seed: int = 42,
     criterion: str = "offline",
+    not_paired: str | None = None,
 ) -> Decision:
     """Whether the challenger replaces the champion, and why. ``refresh``: the challenger is
     the champion's own recipe retrained on current data, so comparing it with the champion's
     recipe in the same run would compare a model with itself. ``criterion`` "off_policy":
     the challenger was chosen off-policy, and ``off_policy`` holds its gain over the
     champion's recipe (``training.off_policy.select_off_policy``), which decides in place of
-    the NDCG@10 gain (still reported)."""
+    the NDCG@10 gain (still reported, where the two sides pair).
+
+    ``not_paired``: why the caller knows the two sides' evaluations do not pair (they come
+    from different training runs whose data cannot be shown to be the same). Then, as when
+    ``unpaired`` finds a reason itself, no NDCG@10 gain is computed; only the off-policy
+    criterion can decide without it, and the offline one raises ValueError rather than
+    promote or refuse on a comparison of different users or items."""
     if criterion not in ("offline", "off_policy"):
         raise ValueError(f"criterion: {criterion!r} is neither offline nor off_policy")
     if criterion == "off_policy" and champion is not None and not refresh and off_policy is None:
@@ -131,35 +170,37 @@ def decide(
         )
         return Decision(True, [reason], numbers)
 
-    mean, low, high = paired_bootstrap(
-        *_aligned(challenger[gate], champion[gate], GATE_METRIC),
-        samples=settings.bootstrap_samples,
-        confidence=settings.confidence,
-        seed=seed,
-    )
-    numbers.update(
-        {
-            f"champion.{gate}.ndcg": champion[gate].metrics[GATE_METRIC],
-            f"gain.{gate}.ndcg": mean,
-            f"gain.{gate}.ndcg.low": low,
-            f"gain.{gate}.ndcg.high": high,
-        }
-    )
-    promote = True
-    level = f"{settings.confidence:.0%}"
-    said = f"{gate} NDCG@10 gain {mean:+.4f}, {level} interval [{low:+.4f}, {high:+.4f}]"
-    if criterion == "off_policy":
-        reasons.append(f"{said} (reported; the off-policy gain decides)")
-    elif low > settings.margin:
-        reasons.append(f"{said} lies above the margin {settings.margin}")
+    why_not_paired = not_paired or unpaired(challenger[gate], champion[gate])
+    if why_not_paired is None:
+        promote, reason = _gain_verdict(
+            challenger[gate], champion[gate], settings,
+            seed=seed, decides=criterion == "offline", numbers=numbers,
+        )  # fmt: skip
+    elif criterion == "off_policy":
+        # Nothing paired to report (two means over different held-out items would invite
+        # the comparison the bootstrap exists to avoid); the off-policy gain decides anyway.
+        promote = True
+        reason = (
+            f"{gate} NDCG@10 gain not reported: {why_not_paired}, so per-user differences "
+            "would not be the models' alone (the off-policy gain decides)"
+        )
     else:
-        promote = False
-        reasons.append(f"{said} does not clear the margin {settings.margin}")
+        raise ValueError(f"{gate}: the gate pairs NDCG@10 user by user, but {why_not_paired}")
+    reasons.append(reason)
 
     logged_cold_start = criterion == "off_policy" and settings.off_policy_cold_start == "logged"
-    for protocol in COLD_START:
-        if protocol not in challenger or protocol not in champion:
-            continue
+    judged = [p for p in COLD_START if p in challenger and p in champion]
+    if not logged_cold_start:
+        # A protocol left out of training.protocols, or one no user qualified for (make_splits
+        # skips it), cannot bind; the decision still says what it did not judge. (Under
+        # logged cold start, the reason below lists what was reported, or "none evaluated".)
+        if not judged:
+            reasons.append(f"no cold-start protocol ({', '.join(COLD_START)}) was evaluated "
+                           "for both sides: cold start not judged")  # fmt: skip
+        else:
+            reasons += [_not_evaluated(p, challenger, champion) for p in COLD_START
+                        if p not in judged]  # fmt: skip
+    for protocol in judged:
         new, old = (
             challenger[protocol].metrics[GATE_METRIC],
             champion[protocol].metrics[GATE_METRIC],
@@ -197,6 +238,49 @@ def decide(
         reasons.append(reason)
         promote = promote and verdict
     return Decision(promote, reasons, numbers)
+
+
+def _not_evaluated(
+    protocol: str, challenger: dict[str, Evaluation], champion: dict[str, Evaluation]
+) -> str:
+    side = (" for the challenger" if protocol in champion
+            else " for the champion" if protocol in challenger else "")  # fmt: skip
+    return f"{protocol} not evaluated{side}: cold start not judged on it"
+
+
+def _gain_verdict(
+    challenger: Evaluation,
+    champion: Evaluation,
+    settings: PromotionSettings,
+    *,
+    seed: int,
+    decides: bool,
+    numbers: dict[str, float],
+) -> tuple[bool, str]:
+    """(may promote, why) from the paired-bootstrap NDCG@10 gain on the gate's protocol,
+    whose numbers go into ``numbers``; ``decides`` False: reported only."""
+    gate = challenger.protocol
+    mean, low, high = paired_bootstrap(
+        *_aligned(challenger, champion, GATE_METRIC),
+        samples=settings.bootstrap_samples,
+        confidence=settings.confidence,
+        seed=seed,
+    )
+    numbers.update(
+        {
+            f"champion.{gate}.ndcg": champion.metrics[GATE_METRIC],
+            f"gain.{gate}.ndcg": mean,
+            f"gain.{gate}.ndcg.low": low,
+            f"gain.{gate}.ndcg.high": high,
+        }
+    )
+    level = f"{settings.confidence:.0%}"
+    said = f"{gate} NDCG@10 gain {mean:+.4f}, {level} interval [{low:+.4f}, {high:+.4f}]"
+    if not decides:
+        return True, f"{said} (reported; the off-policy gain decides)"
+    if low > settings.margin:
+        return True, f"{said} lies above the margin {settings.margin}"
+    return False, f"{said} does not clear the margin {settings.margin}"
 
 
 def unsupported(

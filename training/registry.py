@@ -107,14 +107,28 @@ def log_model_version(model_dir: Path, *, recipe: dict[str, Any]) -> str:
     return version
 
 
+# The error codes with which MLflow 3 says that no version carries an alias: an unset alias
+# is INVALID_PARAMETER_VALUE ("Registered model alias champion not found."), and a registry
+# where the model was never registered (before the first training) RESOURCE_DOES_NOT_EXIST;
+# a tracking server passes the same codes on. Any other code says nothing about the alias.
+NO_ALIAS_CODES = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"})
+
+
 def alias_version(client, alias: str):
-    """The model version behind an alias, or None when the alias is not set."""
+    """The model version behind an alias, or None when the alias is not set.
+
+    Only a missing alias (or model) is None. Every other registry error is raised: a
+    transient one (TEMPORARILY_UNAVAILABLE, as a SQLite file locked past its busy timeout or
+    a dropped Postgres connection) read as "no champion" would make the gate promote the
+    challenger without comparing it with anything."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(MODEL_NAME, alias)
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        if error.error_code in NO_ALIAS_CODES:
+            return None
+        raise
 
 
 def set_alias(client, alias: str, version: str) -> None:

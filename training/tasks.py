@@ -1,8 +1,10 @@
 """What each task of the recloop_training DAG does, as plain functions of plain data.
 
-Each task reads the settings and the training set itself (Airflow passes only small JSON
-between tasks); the point-in-time training set is deterministic for the feature store's
-content, so every mapped training task sees the same data.
+Each task reads the settings itself (Airflow passes only small JSON between tasks). ``begin``
+reads the point-in-time training set from the feature store and keeps it with the run's
+parent MLflow run (artifact ``training_data``); the mapped training tasks and ``judge`` read
+that copy, so every task sees the same rows even when an hourly features run rewrites the
+export meanwhile.
 """
 
 from __future__ import annotations

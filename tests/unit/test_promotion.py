@@ -13,13 +13,18 @@ from training.promotion import decide, paired_bootstrap
 SETTINGS = PromotionSettings(bootstrap_samples=500)
 
 
-def evaluation(protocol: str, values: np.ndarray) -> Evaluation:
+def evaluation(
+    protocol: str, values: np.ndarray, digest: str | None = None, first_user: int = 0
+) -> Evaluation:
+    users = [f"u{first_user + i}" for i in range(len(values))]
     return Evaluation(protocol, 10, {"ndcg": float(values.mean())}, {"ndcg": values},
-                      list(range(len(values))))  # fmt: skip
+                      list(range(len(values))), user_ids=users, data_digest=digest)  # fmt: skip
 
 
-def evaluations(p1: np.ndarray, p2: float = 0.3) -> dict[str, Evaluation]:
-    return {"P1": evaluation("P1", p1), "P2": evaluation("P2", np.full(50, p2))}
+def evaluations(
+    p1: np.ndarray, p2: float = 0.3, digest: str | None = None
+) -> dict[str, Evaluation]:
+    return {"P1": evaluation("P1", p1, digest), "P2": evaluation("P2", np.full(50, p2), digest)}
 
 
 rng = np.random.default_rng(0)
@@ -309,3 +314,120 @@ def test_gate_estimates_weigh_every_model_and_the_new_users_alike(tmp_path) -> N
         assert values["position_based"] == 1.0 and values["cold_impressions"] > 0
         assert {"support_value", "cold_gain_value", "baseline_value"} <= set(values)
     assert ope.label(numbers["popularity"]) == "position-based IPS"
+
+
+def gain_estimate(low: float, high: float) -> dict[str, float]:
+    """An off-policy gain over the champion (the off-policy criterion's evidence)."""
+    return {**off_policy(0.07, 0.06, 0.08), "baseline_value": 0.05, "gain_value": 0.02,
+            "gain_low": low, "gain_high": high, "alpha": 0.025}  # fmt: skip
+
+
+def test_the_gain_pairs_each_user_with_the_same_user_not_the_same_row() -> None:
+    """Rows number one split's queries: a user missing on one side (here u0, with no rankable
+    item for the champion) shifts every row after it. Paired by user id, a challenger that is
+    exactly 0.05 better for every user has a gain of exactly 0.05, interval and all."""
+    challenger = {"P1": evaluation("P1", BASE + 0.05)}
+    champion = {"P1": evaluation("P1", BASE[1:], first_user=1)}
+    decision = decide(challenger, champion, SETTINGS, data_gate_passed=True)
+    assert decision.promote, decision.reasons
+    for name in ("gain.P1.ndcg", "gain.P1.ndcg.low", "gain.P1.ndcg.high"):
+        assert decision.numbers[name] == pytest.approx(0.05)
+    # The same users in another order pair just as well.
+    order = np.random.default_rng(1).permutation(len(BASE))
+    shuffled = Evaluation("P1", 10, {"ndcg": float(BASE.mean())}, {"ndcg": BASE[order]},
+                          list(range(len(BASE))), user_ids=[f"u{i}" for i in order])  # fmt: skip
+    decision = decide(challenger, {"P1": shuffled}, SETTINGS, data_gate_passed=True)
+    assert decision.numbers["gain.P1.ndcg.low"] == pytest.approx(0.05)
+
+
+def test_evaluations_of_other_data_or_without_user_ids_are_never_paired() -> None:
+    """Splits of different data hold out different items for the same user, and evaluations
+    saved before user ids were recorded name no one: the offline criterion, whose gain
+    decides, refuses to decide on them; the off-policy one reports no offline gain."""
+    mine, theirs = evaluations(BASE + 0.05, digest="aaa"), evaluations(BASE, digest="bbb")
+    with pytest.raises(ValueError, match="interactions digests aaa and bbb"):
+        decide(mine, theirs, SETTINGS, data_gate_passed=True)
+    decision = decide(mine, theirs, SETTINGS, data_gate_passed=True,
+                      off_policy=gain_estimate(0.01, 0.03), criterion="off_policy")  # fmt: skip
+    assert decision.promote, decision.reasons
+    assert decision.reasons[0].startswith(
+        "P1 NDCG@10 gain not reported: the challenger and the champion were evaluated on "
+        "different data (interactions digests aaa and bbb)")  # fmt: skip
+    assert not any(name.startswith("gain.") for name in decision.numbers)
+
+    legacy = evaluations(BASE)
+    for old in legacy.values():
+        old.user_ids = None  # as read_evaluations loads a file saved before ids were recorded
+    with pytest.raises(ValueError, match="the champion's P1 evaluation names no users"):
+        decide(evaluations(BASE + 0.05), legacy, SETTINGS, data_gate_passed=True)
+    # The caller may know more than the evaluations show (two training runs on data whose
+    # digest was not recorded): its reason is reported, and nothing is paired.
+    decision = decide(evaluations(BASE + 0.05), evaluations(BASE), SETTINGS,
+                      data_gate_passed=True, off_policy=gain_estimate(0.01, 0.03),
+                      criterion="off_policy", not_paired="two runs")  # fmt: skip
+    assert decision.reasons[0].startswith("P1 NDCG@10 gain not reported: two runs")
+    with pytest.raises(ValueError, match="but two runs"):
+        decide(evaluations(BASE + 0.05), evaluations(BASE), SETTINGS, data_gate_passed=True,
+               not_paired="two runs")  # fmt: skip
+
+
+def test_cold_start_protocols_not_evaluated_are_named_in_the_reasons() -> None:
+    # P2 judged; P3a and P3b evaluated on neither side (left out, or no user qualified).
+    decision = decide(evaluations(BASE + 0.05), evaluations(BASE), SETTINGS, data_gate_passed=True)
+    assert decision.promote, decision.reasons
+    assert decision.reasons[1:] == ["P3a not evaluated: cold start not judged on it",
+                                    "P3b not evaluated: cold start not judged on it"]  # fmt: skip
+    # One side only: it says which; a drop on what was judged still refuses.
+    p3b = evaluation("P3b", np.full(40, 0.2))
+    challenger = {"P1": evaluation("P1", BASE + 0.05), "P3b": p3b}
+    champion = {**evaluations(BASE, p2=0.3), "P3b": evaluation("P3b", np.full(40, 0.4))}
+    decision = decide(challenger, champion, SETTINGS, data_gate_passed=True)
+    assert not decision.promote
+    assert "P2 not evaluated for the challenger: cold start not judged on it" in decision.reasons
+    assert "P3a not evaluated: cold start not judged on it" in decision.reasons
+    assert any(r.startswith("P3b NDCG@10 drops from 0.4000") for r in decision.reasons)
+    # None at all: said once, and the rule (where evaluated) has nothing to refuse on.
+    decision = decide({"P1": evaluation("P1", BASE + 0.05)}, {"P1": evaluation("P1", BASE)},
+                      SETTINGS, data_gate_passed=True)  # fmt: skip
+    assert decision.promote, decision.reasons
+    assert decision.reasons[1:] == ["no cold-start protocol (P2, P3a, P3b) was evaluated for "
+                                    "both sides: cold start not judged"]  # fmt: skip
+
+
+def test_evaluations_name_their_users_and_data_and_keep_them_when_saved(tmp_path) -> None:
+    """evaluate() keys each per-user value by the user's id (P3a/P3b describe new users and
+    name none) and tags it with the data's digest; save/read keeps both, and a file saved
+    before they were recorded loads without them, so that it is never paired."""
+    from dataclasses import replace
+
+    from tests.unit.training_data import synthetic
+    from training import protocols
+    from training.evaluation import evaluate
+    from training.pipeline import fit_recipe, read_evaluations, recipe, save_evaluations
+
+    data = synthetic()
+    data = replace(data, snapshot={"interactions_digest": "aaa"})
+    settings = Settings(home=tmp_path)
+    found = {}
+    for name in ("P1", "P3a"):
+        split = protocols.split(data, name)
+        model = fit_recipe(recipe("popularity", settings), split.train, settings,
+                           show_progress=False)  # fmt: skip
+        found[name] = evaluate(model, split)
+    p1 = found["P1"]
+    queries = protocols.split(data, "P1").queries
+    assert p1.user_ids == [queries[row].user_id for row in p1.users]
+    assert p1.data_digest == "aaa" and found["P3a"].user_ids is None
+
+    back = read_evaluations(save_evaluations(found, tmp_path / "evaluations.npz"))
+    assert back["P1"].user_ids == p1.user_ids and back["P1"].data_digest == "aaa"
+    assert back["P3a"].user_ids is None and back["P3a"].data_digest == "aaa"
+    np.testing.assert_array_equal(back["P1"].per_user["ndcg"], p1.per_user["ndcg"])
+    assert back["P1"].metrics == pytest.approx(p1.metrics)
+
+    legacy = tmp_path / "legacy.npz"
+    np.savez(legacy, **{"P1|users": np.arange(3), "P1|k": np.asarray(10),
+                        "P1|ndcg": np.array([0.1, 0.2, 0.3])})  # fmt: skip
+    old = read_evaluations(legacy)["P1"]
+    assert old.user_ids is None and old.data_digest is None and old.users == [0, 1, 2]
+    assert old.metrics == {"ndcg": pytest.approx(0.2)}
