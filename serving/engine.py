@@ -12,20 +12,31 @@ the request path; feedback is appended before it is acknowledged.
 Items that entered the catalogue after the serving model's training (``serving.catalogue``)
 join ``/recommend``'s candidates, scored from their text, when the model reads text; the watch
 thread encodes their texts before any request uses them (``_refresh_catalogue``).
+
+The model APIs run on the event loop (serving/service.py), except a request that may run the
+text encoder or wait for it (``off_the_loop``): encoding takes 5-20 ms a text, and on the loop
+it would stall every request, ``/healthz`` included.
+
+``/readyz`` is open (no API key), so it names a background failure by its exception class
+only; the service log has the whole message (``_log_failure``), with the configured secrets
+blanked out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import queue
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -46,6 +57,7 @@ from training.data import UserQuery, item_text
 log = logging.getLogger("recloop.serving")
 
 TEXT_CHUNK = 16  # new item texts encoded per hold of the text lock (about 90 ms of MiniLM)
+SEE_LOG = "see the service log"
 
 
 def limit_compute_threads(threads: int) -> None:
@@ -58,6 +70,12 @@ def limit_compute_threads(threads: int) -> None:
 
 
 class Engine:
+    # Set by the watch thread while it encodes new items' texts, a chunk at a time under the
+    # text lock: requests that would wait for that lock go to a thread meanwhile
+    # (``off_the_loop``). A class default, so that an engine built piecemeal (the unit tests)
+    # has it too.
+    encoding_texts: bool = False
+
     def __init__(self, settings: Settings):
         from recloop.eventlog import open_event_log
         from serving.features import OnlineFeatures
@@ -84,7 +102,8 @@ class Engine:
         # New items: the catalogue and the deployments whose new items' texts are encoded,
         # published together once encoded (a request reads the pair once).
         self.published = PublishedCatalogue(Catalogue(), frozenset())
-        self.catalogue_error: str | None = None
+        self.catalogue_error: str | None = None  # the whole message, as logged
+        self.catalogue_error_shown: str | None = None  # what /readyz says (the class only)
         self._catalogue_due = 0.0
         self._text_lock = threading.Lock()  # the text models' vector cache is not thread-safe
         self._vectors: tuple[Any, ...] = ()  # (key, new items, ids, vectors, rows) last built
@@ -179,6 +198,15 @@ class Engine:
                 texts_of[position] = (new.text_by_id[item], new.categories_by_id[item])
         from_text = list(texts_of)
         if from_text and model.reads_item_text:
+            # The request's own texts are encoded first, TEXT_CHUNK per hold of the text lock
+            # (the model keeps the vectors): a request on the event loop that needs the lock
+            # meanwhile waits for one chunk, not for up to 100 texts (``off_the_loop``).
+            # The catalogue's new items are encoded already (the watch thread's work).
+            own = [texts_of[p] for p in from_text if p >= first_new]
+            for start in range(0, len(own), TEXT_CHUNK):
+                chunk_texts, chunk_categories = zip(*own[start : start + TEXT_CHUNK], strict=True)
+                with self._text_lock:
+                    model.text_item_embeddings(chunk_texts, chunk_categories)
             texts, categories = zip(*texts_of.values(), strict=True)
             with self._text_lock:
                 scores[from_text] = model.score_texts([query], texts, categories)[0]
@@ -230,20 +258,45 @@ class Engine:
             "model_version": deployment.version,
         }  # fmt: skip
 
+    def off_the_loop(self, request: RecommendRequest | RankRequest | SimilarItemsRequest) -> bool:
+        """Whether ``request`` may run the text encoder (a profile's text, /rank's new items:
+        0.5-2 s for 100 texts) or wait for the text lock while the encoder holds it: the
+        service runs such a request in a thread, since on the event loop it would stall
+        every other request for as long. The rest (the benchmarked path) stays on the loop.
+
+        The lock's state is read before the request takes it: a request that finds it free
+        may still wait for one chunk (``TEXT_CHUNK`` texts, about 90 ms), if an encoder takes
+        it in between; every holder encodes at most a chunk per hold."""
+        if self.encoding_texts or self._text_lock.locked():
+            return True
+        if isinstance(request, RecommendRequest):
+            return request.profile is not None and bool(request.profile.text)
+        if isinstance(request, RankRequest):
+            return bool(request.new_items)
+        return False
+
     def status(self) -> dict[str, Any]:
         try:
             models = self.watcher.current.describe()
         except LookupError:
             models = None
+        # Impressions feed every estimate the monitoring makes: while they cannot be logged
+        # the instance reports itself unready, until an append succeeds again.
+        reason = None
+        if models is None:
+            reason = "no model loaded yet"
+        elif self.impressions.failing:
+            reason = f"impressions cannot be logged: the last append failed ({SEE_LOG})"
         return {
-            "ready": models is not None,
+            "ready": reason is None,
+            "reason": reason,
             "models": models,
             "policy": self.policy.name,
             "challenger_share": self.settings.serving.challenger_share,
             "last_refresh_error": self.watcher.last_error,
-            "catalogue": {**self.published.describe(), "error": self.catalogue_error},
+            "catalogue": {**self.published.describe(), "error": self.catalogue_error_shown},
             "impressions_pending": self.impressions.pending(),
-            "impressions_failed": self.impressions.failures,
+            "impression_failures": self.impressions.failures,
         }
 
     def close(self) -> None:
@@ -399,10 +452,12 @@ class Engine:
             try:
                 fresh = read_catalogue(self.settings)
             except Exception as error:  # keep the catalogue read before; readyz says why
-                self.catalogue_error = f"{type(error).__name__}: {error}"
-                log.warning("catalogue not refreshed: %s", self.catalogue_error)
+                self.catalogue_error, self.catalogue_error_shown = _log_failure(
+                    self.settings, "catalogue not refreshed; still serving the one read before",
+                    error, logging.WARNING, trace=False,  # a missing file says it all
+                )  # fmt: skip
             else:
-                self.catalogue_error = None
+                self.catalogue_error = self.catalogue_error_shown = None
                 if not fresh.same_items(catalogue):
                     catalogue = fresh
         try:
@@ -415,6 +470,7 @@ class Engine:
         }  # fmt: skip
         if catalogue is published.catalogue and set(wanted) == published.encoded:
             return
+        self.encoding_texts = True  # requests that would wait for the lock: to a thread
         try:
             for key, deployment in wanted.items():
                 if catalogue is published.catalogue and key in published.encoded:
@@ -426,9 +482,15 @@ class Engine:
                     with self._text_lock:  # encoded once, kept by the model for its scoring
                         model.text_item_embeddings(new.texts[chunk], new.categories[chunk])
         except Exception as error:
-            self.catalogue_error = f"encoding new items: {type(error).__name__}: {error}"
-            log.exception("new items not encoded; still serving what was published before")
+            detail, shown = _log_failure(
+                self.settings, "new items not encoded; still serving what was published before",
+                error, logging.ERROR,
+            )  # fmt: skip
+            self.catalogue_error = f"encoding new items: {detail}"
+            self.catalogue_error_shown = f"encoding new items: {shown}"
             return
+        finally:
+            self.encoding_texts = False
         self.published = PublishedCatalogue(catalogue, frozenset(wanted))
 
     def _counts(self, items: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -455,8 +517,10 @@ class Engine:
                 self.watcher.refresh()
                 self._refresh_item_counts()
             except Exception as error:  # keep serving what is loaded; readyz says why
-                self.watcher.last_error = f"{type(error).__name__}: {error}"
-                log.exception("model refresh failed; still serving the loaded versions")
+                _, self.watcher.last_error = _log_failure(
+                    self.settings, "model refresh failed; still serving the loaded versions",
+                    error, logging.ERROR,
+                )  # fmt: skip
             self._refresh_catalogue()  # catches its own failures (catalogue_error)
 
 
@@ -481,13 +545,28 @@ class ImpressionWriter:
     for every request or two. The interval is short (20 ms by default) because an append
     serialises its events holding the GIL: a 0.2 s batch held requests back (p99 at 300
     requests/s rose from about 8 to 13-19 ms; at 20 ms it is 8-10 ms, benchmarks.serving).
-    A crash loses at most ``flush_seconds`` of impressions, which no client was promised."""
+    A crash loses at most ``flush_seconds`` of impressions, which no client was promised.
+
+    A failed append is tried again after each of ``RETRY_SECONDS`` (a passing fault, such as
+    a dropped database connection, costs nothing); a batch that fails every try is dropped
+    and counted in ``failures``, and ``failing`` (the last batch was dropped) makes the
+    service unready until an append succeeds again. An unready instance may get no traffic
+    (a load balancer that reads /readyz), hence no new impressions to try the log with: while
+    nothing is queued, the dropped batch is tried again every ``PROBE_SECONDS``. Retries rely
+    on the event log's contract, idempotent on event_id, for what a failed try may have
+    written."""
+
+    RETRY_SECONDS = (0.05, 0.25)  # waits before the 2nd and 3rd tries
+    PROBE_SECONDS = 5.0  # how often the dropped batch is tried again while nothing is queued
 
     def __init__(self, events, flush_seconds: float):
         self.events = events
         self.flush_seconds = flush_seconds
         self.queue: queue.SimpleQueue[list[Event]] = queue.SimpleQueue()
-        self.failures = 0
+        self.failures = 0  # impressions dropped since the start (and not logged later)
+        self.failing = False  # whether the last batch was dropped
+        self._dropped: list[Event] = []  # that batch, tried again while nothing else is
+        self._probe_at = 0.0
         self._closing = threading.Event()
         self.thread = threading.Thread(target=self._run, name="recloop-impressions", daemon=True)
         self.thread.start()
@@ -514,11 +593,68 @@ class ImpressionWriter:
                 except queue.Empty:
                     break
             if batch:
-                try:
-                    self.events.append(batch)
-                except Exception:
+                self._append(batch)
+            elif self.failing and time.monotonic() >= self._probe_at:
+                self._append(self._dropped, probe=True)
+
+    def _append(self, batch: list[Event], probe: bool = False) -> None:
+        """Append ``batch``, trying again after each of ``RETRY_SECONDS``; ``probe``: the
+        dropped batch again, counted in ``failures`` already."""
+        for wait in (*self.RETRY_SECONDS, None):
+            try:
+                self.events.append(batch)
+            except Exception as error:
+                if wait is not None:
+                    time.sleep(wait)  # new impressions queue meanwhile; none is lost
+                    continue
+                if not probe:  # (a failing probe logs nothing: once per outage is enough)
                     self.failures += len(batch)
-                    log.exception("could not log %d impressions", len(batch))
+                    # The class only: a failed insert's message can quote a row (user, item).
+                    log.error("could not log %d impressions after %d tries (%s); dropped, "
+                              "%d so far", len(batch), len(self.RETRY_SECONDS) + 1,
+                              type(error).__name__, self.failures)  # fmt: skip
+                self.failing, self._dropped = True, batch
+                self._probe_at = time.monotonic() + self.PROBE_SECONDS
+            else:
+                if probe:
+                    self.failures -= len(batch)  # logged after all
+                if self.failing:
+                    log.warning("impressions are logged again")
+                self.failing, self._dropped = False, []
+                return
+
+
+def _log_failure(
+    settings: Settings, message: str, error: BaseException, level: int, *, trace: bool = True
+) -> tuple[str, str]:
+    """Log a background failure (with its traceback when ``trace``) and return (detail,
+    shown): the exception's class and message, and what the open ``/readyz`` shows, the
+    class alone. An exception's message can name hosts, database users, paths and request
+    URLs (psycopg, DuckDB, MLflow's "API request to <tracking URI> failed"): the log gets it
+    with the configured secrets blanked out, and /readyz none of it."""
+    detail = _redact(settings, f"{type(error).__name__}: {error}")
+    if trace:
+        lines = _redact(settings, "".join(traceback.format_exception(error)).rstrip())
+        log.log(level, "%s: %s\n%s", message, detail, lines)
+    else:
+        log.log(level, "%s: %s", message, detail)
+    return detail, f"{type(error).__name__} ({SEE_LOG})"
+
+
+def _redact(settings: Settings, text: str) -> str:
+    """``text`` with the secrets the settings hold (the MLflow tracking URI, the Postgres and
+    Redis URLs, and any password in them) replaced by ***."""
+    secrets = {settings.tracking_uri()}
+    for secret in (settings.mlflow_tracking_uri, settings.postgres_url, settings.redis_url):
+        if secret is not None:
+            secrets.add(secret.get_secret_value())
+    for url in list(secrets):
+        with contextlib.suppress(ValueError):  # not a URL: blanked out whole all the same
+            password = urlsplit(url).password or ""
+            secrets |= {password, unquote(password)}  # as written in the URL, and decoded
+    for secret in sorted(secrets - {""}, key=len, reverse=True):  # a URL before its password
+        text = text.replace(secret, "***")
+    return text
 
 
 def user_query(

@@ -159,6 +159,10 @@ class PlackettLuce:
         return np.exp(utility - utility.max())
 
     def draw(self, candidates: Candidates, k: int, rng: np.random.Generator) -> Slate:
+        if len(candidates.scores) == 0:
+            # exclude_seen can leave nothing to rank: an empty slate, as the other policies
+            # draw (the weights' max and the marginals' min have no value on an empty pool).
+            return Slate(np.zeros(0, dtype=np.int64), np.zeros((0, 0)))
         weights = self.weights(candidates.scores)
         k = min(k, len(weights))
         # Gumbel-top-k: the k largest of log w + Gumbel noise are a Plackett-Luce ranking.

@@ -1,11 +1,28 @@
 """The API's request and response bodies. Field descriptions become the OpenAPI page's docs;
-bounds keep every request's cost bounded (k, list lengths, text lengths)."""
+bounds keep every request's cost bounded (k, list lengths, text lengths).
+
+A rule that spans fields still fails at one field: the gate's 422 (serving/http.py) names
+each error's location, and a client can only fix what the 422 points at. Those errors raise
+``_errors_at`` (a located ``ValidationError``), never a bare ValueError from a model
+validator, which pydantic would place at the whole model (``events.0``, or ``body``). Their
+messages never quote the input.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from recloop.contracts import Event, EventType, Id
 
@@ -15,6 +32,11 @@ MAX_NEW_ITEMS = 100  # each new text may run the text encoder (about 5-20 ms her
 MAX_EVENTS = 1000
 MAX_TEXT = 2000
 ShortField = Annotated[str, Field(max_length=64)]
+# How far ahead of the server's clock an event's ts may be: the data gate's tolerance
+# (recloop/features/gate.py, FUTURE_MINUTES, as dbt's future_tolerance_minutes), which refuses
+# a batch holding a later one. Not imported from there: the gate pulls pandas into the API's
+# import. tests/unit/test_serving_schemas.py checks that the two agree.
+FUTURE_TOLERANCE = timedelta(minutes=5)
 
 EXAMPLES = {
     "recommend": {"user_id": "u1", "k": 10, "context": {"hour": 20, "device": "mobile"}},
@@ -44,6 +66,17 @@ EXAMPLES = {
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def _errors_at(title: str, errors: list[tuple[tuple[str | int, ...], str]]) -> ValidationError:
+    """A ValidationError with each (location, reason): raised in a validator, its errors keep
+    their locations, under the enclosing model's path (``events.0`` + ``value``)."""
+    return ValidationError.from_exception_data(title, [
+        # The reason goes in as context, not as the template: braces in it stay literal.
+        InitErrorDetails(type=PydanticCustomError("value_error", "{reason}", {"reason": reason}),
+                         loc=loc, input=None)  # input: none kept, so none can be echoed
+        for loc, reason in errors
+    ])  # fmt: skip
 
 
 def _example(name: str) -> ConfigDict:
@@ -147,14 +180,24 @@ class RankRequest(_Body):
 
     @model_validator(mode="after")
     def _candidates(self) -> RankRequest:
+        title = type(self).__name__
         if not self.item_ids and not self.new_items:
-            raise ValueError("item_ids: give at least one candidate (or new_items)")
+            raise _errors_at(title, [(("item_ids",), "give at least one candidate (or new_items)")])
         if len(self.item_ids) + len(self.new_items) > MAX_ITEMS:
-            raise ValueError(f"item_ids: with new_items, at most {MAX_ITEMS} candidates")
-        new = [item.item_id for item in self.new_items]
-        twice = sorted((set(new) & set(self.item_ids)) | {i for i in new if new.count(i) > 1})
-        if twice:
-            raise ValueError(f"new_items: item ids given twice: {', '.join(twice[:5])}")
+            reason = f"with new_items, at most {MAX_ITEMS} candidates"
+            raise _errors_at(title, [(("item_ids",), reason)])
+        # Each new item whose id is a candidate already, at its own item_id: the 422 says
+        # which entries without quoting the ids (it never echoes input).
+        given = set(self.item_ids)
+        repeats = []
+        for n, item in enumerate(self.new_items):
+            if item.item_id in given:
+                repeats.append(n)
+            given.add(item.item_id)
+        if repeats:
+            reason = (f"repeats an id given in item_ids or earlier in new_items "
+                      f"({len(repeats)} repeated in all)")  # fmt: skip
+            raise _errors_at(title, [(("new_items", n, "item_id"), reason) for n in repeats])
         return self
 
 
@@ -181,13 +224,53 @@ class RankResponse(BaseModel):
 
 class FeedbackEvent(Event):
     """A user's event (click, rating, purchase, dismiss): the event log's contract.
-    Impressions are logged by the service itself and are refused here."""
+    Impressions are logged by the service itself and are refused here, and so is an event
+    dated further ahead than the data gate tolerates (it would refuse the whole batch)."""
 
-    @model_validator(mode="after")
-    def _not_impression(self) -> FeedbackEvent:
-        if self.event_type is EventType.impression:
-            raise ValueError("event_type: impressions are logged by the service, not posted")
-        return self
+    @field_validator("event_type")
+    @classmethod
+    def _not_impression(cls, event_type: EventType) -> EventType:
+        if event_type is EventType.impression:
+            raise PydanticCustomError(
+                "value_error", "impressions are logged by the service, not posted"
+            )
+        return event_type
+
+    @field_validator("ts")
+    @classmethod
+    def _not_in_the_future(cls, ts: datetime) -> datetime:
+        # Checked against this server's clock; the gate checks later, against a later now, so
+        # what passes here passes there.
+        if ts > datetime.now(UTC) + FUTURE_TOLERANCE:
+            minutes = FUTURE_TOLERANCE.total_seconds() / 60
+            raise PydanticCustomError(
+                "value_error",
+                "{reason}",
+                {"reason": f"more than {minutes:g} minutes in the future (the data gate's limit)"},
+            )
+        return ts
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _at_the_field(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> FeedbackEvent:
+        """The contract's rules across fields (``Event._type_rules``: a rating's value, an
+        impression's slots) raise "field: reason" at the event; they are re-raised at that
+        field, so the 422 says ``events.N.value`` rather than ``events.N``."""
+        try:
+            return handler(data)
+        except ValidationError as error:
+            errors = error.errors(include_url=False)
+            if any(e["loc"] for e in errors):
+                raise  # field errors, placed already (the cross-field rules ran on none)
+            located = []
+            for e in errors:
+                message = str(e.get("ctx", {}).get("error", e["msg"]))
+                name, colon, reason = message.partition(": ")
+                if colon and name in cls.model_fields:
+                    located.append(((name,), reason))
+                else:
+                    located.append(((), message))
+            raise _errors_at(cls.__name__, located) from None
 
 
 class FeedbackRequest(_Body):

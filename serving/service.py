@@ -7,12 +7,20 @@ is imported, because BentoML's service decorator takes its server config (worker
 access log) at that moment.
 
 The model APIs are ``async``: their work is a few hundred microseconds of numpy, cheaper to run
-on the event loop than to hand to a thread. ``feedback`` waits on an fsync and a Feast write, so
-it runs in BentoML's thread pool and never blocks the loop.
+on the event loop than to hand to a thread. Not so a request that runs the text encoder (a
+profile's text, /rank's new items: 5-20 ms a text, up to 2 s for 100) or would wait for it
+(``Engine.off_the_loop``): on the loop it would stall every request, ``/healthz`` included, so
+it goes to a thread, at most ``serving.threads`` at once. ``feedback`` waits on an fsync and a
+Feast write, so it runs in BentoML's thread pool and never blocks the loop.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
 import bentoml
 
 from recloop.settings import load_settings
@@ -73,6 +81,16 @@ class Recommender:
         from serving.engine import Engine
 
         self.engine = Engine(SETTINGS)
+        # For the requests that encode text (``_run``): apart from BentoML's own pool, which
+        # serves feedback, so that neither kind can take all the threads from the other.
+        self._text_threads = anyio.CapacityLimiter(CONFIG.threads)
+
+    async def _run(self, work: Callable[[Any], dict], request) -> dict:
+        """``work(request)``: on the event loop (the fast path, benchmarked), or in a thread
+        when the request may run the text encoder (``Engine.off_the_loop``)."""
+        if self.engine.off_the_loop(request):
+            return await anyio.to_thread.run_sync(work, request, limiter=self._text_threads)
+        return work(request)
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
@@ -85,12 +103,12 @@ class Recommender:
     async def recommend(self, request: RecommendRequest, /) -> RecommendResponse:
         """Top-k items for a user (known, unknown with a profile, or brand new), drawn by the
         configured policy; each item carries its slot propensity."""
-        return RecommendResponse.model_validate(self.engine.recommend(request))
+        return RecommendResponse.model_validate(await self._run(self.engine.recommend, request))
 
     @bentoml.api
     async def rank(self, request: RankRequest, /) -> RankResponse:
         """Point-wise scores of the given candidates for the user."""
-        return RankResponse.model_validate(self.engine.rank(request))
+        return RankResponse.model_validate(await self._run(self.engine.rank, request))
 
     @bentoml.api
     def feedback(self, request: FeedbackRequest, /) -> FeedbackResponse:
@@ -100,7 +118,8 @@ class Recommender:
     @bentoml.api
     async def similar_items(self, request: SimilarItemsRequest, /) -> SimilarItemsResponse:
         """Items most alike the given one, by the served model's item vectors."""
-        return SimilarItemsResponse.model_validate(self.engine.similar_items(request))
+        similar = await self._run(self.engine.similar_items, request)
+        return SimilarItemsResponse.model_validate(similar)
 
 
 Recommender.add_asgi_middleware(

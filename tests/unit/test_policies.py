@@ -184,3 +184,14 @@ def test_only_greedy_draws_without_a_generator() -> None:
     for name in ("epsilon_greedy", "plackett_luce", "thompson"):
         policy = make_policy(name, epsilon=0.1, temperature=0.2, draws=100)
         assert policy.draws_at_random, name
+
+
+def test_every_policy_draws_an_empty_slate_from_an_empty_pool() -> None:
+    """exclude_seen can leave no candidate (a user who saw the whole pool): every policy then
+    shows nothing, rather than failing the request (Plackett-Luce raised a ValueError: a 500)."""
+    empty = Candidates(np.empty(0), np.zeros(0), np.zeros(0))
+    for name in ("greedy", "epsilon_greedy", "plackett_luce", "thompson"):
+        policy = make_policy(name, epsilon=0.1, temperature=0.2, draws=100)
+        slate = policy.draw(empty, K, np.random.default_rng(0))
+        assert slate.indices.tolist() == [], name
+        assert slate.slot_propensities.shape == (0, 0) and slate.propensities.tolist() == [], name
