@@ -7,7 +7,11 @@ cluster-robust (the variance is computed over per-cluster sums), which is what m
 intervals hold their level on slate logs (``benchmarks/ope.py`` measures it). The off-policy
 estimators call the cluster labels ``slates``; ``monitoring.ope`` passes each impression's
 user, a coarser cluster that holds all of a user's slates, since a user's slates share a
-taste too.
+taste too. A clustered standard error from J clusters is itself estimated from J sums, so
+its quantile is Student's t with J - 1 degrees of freedom, not the normal's: with a handful
+of clusters (an arm's NDCG over a few users, the gain on an hour's few new users) the normal
+quantile gives intervals that are too narrow (Cameron and Miller 2015, "A practitioner's
+guide to cluster-robust inference", section VI); with many it is the normal's.
 
 On-policy: ``clustered_ctr`` for the CTR: Wilson's score interval (statsmodels) at the
 effective sample size that clustering leaves, so that a user's many impressions count for
@@ -123,15 +127,22 @@ def _cluster_sums(terms: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return np.bincount(groups, weights=terms)
 
 
-def _normal_interval(
+def cluster_quantile(clusters: int, alpha: float) -> float:
+    """The two-sided 1 - alpha quantile for a standard error estimated from ``clusters``
+    cluster sums: Student's t with clusters - 1 degrees of freedom (module docstring). It
+    needs at least two clusters."""
+    return float(stats.t.ppf(1 - alpha / 2, clusters - 1))
+
+
+def _clustered_interval(
     name: str, value: float, centred: np.ndarray, scale: float, n: int, slates: int, alpha: float
 ) -> Estimate:
     """Interval from slate sums of the centred per-impression terms (a sandwich variance
-    with the small-sample factor J / (J - 1))."""
+    with the small-sample factor J / (J - 1)), at ``cluster_quantile``'s t quantile."""
     if slates < 2:
         return Estimate(name, value, -math.inf, math.inf, n, slates)
     variance = slates / (slates - 1) * float(np.sum(centred**2)) / scale**2
-    half = stats.norm.ppf(1 - alpha / 2) * math.sqrt(max(variance, 0.0))
+    half = cluster_quantile(slates, alpha) * math.sqrt(max(variance, 0.0))
     return Estimate(name, value, float(value - half), float(value + half), n, slates)
 
 
@@ -229,13 +240,14 @@ def _mean_of_terms(name: str, terms: np.ndarray, groups: np.ndarray, alpha: floa
     value = float(terms.sum() / n)
     sizes = np.bincount(groups).astype(np.float64)
     centred = _cluster_sums(terms, groups) - value * sizes
-    return _normal_interval(name, value, centred, n, n, len(sizes), alpha)
+    return _clustered_interval(name, value, centred, n, n, len(sizes), alpha)
 
 
 def clustered_mean(name: str, values: Any, clusters: Any, alpha: float = 0.05) -> Estimate:
-    """The mean of ``values`` with its normal interval clustered by ``clusters`` (one label
-    per value; with one value per cluster, the plain standard error). Infinite bounds with
-    fewer than two clusters."""
+    """The mean of ``values`` with its interval clustered by ``clusters`` (one label per
+    value; with one value per cluster, the plain standard error and the one-sample t
+    interval), at the t quantile of J - 1 degrees of freedom for J clusters
+    (``cluster_quantile``). Infinite bounds with fewer than two clusters."""
     values = np.asarray(values, dtype=np.float64)
     size = values.shape[0] if values.ndim == 1 else -1
     values = _check("values", values, size)
@@ -266,7 +278,7 @@ def snips(clicks: Any, logged: Any, target: Any, slates: Any, alpha: float = 0.0
         return Estimate("snips", math.nan, -math.inf, math.inf, n, slates_count)
     value = float(np.sum(weights * clicks) / total)
     centred = _cluster_sums(weights * (clicks - value), groups)
-    return _normal_interval("snips", value, centred, total, n, slates_count, alpha)
+    return _clustered_interval("snips", value, centred, total, n, slates_count, alpha)
 
 
 def support(logged: Any, target: Any, slates: Any, alpha: float = 0.05) -> Estimate:
@@ -322,22 +334,62 @@ def position_based_support(
     Per slate, the expected sum of w_j * examination(j) is the target's total examination,
     sum_k examination(k) over the slots it fills, so the slate-mean-normalised terms average
     1 where the target fills every slot and the log can show its items. ``examined`` is
-    examination(j) / the slate's mean examination, per impression."""
-    _, logged, target, groups = _inputs(np.zeros(len(logged)), logged, target, slates)
-    examined = _check("examined", examined, len(logged))
-    return _mean_of_terms("support", target / logged * examined, groups, alpha)
+    examination(j) / the slate's mean examination, per impression.
+
+    ``logged`` here is an exposure, which can be 0 where a propensity cannot: an item the
+    logging policy showed only in slots whose fitted examination is 0. Such an impression
+    is unsupported, not an error: its weight is 0 (``exposure_weights``), as for an item the
+    log never shows, so the mean falls short of 1 by what the target's exposure there
+    misses, and the support rule (``training.promotion.unsupported``) reads that."""
+    weights, groups = _exposure_inputs(logged, target, slates)
+    examined = _check("examined", examined, len(weights))
+    return _mean_of_terms("support", weights * examined, groups, alpha)
+
+
+def exposure_weights(logged: Any, target: Any) -> np.ndarray:
+    """Position-based importance weights: the target's exposure of each logged item over
+    the logging policy's (``exposure``), 0 where the logging policy's exposure is 0.
+
+    An item that the logging policy exposes to no examination cannot be clicked under the
+    position-based click model, so its impressions say nothing about the target: a 0 weight
+    counts them as the log's missing support (``position_based_support``), which is what
+    they are. Dividing instead gives infinite or NaN terms, and one such impression would
+    take every estimate of the hour with it."""
+    logged = np.asarray(logged, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    seen = logged > 0
+    return np.divide(target, logged, out=np.zeros(np.broadcast(logged, target).shape),
+                     where=seen)  # fmt: skip
+
+
+def _exposure_inputs(logged: Any, target: Any, slates: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``_inputs``' checks for exposures, which may be 0 (``position_based_support``): the
+    weights (``exposure_weights``) and the cluster codes."""
+    logged = np.asarray(logged, dtype=np.float64)
+    if (logged < 0).any():
+        raise ValueError("logged: exposures must lie in [0, 1]")
+    unexposed = logged == 0
+    # 0 stands in as 1 for the checks (a propensity must be above 0; a NaN still fails
+    # them), and its weight is 0.
+    stand_in = np.where(unexposed, 1.0, logged)
+    _, checked, target, groups = _inputs(np.zeros(len(logged)), stand_in, target, slates)
+    return exposure_weights(np.where(unexposed, 0.0, checked), target), groups
 
 
 def bootstrapped(
     name: str, value: float, replicates: Any, impressions: int, slates: int, alpha: float = 0.05
 ) -> Estimate:
-    """``value`` with a normal interval whose standard error is the replicates' spread: for
-    an estimate whose terms rest on something fitted from the same log (the position-based
-    weights' examination), recomputed, fit included, under per-cluster Poisson(1) weights."""
+    """``value`` with an interval whose standard error is the replicates' spread: for an
+    estimate whose terms rest on something fitted from the same log (the position-based
+    weights' examination), recomputed, fit included, under per-cluster Poisson(1) weights.
+    The replicates resample the ``slates`` clusters, so their spread is a clustered standard
+    error like the others here, and it takes the same t quantile of ``slates`` - 1 degrees
+    of freedom (``cluster_quantile``): the gain on a quiet hour's few new users
+    (``cold_gain_*``) rests on a handful of them."""
     replicates = np.asarray(replicates, dtype=np.float64)
     if slates < 2 or len(replicates) < 2 or not np.isfinite(replicates).all():
         return Estimate(name, value, -math.inf, math.inf, impressions, slates)
-    half = stats.norm.ppf(1 - alpha / 2) * float(np.std(replicates, ddof=1))
+    half = cluster_quantile(slates, alpha) * float(np.std(replicates, ddof=1))
     return Estimate(name, value, value - half, value + half, impressions, slates)
 
 

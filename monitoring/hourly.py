@@ -4,6 +4,8 @@
 metrics (monitoring.online), the off-policy estimates of the challenger and of any configured
 candidate on the champion's logged slates (monitoring.ope), and the alarms (monitoring.drift,
 plus ``challenger_wins``), and writes them to the hour's Parquet files (monitoring.store).
+A candidate whose off-policy estimate fails is recorded as not estimated (with the error) and
+the hour goes on.
 ``publish`` logs the hour to MLflow (experiment ``online-metrics``, one run per hour) and
 redraws the dashboard. ``decide`` says whether to request a retraining: an alarm of a kind
 in ``monitoring.retrain_on`` and no request within the cooldown for the same champion.
@@ -31,6 +33,9 @@ EXPERIMENT = "online-metrics"
 # The off_policy table's row of each candidate's paired gain over the champion, by the weights
 # behind it (monitoring.off_policy_weights; ope.compare says which it could use).
 GAIN_ROW = {"item_position": "dr_gain", "position_based": "pbm_ips_gain"}
+# The off_policy table's row (one per window, NaN values, the error in ``error``) of a
+# candidate whose estimate failed this hour (``_off_policy``).
+NOT_ESTIMATED = "not_estimated"
 
 
 def _registry_versions(settings: Settings) -> dict[str, Any]:
@@ -86,7 +91,11 @@ def _off_policy(
     candidate the log does not fully support, the share is the champion's slates' and the
     weight's floor is not checked). (The IPS sequence is
     reported, not used: where the logging policy explores uniformly over a hundred items it
-    stays near [0, 1] for anything the champion would not show.)"""
+    stays near [0, 1] for anything the champion would not show.)
+
+    A candidate whose estimate fails (its model, its slates or an estimator raises) is
+    logged and gets a ``NOT_ESTIMATED`` row per window with the error instead of its
+    estimates, and raises no alarm; the other candidates are estimated as usual."""
     from training import registry
     from training.promotion import unsupported
 
@@ -95,36 +104,29 @@ def _off_policy(
     fresh = settings.serving.fresh_clicks
     rows, alarms = [], []
     champion_slates: dict[str, list[str]] | None = None
-    for version in candidates:
-        registered = pd.Timestamp(version.creation_timestamp, unit="ms", tz="UTC")
-        since = champion_rows[champion_rows["ts"] >= registered]
-        if since.empty:
-            continue
+
+    def estimated(
+        version: Any, since: pd.DataFrame, windows: list[tuple[str, pd.DataFrame]]
+    ) -> tuple[list, list]:
+        """One candidate's rows and alarms, every window's (what may fail, as one)."""
+        nonlocal champion_slates
+        found, raised = [], []
         model = registry.download_model(settings, str(version.version))
         slates = ope.greedy_slates(model, since, clicks, fresh_clicks=fresh)
-        for window, part in (("hour", since[since["ts"] >= pd.Timestamp(start)]),
-                             ("since_registered", since)):  # fmt: skip
-            if part.empty:
-                continue
+        for window, part in windows:
             result = ope.evaluate(part, slates, alpha, weights)
-            _, low, high, _ = clustered_ctr(part["clicked"], part["user_id"], alpha=alpha)
-            common = {
-                "candidate_version": str(version.version),
-                "candidate_kind": version.tags.get("kind", "unknown"),
-                "window": window, "impressions": result["impressions"],
-                "matches": result.get("matches", 0),
-                "champion_ctr": float(part["clicked"].mean()),
-                "champion_low": low, "champion_high": high,
-            }  # fmt: skip
+            common = {**_window_columns(version, window, part, alpha),
+                      "impressions": result["impressions"],
+                      "matches": result.get("matches", 0)}  # fmt: skip
             for name, estimate in result["estimates"].items():
-                rows.append({**common, "estimator": name, "value": estimate.value,
-                             "low": estimate.low, "high": estimate.high})  # fmt: skip
+                found.append({**common, "estimator": name, "value": estimate.value,
+                              "low": estimate.low, "high": estimate.high})  # fmt: skip
             if window != "since_registered" or not result["estimates"]:
                 continue
             cs_low, cs_high = result["cs"]
-            rows.append({**common, "estimator": "ips_cs",
-                         "value": result["estimates"]["ips"].value,
-                         "low": cs_low, "high": cs_high})  # fmt: skip
+            found.append({**common, "estimator": "ips_cs",
+                          "value": result["estimates"]["ips"].value,
+                          "low": cs_low, "high": cs_high})  # fmt: skip
             if champion_slates is None:
                 champion_model = registry.download_model(settings, str(champion.version))
                 champion_slates = ope.greedy_slates(champion_model, champion_rows, clicks,
@@ -153,13 +155,13 @@ def _off_policy(
                    "baseline_unlogged_share": compared["targets"]["champion"]["unlogged_share"],
                    "position_based": float(used == "position_based"), **support,
                    **cold.get("candidate", {})}  # fmt: skip
-            rows.append(row)
+            found.append(row)
             # Only where the log can judge the candidate: not where too many of its slots
             # show items the champion's exploration never showed (the reward model alone
             # speaks; under IPS those slots only pull the gain down), nor where its weights
             # say the log has barely met its items.
             if gain.low > 0 and unsupported(row, settings.promotion, promote=True) is None:
-                alarms.append(drift.Alarm(
+                raised.append(drift.Alarm(
                     "challenger_wins", str(version.version),
                     f"version {version.version}'s {ope.LABEL[used]} CTR beats the champion's "
                     f"greedy slates on them by {gain.value:+.4f}, "
@@ -167,7 +169,57 @@ def _off_policy(
                     f"({result['impressions']} impressions since it was registered)",
                     base.value, base.value + gain.value,
                 ))  # fmt: skip
+        return found, raised
+
+    for version in candidates:
+        registered = pd.Timestamp(version.creation_timestamp, unit="ms", tz="UTC")
+        since = champion_rows[champion_rows["ts"] >= registered]
+        if since.empty:
+            continue
+        windows = [(window, part) for window, part in (
+            ("hour", since[since["ts"] >= pd.Timestamp(start)]), ("since_registered", since))
+            if not part.empty]  # fmt: skip
+        # One candidate's failure (a model that will not load, an estimator that raises on
+        # this log) must not cost the hour its metrics, alarms and decision, nor the other
+        # candidates their estimates; nor may it pass unseen: it is logged, and each of the
+        # candidate's windows gets a NOT_ESTIMATED row with the error, which ``estimate``
+        # returns and ``decide`` gives as part of its reason. All or nothing per candidate:
+        # rows of a half-estimated candidate could be read as its whole evidence.
+        try:
+            found, raised = estimated(version, since, windows)
+        except Exception as error:
+            log.exception("off-policy estimate of candidate version %s (%s) failed; the hour "
+                          "records it as not estimated", version.version,
+                          version.tags.get("kind", "unknown"))  # fmt: skip
+            said = f"{type(error).__name__}: {error}"
+            found = [{**_window_columns(version, window, part, alpha), "impressions": len(part),
+                      "matches": 0, "estimator": NOT_ESTIMATED, "value": math.nan,
+                      "low": math.nan, "high": math.nan, "error": said}
+                     for window, part in windows]  # fmt: skip
+            raised = []
+        rows += found
+        alarms += raised
     return pd.DataFrame(rows), alarms
+
+
+def _window_columns(version: Any, window: str, part: pd.DataFrame, alpha: float) -> dict:
+    """The columns every off_policy row of a candidate's window has, estimated or not: the
+    candidate, the window and the champion's own CTR on it."""
+    _, low, high, _ = clustered_ctr(part["clicked"], part["user_id"], alpha=alpha)
+    return {"candidate_version": str(version.version),
+            "candidate_kind": version.tags.get("kind", "unknown"), "window": window,
+            "champion_ctr": float(part["clicked"].mean()), "champion_low": low,
+            "champion_high": high}  # fmt: skip
+
+
+def not_estimated(off_policy: pd.DataFrame) -> dict[str, str]:
+    """Per candidate version, the error its off-policy estimate failed with, from an hour's
+    off_policy rows (``_off_policy``'s ``NOT_ESTIMATED`` rows)."""
+    if off_policy.empty or "error" not in off_policy:
+        return {}
+    failed = off_policy[off_policy["estimator"] == NOT_ESTIMATED]
+    return dict(zip(failed["candidate_version"].astype(str), failed["error"].astype(str),
+                    strict=True))  # fmt: skip
 
 
 def _earlier_looks(settings: Settings, end: datetime) -> dict[str, int]:
@@ -235,6 +287,8 @@ def estimate(settings: Settings, start: datetime, end: datetime) -> dict[str, An
         "champion_version": champion_version,
         "alarms": [a.to_dict() for a in alarms],
         "off_policy_rows": len(off_policy),
+        # Candidate version -> the error its off-policy estimate failed with this hour.
+        "off_policy_not_estimated": not_estimated(off_policy),
     }  # fmt: skip
 
 
@@ -276,12 +330,26 @@ def decide(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]
         reason = "; ".join(row["detail"] for row in triggering)
     if wins and config.promote_on_win:
         reason = f"{said}; {reason}"
+    if failed := _hour_not_estimated(settings, end):
+        # Said in the decision too: an hour with no challenger_wins because a candidate
+        # could not be estimated is not an hour in which none won.
+        reason += "; off-policy estimate failed, not estimated: " + ", ".join(
+            f"version {version} ({error})" for version, error in sorted(failed.items())
+        )
     decision = {"hour_start": pd.Timestamp(start), "hour_end": pd.Timestamp(end),
                 "requested": requested, "reason": reason, "promoted": promoted,
                 "champion_version": champion}  # fmt: skip
     store.write(settings, "decisions", end, pd.DataFrame([decision]))
     return {"requested": requested, "reason": reason, "hour_end": end.isoformat(),
             "promoted": promoted}  # fmt: skip
+
+
+def _hour_not_estimated(settings: Settings, end: datetime) -> dict[str, str]:
+    """``not_estimated`` of the hour ending at ``end``, as written."""
+    written = store.read(settings, "off_policy")
+    if written.empty or "hour_end" not in written:
+        return {}
+    return not_estimated(written[written["hour_end"] == pd.Timestamp(end)])
 
 
 def _stamped_champion(hour_alarms: pd.DataFrame) -> str | None:

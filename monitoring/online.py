@@ -6,7 +6,7 @@ day and week; and an exponentially weighted view over the week):
 - impressions, clicks, CTR with its Wilson interval (statsmodels) at the effective size
   that users' many impressions leave (``estimators.clustered_ctr``; ``effective_impressions``);
 - requests, NDCG@k and MRR from the click positions of each slate (a slate without a click
-  scores 0), each with a normal interval over requests, clustered by user;
+  scores 0), each with a t interval over requests, clustered by user (J - 1 degrees of freedom);
 - ratings and their mean where users rated;
 - coverage: distinct items shown / items seen in the log over the week (the catalogue as the
   log knows it, since the service must not read the warehouse);
@@ -31,7 +31,7 @@ GROUP = ["model_version", "policy", "arm"]
 def _mean_interval(
     values: np.ndarray, users: np.ndarray, alpha: float
 ) -> tuple[float, float, float]:
-    """The mean of per-request values with a normal interval clustered by user
+    """The mean of per-request values with a t interval clustered by user
     (``estimators.clustered_mean``); NaN bounds with fewer than two users."""
     if len(values) == 0:
         return math.nan, math.nan, math.nan

@@ -43,6 +43,7 @@ from monitoring.estimators import (
     doubly_robust_difference,
     doubly_robust_gain,
     exposure,
+    exposure_weights,
     ips,
     position_based_support,
     snips,
@@ -50,6 +51,9 @@ from monitoring.estimators import (
 )
 
 STRENGTH = 20.0  # pseudo-impressions that shrink an item's attractiveness towards the mean
+# The least examination a slot is given, harvested or fitted: a slot with impressions but no
+# click in a fold reads 0, and an exposure of 0 makes a position-based weight infinite.
+EXAMINATION_FLOOR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,9 @@ class PositionBasedModel:
         each slot's CTR relative to slot 0. Each item's attractiveness is its clicks over its
         examination-weighted impressions; each slot's examination its clicks over its
         impressions' attractiveness, relative to slot 0's. Once they settle, attractiveness
-        is shrunk towards the mean by ``strength`` pseudo-impressions.
+        is shrunk towards the mean by ``strength`` pseudo-impressions. Examination is kept
+        within [``EXAMINATION_FLOOR``, 1], as the harvested one is: a slot shown in but
+        never clicked in reads 0 otherwise.
 
         ``examination`` given (``harvested_examination``'s) is kept as it is, and only the
         attractiveness is fitted to it."""
@@ -105,14 +111,15 @@ class PositionBasedModel:
             examination = updated
             if settled:
                 break
+        # Floored as the harvest floors it: under greedy serving (no shared part to harvest)
+        # this fit is the position-based weights' examination, and a slot read at 0 gives
+        # its items a logged exposure of 0. Floored before the attractiveness is fitted to
+        # it, so that a refit to the same examination (``_Rewards``) predicts the same.
+        examination = np.clip(examination, EXAMINATION_FLOOR, 1.0)
         attractiveness, default = shrunk_attractiveness(
             codes, clicks, examination[positions], len(items), strength
         )
-        return cls(
-            np.minimum(examination, 1.0),
-            dict(zip(items, attractiveness.tolist(), strict=True)),
-            default,
-        )
+        return cls(examination, dict(zip(items, attractiveness.tolist(), strict=True)), default)
 
     def predict(self, item_ids: Sequence[str], positions: Sequence[int]) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)
@@ -146,7 +153,7 @@ def harvested_examination(
     clicks: np.ndarray,
     slots: np.ndarray,
     weights: np.ndarray | None = None,
-    floor: float = 1e-3,
+    floor: float = EXAMINATION_FLOOR,
 ) -> np.ndarray | None:
     """Each slot's examination relative to slot 0, from the per-slot propensities, unconfounded
     by which items the logging policy puts where; None where the log cannot say.
@@ -162,7 +169,8 @@ def harvested_examination(
     most 1), estimate examination(k) times the same mean attractiveness for every k, so their
     ratio to slot 0's is the examination (intervention harvesting, in the spirit of Agarwal
     et al. 2019, "Estimating position bias without intrusive interventions"). A log without
-    such a shared part (greedy serving) gives slot 0 no weighted click, hence None.
+    such a shared part (greedy serving) gives slot 0 no weighted click, hence None, and the
+    caller falls back to the joint fit (``cross_fit``), floored the same way.
 
     One row per impression: its slot, click and per-slot propensities (NaN past a short
     slate's end); ``weights`` (per impression, a bootstrap's) multiply the clicks."""
@@ -181,7 +189,11 @@ def _shared_part(positions: np.ndarray, slots: np.ndarray) -> np.ndarray:
 
 
 def _harvest(
-    positions: np.ndarray, clicks: np.ndarray, shared: np.ndarray, width: int, floor: float = 1e-3
+    positions: np.ndarray,
+    clicks: np.ndarray,
+    shared: np.ndarray,
+    width: int,
+    floor: float = EXAMINATION_FLOOR,
 ) -> np.ndarray | None:
     """``harvested_examination`` from each impression's (weighted) click and shared-part
     weight: the bootstrap calls it once per replicate and fold."""
@@ -207,7 +219,10 @@ def cross_fit(
     """Two-fold cross-fitting of the reward model: each fold's predictions for its logged
     items come from the model fitted on the other fold. Returns those predictions and, per
     fold, (its rows' mask, the model to use for them). With ``slots`` (the per-slot
-    propensities, ``_slot_propensities``) the examination is ``harvested_examination``'s."""
+    propensities, ``_slot_propensities``) the examination is ``harvested_examination``'s
+    where the log has a shared part to harvest, and the joint fit's otherwise (greedy
+    serving, the default: every item logged in one slot with propensity 1); either is at
+    least ``EXAMINATION_FLOOR``."""
     predicted = np.zeros(len(rows))
     positions = rows["position"].to_numpy()
     items = rows["item_id"].to_numpy()
@@ -244,6 +259,22 @@ def _target(rows: pd.DataFrame, slates: dict[str, list[str]]) -> tuple[np.ndarra
         dtype=object,
     )
     return (items == rows["item_id"].to_numpy()).astype(np.float64), items
+
+
+def cut_to_logged_lengths(
+    rows: pd.DataFrame, targets: dict[str, dict[str, list[str]]]
+) -> dict[str, dict[str, list[str]]]:
+    """Each target's slate for each logged request (``rows``' requests, every one in each
+    target's slates) cut to the request's own logged length, its largest logged slot + 1.
+
+    The slate size k is per request (the service's schema takes it from each request), and
+    a target serving a request would show that many items: one it ranks below them is not
+    shown at all. Left longer, the slate would give such an item the examination of a slot
+    the request never had, and the position-based weights would credit the target with its
+    clicks elsewhere in the slate (item-position weights only read the logged slots)."""
+    lengths = (rows.groupby("request_id", sort=False)["position"].max() + 1).to_dict()
+    return {name: {request: slates[request][: int(size)] for request, size in lengths.items()}
+            for name, slates in targets.items()}  # fmt: skip
 
 
 def _slot_propensities(rows: pd.DataFrame) -> np.ndarray | None:
@@ -454,7 +485,8 @@ def compare(
     the clicks the logging policy actually got.
 
     ``frame`` is the logging policy's impressions (``monitoring.logs.impressions``); only the
-    requests every target has a slate for are used, and the others are counted.
+    requests every target has a slate for are used, and the others are counted. Each slate
+    is cut to its request's logged length (``cut_to_logged_lengths``).
 
     Where every impression carries its per-slot propensities, the position-based IPS estimate
     (``pbm_ips``: ``estimators.exposure``, ``_position_based_estimates``) joins the
@@ -475,6 +507,7 @@ def compare(
     result: dict[str, Any] = {"impressions": len(rows), "uncovered": int((~covered).sum())}
     if rows.empty:
         return {**result, "targets": {}, "weights": weights}
+    targets = cut_to_logged_lengths(rows, targets)
     logged = rows["propensity"].to_numpy(dtype=np.float64)
     clicks = rows["clicked"].to_numpy(dtype=np.float64)
     slate_ids = rows["request_id"].to_numpy()
@@ -586,7 +619,9 @@ def _position_based_estimates(
         logged = weights.logged(theta)
         total = float(len(clicks)) if w is None else float(w.sum())
         predicted, direct = rewards.predict(weights, theta, w)
-        ratio = {name: weights.target(theta, where) / logged
+        # An impression the logging policy exposed to no examination weighs 0 (unsupported;
+        # estimators.exposure_weights), not 1 / 0.
+        ratio = {name: exposure_weights(logged, weights.target(theta, where))
                  for name, (_, _, where, _) in arrays.items()}  # fmt: skip
         terms = {name: r * clicks for name, r in ratio.items()}
         out = {}
@@ -658,7 +693,9 @@ def greedy_slates(
     (``serving.engine.user_query`` and ``slate_scores``): the user's training history plus
     their clicks before the request, newest ``fresh_clicks`` of those within ``fresh_ttl``
     (what the service reads from Feast's push-fed view), those seen items left out; anyone
-    the model cannot answer for gets popularity. Its top k, k the logged slate's size.
+    the model cannot answer for gets popularity. Its top k, k the logged slate's size: each
+    request's own (the service takes k from each request, so a log can mix sizes), ranked
+    as the service ranks k items (``serving.policies.top``).
 
     ``clicks`` (``ts``, ``user_id``, ``item_id``: the log's click events, ``logs.clicks``)
     matter: users click several times an hour, and without them the reconstructed champion is
@@ -695,16 +732,23 @@ def greedy_slates(
         }  # a request sent without it: None, NaN or NA
         answer = user_query(model, row.user_id, fresh, context)
         queries.append(answer[0] if answer is not None else None)
-    slates: dict[str, list[str]] = {}
-    k = int(per_request["k"].max()) + 1
+    # Each request's own size, not the log's largest: a longer slate would show items the
+    # candidate never would for that request (``compare`` cuts them too).
+    sizes = per_request["k"].to_numpy(dtype=np.int64) + 1
+    chosen: list[list[str]] = []
     batch = 512
     for start in range(0, len(queries), batch):
         scores = slate_scores(model, queries[start : start + batch], exclude_seen=True)
-        top = top_k(scores, k)
-        for request_id, columns, row in zip(per_request.index[start : start + batch], top,
-                                            scores, strict=True):  # fmt: skip
-            slates[request_id] = [model.item_ids[c] for c in columns if np.isfinite(row[c])]
-    return slates
+        here = sizes[start : start + batch]
+        slates: list[list[str]] = [[] for _ in here]
+        # top_k per size, as the service ranks k items (ties at the k-th score resolve as
+        # its argpartition does for that k, which a longer top cut short need not match).
+        for size in np.unique(here):
+            members = np.flatnonzero(here == size)
+            for row, columns in zip(members, top_k(scores[members], int(size)), strict=True):
+                slates[row] = [model.item_ids[c] for c in columns if np.isfinite(scores[row, c])]
+        chosen += slates
+    return dict(zip(per_request.index, chosen, strict=True))
 
 
 def gate_estimate(

@@ -35,10 +35,10 @@ def settled(window: dict, explicit: bool, now: datetime | None = None) -> bool:
     to ``event_log.seal_seconds`` after it is acknowledged (the production log, at once).
     The scheduled run starts as its hour ends, when its last minutes' clicks have not arrived
     yet: estimated then, the hour's CTR (never recomputed) reads low and ADWIN sees a falling
-    tail, a false degradation. So the scheduled hour waits for them. A run triggered for an explicit window (an operator's
-    rerun, the demo's short hours, whose simulated users click within the request;
-    ``explicit``) is estimated at once, as asked; its log says when that window's clicks may
-    be incomplete."""
+    tail, a false degradation. So the scheduled hour waits for them. A run triggered for an
+    explicit window (an operator's rerun, the demo's short hours, whose simulated users click
+    within the request; ``explicit``) is estimated at once, as asked; its log says when that
+    window's clicks may be incomplete."""
     settings = load_settings()
     end = datetime.fromisoformat(window["end"])
     ready = end + timedelta(

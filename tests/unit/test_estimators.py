@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 from estimators.bandits import ips as vw_ips
 from estimators.bandits import snips as vw_snips
+from scipy import stats
 
 from monitoring import estimators
+
+# The two-sided 95% quantiles of Student's t, by degrees of freedom (clusters - 1): what a
+# clustered interval's half-width multiplies its standard error by.
+T_975 = {1: 12.706204736174698, 3: 3.182446305284263, 4: 2.7764451051977987}
 
 
 def test_ips_and_snips_by_hand() -> None:
@@ -23,8 +28,8 @@ def test_ips_and_snips_by_hand() -> None:
     snips = estimators.snips(clicks, logged, target, slates)
     assert snips.value == pytest.approx(6 / 7)
     # Slate sums of w*c: a = 2, b = 4; centred by value * size (1.5 * 2 = 3): -1, +1.
-    # var = J/(J-1) * sum(centred^2) / n^2 = 2 * 2 / 16 = 0.25.
-    half = 1.959963984540054 * math.sqrt(0.25)
+    # var = J/(J-1) * sum(centred^2) / n^2 = 2 * 2 / 16 = 0.25; two slates: t with 1 df.
+    half = T_975[1] * math.sqrt(0.25)
     assert (ips.low, ips.high) == pytest.approx((1.5 - half, 1.5 + half))
     assert ips.impressions == 4 and ips.slates == 2
 
@@ -50,7 +55,7 @@ def test_exposure_and_position_based_weights_by_hand() -> None:
 def test_bootstrapped_interval_is_the_replicates_spread() -> None:
     replicates = [0.9, 1.1, 1.0, 1.0]
     estimate = estimators.bootstrapped("pbm_ips", 1.0, replicates, 40, 4)
-    half = 1.959963984540054 * float(np.std(replicates, ddof=1))
+    half = T_975[3] * float(np.std(replicates, ddof=1))  # 4 clusters resampled: t with 3 df
     assert (estimate.low, estimate.high) == pytest.approx((1 - half, 1 + half))
     assert math.isinf(estimators.bootstrapped("pbm_ips", 1.0, [1.0], 40, 4).high)
     # One slate: every replicate is the same slate again, so no interval can be read off.
@@ -105,7 +110,7 @@ def test_the_paired_gain_is_dr_less_the_logged_ctr_with_the_differences_interval
     # Hand-computed: the slate-clustered normal interval of the per-impression differences.
     terms = model["direct"] + target / logged * (clicks - model["predicted"]) - clicks
     sums = np.bincount(slates, weights=terms) - terms.mean() * np.bincount(slates)
-    half = 1.959963984540054 * np.sqrt((sums**2).sum() * (n / 4) / (n / 4 - 1)) / n
+    half = stats.t.ppf(0.975, n / 4 - 1) * np.sqrt((sums**2).sum() * (n / 4) / (n / 4 - 1)) / n
     assert (gain.low, gain.high) == pytest.approx((gain.value - half, gain.value + half))
     # The target logged policy itself gains nothing, exactly, with a zero-width interval.
     same = estimators.doubly_robust_gain(clicks, logged, logged, slates, predicted=clicks,
@@ -133,7 +138,7 @@ def test_the_difference_of_two_targets_is_their_paired_dr_difference() -> None:
         0.2 * other + other / logged * (clicks - predicted)
     )
     sums = np.bincount(slates, weights=terms) - terms.mean() * np.bincount(slates)
-    half = 1.959963984540054 * np.sqrt((sums**2).sum() * (n / 4) / (n / 4 - 1)) / n
+    half = stats.t.ppf(0.975, n / 4 - 1) * np.sqrt((sums**2).sum() * (n / 4) / (n / 4 - 1)) / n
     assert (difference.low, difference.high) == pytest.approx(
         (difference.value - half, difference.value + half)
     )
@@ -244,10 +249,53 @@ def test_support_is_the_mean_importance_weight_by_hand() -> None:
     # The slates of test_ips_and_snips_by_hand: weights 2, 0, 1, 4; mean 7/4.
     weights = estimators.support([0.5, 0.5, 1.0, 0.25], [1.0, 0.0, 1.0, 1.0], ["a", "a", "b", "b"])
     # Slate sums 2 and 5, centred by 7/4 * 2: -1.5, +1.5; var = 2 * 4.5 / 16.
-    half = 1.959963984540054 * math.sqrt(2 * 4.5 / 16)
+    half = T_975[1] * math.sqrt(2 * 4.5 / 16)
     assert (weights.value, weights.low, weights.high) == pytest.approx(
         (1.75, 1.75 - half, 1.75 + half)
     )
+
+
+def test_clustered_intervals_take_the_t_quantile_of_their_clusters() -> None:
+    """Five clusters (say an arm's NDCG over five users, or the gain on an hour's five new
+    users): the half-width is t(0.975, 4) = 2.78 times the clustered standard error, not the
+    normal's 1.96, which holds far less than 95% with so few; the bootstrap's interval,
+    whose replicates resample the same five clusters, too. With many clusters the t quantile
+    is the normal's."""
+    assert stats.t.ppf(0.975, 4) == pytest.approx(T_975[4])
+    values = np.array([1.0, 0.0, 0.5, 2.0, 1.5, 0.5, 3.0, 1.0, 0.0, 2.5])
+    clusters = np.repeat(list("abcde"), 2)
+    mean = estimators.clustered_mean("ndcg", values, clusters)
+    # Per-cluster sums of the residuals, with the small-sample factor J / (J - 1).
+    sums = np.bincount(np.repeat(np.arange(5), 2), weights=values - values.mean())
+    se = math.sqrt(5 / 4 * float((sums**2).sum())) / len(values)
+    assert mean.slates == 5 and mean.value == pytest.approx(values.mean())
+    assert (mean.low, mean.high) == pytest.approx(
+        (mean.value - T_975[4] * se, mean.value + T_975[4] * se)
+    )
+    # The off-policy estimators share the interval: IPS on the same five users.
+    ips = estimators.ips(values / 3, np.full(10, 0.5), np.full(10, 0.5), clusters)
+    assert ips.high - ips.value == pytest.approx(T_975[4] * se / 3)
+    replicates = [0.9, 1.1, 1.0, 1.05, 0.95]
+    booted = estimators.bootstrapped("cold_gain", 1.0, replicates, 10, 5)
+    assert booted.high - booted.value == pytest.approx(T_975[4] * float(np.std(replicates, ddof=1)))
+    many = estimators.clustered_mean("ndcg", np.tile(values, 500), np.arange(5000))
+    se = float(np.std(np.tile(values, 500), ddof=1)) / math.sqrt(5000)
+    assert many.high - many.value == pytest.approx(1.96 * se, rel=1e-3)
+
+
+def test_a_zero_logged_exposure_is_unsupported_not_an_error() -> None:
+    """A position-based exposure, unlike a propensity, can be 0 (an item logged only in a
+    slot whose examination reads 0): its weight is 0, and the support's mean falls short of
+    1 by it, as for an item the log never shows. A negative or NaN one is still an error."""
+    weights = estimators.exposure_weights([0.5, 0.0, 0.25], [0.5, 1.0, 0.5])
+    np.testing.assert_array_equal(weights, [1.0, 0.0, 2.0])
+    support = estimators.position_based_support(
+        [0.5, 0.0, 0.25, 1.0], [0.5, 1.0, 0.5, 1.0], np.ones(4), ["a", "a", "b", "b"]
+    )
+    assert support.value == pytest.approx((1 + 0 + 2 + 1) / 4)
+    for bad, message in ((-0.1, "exposures must lie in"), (math.nan, "must be finite")):
+        with pytest.raises(ValueError, match=message):
+            estimators.position_based_support([0.5, bad], [0.5, 0.5], [1, 1], ["a", "b"])
 
 
 def _tail_log(seed: int, slates: int, explore: float, tail: int) -> tuple[bool, dict]:

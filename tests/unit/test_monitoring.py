@@ -59,8 +59,9 @@ def test_online_intervals_count_users_not_impressions() -> None:
     end = datetime(2026, 1, 1, 11, tzinfo=UTC)
     hour = online.online_metrics(frame, end - timedelta(hours=1), end, catalogue=10)
     hour = hour[hour["window"] == "hour"].iloc[0]
-    # MRR per request 1, 1, 0, 0.5: mean 0.625; per-user sums of the residuals +0.75, -0.75.
-    half = 1.959963984540054 * math.sqrt(2 / 1 * (0.75**2 + 0.75**2) / 4**2)
+    # MRR per request 1, 1, 0, 0.5: mean 0.625; per-user sums of the residuals +0.75, -0.75;
+    # two users: the t quantile of 1 degree of freedom.
+    half = 12.706204736174698 * math.sqrt(2 / 1 * (0.75**2 + 0.75**2) / 4**2)
     assert (hour["mrr"], hour["mrr_low"], hour["mrr_high"]) == pytest.approx(
         (0.625, 0.625 - half, 0.625 + half)
     )
@@ -650,3 +651,134 @@ def test_position_based_ips_only_underestimates_a_target_the_log_does_not_suppor
         assert unsupported(numbers, settings, promote=True) is None
     # The unlogged slot holds about a twentieth of the target's clicks (8 seeds: 2% to 7%).
     assert np.mean(ratios) < 0.97, ratios
+
+
+def _greedy_log(seed: int, requests: int, slots: int = 10) -> tuple[pd.DataFrame, dict]:
+    """A log served greedily (the default ``serving.policy``): each request shows 10 of 100
+    items, each logged in its slot with propensity 1 (per-slot propensities one-hot), and
+    clicked with probability 0.1 / log2(slot + 2); three requests a user. And a target that
+    shows each request's items in reverse."""
+    rng = np.random.default_rng(seed)
+    items = np.array([f"i{n}" for n in range(100)])
+    rows = []
+    for request in range(requests):
+        shown = rng.choice(100, slots, replace=False)
+        for slot, item in enumerate(shown):
+            rows.append({"request_id": f"r{request:04d}", "user_id": f"u{request // 3}",
+                         "item_id": items[item], "position": slot, "propensity": 1.0,
+                         "slot_propensities": np.eye(slots)[slot], "served_by": "history",
+                         "clicked": int(rng.random() < 0.1 / np.log2(slot + 2))})  # fmt: skip
+    frame = pd.DataFrame(rows)
+    reversed_ = {request: list(group.sort_values("position")["item_id"])[::-1]
+                 for request, group in frame.groupby("request_id")}  # fmt: skip
+    return frame, reversed_
+
+
+def test_position_based_weights_on_a_greedy_log_come_out_finite() -> None:
+    """Greedy serving and position-based weights, both the defaults: a greedy log has no
+    shared part to harvest examination from, so it is the joint fit's, and a slot with
+    impressions but no click in a fold read 0 there, giving its items a logged exposure of 0
+    and ``compare`` a ValueError ("logged: propensities must lie in (0, 1]"; in each of these
+    seeds, at 40 requests). Floored as the harvest floors it, every estimate is finite."""
+    for seed in range(5):
+        frame, target = _greedy_log(seed, 40)
+        result = ope.compare(frame, {"target": target}, weights="position_based")
+        assert result["weights"] == "position_based"
+        compared = result["targets"]["target"]
+        estimates = compared["estimates"]
+        for estimate in (estimates["pbm_ips"], estimates["pbm_dr"], compared["gain"],
+                         compared["support"]):  # fmt: skip
+            assert np.isfinite([estimate.value, estimate.low, estimate.high]).all(), estimate
+        # The cold-start gains the gate reads run the same path.
+        cold = ope.cold_start_gains(frame.assign(served_by="popularity"), {"target": target},
+                                    weights="position_based")["target"]  # fmt: skip
+        assert np.isfinite(cold["cold_gain_value"])
+        half = ope.PositionBasedModel.fit(frame[frame["request_id"] < "r0020"])
+        assert half.examination.min() >= ope.EXAMINATION_FLOOR
+
+
+def test_each_request_slate_is_cut_to_its_own_logged_length() -> None:
+    """k is per request. A candidate's greedy slate for a 2-slot request holds 2 items, not
+    the log's largest k; and ``compare`` cuts a longer slate it is given to the logged
+    length, so the position-based weights credit no item the target ranks below the slots
+    the request showed (here the target ranks the champion's second item fourth: left long,
+    a 2-slot request's click on it was credited with the fourth slot's examination)."""
+    from tests.unit.training_data import synthetic
+    from training.models import create
+
+    model = create("popularity").fit(synthetic())
+    t0 = pd.Timestamp("2026-03-01 10:00", tz="UTC")
+    requests = pd.DataFrame({
+        "request_id": ["short"] * 2 + ["long"] * 5, "user_id": ["new-a"] * 2 + ["new-b"] * 5,
+        "position": [0, 1, 0, 1, 2, 3, 4], "ts": t0, "device": "web", "hour": 10,
+    })  # fmt: skip
+    slates = ope.greedy_slates(model, requests)
+    assert len(slates["short"]) == 2 and len(slates["long"]) == 5
+    assert slates["short"] == slates["long"][:2]  # both new users: the same ranking
+    # A 5-slot log where every other request showed 2 slots (their propensities cut too).
+    frame, long_slates, _, _ = _tastes_log(seed=3, requests=3000)
+    short = frame["request_id"].str[1:].astype(int) % 2 == 1
+    frame = frame[~short | (frame["position"] < 2)].copy()
+    frame["slot_propensities"] = [p[:2] if cut else p for p, cut in zip(
+        frame["slot_propensities"], short[frame.index], strict=True)]  # fmt: skip
+    lengths = frame.groupby("request_id")["position"].max() + 1
+    cut = {request: long_slates[request][:size] for request, size in lengths.items()}
+    given_long = ope.compare(frame, {"target": long_slates}, weights="position_based")
+    given_cut = ope.compare(frame, {"target": cut}, weights="position_based")
+    for key in ("matches", "unlogged_share"):
+        assert given_long["targets"]["target"][key] == given_cut["targets"]["target"][key]
+    for name in ("pbm_ips", "pbm_dr", "dr"):
+        a = given_long["targets"]["target"]["estimates"][name]
+        b = given_cut["targets"]["target"]["estimates"][name]
+        assert (a.value, a.low, a.high) == pytest.approx((b.value, b.low, b.high)), name
+    for key in ("gain", "support"):
+        a, b = given_long["targets"]["target"][key], given_cut["targets"]["target"][key]
+        assert (a.value, a.low, a.high) == pytest.approx((b.value, b.low, b.high)), key
+
+
+def test_one_candidates_failed_estimate_is_recorded_and_the_hour_goes_on(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """Two candidates, one of whose estimates fails: the other's rows and gain row come as
+    usual; the failed one's windows each get a not_estimated row with the error, no alarm,
+    a logged exception naming it, and the hour's decision says it was not estimated."""
+    from types import SimpleNamespace
+
+    from monitoring import hourly, store
+    from recloop.settings import Settings
+    from training import registry
+
+    frame, target, _, _ = _tastes_log(seed=3, requests=600)
+    start = datetime(2026, 1, 5, 9, tzinfo=UTC)
+    frame["ts"] = pd.Timestamp(start) + pd.to_timedelta(np.arange(len(frame)) // 5, unit="s")
+    champion_slates = {r: list(group.sort_values("position")["item_id"])
+                       for r, group in frame.groupby("request_id")}  # fmt: skip
+
+    def download(settings, version):
+        if version == "6":
+            raise RuntimeError("logged: propensities must lie in (0, 1]")
+        return version
+
+    monkeypatch.setattr(registry, "download_model", download)
+    monkeypatch.setattr(ope, "greedy_slates", lambda model, rows, *args, **kwargs:
+                        champion_slates if model == "1" else target)  # fmt: skip
+    versions = [SimpleNamespace(version=v, creation_timestamp=0, tags={"kind": k})
+                for v, k in (("5", "ease"), ("6", "sasrec"))]  # fmt: skip
+    settings, champion = Settings(home=tmp_path), SimpleNamespace(version="1")
+    with caplog.at_level("ERROR", logger="monitoring.hourly"):
+        rows, alarms = hourly._off_policy(settings, frame, start, versions, champion, {},
+                                          pd.DataFrame())  # fmt: skip
+    assert "pbm_ips_gain" in set(rows.loc[rows["candidate_version"] == "5", "estimator"])
+    failed = rows[rows["candidate_version"] == "6"]
+    assert list(failed["estimator"]) == [hourly.NOT_ESTIMATED] * 2
+    assert set(failed["window"]) == {"hour", "since_registered"}
+    assert failed["value"].isna().all() and failed["champion_ctr"].notna().all()
+    assert set(failed["error"]) == {"RuntimeError: logged: propensities must lie in (0, 1]"}
+    assert all(alarm.subject != "6" for alarm in alarms)
+    logged = [r for r in caplog.records if "version 6" in r.getMessage()]
+    assert logged and logged[0].exc_info is not None
+    assert hourly.not_estimated(rows) == {"6": failed["error"].iloc[0]}
+    end = start + timedelta(hours=1)
+    store.write(settings, "off_policy", end, rows.assign(hour_end=pd.Timestamp(end)))
+    decision = hourly.decide(settings, start, end)
+    assert "not estimated: version 6 (RuntimeError: logged: propensities" in decision["reason"]
