@@ -375,6 +375,8 @@ def judge(
         data_gate_passed=plan["data_gate_passed"], popularity=popularity,
         off_policy=off_policy if not (criterion == "off_policy" and is_refresh) else None,
         refresh=is_refresh, seed=settings.seed, criterion=criterion,
+        # Picked as the best on the very users the gain is measured on (promotion.decide).
+        chosen_from=len(summaries) if criterion == "offline" else 1,
     )  # fmt: skip
     if selection is not None:
         numbers = {**decision.numbers, **_selection_numbers(selection, summaries)}
