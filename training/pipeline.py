@@ -241,7 +241,9 @@ def begin(
     from training import registry
 
     frozen = data is None  # read from the feature store here: the run's tasks read this copy
-    data = _load_data(settings, data)
+    outcome = None
+    if frozen:
+        data, outcome = _checked_data(settings)
     kinds = kinds or settings.training.models
     recipes = [recipe(kind, settings) for kind in kinds]
     client = registry.configure(settings)
@@ -257,7 +259,7 @@ def begin(
             "seed": settings.seed}.items():  # fmt: skip
         client.log_param(run_id, name, value)
     plan = {"parent_run_id": run_id, "recipes": recipes, "data": data.describe(),
-            "data_gate_passed": _data_gate_passed(settings, data)}  # fmt: skip
+            "data_gate_passed": _data_gate_passed(settings, data, outcome)}  # fmt: skip
     if frozen:
         # The DAG's tasks each load the data in their own process, while the hourly features
         # run may rewrite the export between them: every task would then train or judge on
@@ -527,15 +529,53 @@ def _not_paired_across_runs(
     )
 
 
-def _data_gate_passed(settings: Settings, data: InteractionData) -> bool:
+def _data_gate_passed(
+    settings: Settings, data: InteractionData, outcome: dict[str, Any] | None = None
+) -> bool:
+    """Whether the gate passed the batch ``data`` was read from: ``outcome`` when the caller
+    read the data under it (``_checked_data``), else the latest one."""
     if data.snapshot.get("source") != "feast":
         # Read straight from a source folder (a benchmark, `recloop train --data`): no feature
         # batch went through the gate, so there is no failed gate to respect.
         return True
     from recloop.features.gate import last_outcome
 
-    outcome = last_outcome(settings)
+    outcome = outcome or last_outcome(settings)
     return bool(outcome and outcome["passed"])
+
+
+BUILD_WAIT_SECONDS = 600.0  # how long begin waits for a features run's gate
+
+
+def _checked_data(settings: Settings) -> tuple[InteractionData, dict[str, Any] | None]:
+    """The feature store's training set and the outcome of the gate that checked it.
+
+    dbt rewrites the exports before the gate checks them, and the gate's outcome file says
+    so meanwhile (``recloop.features.gate.mark_building``). So the rows are read only while
+    no build is marked, and again if the outcome changed during the read (a build began, or
+    a gate finished): what is returned is the batch that outcome judged. Waits at most
+    ``BUILD_WAIT_SECONDS`` for a marked build, then refuses by name (the task's retry waits
+    again): a build that never reached its gate (dbt failed) leaves the exports unchecked
+    until the next features run."""
+    from recloop.features.gate import last_outcome
+
+    deadline = time.monotonic() + BUILD_WAIT_SECONDS
+    while True:
+        before = last_outcome(settings)
+        if before is None or "building" not in before:
+            data = _load_data(settings, None)
+            if last_outcome(settings) == before:
+                return data, before
+            continue
+        if time.monotonic() > deadline:
+            building = before["building"]
+            raise RuntimeError(
+                f"a features run began rebuilding the marts at {building['since']} (batch "
+                f"ending {building['end']}) and no gate has checked them since: training "
+                "reads no unchecked batch (it waits for that run's gate, or the next run's)"
+            )
+        log.info("a features run is rebuilding the marts: waiting for its gate")
+        time.sleep(2.0)
 
 
 def _summary(candidate: Candidate) -> dict[str, Any]:

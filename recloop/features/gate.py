@@ -429,17 +429,34 @@ def _outcome_path(settings: Settings) -> Path:
 
 def _record_outcome(settings: Settings, report: GateReport, failures: list[str]) -> None:
     # The promotion gate reads this: no model is promoted on features from a failed batch.
-    path = _outcome_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    outcome = {
+    # It replaces the whole file, ``building`` (below) included.
+    _write_outcome(settings, {
         "passed": not failures,
         "checked_at": datetime.now(UTC).isoformat(),
         "end": report.end.isoformat(),
         "failures": failures,
-    }
+    })  # fmt: skip
+
+
+def mark_building(settings: Settings, end: datetime) -> None:
+    """Say, before dbt rewrites the marts and the exports that training reads, that they are
+    about to hold a batch no gate has checked (``building``); the gate's outcome replaces the
+    mark. The last finished gate's outcome stays beside it, for what was trained before.
+    Training reads the exports only while no build is marked (``training.pipeline.begin``):
+    else a run that began after a passed gate could read the rows of a batch whose gate then
+    failed, and promote on them."""
+    previous = {k: v for k, v in (last_outcome(settings) or {"passed": None}).items()
+                if k != "building"}  # fmt: skip
+    since = datetime.now(UTC).isoformat()
+    _write_outcome(settings, {**previous, "building": {"since": since, "end": end.isoformat()}})
+
+
+def _write_outcome(settings: Settings, outcome: dict[str, Any]) -> None:
+    path = _outcome_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(outcome, indent=1))
-    tmp.replace(path)
+    tmp.replace(path)  # atomic: a reader sees the old outcome or the new, never half of one
 
 
 def last_outcome(settings: Settings) -> dict[str, Any] | None:

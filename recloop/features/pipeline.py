@@ -16,7 +16,7 @@ from datetime import datetime
 
 from recloop.features import store
 from recloop.features.dbt import run_dbt
-from recloop.features.gate import GateReport, run_gate
+from recloop.features.gate import GateReport, mark_building, run_gate
 from recloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ def build_features(
     settings: Settings, end: datetime, *, full_refresh: bool = False, echo: bool = True
 ) -> None:
     command = ["build", *(["--full-refresh"] if full_refresh else [])]
+    mark_building(settings, end)  # the exports are about to hold an unchecked batch
     run_dbt(settings, command, as_of=end, echo=echo)
 
 

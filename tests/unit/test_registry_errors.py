@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import mlflow
@@ -210,7 +211,7 @@ def test_the_runs_tasks_read_the_rows_begin_read_though_the_export_changes(
     later = replace(synthetic(seed=1), snapshot={"source": "feast", "interactions_digest": "bbb"})
     store = {"now": first}
     monkeypatch.setattr(training.datasets, "from_feature_store", lambda settings: store["now"])
-    monkeypatch.setattr(pipeline, "_data_gate_passed", lambda settings, data: True)
+    monkeypatch.setattr(pipeline, "_data_gate_passed", lambda settings, data, outcome: True)
     plan = pipeline.begin(settings, kinds=["popularity"])
     assert plan["data_artifact"] == pipeline.TRAINING_DATA
     store["now"] = later  # the export rewritten by the next hour's features run
@@ -224,3 +225,55 @@ def test_the_runs_tasks_read_the_rows_begin_read_though_the_export_changes(
     assert report.champion_changed and report.data["interactions_digest"] == "aaa"
     # Given data (a source folder, one process) is used as it is and not kept.
     assert "data_artifact" not in pipeline.begin(settings, kinds=["popularity"], data=first)
+
+
+def test_begin_reads_no_batch_that_a_gate_has_not_checked(tmp_path, monkeypatch) -> None:
+    """dbt rewrites the exports before the gate checks them, and marks that (gate.
+    mark_building): begin waits for the gate's outcome, and reads again when an outcome
+    lands during its read, so that data_gate_passed is the verdict on the rows it read."""
+    import threading
+
+    import training.datasets
+    from recloop.features import gate
+
+    settings = Settings(home=tmp_path)
+    data = replace(synthetic(), snapshot={"source": "feast", "interactions_digest": "aaa"})
+    reads = []
+
+    def read(settings):
+        reads.append(gate.last_outcome(settings))
+        return data
+
+    monkeypatch.setattr(training.datasets, "from_feature_store", read)
+    end = datetime(2026, 1, 5, 10, tzinfo=UTC)
+
+    def outcome(passed: bool) -> None:
+        gate._record_outcome(settings, gate.GateReport(end - timedelta(hours=1), end),
+                             [] if passed else ["events: bad batch"])  # fmt: skip
+
+    outcome(True)
+    gate.mark_building(settings, end)
+    assert gate.last_outcome(settings)["passed"] is True  # the last finished gate's, kept
+    threading.Timer(0.5, outcome, [False]).start()  # that build's gate fails
+    plan = pipeline.begin(settings, kinds=["popularity"])
+    assert reads and all("building" not in r for r in reads)
+    assert plan["data_gate_passed"] is False  # the verdict on the batch it read
+
+    # An outcome landing during the read: read again, under the new outcome.
+    reads.clear()
+
+    def read_while_a_gate_passes(settings):
+        if not reads:
+            outcome(True)  # the next batch's gate lands while the first read runs
+        reads.append(gate.last_outcome(settings)["passed"])
+        return data
+
+    monkeypatch.setattr(training.datasets, "from_feature_store", read_while_a_gate_passes)
+    assert pipeline.begin(settings, kinds=["popularity"])["data_gate_passed"] is True
+    assert len(reads) == 2
+
+    # A build that never reached its gate: begin refuses by name once it has waited.
+    gate.mark_building(settings, end)
+    monkeypatch.setattr(pipeline, "BUILD_WAIT_SECONDS", 0.0)
+    with pytest.raises(RuntimeError, match="no gate has checked them since"):
+        pipeline.begin(settings, kinds=["popularity"])
