@@ -256,11 +256,20 @@ class LocalEventLog:
         self._stop_sealer.set()
         if self._sealer is not None:
             self._sealer.join()
-        with self._io:
-            for partition in list(self._segments):
-                self._seal(partition)
-        self._closed = True
-        self._release_writer_lock()
+        try:
+            with self._io:
+                for partition in list(self._segments):
+                    self._seal(partition)
+        finally:
+            # Even when a seal failed (raised to the caller): a segment left unsealed stays
+            # .open, and the next writer's recovery seals it (what it holds was acknowledged,
+            # so fsynced); a writer lock kept by a closed log would block that writer for good.
+            for segment in self._segments.values():
+                with contextlib.suppress(OSError):
+                    os.close(segment.fd)
+            self._segments.clear()
+            self._closed = True
+            self._release_writer_lock()
 
     def __enter__(self) -> LocalEventLog:
         return self
@@ -496,7 +505,12 @@ class LocalEventLog:
         path = directory / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         if self.fsync:
-            _fsync_dir(directory)  # the new name must survive a crash as well as its data
+            try:
+                _fsync_dir(directory)  # the new name must survive a crash as well as its data
+            except BaseException:
+                os.close(fd)  # not a segment yet: neither a leaked descriptor nor an empty file
+                path.unlink(missing_ok=True)
+                raise
         segment = _Segment(path, fd, time.monotonic())
         self._segments[partition] = segment
         return segment

@@ -247,3 +247,50 @@ def test_a_duplicate_of_an_event_in_flight_is_acknowledged_once_it_is_durable(
         assert (first["result"].appended, first["result"].duplicates) == (1, 0)
         assert (second["result"].appended, second["result"].duplicates) == (0, 1)
     assert read_events(tmp_path).num_rows == 1
+
+
+def test_a_seal_that_fails_at_close_still_releases_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() raises the failed seal, but releases the writer lock: the next writer opens
+    the log, recovers the unsealed segment and reads every acknowledged event."""
+    batch = [event(), event()]
+    real = os.rename
+
+    def rename(src, dst):
+        if str(src).endswith(OPEN_SUFFIX):
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        return real(src, dst)
+
+    log = LocalEventLog(tmp_path, auto_seal=False, lock_timeout=1.0)
+    assert log.append(batch).appended == 2
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="injected"):
+        log.close()
+    monkeypatch.setattr(os, "rename", real)
+    with LocalEventLog(tmp_path, auto_seal=False, lock_timeout=1.0) as again:
+        assert again.append(batch).duplicates == 2
+    assert logged_ids(tmp_path) == sorted(e["event_id"] for e in batch)
+
+
+def test_a_segment_whose_name_cannot_be_synced_leaves_no_file_or_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import recloop.eventlog.local as local
+
+    with LocalEventLog(tmp_path, auto_seal=False) as log:
+        log.append([event()])  # the partition's folders exist and are synced
+        log.seal()
+        real = local._fsync_dir
+
+        def fsync_dir(path):
+            raise OSError(errno.EIO, "Input/output error (injected)")
+
+        monkeypatch.setattr(local, "_fsync_dir", fsync_dir)
+        before = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(EventLogError):
+            log.append([event()])
+        assert len(os.listdir("/proc/self/fd")) == before
+        assert not list(tmp_path.glob(f"**/*{OPEN_SUFFIX}"))
+        monkeypatch.setattr(local, "_fsync_dir", real)
+        assert log.append([event()]).appended == 1
