@@ -4,10 +4,12 @@ Every candidate *recipe* (a kind and its configured overrides) is fitted on each
 training part and evaluated on its held-out part, then fitted once more on all the data: that
 last model is what gets registered and, if promoted, served. The champion is judged by its own
 recipe evaluated in the same run on the same splits, so the gate compares like with like and
-neither side has seen the other's test data. The DAG's tasks each read the feature store's
-export again, so each checks that it still holds the data the run began on (the plan's
-interactions digest) and refuses to go on otherwise: the splits, and so the users' held-out
-items the gate pairs, are the same only on the same data.
+neither side has seen the other's test data. The DAG's tasks run in processes of their own:
+``begin`` keeps the rows it read with the parent MLflow run and every later task reads that
+copy, and each still checks that its data and evaluations carry the interactions digest the
+run began on: the splits, and so the users' held-out items the gate pairs, are the same only
+on the same data. Rows read from the feature store carry the verdict of the data gate that
+checked them (``_checked_data``).
 
 Warm start (``training.warm_start``): a neural recipe continues from the champion's weights on
 only the newest ``warm_start_days`` of interactions. Its evaluation mirrors that: fitted on the
@@ -241,9 +243,7 @@ def begin(
     from training import registry
 
     frozen = data is None  # read from the feature store here: the run's tasks read this copy
-    outcome = None
-    if frozen:
-        data, outcome = _checked_data(settings)
+    data = _load_data(settings, data)
     kinds = kinds or settings.training.models
     recipes = [recipe(kind, settings) for kind in kinds]
     client = registry.configure(settings)
@@ -259,7 +259,7 @@ def begin(
             "seed": settings.seed}.items():  # fmt: skip
         client.log_param(run_id, name, value)
     plan = {"parent_run_id": run_id, "recipes": recipes, "data": data.describe(),
-            "data_gate_passed": _data_gate_passed(settings, data, outcome)}  # fmt: skip
+            "data_gate_passed": _data_gate_passed(data)}  # fmt: skip
     if frozen:
         # The DAG's tasks each load the data in their own process, while the hourly features
         # run may rewrite the export between them: every task would then train or judge on
@@ -494,9 +494,9 @@ def load_evaluations(run_id: str) -> dict[str, Evaluation]:
 
 def _same_data(plan: dict[str, Any], digest: str | None, what: str) -> None:
     """Refuse ``what`` unless its data has the interactions digest the run's plan recorded.
-    Every task of the DAG reads the feature store's export itself, and an hourly features
-    run may rewrite it between tasks: a user's held-out items then differ from task to task,
-    and the gate's per-user pairs would compare different tests, not different models."""
+    The tasks read the rows ``begin`` kept, but an evaluation or a copy from elsewhere (an
+    hourly features run rewrites the export between tasks) would hold other users' held-out
+    items, and the gate's per-user pairs would compare different tests, not different models."""
     recorded = plan["data"].get("interactions_digest")
     if digest != recorded:
         raise ValueError(
@@ -529,26 +529,21 @@ def _not_paired_across_runs(
     )
 
 
-def _data_gate_passed(
-    settings: Settings, data: InteractionData, outcome: dict[str, Any] | None = None
-) -> bool:
-    """Whether the gate passed the batch ``data`` was read from: ``outcome`` when the caller
-    read the data under it (``_checked_data``), else the latest one."""
+def _data_gate_passed(data: InteractionData) -> bool:
+    """Whether the data gate passed the batch ``data`` was read from (``_checked_data``)."""
     if data.snapshot.get("source") != "feast":
         # Read straight from a source folder (a benchmark, `recloop train --data`): no feature
         # batch went through the gate, so there is no failed gate to respect.
         return True
-    from recloop.features.gate import last_outcome
-
-    outcome = outcome or last_outcome(settings)
-    return bool(outcome and outcome["passed"])
+    return bool((data.snapshot.get("data_gate") or {}).get("passed"))
 
 
 BUILD_WAIT_SECONDS = 600.0  # how long begin waits for a features run's gate
 
 
-def _checked_data(settings: Settings) -> tuple[InteractionData, dict[str, Any] | None]:
-    """The feature store's training set and the outcome of the gate that checked it.
+def _checked_data(settings: Settings) -> InteractionData:
+    """The feature store's training set, with the outcome of the gate that checked it in its
+    snapshot (``data_gate``; absent before any gate ran), which ``_data_gate_passed`` reads.
 
     dbt rewrites the exports before the gate checks them, and the gate's outcome file says
     so meanwhile (``recloop.features.gate.mark_building``). So the rows are read only while
@@ -558,14 +553,17 @@ def _checked_data(settings: Settings) -> tuple[InteractionData, dict[str, Any] |
     again): a build that never reached its gate (dbt failed) leaves the exports unchecked
     until the next features run."""
     from recloop.features.gate import last_outcome
+    from training.datasets import from_feature_store
 
     deadline = time.monotonic() + BUILD_WAIT_SECONDS
     while True:
         before = last_outcome(settings)
         if before is None or "building" not in before:
-            data = _load_data(settings, None)
+            data = from_feature_store(settings)
             if last_outcome(settings) == before:
-                return data, before
+                if before is not None:
+                    data.snapshot["data_gate"] = before
+                return data
             continue
         if time.monotonic() > deadline:
             building = before["building"]
@@ -684,7 +682,7 @@ def _load_data(
     settings: Settings, data: InteractionData | None, plan: dict[str, Any] | None = None
 ) -> InteractionData:
     """``data`` when given; else the rows the run's ``begin`` kept with the ``plan``'s parent
-    run; else the feature store's training set as it is now."""
+    run; else the feature store's training set as its last data gate checked it."""
     if data is not None:
         return data
     if plan is not None and plan.get("data_artifact"):
@@ -700,9 +698,7 @@ def _load_data(
                 run_id=plan["parent_run_id"], artifact_path=plan["data_artifact"], dst_path=folder
             )
             return InteractionData.load(path)
-    from training.datasets import from_feature_store
-
-    return from_feature_store(settings)
+    return _checked_data(settings)
 
 
 def promote_on_evidence(settings: Settings, version: str, evidence: dict[str, float]) -> Decision:
@@ -796,7 +792,7 @@ def promote_challenger(
                                      data=data, show_progress=show_progress)  # fmt: skip
     decision = decide(
         challenger_evaluations, champion_evaluations, settings.promotion,
-        data_gate_passed=_data_gate_passed(settings, data), popularity=popularity,
+        data_gate_passed=_data_gate_passed(data), popularity=popularity,
         off_policy=off_policy, seed=settings.seed,
     )  # fmt: skip
     candidate = Candidate(registry.recipe_of(challenger), challenger_evaluations, [], 0.0,

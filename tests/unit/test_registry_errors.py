@@ -211,7 +211,7 @@ def test_the_runs_tasks_read_the_rows_begin_read_though_the_export_changes(
     later = replace(synthetic(seed=1), snapshot={"source": "feast", "interactions_digest": "bbb"})
     store = {"now": first}
     monkeypatch.setattr(training.datasets, "from_feature_store", lambda settings: store["now"])
-    monkeypatch.setattr(pipeline, "_data_gate_passed", lambda settings, data, outcome: True)
+    monkeypatch.setattr(pipeline, "_data_gate_passed", lambda data: True)
     plan = pipeline.begin(settings, kinds=["popularity"])
     assert plan["data_artifact"] == pipeline.TRAINING_DATA
     store["now"] = later  # the export rewritten by the next hour's features run
