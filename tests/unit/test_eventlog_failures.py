@@ -209,20 +209,30 @@ def in_thread(log: LocalEventLog, batch: list[dict]) -> tuple[threading.Thread, 
     return thread, outcome
 
 
+def retry_while_in_flight(
+    log: LocalEventLog, fsync: BlockedFsync, original: list[dict], retry: list[dict]
+) -> tuple[dict, dict]:
+    """Append ``original``, and ``retry`` while the original's fsync is held: the retry must
+    still be waiting 0.3 s later. Then release the fsync; each call's outcome."""
+    first_thread, first = in_thread(log, original)
+    assert fsync.entered.wait(10)
+    retry_thread, second = in_thread(log, retry)
+    retry_thread.join(0.3)
+    assert retry_thread.is_alive(), f"acknowledged before the original was durable: {second}"
+    fsync.release.set()
+    first_thread.join(10)
+    retry_thread.join(10)
+    return first, second
+
+
 def test_a_duplicate_of_an_event_in_flight_waits_and_fails_with_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     same = event()
     fsync = BlockedFsync(monkeypatch, fail=True)
     with LocalEventLog(tmp_path, auto_seal=False) as log:
-        original, first = in_thread(log, [same])
-        assert fsync.entered.wait(10)
-        retry, second = in_thread(log, [same, event()])  # a client retrying a timed-out call
-        retry.join(0.3)
-        assert retry.is_alive(), f"acknowledged before the original was durable: {second}"
-        fsync.release.set()
-        original.join(10)
-        retry.join(10)
+        # A client retrying a timed-out call, with another event beside it.
+        first, second = retry_while_in_flight(log, fsync, [same], [same, event()])
         assert "Input/output error" in str(first["error"])
         assert "error" in second, f"acknowledged although the original failed: {second}"
         assert "Input/output error" in str(second["error"])
@@ -236,14 +246,7 @@ def test_a_duplicate_of_an_event_in_flight_is_acknowledged_once_it_is_durable(
     same = event()
     fsync = BlockedFsync(monkeypatch, fail=False)
     with LocalEventLog(tmp_path, auto_seal=False) as log:
-        original, first = in_thread(log, [same])
-        assert fsync.entered.wait(10)
-        retry, second = in_thread(log, [same])
-        retry.join(0.3)
-        assert retry.is_alive(), f"acknowledged before the original was durable: {second}"
-        fsync.release.set()
-        original.join(10)
-        retry.join(10)
+        first, second = retry_while_in_flight(log, fsync, [same], [same])
         assert (first["result"].appended, first["result"].duplicates) == (1, 0)
         assert (second["result"].appended, second["result"].duplicates) == (0, 1)
     assert read_events(tmp_path).num_rows == 1
