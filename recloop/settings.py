@@ -205,6 +205,13 @@ class PromotionSettings(_Section):
         "newest interaction, and refuses a challenger whose paired gain over the served "
         "policy's CTR has its upper bound below zero. 0 turns it off.",
     )
+    off_policy_on_failure: Literal["hold", "offline"] = Field(
+        "hold",
+        description="When the gate's off-policy estimate fails (the impression log cannot be "
+        "read, the refit raises): hold keeps the champion and says why, so a broken check "
+        "never waves a challenger through; offline promotes on the offline protocols alone, "
+        "as if promotion.off_policy_hours were 0. Either way the error is in the training log.",
+    )
     off_policy_max_unlogged: float = Field(
         0.05,
         ge=0,

@@ -79,8 +79,9 @@ def gate_off_policy(
     interactions before the window, ``_fit_before``), on the impressions logged in
     ``promotion.off_policy_hours`` before the training data's newest interaction
     (``described``: the data's ``describe()``). None when turned off, or when the data has
-    no time. A failure here does not stop the gate: it is logged, and the decision says the
-    estimate was not computed."""
+    no time. A failure here does not stop the run: it is logged with its traceback and
+    returned as ``{"failed": 1.0}``, which holds the champion unless
+    ``promotion.off_policy_on_failure`` is offline (``training.promotion``)."""
     from monitoring.logs import clicks, impressions
     from monitoring.ope import gate_estimate
     from training.pipeline import _load_data  # here: the pipeline imports this module
@@ -101,7 +102,8 @@ def gate_off_policy(
                              fresh_clicks=settings.serving.fresh_clicks,
                              weights=settings.monitoring.off_policy_weights)  # fmt: skip
     except Exception:
-        log.exception("the gate's off-policy estimate failed; the gate decides without it")
+        log.exception("the gate's off-policy estimate failed (promotion.off_policy_on_failure "
+                      "says what the gate does without it)")
         return {"failed": 1.0}
 
 

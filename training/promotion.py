@@ -420,6 +420,12 @@ def _off_policy_verdict(
     from monitoring.ope import label
 
     if estimate.get("failed"):
+        if settings.off_policy_on_failure == "hold":
+            return False, (
+                "off-policy: the estimate failed (see the training log), so the check this "
+                "challenger must pass did not run; the champion stays "
+                "(promotion.off_policy_on_failure=offline promotes on offline evidence alone)"
+            )
         return True, "off-policy: not computed (the estimate failed: see the training log)"
     impressions = int(estimate.get("impressions", 0))
     if impressions == 0:

@@ -108,7 +108,6 @@ def test_off_policy_weighs_the_served_ctrs_noise_too() -> None:
         (off_policy(0.07, 0.06, 0.08), "against the served policy's online CTR"),
         (off_policy(0.04, 0.01, 0.07), "on the same impressions"),  # wide: no evidence
         (off_policy(0.0, 0.0, 0.0, matches=3), "only 3 of 5000 logged impressions match"),
-        ({"failed": 1.0}, "not computed (the estimate failed"),
         ({"impressions": 0.0}, "no logged impressions"),
     ],
 )
@@ -117,6 +116,21 @@ def test_off_policy_never_blocks_without_evidence_against(estimate, reason: str)
                       off_policy=estimate)  # fmt: skip
     assert decision.promote, decision.reasons
     assert reason in decision.reasons[-1]
+
+
+def test_a_failed_off_policy_check_holds_the_champion_unless_told_otherwise() -> None:
+    # A check that could not run is no evidence for the challenger: by default it stays out,
+    # and the reason names the setting that lets offline evidence decide alone.
+    decision = decide(evaluations(BASE + 0.05), evaluations(BASE), SETTINGS, data_gate_passed=True,
+                      off_policy={"failed": 1.0})  # fmt: skip
+    assert not decision.promote
+    assert "the estimate failed" in decision.reasons[-1]
+    assert "promotion.off_policy_on_failure=offline" in decision.reasons[-1]
+    lenient = SETTINGS.model_copy(update={"off_policy_on_failure": "offline"})
+    decision = decide(evaluations(BASE + 0.05), evaluations(BASE), lenient, data_gate_passed=True,
+                      off_policy={"failed": 1.0})  # fmt: skip
+    assert decision.promote, decision.reasons
+    assert "not computed (the estimate failed" in decision.reasons[-1]
 
 
 def test_off_policy_does_not_rescue_a_challenger_the_protocols_refuse() -> None:
