@@ -102,8 +102,10 @@ def gate_off_policy(
                              fresh_clicks=settings.serving.fresh_clicks,
                              weights=settings.monitoring.off_policy_weights)  # fmt: skip
     except Exception:
-        log.exception("the gate's off-policy estimate failed (promotion.off_policy_on_failure "
-                      "says what the gate does without it)")
+        log.exception(
+            "the gate's off-policy estimate failed (promotion.off_policy_on_failure "
+            "says what the gate does without it)"
+        )
         return {"failed": 1.0}
 
 
