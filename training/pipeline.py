@@ -398,10 +398,10 @@ def judge(
         numbers = {**decision.numbers, **{f"refresh.{k}": v for k, v in refresh.numbers.items()}}
         decision = Decision(refresh.promote, decision.reasons + refresh.reasons, numbers)
         promoted = refreshed["version"]
+    if decision.promote:
+        decision = _move_champion(settings, client, decision, promoted, champion_version)
     _log_decision(decision, challenger, champion_version, plan["parent_run_id"],
                   promoted=promoted if decision.promote else None)  # fmt: skip
-    if decision.promote:
-        registry.set_alias(client, registry.CHAMPION, promoted)
     client.set_terminated(plan["parent_run_id"])
     new_champion = registry.alias_version(client, registry.CHAMPION)
     return TrainingReport(
@@ -678,6 +678,25 @@ def _log_decision(
     log.info("promotion: %s", json.dumps(decision.to_dict()))
 
 
+def _move_champion(settings: Settings, client, decision: Decision, version: str,
+                   judged_against) -> Decision:  # fmt: skip
+    """Move ``champion`` to ``version`` for a passing ``decision``, unless it no longer
+    points at ``judged_against`` (the champion version read before the gate, or None):
+    then another promotion (the other DAG's, an operator's) replaced it meanwhile, the
+    decision compared with a champion that no longer serves, and nothing moves. The
+    decision that comes back says which happened."""
+    from training import registry
+
+    expected = str(judged_against.version) if judged_against is not None else None
+    now = registry.move_champion(settings, client, str(version), expected)
+    if now is None:
+        return decision
+    reason = (f"not promoted: the champion moved from {expected or 'none'} to {now} while this "
+              f"was judged (another promotion); the next gate judges against {now}")  # fmt: skip
+    log.warning("%s", reason)
+    return Decision(False, [*decision.reasons, reason], decision.numbers)
+
+
 def _load_data(
     settings: Settings, data: InteractionData | None, plan: dict[str, Any] | None = None
 ) -> InteractionData:
@@ -701,7 +720,9 @@ def _load_data(
     return _checked_data(settings)
 
 
-def promote_on_evidence(settings: Settings, version: str, evidence: dict[str, float]) -> Decision:
+def promote_on_evidence(
+    settings: Settings, version: str, evidence: dict[str, float], against: str | None = None
+) -> Decision:
     """The gate for a registered ``version`` that the hourly metrics found better than the
     serving champion on the champion's own logged slates (``monitoring.hourly``: its doubly
     robust CTR less the champion's greedy slates', paired, with alpha spent over candidates
@@ -713,7 +734,9 @@ def promote_on_evidence(settings: Settings, version: str, evidence: dict[str, fl
     ``promotion.off_policy_margin``, and cold start must hold as
     ``promotion.off_policy_cold_start`` says (P2/P3 from each version's own training run).
     A pass moves the ``champion`` alias, which the service watches; the decision is a
-    ``promotion`` run in MLflow either way."""
+    ``promotion`` run in MLflow either way. ``against``: the champion version the evidence
+    was measured against (the hour's stamp); if another promotion has replaced it since,
+    the evidence compares with a model that no longer serves, and nothing is promoted."""
     from recloop.features.gate import last_outcome
     from training import registry
 
@@ -723,6 +746,11 @@ def promote_on_evidence(settings: Settings, version: str, evidence: dict[str, fl
         raise LookupError("no version carries the alias 'champion': nothing to compare with")
     if str(champion.version) == str(version):
         return Decision(False, [f"version {version} is already the champion"])
+    if against is not None and str(champion.version) != str(against):
+        return Decision(False, [
+            f"version {version}'s evidence was measured against champion {against}, and the "
+            f"champion is now {champion.version} (promoted since): not promoted on it"
+        ])  # fmt: skip
     candidate = client.get_model_version(registry.MODEL_NAME, str(version))
     evaluations = load_evaluations(candidate.run_id)
     champion_evaluations = load_evaluations(champion.run_id)
@@ -745,10 +773,10 @@ def promote_on_evidence(settings: Settings, version: str, evidence: dict[str, fl
     decision = Decision(decision.promote, [reason, *decision.reasons], decision.numbers)
     challenger = Candidate(registry.recipe_of(candidate), evaluations, [], 0.0,
                            version=str(version), run_id=candidate.run_id)  # fmt: skip
+    if decision.promote:
+        decision = _move_champion(settings, client, decision, str(version), champion)
     _log_decision(decision, challenger, champion,
                   promoted=str(version) if decision.promote else None)  # fmt: skip
-    if decision.promote:
-        registry.set_alias(client, registry.CHAMPION, str(version))
     return decision
 
 
@@ -797,10 +825,10 @@ def promote_challenger(
     )  # fmt: skip
     candidate = Candidate(registry.recipe_of(challenger), challenger_evaluations, [], 0.0,
                           version=challenger.version)  # fmt: skip
+    if decision.promote:
+        decision = _move_champion(settings, client, decision, challenger.version, champion)
     _log_decision(decision, candidate, champion,
                   promoted=challenger.version if decision.promote else None)  # fmt: skip
-    if decision.promote:
-        registry.set_alias(client, registry.CHAMPION, challenger.version)
     return decision
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,16 +97,17 @@ def log_model_version(model_dir: Path, *, recipe: dict[str, Any]) -> str:
         python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # logged as code
         signature=signature(),
         artifacts={ARTIFACT: str(model_dir)},
-        registered_model_name=MODEL_NAME,
         pip_requirements=_requirements(),
         tags={RECIPE_TAG: recipe_json},  # on the logged model (MLflow 3's Models tab)
     )
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    # On the version too: the gate reads a champion's recipe from its registry entry.
-    client.set_model_version_tag(MODEL_NAME, version, RECIPE_TAG, recipe_json)
-    client.set_model_version_tag(MODEL_NAME, version, "kind", recipe["kind"])
-    return version
+    # Registered with its tags in one call: the gate and the hourly estimates read a
+    # version's recipe from its registry entry, and a version created first and tagged
+    # after would be left untagged by an error between the calls (the task's retry then
+    # registers another).
+    registered = mlflow.register_model(
+        info.model_uri, MODEL_NAME, tags={RECIPE_TAG: recipe_json, "kind": recipe["kind"]}
+    )
+    return str(registered.version)
 
 
 # The error codes with which MLflow 3 says that no version carries an alias: an unset alias
@@ -133,6 +136,50 @@ def alias_version(client, alias: str):
 
 def set_alias(client, alias: str, version: str) -> None:
     client.set_registered_model_alias(MODEL_NAME, alias, str(version))
+
+
+# Any fixed 64-bit number: the Postgres advisory lock every promotion takes (production).
+PROMOTION_LOCK_KEY = 0x7265636C6F6F70  # "recloop"
+
+
+@contextmanager
+def promotion_lock(settings: Settings) -> Iterator[None]:
+    """Held while the champion alias is checked and moved. Two DAGs move it (the training
+    run's judge, the hourly metrics on online evidence) and operators too (``recloop
+    promote``), each after minutes of work judged against the champion it read first; the
+    lock makes "still that champion? then move it" one step. A file lock in the local
+    profile (one host); a Postgres advisory lock in production, where Celery workers on
+    several hosts share the registry."""
+    if settings.profile == "production":
+        import psycopg
+
+        with psycopg.connect(settings.postgres_url.get_secret_value(), autocommit=True) as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (PROMOTION_LOCK_KEY,))
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (PROMOTION_LOCK_KEY,))
+        return
+    import fcntl
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with open(settings.home / "promotion.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def move_champion(settings: Settings, client, version: str, expected: str | None) -> str | None:
+    """Point ``champion`` at ``version`` if it still points at ``expected`` (the version the
+    promotion was judged against; None: there was no champion). None when moved; otherwise
+    the version that is champion now (None's "none" as ``"none"``), and nothing moved: the
+    promotion was judged against a champion another promotion has since replaced."""
+    with promotion_lock(settings):
+        current = alias_version(client, CHAMPION)
+        now = str(current.version) if current is not None else None
+        if now != (str(expected) if expected is not None else None):
+            return now or "none"
+        set_alias(client, CHAMPION, version)
+    return None
 
 
 def recipe_of(version) -> dict[str, Any]:
