@@ -343,6 +343,11 @@ def judge(
         log.info("%s", selection.reason)
         if selection.chosen is not None:
             best, off_policy, criterion = selection.chosen, selection.estimate, "off_policy"
+    # How many candidates it was picked from on these users: `recloop promote`, judging the
+    # challenger again later, adjusts its interval as this gate does (promotion.decide).
+    chosen_from = len(summaries) if criterion == "offline" else 1
+    client.set_model_version_tag(registry.MODEL_NAME, best["version"], registry.CHOSEN_FROM_TAG,
+                                 str(chosen_from))  # fmt: skip
     registry.set_alias(client, registry.CHALLENGER, best["version"])
     challenger = Candidate(best["recipe"], evaluations[best["version"]], [], best["seconds"],
                           version=best["version"], run_id=best["run_id"])  # fmt: skip
@@ -378,7 +383,7 @@ def judge(
         off_policy=off_policy if not (criterion == "off_policy" and is_refresh) else None,
         refresh=is_refresh, seed=settings.seed, criterion=criterion,
         # Picked as the best on the very users the gain is measured on (promotion.decide).
-        chosen_from=len(summaries) if criterion == "offline" else 1,
+        chosen_from=chosen_from,
     )  # fmt: skip
     if selection is not None:
         numbers = {**decision.numbers, **_selection_numbers(selection, summaries)}
@@ -822,6 +827,9 @@ def promote_challenger(
         challenger_evaluations, champion_evaluations, settings.promotion,
         data_gate_passed=_data_gate_passed(data), popularity=popularity,
         off_policy=off_policy, seed=settings.seed,
+        # The training run picked it as the best of this many on the same splits (same seed):
+        # judged again, its interval is adjusted as that run's gate adjusted it.
+        chosen_from=int(challenger.tags.get(registry.CHOSEN_FROM_TAG, "1")),
     )  # fmt: skip
     candidate = Candidate(registry.recipe_of(challenger), challenger_evaluations, [], 0.0,
                           version=challenger.version)  # fmt: skip

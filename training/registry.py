@@ -25,6 +25,7 @@ EXPERIMENT = "recloop-training"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 RECIPE_TAG = "recloop.recipe"
+CHOSEN_FROM_TAG = "recloop.chosen_from"  # how many candidates a challenger was picked from
 ARTIFACT = "model"  # the folder inside the logged model's artifacts
 
 

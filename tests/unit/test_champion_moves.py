@@ -161,3 +161,22 @@ def test_the_production_lock_is_one_across_connections(tmp_path) -> None:
         order.append("first")
     waiting.join(timeout=10)
     assert order == ["first", "second"]
+
+
+def test_recloop_promote_adjusts_for_the_candidates_the_run_chose_from(
+    settings, client, monkeypatch
+) -> None:
+    """The training run picked the challenger as the best of several on the same splits;
+    judged again by `recloop promote`, its interval is adjusted as the run's gate was."""
+    challenger = register(client, settings, "popularity")
+    client.set_model_version_tag(registry.MODEL_NAME, challenger, registry.CHOSEN_FROM_TAG, "4")
+    registry.set_alias(client, registry.CHALLENGER, challenger)
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen["chosen_from"] = kwargs.get("chosen_from", 1)
+        return pipeline.Decision(False, ["recorded"])
+
+    monkeypatch.setattr(pipeline, "decide", record)
+    pipeline.promote_challenger(settings, data=synthetic(), show_progress=False)
+    assert seen["chosen_from"] == 4
