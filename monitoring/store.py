@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,11 @@ def hour_key(end: datetime) -> str:
     """What names an hour's rows (its end): to the minute for an hour that ends on the minute,
     as scheduled hours do; to the microsecond otherwise, so a demo's simulated hours, which
     end seconds apart, never share a key (the later would replace the earlier). Keys sort in
-    time order either way."""
+    time order either way. The key is the end's UTC clock reading: an hour given in another
+    offset is the same hour, and must replace (never overwrite another hour's) rows."""
+    if end.tzinfo is None:
+        raise ValueError("end: must carry a time zone (UTC expected)")
+    end = end.astimezone(UTC)
     if end.second == 0 and end.microsecond == 0:
         return end.strftime("%Y%m%dT%H%M")
     return end.strftime("%Y%m%dT%H%M%S%f")

@@ -8,7 +8,7 @@ the demo's simulated hours), or the hour before the run when the interval is emp
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from recloop.settings import load_settings
@@ -17,13 +17,17 @@ log = logging.getLogger(__name__)
 
 
 def hour(start: str | None, end: str | None, interval_start: str, interval_end: str) -> dict:
-    """The hour to estimate, as ISO strings; validated so that a bad trigger conf fails here
-    with the field named, not three tasks later."""
+    """The hour to estimate, as ISO strings in UTC; validated so that a bad trigger conf fails
+    here with the field named, not three tasks later."""
     chosen_end = datetime.fromisoformat(end or interval_end)
     chosen_start = datetime.fromisoformat(start or interval_start)
     # Checked before comparing: a naive and an aware time cannot be compared at all.
     if chosen_end.tzinfo is None or chosen_start.tzinfo is None:
         raise ValueError("start/end: must carry a time zone (UTC expected)")
+    # Any other offset is the same instant in UTC, which every later task then sees: the
+    # store names an hour by its end's clock reading, so 12:00+02:00 kept as given would
+    # rewrite the 11:00-12:00Z hour's rows.
+    chosen_end, chosen_start = chosen_end.astimezone(UTC), chosen_start.astimezone(UTC)
     if chosen_start >= chosen_end:
         chosen_start = chosen_end - timedelta(hours=1)
     return {"start": chosen_start.isoformat(), "end": chosen_end.isoformat()}
