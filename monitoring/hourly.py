@@ -22,6 +22,7 @@ import pandas as pd
 
 from monitoring import drift, logs, online, ope, store
 from monitoring.estimators import clustered_ctr
+from recloop.redaction import log_failure
 from recloop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -188,10 +189,14 @@ def _off_policy(
         try:
             found, raised = estimated(version, since, windows)
         except Exception as error:
-            log.exception("off-policy estimate of candidate version %s (%s) failed; the hour "
-                          "records it as not estimated", version.version,
-                          version.tags.get("kind", "unknown"))  # fmt: skip
-            said = f"{type(error).__name__}: {error}"
+            # Redacted: the error text is stored, returned as XCom and logged, and MLflow's
+            # messages name the tracking URI with any credentials in it.
+            said = log_failure(
+                log, settings,
+                f"off-policy estimate of candidate version {version.version} "
+                f"({version.tags.get('kind', 'unknown')}) failed; the hour records it as not "
+                "estimated", error,
+            )  # fmt: skip
             found = [{**_window_columns(version, window, part, alpha), "impressions": len(part),
                       "matches": 0, "estimator": NOT_ESTIMATED, "value": math.nan,
                       "low": math.nan, "high": math.nan, "error": said}
@@ -315,7 +320,7 @@ def decide(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]
     promoted = None
     wins = [row for row in hour_alarms.to_dict("records") if row["kind"] == "challenger_wins"]
     if wins and config.promote_on_win:
-        promoted, said = _promote_winner(settings, end, wins)
+        promoted, said = _promote_winner(settings, end, wins, past, champion)
         if promoted is not None:
             # The winner serves now: retraining for the same evidence would undo nothing
             # and judge it again; other alarms still count.
@@ -360,13 +365,47 @@ def _stamped_champion(hour_alarms: pd.DataFrame) -> str | None:
     return str(stamped.iloc[0]) if len(stamped) else None
 
 
+def _champion_now(settings: Settings) -> str | None:
+    """The version the ``champion`` alias points at now (None when unset)."""
+    from training import registry
+
+    champion = registry.alias_version(registry.configure(settings), registry.CHAMPION)
+    return str(champion.version) if champion is not None else None
+
+
+def _promoted_by_this_hour(
+    end: datetime, version: str, past: pd.DataFrame, stamped: str | None
+) -> bool:
+    """Whether the champion ``version`` was promoted by the hour ending at ``end`` itself, in
+    an earlier attempt of this task (an Airflow retry, a cleared task). The hour's stored
+    decision says so when the first attempt got as far as writing it; when it did not (it
+    died between moving the alias and writing), the hour's alarms were raised under another
+    champion (``stamped``) and no other hour's decision promoted the version."""
+    if past.empty or "promoted" not in past:
+        return stamped is not None and stamped != version
+    promoted = past["promoted"].astype(str)
+    this_hour = past["hour_end"] == pd.Timestamp(end)
+    if this_hour.any():
+        return bool((promoted[this_hour] == version).any())
+    return stamped is not None and stamped != version and not (promoted == version).any()
+
+
 def _promote_winner(
-    settings: Settings, end: datetime, wins: list[dict[str, Any]]
+    settings: Settings,
+    end: datetime,
+    wins: list[dict[str, Any]],
+    past: pd.DataFrame,
+    stamped: str | None,
 ) -> tuple[str | None, str]:
     """Feed the hour's best ``challenger_wins`` candidate (the largest gain) to the promotion
     gate (``training.pipeline.promote_on_evidence``) with its gain row as evidence.
     Returns (the version promoted or None, what happened in words). A failure is logged and
-    said, and the alarm then requests a retraining as any other."""
+    said, and the alarm then requests a retraining as any other.
+
+    A rerun of the hour (``past``: the decisions written so far; ``stamped``: the champion
+    the hour's alarms were raised under) records the first attempt's promotion again: the
+    gate would now say the winner "is already the champion", and the hour would lose its
+    promotion and request a retraining for the evidence the promotion acted on."""
     from training.pipeline import promote_on_evidence
 
     estimates = store.read(settings, "off_policy")
@@ -393,9 +432,18 @@ def _promote_winner(
             evidence[key] = float(best[key])
     version = str(best["candidate_version"])
     try:
-        decision = promote_on_evidence(settings, version, evidence)
-    except Exception:
-        log.exception("promoting version %s on online evidence failed", version)
+        if _champion_now(settings) == version and _promoted_by_this_hour(
+            end, version, past, stamped
+        ):
+            said = "already promoted by this hour's evidence (a rerun)"
+            log.info("promotion on online evidence: version %s %s", version, said)
+            return version, f"promoted version {version} on online evidence ({said})"
+        # Measured against the stamped champion: if another promotion replaced it since,
+        # the evidence compares with a model that no longer serves (nothing is promoted).
+        decision = promote_on_evidence(settings, version, evidence, against=stamped)
+    except Exception as error:
+        log_failure(log, settings, f"promoting version {version} on online evidence failed",
+                    error)  # fmt: skip
         return None, f"promotion of version {version} on online evidence failed (see the log)"
     said = "; ".join(decision.reasons)
     log.info("promotion on online evidence: %s", said)

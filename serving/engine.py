@@ -24,23 +24,21 @@ blanked out.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import queue
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
 from recloop.contracts import Event, EventType
+from recloop.redaction import log_failure
 from recloop.settings import Settings
 from serving.catalogue import NO_NEW_ITEMS, Catalogue, NewItems, read_catalogue
 from serving.models import POSITIVE_EVENTS, Deployment, ModelSet, ModelWatcher
@@ -631,30 +629,9 @@ def _log_failure(
     shown): the exception's class and message, and what the open ``/readyz`` shows, the
     class alone. An exception's message can name hosts, database users, paths and request
     URLs (psycopg, DuckDB, MLflow's "API request to <tracking URI> failed"): the log gets it
-    with the configured secrets blanked out, and /readyz none of it."""
-    detail = _redact(settings, f"{type(error).__name__}: {error}")
-    if trace:
-        lines = _redact(settings, "".join(traceback.format_exception(error)).rstrip())
-        log.log(level, "%s: %s\n%s", message, detail, lines)
-    else:
-        log.log(level, "%s: %s", message, detail)
+    with the configured secrets blanked out (``recloop.redaction``), and /readyz none of it."""
+    detail = log_failure(log, settings, message, error, level, trace=trace)
     return detail, f"{type(error).__name__} ({SEE_LOG})"
-
-
-def _redact(settings: Settings, text: str) -> str:
-    """``text`` with the secrets the settings hold (the MLflow tracking URI, the Postgres and
-    Redis URLs, and any password in them) replaced by ***."""
-    secrets = {settings.tracking_uri()}
-    for secret in (settings.mlflow_tracking_uri, settings.postgres_url, settings.redis_url):
-        if secret is not None:
-            secrets.add(secret.get_secret_value())
-    for url in list(secrets):
-        with contextlib.suppress(ValueError):  # not a URL: blanked out whole all the same
-            password = urlsplit(url).password or ""
-            secrets |= {password, unquote(password)}  # as written in the URL, and decoded
-    for secret in sorted(secrets - {""}, key=len, reverse=True):  # a URL before its password
-        text = text.replace(secret, "***")
-    return text
 
 
 def user_query(

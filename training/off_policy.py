@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from recloop.redaction import log_failure
 from recloop.settings import Settings
 from training.data import InteractionData
 from training.promotion import unsupported
@@ -101,11 +102,10 @@ def gate_off_policy(
                              clicks=clicks(settings, *window),
                              fresh_clicks=settings.serving.fresh_clicks,
                              weights=settings.monitoring.off_policy_weights)  # fmt: skip
-    except Exception:
-        log.exception(
-            "the gate's off-policy estimate failed (promotion.off_policy_on_failure "
-            "says what the gate does without it)"
-        )
+    except Exception as error:
+        log_failure(log, settings, "the gate's off-policy estimate failed "
+                    "(promotion.off_policy_on_failure says what the gate does without it)",
+                    error)  # fmt: skip
         return {"failed": 1.0}
 
 
@@ -179,8 +179,9 @@ def select_off_policy(
                                    clicks=clicks(settings, *window),
                                    fresh_clicks=settings.serving.fresh_clicks,
                                    weights=settings.monitoring.off_policy_weights)  # fmt: skip
-    except Exception:
-        log.exception("the off-policy selection failed; the offline criterion decides")
+    except Exception as error:
+        log_failure(log, settings, "the off-policy selection failed; the offline criterion "
+                    "decides", error)  # fmt: skip
         return fallback("the estimate failed (see the training log)")
     for values in estimates.values():
         values["alpha"] = alpha

@@ -755,8 +755,9 @@ def test_one_candidates_failed_estimate_is_recorded_and_the_hour_goes_on(
                        for r, group in frame.groupby("request_id")}  # fmt: skip
 
     def download(settings, version):
-        if version == "6":
-            raise RuntimeError("logged: propensities must lie in (0, 1]")
+        if version == "6":  # with the tracking URI in it, as MLflow's messages have
+            raise RuntimeError("logged: propensities must lie in (0, 1] (from "
+                               "https://u:pw-secret@mlflow.example)")  # fmt: skip
         return version
 
     monkeypatch.setattr(registry, "download_model", download)
@@ -764,7 +765,8 @@ def test_one_candidates_failed_estimate_is_recorded_and_the_hour_goes_on(
                         champion_slates if model == "1" else target)  # fmt: skip
     versions = [SimpleNamespace(version=v, creation_timestamp=0, tags={"kind": k})
                 for v, k in (("5", "ease"), ("6", "sasrec"))]  # fmt: skip
-    settings, champion = Settings(home=tmp_path), SimpleNamespace(version="1")
+    settings = Settings(home=tmp_path, mlflow_tracking_uri="https://u:pw-secret@mlflow.example")
+    champion = SimpleNamespace(version="1")
     with caplog.at_level("ERROR", logger="monitoring.hourly"):
         rows, alarms = hourly._off_policy(settings, frame, start, versions, champion, {},
                                           pd.DataFrame())  # fmt: skip
@@ -773,10 +775,13 @@ def test_one_candidates_failed_estimate_is_recorded_and_the_hour_goes_on(
     assert list(failed["estimator"]) == [hourly.NOT_ESTIMATED] * 2
     assert set(failed["window"]) == {"hour", "since_registered"}
     assert failed["value"].isna().all() and failed["champion_ctr"].notna().all()
-    assert set(failed["error"]) == {"RuntimeError: logged: propensities must lie in (0, 1]"}
+    # Stored, returned as XCom and logged: the secret blanked everywhere.
+    assert set(failed["error"]) == {"RuntimeError: logged: propensities must lie in (0, 1] "
+                                    "(from ***)"}  # fmt: skip
     assert all(alarm.subject != "6" for alarm in alarms)
     logged = [r for r in caplog.records if "version 6" in r.getMessage()]
-    assert logged and logged[0].exc_info is not None
+    assert logged and "Traceback" in logged[0].getMessage()
+    assert all("pw-secret" not in r.getMessage() for r in caplog.records)
     assert hourly.not_estimated(rows) == {"6": failed["error"].iloc[0]}
     end = start + timedelta(hours=1)
     store.write(settings, "off_policy", end, rows.assign(hour_end=pd.Timestamp(end)))
