@@ -36,12 +36,26 @@ MAX_ID_LENGTH = 128
 MAX_TEXT_LENGTH = 10_000
 
 
+# The earliest timestamp the contract admits. Readers parse timestamps with pandas, whose
+# datetime64[ns] starts in 1677: an earlier one becomes NaT there and fails every feature run
+# that reads the whole history, for good. No source of events predates the Unix epoch.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _utc(value: datetime) -> datetime:
     # A naive timestamp is ambiguous (whose local time?), so it breaks the contract rather
     # than being guessed at.
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("must carry a time zone (UTC expected), got a naive timestamp")
-    return value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        # Year 1 at +14:00 or year 9999 at -14:00: pydantic passes an OverflowError through
+        # (an exception, not a rejection), so it is restated as a ValueError at the field.
+        raise ValueError("is out of range once converted to UTC") from None
+    if value < EARLIEST:
+        raise ValueError("is before 1970-01-01 UTC (the Unix epoch)")
+    return value
 
 
 def _finite(value: float | None) -> float | None:
@@ -50,10 +64,49 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
+def _no_nul(value: str) -> str:
+    # Postgres text and jsonb cannot hold U+0000: one such event fails the whole batch it is
+    # written with (other users' impressions included), so it is refused at the contract.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _json_safe(value: dict[str, Any]) -> dict[str, Any]:
+    """A context as the event log's JSON column can hold it: JSON types only, string keys,
+    no NUL in any key or string, finite numbers, at any depth (walked without recursion)."""
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            _no_nul(item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                # JSON has no NaN or Infinity: Postgres jsonb refuses the event (and its batch).
+                raise ValueError("must hold finite numbers only (no NaN or Infinity)")
+        elif isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    raise ValueError("keys must be strings")
+                _no_nul(key)
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+        elif item is not None and not isinstance(item, int):  # bool is an int
+            raise ValueError(f"must hold JSON values only, not {type(item).__name__}")
+    return value
+
+
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
-Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^\S(.*\S)?$")]
-ShortText = Annotated[str, Field(max_length=256)]
-LongText = Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
+# Every string of a contract refuses NUL: the Postgres event log and warehouse cannot store
+# it. The length constraints come first (in the same Annotated) so that their errors keep
+# pydantic's string wording; Text takes its bounds from the field's own Field(...).
+NoNul = AfterValidator(_no_nul)
+Text = Annotated[str, NoNul]
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^\S(.*\S)?$"), NoNul]
+ShortText = Annotated[str, Field(max_length=256), NoNul]
+LongText = Annotated[str, Field(max_length=MAX_TEXT_LENGTH), NoNul]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_safe)]
 FiniteFloat = Annotated[float, AfterValidator(_finite)]
 Probability = Annotated[float, AfterValidator(_finite), Field(ge=0, le=1)]
 
@@ -87,7 +140,7 @@ class Item(_Contract):
     """A catalogue item with the text the cold-start encoders read."""
 
     item_id: Id = Field(description="Stable item key.")
-    title: Annotated[str, Field(min_length=1, max_length=1000)] = Field(
+    title: Annotated[str, Field(min_length=1, max_length=1000), NoNul] = Field(
         description="Display title."
     )
     text: LongText = Field("", description="Description used by text encoders.")
@@ -104,7 +157,7 @@ class Event(_Contract):
     item_id: Id = Field(description="Which item.")
     event_type: EventType = Field(description="impression, click, rating, purchase or dismiss.")
     value: FiniteFloat | None = Field(None, description="The rating, the price, ...")
-    request_id: Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None = Field(
+    request_id: Annotated[str, Field(max_length=MAX_ID_LENGTH), NoNul] | None = Field(
         None, description="The recommendation request this event answers."
     )
     position: int | None = Field(None, ge=0, le=10_000, description="Slot, 0 = top.")
@@ -119,7 +172,7 @@ class Event(_Contract):
     )
     model_version: ShortText | None = Field(None, description="Model that produced the slate.")
     policy: ShortText | None = Field(None, description="Policy that produced the slate.")
-    context: dict[str, Any] = Field(
+    context: JsonObject = Field(
         default_factory=dict, description="Request context (hour, weekday, device, ...)."
     )
 

@@ -24,14 +24,19 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from recloop.contracts import Event, EventType, Id
+from recloop.contracts import Event, EventType, Id, NoNul, Text
 
 MAX_K = 100
 MAX_ITEMS = 1000
 MAX_NEW_ITEMS = 100  # each new text may run the text encoder (about 5-20 ms here)
 MAX_EVENTS = 1000
 MAX_TEXT = 2000
-ShortField = Annotated[str, Field(max_length=64)]
+# Every string of a request refuses NUL (as the contracts' do): /recommend logs the user id
+# and context unvalidated (model_construct), and the Postgres event log refuses NUL, failing
+# the shared impression batch. Bounds sit inside the Annotated, before NoNul, so that an
+# optional field's length error keeps pydantic's string wording.
+ShortField = Annotated[str, Field(max_length=64), NoNul]
+FreeText = Annotated[str, Field(max_length=MAX_TEXT), NoNul]
 # How far ahead of the server's clock an event's ts may be: the data gate's tolerance
 # (recloop/features/gate.py, FUTURE_MINUTES, as dbt's future_tolerance_minutes), which refuses
 # a batch holding a later one. Not imported from there: the gate pulls pandas into the API's
@@ -98,9 +103,7 @@ class Profile(_Body):
     age: int | None = Field(None, ge=0, le=130, description="Age in years.")
     gender: ShortField | None = Field(None, description="Self-reported gender.")
     occupation: ShortField | None = Field(None, description="Occupation.")
-    text: str | None = Field(
-        None, max_length=MAX_TEXT, description="Free text about the user's tastes."
-    )
+    text: FreeText | None = Field(None, description="Free text about the user's tastes.")
 
 
 class RecommendRequest(_Body):
@@ -150,12 +153,12 @@ class NewItem(_Body):
     the way the catalogue describes items: the text encoder reads it."""
 
     item_id: Id = Field(description="The item's id.")
-    title: str = Field(min_length=1, max_length=500, description="The item's title.")
+    title: Text = Field(min_length=1, max_length=500, description="The item's title.")
     categories: list[ShortField] = Field(
         default_factory=list, max_length=20, description="The item's categories (genres)."
     )
-    text: str | None = Field(
-        None, max_length=MAX_TEXT,
+    text: FreeText | None = Field(
+        None,
         description="The item's own text; when given the text encoder reads it instead of "
         "title and categories, as for catalogue items that have one (a two-tower model "
         "still reads the categories apart).",

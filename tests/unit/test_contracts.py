@@ -69,6 +69,29 @@ def test_valid_rows_pass_and_timestamps_become_utc() -> None:
             "slot_propensities",
             "only an impression",
         ),
+        # Postgres text and jsonb refuse NUL: every string of an event, context included.
+        ({"user_id": "u\x001"}, "user_id", "must not contain NUL characters"),
+        ({"item_id": "\x00"}, "item_id", "must not contain NUL characters"),
+        ({"request_id": "r\x00"}, "request_id", "must not contain NUL characters"),
+        ({"model_version": "3\x00"}, "model_version", "must not contain NUL characters"),
+        ({"policy": "greedy\x00"}, "policy", "must not contain NUL characters"),
+        ({"context": {"device": "mo\x00bile"}}, "context", "must not contain NUL characters"),
+        ({"context": {"dev\x00ice": "mobile"}}, "context", "must not contain NUL characters"),
+        ({"context": {"a": [{"b\x00": 1}]}}, "context", "must not contain NUL characters"),
+        ({"context": {"a": {"b": ["\x00"]}}}, "context", "must not contain NUL characters"),
+        # JSON (and jsonb) has no NaN or Infinity.
+        ({"context": {"x": float("nan")}}, "context", "finite numbers only"),
+        ({"context": {"x": [1.0, float("-inf")]}}, "context", "finite numbers only"),
+        ({"context": {"x": {"y": float("inf")}}}, "context", "finite numbers only"),
+        ({"context": {"x": {1: "one"}}}, "context", "keys must be strings"),
+        ({"context": {"x": {1, 2}}}, "context", "JSON values only, not set"),
+        # pandas reads ts as datetime64[ns] (from 1677): the contract starts at the epoch.
+        ({"ts": "0001-01-01T00:00:00Z"}, "ts", "before 1970-01-01 UTC (the Unix epoch)"),
+        ({"ts": "1969-12-31T23:59:59.999999Z"}, "ts", "before 1970-01-01 UTC"),
+        ({"ts": "1970-01-01T00:59:59+01:00"}, "ts", "before 1970-01-01 UTC"),
+        # Converting these to UTC overflows datetime: a rejection, not an OverflowError.
+        ({"ts": "0001-01-01T00:00:00+14:00"}, "ts", "out of range once converted to UTC"),
+        ({"ts": "9999-12-31T23:59:59-14:00"}, "ts", "out of range once converted to UTC"),
     ],
 )
 def test_broken_rows_are_rejected_with_field_and_reason(changes, field, reason) -> None:
@@ -124,3 +147,41 @@ def test_users_and_items() -> None:
     }
     assert validate_rows(Item, [item]).valid[0].text == ""
     assert validate_rows(Item, [{**item, "title": ""}]).rejected[0].field == "title"
+
+
+def test_json_context_and_the_epoch_itself_pass() -> None:
+    context = {"hour": 20, "ok": True, "none": None, "nested": {"list": [1, 2.5, "x"]}}
+    result = validate_rows(
+        Event,
+        [
+            event(context=context),
+            event(ts="1970-01-01T00:00:00Z"),
+            event(ts="1970-01-01T01:00:00+01:00"),
+            event(ts="1997-09-20T03:05:10Z"),  # MovieLens-100K's first rating
+            event(ts="9999-12-31T23:59:59Z"),  # no conversion, no overflow
+        ],
+    )
+    assert not result.rejected
+    assert result.valid[0].context == context
+    assert result.valid[1].ts == datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def test_users_and_items_refuse_nul_and_dates_before_the_epoch() -> None:
+    user = {"user_id": "u1", "created_at": NOW}
+    for changes, field in [
+        ({"occupation": "te\x00ch"}, "occupation"),
+        ({"profile_text": "\x00"}, "profile_text"),
+        ({"created_at": "1960-01-01T00:00:00Z"}, "created_at"),
+        ({"created_at": "0001-01-01T00:00:00+05:00"}, "created_at"),
+    ]:
+        (rejection,) = validate_rows(User, [{**user, **changes}]).rejected
+        assert rejection.field == field
+    item = {"item_id": "i1", "title": "Toy Story (1995)", "created_at": NOW}
+    for changes, field in [
+        ({"title": "Toy\x00Story"}, "title"),
+        ({"text": "\x00"}, "text"),
+        ({"categories": ["Comedy", "Dra\x00ma"]}, "categories.1"),
+        ({"created_at": "9999-12-31T20:00:00-05:00"}, "created_at"),
+    ]:
+        (rejection,) = validate_rows(Item, [{**item, **changes}]).rejected
+        assert rejection.field == field

@@ -3,6 +3,7 @@ gate's 422 names it), never at the whole event or body, and never quotes the inp
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +15,13 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from serving.http import ApiGate
-from serving.schemas import FUTURE_TOLERANCE, FeedbackRequest, RankRequest
+from serving.schemas import (
+    FUTURE_TOLERANCE,
+    FeedbackRequest,
+    RankRequest,
+    RecommendRequest,
+    SimilarItemsRequest,
+)
 
 
 def event(**changes) -> dict:
@@ -104,3 +111,75 @@ def test_the_gates_422_names_the_fields_without_echoing_input() -> None:
     assert response.status_code == 422 and "secret" not in response.text
     assert "2099" not in response.text
     assert [row["field"] for row in response.json()["detail"]] == ["events.0.value", "events.1.ts"]
+
+
+NUL = "must not contain NUL characters"
+
+
+def test_request_strings_refuse_nul_at_the_field() -> None:
+    # /recommend logs user_id and context without validating again (model_construct), and the
+    # Postgres event log refuses NUL: one such request would sink the shared impression batch.
+    found = errors(RecommendRequest, {"user_id": "u\x001", "context": {"device": "mo\x00bile"},
+                                      "profile": {"text": "\x00", "gender": "\x00"}})  # fmt: skip
+    assert found == {
+        "user_id": f"Value error, {NUL}",
+        "context.device": f"Value error, {NUL}",
+        "profile.gender": f"Value error, {NUL}",
+        "profile.text": f"Value error, {NUL}",
+    }
+    rank = {"user_id": "u1", "item_ids": ["i1", "i\x002"],
+            "new_items": [{"item_id": "n", "title": "\x00", "categories": ["a", "\x00"],
+                           "text": "t\x00"}]}  # fmt: skip
+    assert set(errors(RankRequest, rank)) == {
+        "item_ids.1", "new_items.0.title", "new_items.0.categories.1", "new_items.0.text"
+    }  # fmt: skip
+    assert list(errors(SimilarItemsRequest, {"item_id": "\x00"})) == ["item_id"]
+    # The bounds keep their own wording ahead of NoNul.
+    assert errors(RecommendRequest, {"user_id": "u1", "context": {"device": "d" * 65}}) == {
+        "context.device": "String should have at most 64 characters"
+    }
+
+
+def test_feedback_events_refuse_nul_non_finite_context_and_out_of_range_ts() -> None:
+    body = {"events": [event(user_id="u\x00"), event(context={"device": {"k\x00": 1}}),
+                       event(request_id="\x00"), event(ts="0001-01-01T00:00:00Z"),
+                       event(ts="0001-01-01T00:00:00+14:00")]}  # fmt: skip
+    assert errors(FeedbackRequest, body) == {
+        "events.0.user_id": f"Value error, {NUL}",
+        "events.1.context": f"Value error, {NUL}",
+        "events.2.request_id": f"Value error, {NUL}",
+        "events.3.ts": "Value error, is before 1970-01-01 UTC (the Unix epoch)",
+        "events.4.ts": "Value error, is out of range once converted to UTC",
+    }
+    # NaN and Infinity as the JSON parser takes them (pydantic reads them by default).
+    raw = json.dumps({"events": [event(context={"x": 1, "y": [2]})]})
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        with pytest.raises(ValidationError) as caught:
+            FeedbackRequest.model_validate_json(raw.replace('"x": 1', f'"x": {literal}'))
+        ((loc, message),) = [(e["loc"], e["msg"]) for e in caught.value.errors()]
+        assert loc == ("events", 0, "context") and "finite numbers only" in message
+
+
+def test_the_gate_answers_422_for_nul_and_an_overflowing_ts() -> None:
+    async def accept(request):
+        return JSONResponse({})
+
+    names = ("recommend", "feedback")
+    app = Starlette(routes=[Route(f"/{n}", accept, methods=["POST"]) for n in names])
+    http = TestClient(ApiGate(
+        app, keys=["alpha"], max_body_bytes=10_000,
+        models={"recommend": RecommendRequest, "feedback": FeedbackRequest},
+        status=lambda: {"ready": True},
+    ))  # fmt: skip
+    key = {"X-API-Key": "alpha"}
+    body = {"user_id": "secret\x00", "context": {"device": "x\x00"}}
+    response = http.post("/recommend", json=body, headers=key)
+    assert response.status_code == 422 and "secret" not in response.text
+    assert [row["field"] for row in response.json()["detail"]] == ["user_id", "context.device"]
+    # astimezone(UTC) overflows here: it used to escape the gate (a 500).
+    late = {
+        "events": [event(ts="0001-01-01T00:00:00+14:00"), event(ts="9999-12-31T23:59:59-14:00")]
+    }
+    response = http.post("/feedback", json=late, headers=key)
+    assert response.status_code == 422
+    assert [row["field"] for row in response.json()["detail"]] == ["events.0.ts", "events.1.ts"]
