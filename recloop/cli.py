@@ -35,12 +35,16 @@ err = Console(stderr=True)
 
 
 def _settings():
+    from rich.markup import escape
+
     from recloop.settings import load_settings
 
     try:
         return load_settings()
     except Exception as error:  # settings errors name the field; show them without a trace
-        err.print(f"[red]invalid settings:[/red] {error}")
+        # load_settings' SettingsError leaves out the values given (one may be a secret set
+        # under a misspelt name). Escaped: a [bracketed] part is text, not rich markup.
+        err.print(f"[red]invalid settings:[/red] {escape(str(error))}")
         raise typer.Exit(2) from None
 
 

@@ -19,10 +19,11 @@ from recloop.settings import Settings
 
 
 def secrets_of(settings: Settings) -> set[str]:
-    """The secret strings the settings hold: the MLflow tracking URI, the Postgres and Redis
-    URLs, the API keys, and any password or user-info token in those URLs (as written and
-    decoded)."""
-    secrets = {settings.tracking_uri()}
+    """The secret strings the settings hold: a configured MLflow tracking URI, the Postgres
+    and Redis URLs, the API keys, and any password or user-info token in those URLs (as
+    written and decoded). The default tracking URI is not one: locally a SQLite path, in
+    production the Postgres URL's database, whose password is blanked with it."""
+    secrets = set()
     for secret in (settings.mlflow_tracking_uri, settings.postgres_url, settings.redis_url):
         if secret is not None:
             secrets.add(secret.get_secret_value())

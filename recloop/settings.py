@@ -13,13 +13,22 @@ until a caller asks (``Settings.ensure_home``): importing this module has no sid
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -632,8 +641,13 @@ class Settings(BaseSettings):
         return self.home
 
     def masked(self) -> dict[str, Any]:
-        """The effective settings as plain data, with secrets and URL passwords masked."""
-        return _mask(self.model_dump(mode="python"))
+        """The effective settings as plain data, with secrets and URL credentials masked."""
+        values = _mask(self.model_dump(mode="python"))
+        # Not a secret as a whole (a folder or bucket is worth seeing), but a URI may carry
+        # credentials (https://token@host, s3://key:secret@bucket, ?token=...).
+        if values["mlflow_artifact_root"] is not None:
+            values["mlflow_artifact_root"] = mask_uri(values["mlflow_artifact_root"])
+        return values
 
 
 def _mask(value: Any) -> Any:
@@ -650,18 +664,51 @@ def _mask(value: Any) -> Any:
     return value
 
 
+# Schemes whose userinfo without a password is a user name (libpq's role), shown as given;
+# elsewhere a lone userinfo is a credential in its own right (https://TOKEN@host).
+NAMED_USER_SCHEMES = frozenset({"postgresql", "postgres"})
+# A query parameter whose name holds one of these carries a secret (libpq's password and
+# sslpassword, access_token, api_key, client_secret, ...).
+SECRET_QUERY_WORDS = ("password", "token", "secret", "key")
+
+
 def mask_url(value: str) -> str:
-    """Mask the password of a URL; a secret that is not a URL is masked whole."""
+    """Mask the credentials of a URL; a secret that is not a URL is masked whole."""
     parts = urlsplit(value)
     if not parts.scheme or not parts.netloc:
         return MASK
-    if parts.password is None:
-        return value
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:{MASK}@{host}" if parts.username else f"{MASK}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return _without_credentials(value)
+
+
+def mask_uri(value: str) -> str:
+    """Mask the credentials of a URI that is not secret as a whole; a path stays as given."""
+    return _without_credentials(value) if urlsplit(value).scheme else value
+
+
+def _without_credentials(value: str) -> str:
+    parts = urlsplit(value)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at:
+        # The host is kept as written (brackets of an IPv6 address, an unparsable port).
+        user, colon, _ = userinfo.partition(":")
+        named = parts.scheme.split("+")[0].lower() in NAMED_USER_SCHEMES
+        if colon and user:
+            userinfo = f"{user}:{MASK}"
+        elif colon or not named:
+            userinfo = MASK
+        parts = parts._replace(netloc=f"{userinfo}@{host}")
+    return urlunsplit(parts._replace(query=_masked_query(parts.query)))
+
+
+def _masked_query(query: str) -> str:
+    """The query with the value of every secret-named parameter masked, the rest verbatim."""
+    pairs = []
+    for pair in query.split("&") if query else []:
+        name, equals, _ = pair.partition("=")
+        if equals and any(word in unquote_plus(name).lower() for word in SECRET_QUERY_WORDS):
+            pair = f"{name}={MASK}"
+        pairs.append(pair)
+    return "&".join(pairs)
 
 
 def write_rendered_config(path: Path, data: dict[str, Any]) -> Path:
@@ -678,6 +725,37 @@ def write_rendered_config(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
+class SettingsError(ValueError):
+    """Settings that break their schema, named field by field without the values given."""
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings now (environment, YAML file, secrets); overrides win."""
-    return Settings(**overrides)
+    """Read the settings now (environment, YAML file, secrets); overrides win.
+
+    Invalid settings raise SettingsError. Pydantic's own message quotes every rejected value,
+    and a value may be a secret (RECLOOP_SERVING__API_KEY, a misspelt api_keys): the service,
+    the DAG files and the CLI all load through here, so none prints one.
+    """
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        # from None: the traceback leaves out the original, inputs and all.
+        raise SettingsError(_described(error)) from None
+    if "airflow.sdk" in sys.modules:
+        # In an Airflow task (or DAG parse): a task failing with a secret in its message or
+        # traceback (MLflow names its tracking URI) shows *** in the task log.
+        from recloop.redaction import mask_in_airflow
+
+        mask_in_airflow(settings)
+    return settings
+
+
+def _described(error: ValidationError) -> str:
+    """A settings ValidationError as "field: reason" lines, without the inputs."""
+    lines = [f"{error.error_count()} invalid setting(s):"]
+    for detail in error.errors(include_input=False, include_url=False, include_context=False):
+        name = ".".join(str(part) for part in detail["loc"])
+        # A model-level rule (Settings._one_local_writer) names its field in the message.
+        reason = str(detail["msg"]).removeprefix("Value error, ")
+        lines.append(f"  {name}: {reason}" if name else f"  {reason}")
+    return "\n".join(lines)

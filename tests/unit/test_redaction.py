@@ -45,3 +45,17 @@ def test_airflows_masker_learns_the_secrets(tmp_path) -> None:
     redaction.mask_in_airflow(settings(tmp_path))
     assert "s3cret-pass" not in redact(f"failed to reach {TRACKING}")
     assert "key-9f8e7d6c" not in redact("the key was key-9f8e7d6c")
+
+
+def test_settings_loaded_in_airflow_teach_its_masker(tmp_path, monkeypatch) -> None:
+    """Every task loads its settings through load_settings: inside Airflow that is where the
+    masker learns them, so a task's own traceback is masked too."""
+    import airflow.sdk  # noqa: F401  (what makes load_settings mask: Airflow is running it)
+    from airflow.sdk.log import redact
+
+    from recloop.settings import load_settings
+
+    monkeypatch.setenv("RECLOOP_HOME", str(tmp_path))
+    monkeypatch.setenv("RECLOOP_MLFLOW_TRACKING_URI", "https://bob:other-s3cret@mlflow.example")
+    load_settings()
+    assert "other-s3cret" not in redact("API request to https://bob:other-s3cret@mlflow.example")

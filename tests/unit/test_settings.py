@@ -1,11 +1,12 @@
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from recloop.settings import MASK, Settings, load_settings, mask_url
+from recloop.settings import MASK, Settings, SettingsError, load_settings, mask_url
 
 
 def test_defaults_are_the_local_profile_under_var(tmp_path: Path) -> None:
@@ -73,10 +74,64 @@ def test_masked_hides_passwords_but_keeps_the_rest() -> None:
         ("redis://:pw@host:6379/0", f"redis://{MASK}@host:6379/0"),
         ("postgresql://user@host/db", "postgresql://user@host/db"),
         ("not a url", MASK),
+        # libpq takes the password as a query parameter too, and sslpassword.
+        (
+            "postgresql://app@db/recs?password=s3cret&sslmode=require",
+            f"postgresql://app@db/recs?password={MASK}&sslmode=require",
+        ),
+        (
+            "postgresql://db/recs?sslpassword=s3cret&options=-csearch_path%3Dmlflow",
+            f"postgresql://db/recs?sslpassword={MASK}&options=-csearch_path%3Dmlflow",
+        ),
+        (
+            "https://mlflow/?access_token=a&API_KEY=b&client_secret=c&my%5Fpassword=d&x=1&flag",
+            f"https://mlflow/?access_token={MASK}&API_KEY={MASK}&client_secret={MASK}"
+            f"&my%5Fpassword={MASK}&x=1&flag",
+        ),
+        # A lone userinfo is a token, except in a Postgres URL (a role name).
+        ("https://ghp_s3cret@mlflow.example/", f"https://{MASK}@mlflow.example/"),
+        ("redis://s3cret@cache:6379/0", f"redis://{MASK}@cache:6379/0"),
+        ("postgresql+psycopg://u:pw@[::1]:5432/db", f"postgresql+psycopg://u:{MASK}@[::1]:5432/db"),
     ],
 )
 def test_mask_url(url: str, expected: str) -> None:
     assert mask_url(url) == expected
+
+
+def test_masked_hides_credentials_in_the_mlflow_artifact_root() -> None:
+    for root, shown in [
+        ("https://ghp_s3cret@artifacts.example/mlflow", f"https://{MASK}@artifacts.example/mlflow"),
+        ("s3://AKIA:s3cret@bucket/mlflow", f"s3://AKIA:{MASK}@bucket/mlflow"),
+        ("https://store/mlflow?sig=1&token=s3cret", f"https://store/mlflow?sig=1&token={MASK}"),
+        ("s3://bucket/mlflow", "s3://bucket/mlflow"),
+        ("/shared/mlflow", "/shared/mlflow"),  # a folder is no secret: shown as given
+    ]:
+        masked = Settings(mlflow_artifact_root=root).masked()
+        assert masked["mlflow_artifact_root"] == shown
+        assert "s3cret" not in repr(masked)
+    assert Settings().masked()["mlflow_artifact_root"] is None
+
+
+def test_invalid_settings_are_reported_without_their_values(monkeypatch) -> None:
+    # api_keys misspelt: pydantic's message would quote the key, and the traceback of the
+    # service's or a DAG file's import would print it.
+    monkeypatch.setenv("RECLOOP_SERVING__API_KEY", '["k1secret"]')
+    monkeypatch.setenv("RECLOOP_PROFILE", "s3cret-profile")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "2 invalid setting(s):\n"
+        "  profile: Input should be 'local' or 'production'\n"
+        "  serving.api_key: Extra inputs are not permitted"
+    )
+    printed = "".join(traceback.format_exception(caught.value))
+    assert "k1secret" not in printed and "s3cret" not in printed
+    assert isinstance(caught.value, ValueError)
+
+
+def test_a_model_rule_names_its_field_in_the_report() -> None:
+    with pytest.raises(SettingsError, match=r"^1 invalid setting\(s\):\n  serving\.workers: "):
+        load_settings(serving={"workers": 2})
 
 
 def test_importing_does_nothing_on_disk(tmp_path: Path) -> None:
