@@ -11,6 +11,7 @@ off-policy gain over the champion's own slates has its lower bound above zero
 an alarm of another configured kind fires (a degradation of the champion's CTR, drifted
 request features) or the gate refused the winner, `request_retraining` updates the asset
 `retrain_requested`, which schedules `recloop_training`: the loop closes through the asset.
+A promotion on online evidence updates the asset `champion_model`, as the training DAG's does.
 
 Runs hourly (unless the setting `airflow.timed_schedules` turns the clocks off, as the demo
 does, triggering a run per simulated hour). Trigger with {"start": ISO, "end": ISO} to
@@ -24,6 +25,7 @@ from airflow.sdk import Asset, Param, dag, task
 from recloop.settings import load_settings
 
 RETRAIN_REQUESTED = Asset(name="retrain_requested", uri="recloop://retrain_requested")
+CHAMPION_MODEL = Asset(name="champion_model", uri="recloop://champion_model")
 
 
 # Whether the clocks start runs is a setting (airflow.timed_schedules), read from the
@@ -74,24 +76,37 @@ def recloop_metrics():
 
         return tasks.publish(window)
 
-    @task.short_circuit
-    def decide(window: dict) -> bool:
+    @task
+    def decide(window: dict) -> dict:
         from monitoring import tasks
 
-        return tasks.decide(window)["requested"]
+        return tasks.decide(window)
+
+    @task.short_circuit
+    def retraining_wanted(decision: dict) -> bool:
+        return bool(decision["requested"])
 
     @task(outlets=[RETRAIN_REQUESTED])
     def request_retraining(window: dict) -> str:
         return window["end"]
 
+    @task.short_circuit
+    def champion_changed(decision: dict) -> bool:
+        return decision["promoted"] is not None
+
+    @task(outlets=[CHAMPION_MODEL])
+    def announce(decision: dict) -> str:
+        return str(decision["promoted"])
+
     window = plan()
     estimated = estimate(window)
     settle(window) >> estimated
     published = publish(window)
-    wanted = decide(window)
+    decision = decide(window)
     # The decision does not wait on MLflow: a tracking server down must not stop the loop.
-    estimated >> [published, wanted]
-    wanted >> request_retraining(window)
+    estimated >> [published, decision]
+    retraining_wanted(decision) >> request_retraining(window)
+    champion_changed(decision) >> announce(decision)
 
 
 recloop_metrics()

@@ -5,8 +5,9 @@ and whenever the metrics DAG emits the asset `retrain_requested` (a detected
 degradation, or a challenger whose off-policy estimate beats the champion). One mapped task
 per candidate kind (the settings' `training.models`) trains, evaluates on the protocols and
 registers a version; `judge` picks the challenger and runs the promotion gate. The asset
-`champion_model`, which the service and the metrics DAG follow, is emitted only when the
-champion changed.
+`champion_model` is updated only when the champion changed (the metrics DAG updates it too
+when it promotes on online evidence): the UI's asset view lists every change. The service
+follows the MLflow alias itself, not the asset.
 """
 
 from datetime import UTC, datetime, timedelta
