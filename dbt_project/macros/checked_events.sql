@@ -9,7 +9,9 @@
 
         select * from {{ source('raw', 'events') }}
         {% if since is not none %}
-        where logged_at > {{ since }}
+        -- A row without logged_at (an upstream writing straight into the log) is read by
+        -- every run, so that it is quarantined rather than never seen.
+        where logged_at > {{ since }} or logged_at is null
         {% endif %}
 
     ),
@@ -41,29 +43,88 @@
         select
             *,
             {{ event_rejection_reason() }} as rejection_reason,
-            -- The first logged copy of an event id wins; later copies are duplicates.
-            row_number() over (partition by event_id order by logged_at, ts) as occurrence
+            {{ event_row_hash() }} as row_hash
 
         from renamed
 
+    ),
+
+    ranked as (
+
+        select
+            *,
+            -- Copies of one event id: the first logged copy that passes the checks wins; ties
+            -- on logged_at go to the earlier ts, then to the row's content, so every run and a
+            -- full refresh pick the same copy. (Copies that share logged_at are always read
+            -- together: the window is on logged_at.)
+            row_number() over (
+                partition by event_id
+                order by
+                    case when rejection_reason is null then 0 else 1 end,
+                    logged_at,
+                    ts,
+                    row_hash
+            ) as occurrence,
+            -- Identical rows (a writer's retry) are numbered apart, so that each has a
+            -- quarantine id of its own; they share logged_at, so a run reads all or none.
+            row_number() over (partition by row_hash order by row_hash) as copy_number
+
+        from checked
+
     )
 
-    select * from checked
+    select * from ranked
 {%- endmacro %}
 
-{#- Where an incremental events model starts reading: its newest logged_at, less the margin. -#}
-{#- An empty table reads everything: max() of no rows is null, and `x > null` matches nothing. -#}
+{#- A hash of an event row's content (every column, nulls told apart from any value), the same
+    in every run: what identifies a copy of an event. Timestamps enter as epoch seconds, which
+    no session time zone changes. `relation` qualifies the columns when given. -#}
+{% macro event_row_hash(relation=none) -%}
+    {%- set prefix = relation ~ '.' if relation else '' -%}
+    {%- set columns = [
+        prefix ~ 'event_id',
+        'cast(date_part(\'epoch\', ' ~ prefix ~ 'ts) as varchar)',
+        prefix ~ 'user_id',
+        prefix ~ 'item_id',
+        prefix ~ 'event_type',
+        'cast(' ~ prefix ~ 'value as varchar)',
+        prefix ~ 'request_id',
+        'cast(' ~ prefix ~ 'position as varchar)',
+        'cast(' ~ prefix ~ 'propensity as varchar)',
+        'cast(' ~ prefix ~ 'slot_propensities as varchar)',
+        prefix ~ 'model_version',
+        prefix ~ 'policy',
+        'cast(' ~ prefix ~ 'context as varchar)',
+        'cast(date_part(\'epoch\', ' ~ prefix ~ 'logged_at) as varchar)',
+    ] -%}
+    md5(
+        {%- for column in columns %}
+        coalesce('v' || {{ column }}, 'n'){{ " || '|' ||" if not loop.last }}
+        {%- endfor %}
+    )
+{%- endmacro %}
+
+{#- Where an incremental events model starts reading: its newest logged_at, less the margin.
+    The newest logged_at counts no later than the run's start: a row stamped in the future (a
+    writer's clock running fast) is quarantined, and must not move the window past the rows
+    logged before it. An empty table reads everything: max() of no rows is null, and `x > null`
+    matches nothing. -#}
 {% macro late_arrival_watermark(relation) -%}
     coalesce(
-        (select max(logged_at) - {{ hours(var('late_arrival_hours')) }} from {{ relation }}),
+        (
+            select max(least(logged_at, {{ run_started() }})) - {{ hours(var('late_arrival_hours')) }}
+            from {{ relation }}
+        ),
         cast('-infinity' as timestamptz)
     )
 {%- endmacro %}
 
-{#- The newest change point an incremental features model already holds (-infinity if none). -#}
-{% macro newest_observed_at(relation) -%}
+{#- Where an incremental features model starts recomputing change points: its newest one, less
+    the late-arrival margin, so that an event staged late (up to late_arrival_hours) enters
+    every window and running total a full rebuild would count it in (-infinity if empty). -#}
+{% macro late_change_points_since(relation) -%}
     coalesce(
-        (select max(observed_at) from {{ relation }}),
+        (select max(observed_at) - {{ hours(var('late_arrival_hours')) }} from {{ relation }}),
         cast('-infinity' as timestamptz)
     )
 {%- endmacro %}

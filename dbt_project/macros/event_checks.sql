@@ -4,6 +4,14 @@
 {% macro event_rejection_reason() -%}
     case
         when event_id is null then 'event_id: is null'
+        when logged_at is null then 'logged_at: is null'
+        -- The log stamps logged_at when it accepts a row, so a later one comes from a clock
+        -- running fast (or an upstream writing into the log's folder): such a row would carry
+        -- the late-arrival window past every row logged before it. It is held here until the
+        -- wall clock reaches it (see quarantined_events).
+        when logged_at > {{ run_started() }}
+            + {{ minutes(var('future_tolerance_minutes')) }}
+            then 'logged_at: ' || cast(logged_at as varchar) || ' is in the future'
         when ts is null then 'ts: is null'
         when user_id is null or trim(user_id) = '' then 'user_id: is null or empty'
         when item_id is null or trim(item_id) = '' then 'item_id: is null or empty'

@@ -15,7 +15,7 @@ activity as (
         windowed_activity(
             'user_id',
             ref('int_user_activity_hourly'),
-            since=newest_observed_at(this) if is_incremental() else none,
+            since=late_change_points_since(this) if is_incremental() else none,
         )
     }}
 

@@ -1,6 +1,6 @@
-{#- Event rows that break the contract, with the reason: nothing is dropped silently. A later
-    copy of an event id already staged is a duplicate; the same row read again inside the
-    late-arrival margin is not. -#}
+{#- Event rows that break the contract, with the reason: nothing is dropped silently. A copy of
+    an event id other than the staged one is a duplicate; the same row read again inside the
+    late-arrival margin is not quarantined again (its id is a hash of its content). -#}
 {{
     config(
         materialized='incremental',
@@ -17,12 +17,27 @@ checked as (
 
 ),
 
+copies as (
+
+    select
+        *,
+        -- The winning copy's logged_at, for the message when it is not staged (yet).
+        first_value(logged_at) over (partition by event_id order by occurrence) as first_logged_at
+
+    from checked
+
+),
+
 staged as (
 
     select
-        event_id,
-        logged_at
-    from {{ ref('stg_events') }}
+        stg_events.event_id,
+        stg_events.logged_at,
+        {{ event_row_hash('stg_events') }} as row_hash
+
+    from {{ ref('stg_events') }} as stg_events
+    inner join (select distinct copies.event_id from copies) as read_now
+        on stg_events.event_id = read_now.event_id
 
 ),
 
@@ -37,28 +52,30 @@ staged as (
 rejected as (
 
     select
-        md5(
-            coalesce(checked.event_id, '') || '|' || coalesce(cast(checked.logged_at as varchar), '')
-            || '|' || cast(checked.occurrence as varchar)
-        ) as quarantine_id,
-        {{ event_columns('checked') }},
+        md5(copies.row_hash || '|' || cast(copies.copy_number as varchar)) as quarantine_id,
+        {{ event_columns('copies') }},
         coalesce(
-            checked.rejection_reason,
+            copies.rejection_reason,
             case
-                -- The staged copy is never its own duplicate, whichever copy was logged first.
+                -- The staged copy is never its own duplicate, whichever copy was logged first;
+                -- of identical rows, the first is the staged one.
                 when
-                    (staged.event_id is not null and staged.logged_at != checked.logged_at)
-                    or (staged.event_id is null and checked.occurrence > 1)
+                    staged.event_id is not null
+                    and (staged.row_hash != copies.row_hash or copies.copy_number > 1)
                     then
                         'event_id: duplicate of an event logged at '
-                        || cast(coalesce(staged.logged_at, checked.logged_at) as varchar)
+                        || cast(staged.logged_at as varchar)
+                when staged.event_id is null and copies.occurrence > 1
+                    then
+                        'event_id: duplicate of an event logged at '
+                        || cast(copies.first_logged_at as varchar)
             end
         ) as rejection_reason,
         {{ as_of() }} as quarantined_at
 
-    from checked
+    from copies
     left join staged
-        on checked.event_id = staged.event_id
+        on copies.event_id = staged.event_id
 
 )
 

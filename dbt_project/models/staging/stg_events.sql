@@ -1,3 +1,8 @@
+{#- The event log, one row per event id: the first logged copy of an id that passes the
+    contract (checked_events ranks the copies the same way in every run). Each run reads what
+    was logged since its newest logged_at less late_arrival_hours, the newest counting no later
+    than the run's start (a row stamped in the future is quarantined until the clock passes
+    it), with an anti-join on the ids already staged. -#}
 {{
     config(
         materialized='incremental',
