@@ -1,11 +1,14 @@
 """Hourly feature pipeline: raw events -> dbt -> Great Expectations gate -> Feast.
 
 Runs hourly (unless the setting `airflow.timed_schedules` turns the clocks off) and when
-triggered. Each run processes its data interval (the first run of a fresh home backfills
-everything). A failing gate stops the run before Feast, so the online store keeps what it had;
-the failed expectations are in the `validate` task's log and in the Data Docs. On success the
-run updates the asset `features` (fresh features, in the UI's asset view; training starts on
-its own clock and on `retrain_requested`, not on every features run).
+triggered. Each run processes everything since the last interval it published, up to its data
+interval's end (the first run of a fresh home backfills everything), so an hour whose gate
+failed is checked again with the next one and published once they pass. A trigger's conf may
+name the window instead (`{"start": ISO, "end": ISO}`, kept as given). A failing gate stops the
+run before Feast, so the online store keeps what it had; the failed expectations are in the
+`validate` task's log and in the Data Docs. On success the run updates the asset `features`
+(fresh features, in the UI's asset view; training starts on its own clock and on
+`retrain_requested`, not on every features run).
 """
 
 from datetime import UTC, datetime, timedelta
@@ -37,11 +40,13 @@ def recloop_features():
     def plan(data_interval_start=None, data_interval_end=None, dag_run=None) -> dict:
         from recloop.features.tasks import interval
 
-        # A manual or asset-triggered run has no data interval: it processes the hour up to
-        # when it was asked for.
+        # A manual or asset-triggered run has no data interval: it processes what is new up
+        # to when it was asked for. From the end of the last published interval, not the data
+        # interval's start (catchup is off): see recloop.features.tasks.interval.
         end = data_interval_end or dag_run.run_after
         start = data_interval_start if data_interval_start not in (None, end) else None
-        return interval(start.isoformat() if start else None, end.isoformat())
+        conf = dict(getattr(dag_run, "conf", None) or {})
+        return interval(start.isoformat() if start else None, end.isoformat(), conf)
 
     @task
     def ingest_events(window: dict) -> dict:

@@ -13,6 +13,10 @@ Suites are defined here, in code, and re-applied on every run; Great Expectation
 validation results and Data Docs under ``<home>/gx`` (open
 ``<home>/gx/uncommitted/data_docs/local_site/index.html``).
 
+Event ids must be unique within the batch and new to it: an id that a row logged before the
+batch already carries (a producer's retry of an earlier hour's event) fails the gate too
+(``event_id_logged_before``), though dbt quarantines the copy.
+
 Raw events are read as JSON objects, every key found becoming a column, rather than through
 the contract's columns, so that a column renamed upstream shows up as an unexpected column
 instead of as nulls. The feature marts' expected columns are those of their Feast views.
@@ -29,7 +33,7 @@ import json
 import logging
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -161,6 +165,43 @@ def _read_postgres_events(
     )
 
 
+def _event_ids_logged_before(
+    settings: Settings, batch: pd.DataFrame, start: datetime | None, end: datetime
+) -> set[str]:
+    """The batch's event ids that events logged before it already carry.
+
+    The batch's own rows are checked for uniqueness among themselves; an event first logged in
+    an earlier interval and sent again (a producer's retry) is in no earlier batch with its
+    copy, so this looks it up among the rows logged up to ``start`` that are not in the batch
+    (those that happened in the interval are). dbt quarantines such a copy; the gate stops the
+    interval all the same, as the README says of duplicate ids. A backfill (no start) has no
+    earlier rows. The production log's table keys ``event_id`` (a re-sent id is dropped on
+    insert), so there it finds none by construction.
+    """
+    import duckdb
+
+    from recloop.eventlog.local import has_sealed_segments, sealed_pattern
+
+    if start is None or "event_id" not in batch or settings.profile == "production":
+        return set()
+    ids = pd.DataFrame({"event_id": batch["event_id"].dropna().astype(str).unique()})
+    if ids.empty or not has_sealed_segments(settings.events_dir):
+        return set()
+    pattern = sealed_pattern(settings.events_dir).replace("'", "''")
+    happened, params = _between("TRY_CAST(json ->> 'ts' AS TIMESTAMPTZ)", start, end)
+    query = (
+        f"SELECT DISTINCT json ->> 'event_id' "
+        f"FROM read_json_objects('{pattern}', format='newline_delimited') "
+        f"WHERE TRY_CAST(json ->> '{LOGGED_AT}' AS TIMESTAMPTZ) <= $start "
+        f"AND NOT coalesce(({happened}), false) "
+        f"AND json ->> 'event_id' IN (SELECT event_id FROM batch_ids)"
+    )
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("batch_ids", ids)
+        return {row[0] for row in con.execute(query, params).fetchall()}
+
+
 def _mart_reader(relation: str, column: str) -> Callable[..., pd.DataFrame]:
     def read(settings: Settings, start: datetime | None, end: datetime) -> pd.DataFrame:
         from recloop import warehouse
@@ -189,6 +230,12 @@ def raw_event_expectations(end: datetime) -> list[Any]:
             for c in ("event_id", "ts_parsed", "user_id", "item_id", "event_type")
         ],
         gxe.ExpectColumnValuesToBeUnique(column="event_id"),
+        # Unique within the batch is not enough: a producer's retry re-sends an event logged
+        # in an earlier hour (``_event_ids_logged_before``; dbt quarantines the copy).
+        gxe.ExpectColumnValuesToBeNull(
+            column=EARLIER_DUPLICATE_COLUMN,
+            description="event ids already logged before this batch: a re-sent event",
+        ),
         gxe.ExpectColumnValuesToBeInSet(
             column="event_type", value_set=[e.value for e in EventType]
         ),
@@ -345,18 +392,26 @@ def _describe(dataset: str, result: Any) -> str:
         detail = f"{unexpected} unexpected value(s), e.g. {examples}"
     else:
         detail = f"observed {observed}"
-    return f"{dataset}: {config.type}({json.dumps(kwargs, default=str)}): {detail}"
+    said = f" ({config.description})" if getattr(config, "description", None) else ""
+    return f"{dataset}: {config.type}({json.dumps(kwargs, default=str)}){said}: {detail}"
 
 
-DERIVED_EVENT_COLUMNS = ("ts_parsed", "slot_propensities_min", "slot_propensities_max")
+#: The event id of a batch row when an event logged before the batch already carries it.
+EARLIER_DUPLICATE_COLUMN = "event_id_logged_before"
+DERIVED_EVENT_COLUMNS = ("ts_parsed", "slot_propensities_min", "slot_propensities_max",
+                         EARLIER_DUPLICATE_COLUMN)  # fmt: skip
 
 
-def _derived_event_columns(frame: pd.DataFrame) -> pd.DataFrame:
+def _derived_event_columns(frame: pd.DataFrame, earlier_ids: Collection[str] = ()) -> pd.DataFrame:
     """The raw events with the columns their expectations read. Raw timestamps are text as
     written: parsed, so that "in the future" compares instants (unparseable ones become NaT
     and fail the not-null check on ts_parsed). Per-slot propensities are a list per row, which
-    no column expectation reads: their extremes are what must lie in [0, 1]."""
+    no column expectation reads: their extremes are what must lie in [0, 1]. ``earlier_ids``:
+    the batch's event ids that events logged before it carry (``_event_ids_logged_before``),
+    named per row in ``event_id_logged_before`` (null for a new id)."""
     frame = frame.copy()
+    ids = frame["event_id"] if "event_id" in frame else pd.Series(None, index=frame.index)
+    frame[EARLIER_DUPLICATE_COLUMN] = ids.where(ids.isin(earlier_ids), None).astype(object)
     frame["ts_parsed"] = pd.to_datetime(frame["ts"], utc=True, errors="coerce", format="ISO8601")
     slots = frame.get("slot_propensities")
     for name, extreme in (("slot_propensities_min", np.min), ("slot_propensities_max", np.max)):
@@ -381,7 +436,9 @@ def run_gate(settings: Settings, start: datetime | None, end: datetime) -> GateR
     for dataset in DATASETS:
         frame = dataset.read(settings, start, end)
         if dataset.name == "raw_events" and "ts" in frame:
-            frame = _derived_event_columns(frame)
+            frame = _derived_event_columns(
+                frame, _event_ids_logged_before(settings, frame, start, end)
+            )
         report.rows[dataset.name] = len(frame)
         expectations = dataset.expectations(end)
         floor = volume_floor(
@@ -430,9 +487,24 @@ def _outcome_path(settings: Settings) -> Path:
 def _record_outcome(settings: Settings, report: GateReport, failures: list[str]) -> None:
     # The promotion gate reads this: no model is promoted on features from a failed batch.
     # It replaces the whole file, ``building`` (below) included.
+    standing = {k: v for k, v in (last_outcome(settings) or {}).items() if k != "building"}
+    if (
+        not failures
+        and standing.get("passed") is False
+        and datetime.fromisoformat(standing["end"]) > report.end
+    ):
+        # A rerun of an earlier interval passed, but the marts and exports still hold the rows
+        # of the later batch that failed (dbt keeps what it built up to that end): its verdict
+        # stands until a gate that reaches that end passes.
+        log.warning("gate passed on the interval up to %s, but the batch up to %s failed and "
+                    "its rows are still in the marts: that failure stands",
+                    report.end.isoformat(), standing["end"])  # fmt: skip
+        _write_outcome(settings, standing)
+        return
     _write_outcome(settings, {
         "passed": not failures,
         "checked_at": datetime.now(UTC).isoformat(),
+        "start": report.start.isoformat() if report.start else None,
         "end": report.end.isoformat(),
         "failures": failures,
     })  # fmt: skip

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from recloop.settings import Settings, write_rendered_config
 
+log = logging.getLogger(__name__)
+
 PROJECT = "recloop"
 #: The dbt schema of the relations Feast reads in production (dbt_project.yml: models/feast).
 FEAST_SCHEMA = "feast"
@@ -176,26 +178,68 @@ def apply(settings: Settings) -> None:
     open_store(settings).apply(definitions(settings))
 
 
+#: The views loaded from the dbt exports (the push view is written by the service).
+BATCH_VIEWS = ("user_features", "item_features")
+
+
 def materialize(settings: Settings, start: datetime | None, end: datetime) -> None:
     """Load the batch views' latest values with start < observed_at <= end into the online store.
 
     Without a start, from the beginning (a backfill). Not Feast's materialize_incremental: with
     no earlier run it starts at the wall clock less the TTL, which silently loads nothing for a
     backfill of older data; the interval is what decides what is loaded.
+
+    Never from before the end of what was already loaded (``published_until``): Feast writes
+    each entity's latest row *in the interval*, and the SQLite online store (local profile)
+    replaces a row whatever its timestamp (Redis keeps the newer), so rerunning an earlier
+    interval (clearing an old DAG run, ``recloop features run`` without ``--start``) rolled an
+    entity changed since back to its older values. Rows up to that end were loaded by the
+    runs that got there; an interval that ends there or before loads nothing.
     """
-    store = open_store(settings)
-    store.materialize(
-        start_date=start or EPOCH, end_date=end, feature_views=["user_features", "item_features"]
+    feature_store = open_store(settings)
+    loaded = published_until(settings, feature_store)
+    if loaded is not None:
+        if loaded >= end:
+            log.info("the online store already holds the batch views up to %s: nothing of "
+                     "(%s, %s] is newer", loaded.isoformat(), start, end.isoformat())  # fmt: skip
+            return
+        start = max(start, loaded) if start is not None else loaded
+    feature_store.materialize(
+        start_date=start or EPOCH, end_date=end, feature_views=list(BATCH_VIEWS)
     )
+
+
+def materialization_intervals(
+    settings: Settings, feature_store: Any = None
+) -> dict[str, list[tuple[datetime, datetime]]]:
+    """Each batch view's materialised intervals, as Feast's registry records them (empty
+    before the view was applied or loaded)."""
+    from feast.errors import FeatureViewNotFoundException
+
+    feature_store = feature_store or open_store(settings)
+    intervals: dict[str, list[tuple[datetime, datetime]]] = {}
+    for name in BATCH_VIEWS:
+        try:
+            view = feature_store.get_feature_view(name)
+        except FeatureViewNotFoundException:
+            intervals[name] = []
+            continue
+        intervals[name] = [
+            (start.astimezone(UTC), end.astimezone(UTC))
+            for start, end in view.materialization_intervals
+        ]
+    return intervals
+
+
+def published_until(settings: Settings, feature_store: Any = None) -> datetime | None:
+    """The end of the newest interval loaded into the online store for every batch view
+    (None: some view was never loaded). A features run publishes only after its gate passed,
+    so this is where the next run starts (``recloop.features.tasks.interval``)."""
+    ends = [max((end for _, end in spans), default=None)
+            for spans in materialization_intervals(settings, feature_store).values()]  # fmt: skip
+    return None if any(end is None for end in ends) else min(ends)
 
 
 def has_materialized(settings: Settings) -> bool:
     """Whether the batch views were ever loaded into the online store (else: backfill)."""
-    from feast.errors import FeatureViewNotFoundException
-
-    feature_store = open_store(settings)
-    try:
-        view = feature_store.get_feature_view("user_features")
-    except FeatureViewNotFoundException:
-        return False
-    return bool(view.materialization_intervals)
+    return published_until(settings) is not None

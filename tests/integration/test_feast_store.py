@@ -201,3 +201,40 @@ def test_a_failing_gate_leaves_the_online_store_as_it_was(local_published, tmp_p
         run_pipeline(settings, AS_OF, later, echo=False)
     after = online(settings, [{"user_id": "u00001", "item_id": "i00001"}])
     assert after == before
+
+
+def test_rerunning_an_earlier_interval_rolls_no_entity_back(local_published, tmp_path) -> None:
+    """Feast writes each entity's latest row in the interval, and the SQLite online store
+    replaces a row whatever its timestamp (Redis keeps the newer): rerunning an earlier hour
+    (a cleared DAG run) must not put an entity changed since back to its older values."""
+    shutil.copytree(local_published.home, tmp_path / "var")
+    settings = Settings(home=tmp_path / "var")
+    assert store.published_until(settings) == AS_OF
+    # A user and an earlier change point of theirs whose counts differ from their latest: the
+    # online store holds the latest one's.
+    from recloop import warehouse
+
+    counts = ["interactions_last_1_hour", "interactions_last_24_hours", "interactions_all_time"]
+    points = warehouse.read_frame(
+        settings,
+        f"SELECT user_id, observed_at, {', '.join(counts)} FROM marts.user_features "
+        "WHERE observed_at <= $at ORDER BY user_id, observed_at DESC",
+        {"at": AS_OF},
+    )
+    latest = points.groupby("user_id").head(1).set_index("user_id")
+    older = points[points.user_id.duplicated()]
+    differs = (older[counts].to_numpy() != latest.loc[older.user_id, counts].to_numpy()).any(1)
+    earlier = older[differs].iloc[0]  # the newest such row of the first such user
+    user, earlier = earlier.user_id, earlier.observed_at.to_pydatetime()
+    rows = [{"user_id": user, "item_id": "i00001"}]
+    before = online(settings, rows)
+    assert [before[f"user_features__{c}"] for c in counts] == [
+        [latest.loc[user, c]] for c in counts
+    ]
+
+    store.materialize(settings, earlier - timedelta(hours=1), earlier)  # an earlier hour again
+    assert online(settings, rows) == before
+    # Straddling the end of what was loaded: only what is newer is loaded, and recorded.
+    store.materialize(settings, earlier - timedelta(hours=1), AS_OF + timedelta(hours=1))
+    assert online(settings, rows) == before
+    assert store.published_until(settings) == AS_OF + timedelta(hours=1)

@@ -121,6 +121,77 @@ def test_duplicate_event_ids_stop_the_gate(home: Settings) -> None:
     assert quarantine_reasons(home)[0].startswith("event_id: duplicate")
 
 
+def test_an_event_id_logged_in_an_earlier_hour_stops_the_gate(home: Settings) -> None:
+    """A producer's retry re-sends, whole, an event an earlier run already logged: this run's
+    batch holds one copy only, so uniqueness within the batch cannot see the duplicate."""
+    start = datetime.now(UTC)  # the home's events were logged (ingested) before
+    segment = sorted(home.events_dir.glob("event_date=*/event_hour=*/*.jsonl"))[0]
+    original = json.loads(segment.read_text().splitlines()[0])
+    resent = {**original, "logged_at": datetime.now(UTC).isoformat()}
+    partition = home.events_dir / "event_date=2030-01-01" / "event_hour=00"
+    partition.mkdir(parents=True)
+    (partition / "part-retry.jsonl").write_text(json.dumps(resent) + "\n")
+    message = gate_failure(home, start)
+    assert message.startswith("data quality gate failed (1 expectation(s))")
+    assert 'expect_column_values_to_be_null({"column": "event_id_logged_before"})' in message
+    assert original["event_id"] in message
+    assert quarantine_reasons(home)[0].startswith("event_id: duplicate")
+
+
+def test_a_failed_hour_is_validated_again_until_fixed_then_published(home, monkeypatch) -> None:
+    """The DAG's runs, hour after hour (recloop.features.tasks): a run starts where the last
+    published interval ended, so the next hour's gate does not approve the exports that still
+    hold a failed hour's rows, and the failed hour's change points are published once fixed."""
+    from recloop.features import tasks
+    from recloop.features.gate import last_outcome
+
+    monkeypatch.setenv("RECLOOP_HOME", str(home.home))
+    hour = timedelta(hours=1)
+    # Wall-clock hours, after the home's events were logged (ingested): the last full hour
+    # but one has three clicks of a user and a row with a null user.
+    failing_end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - hour
+    before = online_snapshot(home)
+    n = next(n for n, v in enumerate(before["user_features__interactions_all_time"]) if v)
+    clicks = [{"event_id": str(uuid.uuid4()), "user_id": before["user_id"][n],
+               "item_id": f"i0000{k}", "event_type": "click", "context": {},
+               "ts": (failing_end - hour + timedelta(minutes=10 + k)).isoformat(),
+               "logged_at": (failing_end - hour + timedelta(minutes=11 + k)).isoformat()}
+              for k in range(3)]  # fmt: skip
+    partition = home.events_dir / "event_date=2030-01-01" / "event_hour=00"
+    partition.mkdir(parents=True)
+    (partition / "part-good.jsonl").write_text("".join(json.dumps(c) + "\n" for c in clicks))
+    poisoned = partition / "part-bad.jsonl"
+    poisoned.write_text(json.dumps({**clicks[0], "event_id": str(uuid.uuid4()),
+                                    "user_id": None}) + "\n")  # fmt: skip
+
+    def run(start: datetime, end: datetime) -> dict:
+        """One DAG run of the data interval (start, end]: plan's window, then every task."""
+        window = tasks.interval(start.isoformat(), end.isoformat())
+        tasks.ingest_events(window)
+        tasks.build(window)
+        tasks.validate(window)
+        tasks.publish(window)
+        return window
+
+    with pytest.raises(GateFailed, match="expect_column_values_to_not_be_null"):
+        run(failing_end - hour, failing_end)
+    # The next hour's run validates the failed hour again with its own: still failed, and
+    # nothing published.
+    with pytest.raises(GateFailed, match="expect_column_values_to_not_be_null"):
+        run(failing_end, failing_end + hour)
+    assert last_outcome(home)["passed"] is False
+    assert online_snapshot(home) == before
+    # The upstream fixes its rows: the next run checks all the hours since the last publish
+    # and publishes them, the failed hour's change points included.
+    poisoned.unlink()
+    now = datetime.now(UTC)
+    window = run(now - hour, now)
+    assert window["start"] == AS_OF.isoformat()  # where the fixture's publish ended
+    assert last_outcome(home)["passed"] is True
+    after = online_snapshot(home)["user_features__interactions_all_time"][n]
+    assert after == before["user_features__interactions_all_time"][n] + 3
+
+
 def test_a_bad_upstream_change_to_the_ctr_is_stopped_twice(home: Settings) -> None:
     # What a broken change to the CTR model writes.
     with duckdb.connect(str(home.warehouse_path)) as con:

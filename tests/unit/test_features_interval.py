@@ -1,0 +1,73 @@
+"""Which interval a recloop_features run processes (recloop.features.tasks.interval): from the
+end of the last interval published, so that an hour whose gate failed (or whose run was
+skipped) is validated again with the next one instead of being left behind unpublished while
+the next gate approves the exports that still hold its rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from recloop.features import store, tasks
+
+
+def at(hour: int) -> datetime:
+    return datetime(2026, 3, 2, hour, tzinfo=UTC)
+
+
+@pytest.fixture
+def published(monkeypatch, tmp_path):
+    """Set what the online store holds up to (None: never loaded)."""
+    monkeypatch.setenv("RECLOOP_HOME", str(tmp_path / "var"))
+    state: dict[str, datetime | None] = {"until": None}
+    monkeypatch.setattr(store, "published_until", lambda settings, *_: state["until"])
+
+    def set_until(until: datetime | None) -> None:
+        state["until"] = until
+
+    return set_until
+
+
+def window(start: datetime | None, end: datetime, conf=None) -> tuple[str | None, str]:
+    args = (start.isoformat() if start else None, end.isoformat(), *([conf] if conf else []))
+    got = tasks.interval(*args)
+    return got["start"], got["end"]
+
+
+def test_the_first_run_of_a_home_backfills(published) -> None:
+    published(None)
+    assert window(at(10), at(11)) == (None, at(11).isoformat())
+
+
+def test_an_hourly_run_starts_where_the_last_publish_ended(published) -> None:
+    published(at(10))
+    assert window(at(10), at(11)) == (at(10).isoformat(), at(11).isoformat())
+
+
+def test_a_failed_or_skipped_hour_is_validated_again_with_the_next(published) -> None:
+    # (10, 11] failed its gate, so nothing was published after 10: the run of (11, 12] checks
+    # and publishes (10, 12], rows of the failed hour included.
+    published(at(10))
+    assert window(at(11), at(12)) == (at(10).isoformat(), at(12).isoformat())
+    # A manual or asset-triggered run (no data interval) catches up the same way.
+    assert window(None, at(12)) == (at(10).isoformat(), at(12).isoformat())
+
+
+def test_a_rerun_of_a_published_interval_keeps_its_window(published) -> None:
+    published(at(12))  # (10, 11] was published long ago and its DAG run is cleared
+    assert window(at(10), at(11)) == (at(10).isoformat(), at(11).isoformat())
+    assert window(None, at(11)) == (at(10).isoformat(), at(11).isoformat())
+    assert window(at(11), at(12)) == (at(11).isoformat(), at(12).isoformat())
+
+
+def test_a_trigger_conf_window_is_kept_as_given(published) -> None:
+    published(at(10))
+    conf = {"start": "2026-03-02T11:00:00+00:00", "end": "2026-03-02T12:00:00Z"}
+    assert window(None, at(15), conf) == (at(11).isoformat(), at(12).isoformat())
+    # No start: everything up to the end, as `recloop features run --end` (naive times: UTC).
+    assert window(None, at(15), {"end": "2026-03-02T13:00"}) == (None, at(13).isoformat())
+    with pytest.raises(ValueError, match="empty interval"):
+        window(None, at(15), {"start": at(12).isoformat(), "end": at(12).isoformat()})
+    # Other keys are not a window.
+    assert window(at(14), at(15), {"hour": 3}) == (at(10).isoformat(), at(15).isoformat())
