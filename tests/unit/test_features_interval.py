@@ -71,3 +71,21 @@ def test_a_trigger_conf_window_is_kept_as_given(published) -> None:
         window(None, at(15), {"start": at(12).isoformat(), "end": at(12).isoformat()})
     # Other keys are not a window.
     assert window(at(14), at(15), {"hour": 3}) == (at(10).isoformat(), at(15).isoformat())
+
+
+def test_dbt_never_builds_as_of_before_what_is_published(published, monkeypatch) -> None:
+    """A rerun of an older interval must not rebuild the table marts (the catalogue the
+    service reads) without the items created since: dbt builds as of the later of the
+    interval's end and what the online store already holds."""
+    from recloop.features import pipeline
+
+    built: list[datetime] = []
+    monkeypatch.setattr(pipeline, "mark_building", lambda settings, end: None)
+    monkeypatch.setattr(pipeline, "run_dbt",
+                        lambda settings, command, as_of, echo: built.append(as_of))  # fmt: skip
+    settings = tasks.load_settings()
+    pipeline.build_features(settings, at(11))  # nothing published yet: as of the end
+    published(at(14))
+    pipeline.build_features(settings, at(11))  # a rerun of an old hour
+    pipeline.build_features(settings, at(15))  # the next hour
+    assert built == [at(11), at(14), at(15)]
