@@ -287,7 +287,7 @@ class FeedbackRequest(_Body):
 
 class FeedbackResponse(BaseModel):
     appended: int = Field(description="Events newly written to the event log (durable).")
-    duplicates: int = Field(description="Events already logged (same event_id).")
+    duplicates: int = Field(description="Events already logged (same event_id and content).")
     users_refreshed: int = Field(description="Users whose fresh clicks were pushed to Feast.")
 
 

@@ -112,14 +112,32 @@ class Recommender:
 
     @bentoml.api
     def feedback(self, request: FeedbackRequest, /) -> FeedbackResponse:
-        """Log user events durably (idempotent on event_id) and push fresh clicks to Feast."""
-        return FeedbackResponse.model_validate(self.engine.feedback(request))
+        """Log user events durably (idempotent on event_id) and push fresh clicks to Feast.
+        An event_id already logged with other content is a 422 at ``events.N.event_id``, and
+        nothing of the batch is logged."""
+        from recloop.eventlog import InvalidEvents
+
+        try:
+            return FeedbackResponse.model_validate(self.engine.feedback(request))
+        except InvalidEvents as error:
+            return _rejected(error)  # BentoML sends a starlette Response as it is
 
     @bentoml.api
     async def similar_items(self, request: SimilarItemsRequest, /) -> SimilarItemsResponse:
         """Items most alike the given one, by the served model's item vectors."""
         similar = await self._run(self.engine.similar_items, request)
         return SimilarItemsResponse.model_validate(similar)
+
+
+def _rejected(error) -> Any:
+    """The event log's refusal as the gate's 422 (the same shape: field and reason, no
+    input quoted)."""
+    from starlette.responses import JSONResponse
+
+    detail = [{"field": f"events.{r.index}.{e.field}", "reason": e.reason}
+              for r in error.rejections for e in r.errors]  # fmt: skip
+    return JSONResponse({"error": f"{len(detail)} invalid field(s)", "detail": detail},
+                        status_code=422)  # fmt: skip
 
 
 Recommender.add_asgi_middleware(

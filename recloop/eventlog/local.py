@@ -24,11 +24,25 @@ Why it is built this way:
   ever followed by the next append's lines and no unacknowledged line is left to be written a
   second time by the client's retry. A segment that cannot be cut back is abandoned to the
   next writer's recovery, and this writer refuses appends until the log is reopened.
-- Idempotency: the writer keeps the set of logged ``event_id``s (loaded at open with DuckDB),
-  so a retried batch adds nothing. An ``event_id`` enters that set only once durable; until
-  then it belongs to the flush that is writing it, and an append of the same id waits for that
-  flush and fails if it fails. One writer process at a time keeps that set authoritative; a
-  second one gets ``EventLogBusy`` after ``lock_timeout`` seconds.
+- Idempotency: the writer keeps every logged ``event_id`` with a 64-bit digest of its content
+  (``base.CONTENT_FIELDS``; loaded at open with one DuckDB query over the sealed segments,
+  recovered ones included), so a retried batch adds nothing. An ``event_id`` enters that map
+  only once durable; until then it belongs to the flush that is writing it, and an append of
+  the same id waits for that flush and fails if it fails. One writer process at a time keeps
+  that map authoritative; a second one gets ``EventLogBusy`` after ``lock_timeout`` seconds.
+- Same id, other content: an event whose id is logged with another digest, or in flight
+  (a concurrent append's, or earlier in its own batch) with other content (kept with the
+  flush), refuses its whole batch (``InvalidEvents`` at ``event_id``), before any of it is
+  written. The digest is Python's ``hash`` of the normalised content tuple
+  (``base.event_content``; what is compared and why: ``base.CONTENT_FIELDS``). It never
+  leaves the process (the map is rebuilt at every open), so the per-process hash seed does
+  not matter. A collision (odds 2**-64 per reused id) would acknowledge a conflicting event
+  as a duplicate, as before this check; equal content always has equal digests, so a true
+  retry is never refused. The rejection names the differing fields; a logged event's are
+  read back (its open segment, else the sealed ones with DuckDB: a scan of the log, paid
+  only by a refused batch). What the check costs (measured when it was added): about 6%
+  more CPU per appended event, about 50 more bytes held per logged id (130 instead of 83),
+  the same time to reopen (0.27 s for 200,000 events).
 - ``logged_at`` (arrival time, not part of the contract) is stored with each event so that
   incremental dbt models can pick up late events.
 """
@@ -53,12 +67,16 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from recloop.contracts import LOGGED_AT, Event, duckdb_columns, validate_rows
+from recloop.contracts import LOGGED_AT, Event, Rejection, duckdb_columns, validate_rows
 from recloop.eventlog.base import (
     AppendResult,
     EventLogBusy,
     EventLogError,
     InvalidEvents,
+    event_content,
+    logged_conflict,
+    repeat_conflict,
+    stored_content,
     ts_filter,
 )
 
@@ -71,6 +89,14 @@ CORRUPT_DIR = "_corrupt"
 
 
 SEALED_GLOB = f"event_date=*/event_hour=*/*{SEALED_SUFFIX}"
+
+
+# event_id as 32 hex digits, then base.CONTENT_FIELDS as event_content normalises them.
+_CONTENT_SELECT = (
+    "replace(event_id, '-', ''), event_type, user_id, item_id, epoch_us(ts), value, "
+    "request_id, position"
+)
+_LOAD_CHUNK = 50_000
 
 
 def sealed_pattern(root: Path | str) -> str:
@@ -161,7 +187,8 @@ class _Ticket:
     """One append waiting for its lines to become durable."""
 
     lines: dict[str, list[bytes]] = field(default_factory=dict)
-    ids: list[int] = field(default_factory=list)
+    contents: dict[int, tuple] = field(default_factory=dict)  # event_id -> event_content
+    digests: list[int] = field(default_factory=list)  # hash of each content, in that order
     done: bool = False
     error: BaseException | None = None
 
@@ -210,7 +237,7 @@ class LocalEventLog:
         self._lock_fd = self._acquire_writer_lock(lock_timeout)
         try:
             self._recover()
-            self._seen: set[int] = self._load_seen_ids()
+            self._seen: dict[int, int] = self._load_seen()  # event_id -> content digest
         except BaseException:
             self._release_writer_lock()
             raise
@@ -320,12 +347,62 @@ class LocalEventLog:
             os.fsync(handle.fileno())
         self.stats.corrupt_lines += len(lines)
 
-    def _load_seen_ids(self) -> set[int]:
+    def _load_seen(self) -> dict[int, int]:
+        """Every logged event_id (as ``UUID.int``) with its content's digest: one query over
+        the sealed segments (after _recover, every segment is sealed). The columns come out as
+        ``event_content`` makes them from an Event: ts as epoch microseconds, value a float."""
+        seen: dict[int, int] = {}
         if not has_sealed_segments(self.root):
-            return set()
+            return seen
         with duckdb.connect() as con:
-            rows = con.execute(f"SELECT event_id FROM {events_sql(self.root)}").fetchall()
-        return {uuid.UUID(row[0]).int for row in rows}
+            result = con.execute(f"SELECT {_CONTENT_SELECT} FROM {events_sql(self.root)}")
+            # In chunks: all rows at once, as Python tuples, would take 4 times what the map
+            # keeps (about 130 bytes an event).
+            while rows := result.fetchmany(_LOAD_CHUNK):
+                # int(hex, 16) is UUID(...).int without UUID's checks, a fifth of its time:
+                # the ids were written by this log from validated UUIDs.
+                seen.update({int(row[0], 16): hash(row[1:]) for row in rows})
+        return seen
+
+    def _logged_contents(self, keys: set[int]) -> dict[int, tuple]:
+        """The stored content of logged events (only to name what a conflict differs in):
+        from the open segments, read under _io so none is sealed meanwhile; those not there
+        were sealed before, and one DuckDB query over the sealed segments finds them."""
+        found: dict[int, tuple] = {}
+        with self._io:
+            for segment in self._segments.values():
+                try:
+                    data = segment.path.read_bytes()
+                except OSError:
+                    continue
+                for key in keys - found.keys():
+                    text = str(uuid.UUID(int=key))
+                    needle = f'"event_id":"{text}"'.encode()  # as model_dump_json writes it
+                    at = data.find(needle)
+                    while at >= 0:  # the first match may be inside another event's context
+                        start = data.rfind(b"\n", 0, at) + 1
+                        line = data[start : data.find(b"\n", at)]
+                        with contextlib.suppress(ValueError, KeyError, TypeError):
+                            row = json.loads(line)
+                            if row.get("event_id") == text:
+                                found[key] = stored_content(
+                                    row["event_type"], row["user_id"], row["item_id"],
+                                    datetime.fromisoformat(row["ts"]), row.get("value"),
+                                    row.get("request_id"), row.get("position"),
+                                )  # fmt: skip
+                                break
+                        at = data.find(needle, at + 1)
+        rest = [str(uuid.UUID(int=key)) for key in keys if key not in found]
+        if rest and has_sealed_segments(self.root):
+            with duckdb.connect() as con:
+                rows = con.execute(
+                    f"SELECT {_CONTENT_SELECT} FROM {events_sql(self.root)} "
+                    "WHERE event_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [rest],
+                ).fetchall()
+            for row in rows:
+                found.setdefault(int(row[0], 16), stored_content(*row[1:]))
+        return found
 
     # -- appending ----------------------------------------------------------------------------
 
@@ -334,6 +411,9 @@ class LocalEventLog:
         checked = validate_rows(Event, events)
         if checked.rejected:
             raise InvalidEvents(checked.rejected)
+        batch: list[Event] = checked.valid
+        contents = [event_content(event) for event in batch]
+        digests = [hash(content) for content in contents]
         logged_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         suffix = f',"{LOGGED_AT}":"{logged_at}"}}\n'.encode()
         with self._mutex:
@@ -344,34 +424,55 @@ class LocalEventLog:
             ticket = _Ticket()
             others: set[_Ticket] = set()  # concurrent appends writing some of our events
             duplicates = 0
-            for event in checked.valid:
+            # Rows whose event_id is logged (None), in flight or earlier in this batch (that
+            # event's content) with other content: the batch is refused whole.
+            clashes: dict[int, tuple | None] = {}
+            seen, in_flight = self._seen, self._in_flight
+            for index, (event, content, digest) in enumerate(
+                zip(batch, contents, digests, strict=True)
+            ):
                 key = event.event_id.int
-                if key in self._seen:
+                logged = seen.get(key)
+                if logged is not None:
+                    if logged != digest:
+                        clashes[index] = None
                     duplicates += 1
                     continue
-                owner = self._in_flight.get(key)
+                owner = in_flight.get(key)
                 if owner is not None:
                     # Being written by this batch or a concurrent one (a client retrying a
                     # call that timed out): not written twice, and acknowledged only once that
                     # write is durable. If it fails, this call fails too rather than writing
                     # the event itself: the error is most likely the same disk's, and the
                     # client retries a failed call anyway, so one write path stays enough.
+                    theirs = owner.contents[key]
+                    if theirs != content:
+                        clashes[index] = theirs
                     duplicates += 1
                     if owner is not ticket:
                         others.add(owner)
                     continue
-                self._in_flight[key] = ticket
-                ticket.ids.append(key)
+                in_flight[key] = ticket
+                ticket.contents[key] = content
+                ticket.digests.append(digest)
+                if clashes:
+                    continue  # refused anyway: claimed only to compare the batch's repeats
                 # pydantic's Rust serialiser is the fast path; logged_at is spliced in before
                 # the closing brace instead of building a second dict per event.
                 line = event.model_dump_json().encode()[:-1] + suffix
                 ticket.lines.setdefault(partition_of(event.ts), []).append(line)
-            if ticket.ids:
-                self._pending.append(ticket)
-            self._wait_for([ticket, *others] if ticket.ids else list(others))
-            if ticket.error is None and not any(other.error for other in others):
-                self.stats.duplicates += duplicates
-                return AppendResult(appended=len(ticket.ids), duplicates=duplicates)
+            if clashes:
+                for key in ticket.contents:  # nobody saw these claims: the mutex was held
+                    del in_flight[key]
+            else:
+                if ticket.contents:
+                    self._pending.append(ticket)
+                self._wait_for([ticket, *others] if ticket.contents else list(others))
+                if ticket.error is None and not any(other.error for other in others):
+                    self.stats.duplicates += duplicates
+                    return AppendResult(appended=len(ticket.contents), duplicates=duplicates)
+        if clashes:
+            raise InvalidEvents(self._conflicts(batch, contents, clashes, ticket))
         if ticket.error is not None:
             raise EventLogError(f"append to {self.root} failed: {ticket.error}") from ticket.error
         error = next(other.error for other in others if other.error is not None)
@@ -379,6 +480,38 @@ class LocalEventLog:
             f"append to {self.root} failed: a concurrent append of the same event_id failed: "
             f"{error}"
         ) from error
+
+    def _conflicts(
+        self,
+        batch: list[Event],
+        contents: list[tuple],
+        clashes: dict[int, tuple | None],
+        ticket: _Ticket,
+    ) -> list[Rejection]:
+        """The rejections of a refused batch's clashing rows (see append), each naming the
+        fields that differ from the event its id was first given to."""
+        first: dict[int, int] = {}
+        for index, event in enumerate(batch):
+            first.setdefault(event.event_id.int, index)
+        rejected: dict[int, Rejection] = {}
+        durable = []
+        for index, theirs in clashes.items():
+            event = batch[index]
+            earlier = first[event.event_id.int]
+            if theirs is None:
+                durable.append(index)  # its content is read back from the files below
+            elif earlier < index and event.event_id.int in ticket.contents:
+                rejected[index] = repeat_conflict(index, earlier, event, contents)
+            else:
+                where = "being logged by a concurrent append"
+                rejected[index] = logged_conflict(index, event, contents[index], theirs, where)
+        if durable:
+            stored = self._logged_contents({batch[index].event_id.int for index in durable})
+            for index in durable:
+                event = batch[index]
+                logged = stored.get(event.event_id.int)
+                rejected[index] = logged_conflict(index, event, contents[index], logged)
+        return [rejected[index] for index in sorted(rejected)]
 
     def _wait_for(self, tickets: list[_Ticket]) -> None:
         """Wait until every ticket is flushed, leading a flush whenever none is running.
@@ -423,11 +556,11 @@ class LocalEventLog:
         for ticket in tickets:
             ticket.done = True
             ticket.error = error
-            for key in ticket.ids:
+            for key in ticket.contents:
                 del self._in_flight[key]
             if error is None:
-                self._seen.update(ticket.ids)
-                self.stats.appended += len(ticket.ids)
+                self._seen.update(zip(ticket.contents, ticket.digests, strict=True))
+                self.stats.appended += len(ticket.contents)
             # On failure the ids are simply forgotten: nothing of the batch is on disk (see
             # _write_durably), so a retry must be able to append these events again.
         self._flushed.notify_all()

@@ -5,6 +5,13 @@ Durability is Postgres's: a transaction is acknowledged only after its WAL recor
 local backend it admits any number of writer processes: uniqueness of ``event_id`` is the
 table's constraint, not an in-memory set.
 
+Same id, other content: the rows the INSERT skipped (``ON CONFLICT DO NOTHING``) are read
+back in the same transaction and compared on ``base.CONTENT_FIELDS``; any that differs rolls
+the whole batch back and raises ``InvalidEvents`` at ``event_id`` (a retry with the same
+content stays a duplicate). A concurrent transaction inserting the same id holds the INSERT
+until it ends, so the read-back sees its committed row: the check holds across writer
+processes too. Repeats within the batch are compared before anything is sent.
+
 Each thread gets a connection of its own: the service appends feedback from BentoML's thread
 pool and impressions from a writer thread at once, and two transactions on one shared
 connection interleave (psycopg: "transaction rollback at the wrong nesting level"; found by
@@ -23,7 +30,17 @@ from typing import Any
 import pyarrow as pa
 
 from recloop.contracts import LOGGED_AT, Event, validate_rows
-from recloop.eventlog.base import AppendResult, EventLogError, InvalidEvents, ts_filter
+from recloop.eventlog.base import (
+    CONTENT_FIELDS,
+    AppendResult,
+    EventLogError,
+    InvalidEvents,
+    batch_conflicts,
+    event_content,
+    logged_conflict,
+    stored_content,
+    ts_filter,
+)
 
 DEFAULT_TABLE = "events"
 
@@ -103,6 +120,11 @@ class PostgresEventLog:
         checked = validate_rows(Event, events)
         if checked.rejected:
             raise InvalidEvents(checked.rejected)
+        batch: list[Event] = checked.valid
+        contents = [event_content(event) for event in batch]
+        rejected = batch_conflicts(batch, contents)
+        if rejected:
+            raise InvalidEvents(list(rejected.values()))
         rows = [
             (
                 event.event_id,
@@ -119,7 +141,7 @@ class PostgresEventLog:
                 event.policy,
                 json.dumps(event.context),
             )
-            for event in checked.valid
+            for event in batch
         ]
         if not rows:
             return AppendResult(0, 0)
@@ -133,12 +155,37 @@ class PostgresEventLog:
                 rows,
                 returning=True,
             )
-            appended = 0
-            while True:
-                appended += len(cursor.fetchall())
+            skipped: list[int] = []  # indices of the rows whose event_id was there already
+            index = 0
+            while True:  # one result per row, in order
+                if not cursor.fetchall():
+                    skipped.append(index)
+                index += 1
                 if not cursor.nextset():
                     break
-        return AppendResult(appended=appended, duplicates=len(rows) - appended)
+            if skipped:
+                # Raised inside the transaction: it rolls back, nothing of the batch stays.
+                self._refuse_conflicts(cursor, batch, contents, skipped)
+        return AppendResult(appended=len(rows) - len(skipped), duplicates=len(skipped))
+
+    def _refuse_conflicts(
+        self, cursor: Any, batch: list[Event], contents: list[tuple], skipped: list[int]
+    ) -> None:
+        """Raise ``InvalidEvents`` for the skipped rows whose stored event has other content
+        (a skipped repeat of a row inserted by this batch reads that row: the same content)."""
+        cursor.execute(
+            f"SELECT event_id, {', '.join(CONTENT_FIELDS)} FROM {self.table} "
+            "WHERE event_id = ANY(%s)",
+            [list({batch[index].event_id for index in skipped})],
+        )
+        stored = {row[0]: stored_content(*row[1:]) for row in cursor.fetchall()}
+        rejected = []
+        for index in skipped:
+            logged = stored.get(batch[index].event_id)
+            if logged is not None and logged != contents[index]:
+                rejected.append(logged_conflict(index, batch[index], contents[index], logged))
+        if rejected:
+            raise InvalidEvents(rejected)
 
     def read(self, start: datetime | None = None, end: datetime | None = None) -> pa.Table:
         """Events with ``start <= ts < end``, sorted by ts then event_id, as Arrow."""

@@ -140,8 +140,17 @@ def test_recommendations_for_known_unknown_and_new_users(world: Path) -> None:
 
         # A click reaches the next recommendation through Feast's push source at once.
         top = new["items"][0]["item_id"]
-        ack = http.post("/feedback", json={"events": [_click("nobody-2", top)]}).json()
+        click = _click("nobody-2", top)
+        ack = http.post("/feedback", json={"events": [click]}).json()
         assert ack == {"appended": 1, "duplicates": 0, "users_refreshed": 1}
+        # Its retry is a duplicate; the same event_id on another item is a client's bug: a 422
+        # at the field, not a duplicate that drops the payload.
+        again = http.post("/feedback", json={"events": [click]}).json()
+        assert again["appended"] == 0 and again["duplicates"] == 1
+        reused = http.post("/feedback", json={"events": [{**click, "item_id": "other-item"}]})
+        assert reused.status_code == 422, reused.text
+        (problem,) = reused.json()["detail"]
+        assert problem["field"] == "events.0.event_id" and "other content" in problem["reason"]
         after = http.post("/recommend", json={"user_id": "nobody-2", "k": 5}).json()
         assert after["served_by"] == "fresh_clicks" and after["fresh_clicks"] == 1
         assert top not in [item["item_id"] for item in after["items"]]
