@@ -23,6 +23,14 @@ PROFILE = "recloop"
 PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
 
 
+def project_var(name: str) -> Any:
+    """A var's default in ``dbt_project.yml`` (what the pipeline's builds run with)."""
+    import yaml
+
+    with (PROJECT_DIR / "dbt_project.yml").open() as handle:
+        return yaml.safe_load(handle)["vars"][name]
+
+
 class DbtError(RuntimeError):
     """A dbt command failed; the message lists the nodes that failed and why."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -195,7 +195,17 @@ def materialize(settings: Settings, start: datetime | None, end: datetime) -> No
     interval (clearing an old DAG run, ``recloop features run`` without ``--start``) rolled an
     entity changed since back to its older values. Rows up to that end were loaded by the
     runs that got there; an interval that ends there or before loads nothing.
+
+    An interval that reaches past that end loads from ``late_arrival_hours`` (the dbt var)
+    before its end at the latest: dbt recomputes the change points of that span when late
+    events arrive, and an entity whose newest row was recomputed would otherwise keep the old
+    value online until its next change. This cannot roll anything back: the span reaches the
+    newest rows, and each entity's latest row in it is its latest of all. (Redis skips a row
+    whose timestamp equals the stored one's, so in production a recomputed row keeps its old
+    values online when its ``observed_at`` is the one already there; SQLite replaces it.)
     """
+    from recloop.features.dbt import project_var
+
     feature_store = open_store(settings)
     loaded = published_until(settings, feature_store)
     if loaded is not None:
@@ -204,6 +214,7 @@ def materialize(settings: Settings, start: datetime | None, end: datetime) -> No
                      "(%s, %s] is newer", loaded.isoformat(), start, end.isoformat())  # fmt: skip
             return
         start = max(start, loaded) if start is not None else loaded
+        start = min(start, end - timedelta(hours=float(project_var("late_arrival_hours"))))
     feature_store.materialize(
         start_date=start or EPOCH, end_date=end, feature_views=list(BATCH_VIEWS)
     )

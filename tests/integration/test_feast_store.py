@@ -203,6 +203,37 @@ def test_a_failing_gate_leaves_the_online_store_as_it_was(local_published, tmp_p
     assert after == before
 
 
+def test_a_late_event_reaches_the_online_store_through_the_recomputed_rows(
+    local_published, tmp_path
+) -> None:
+    """A click that happened 20 hours before the published end and arrives now: dbt
+    recomputes the user's change points of that span, and the next interval's publish loads
+    the span, so the user's newest row goes online (the interval alone holds none of it)."""
+    shutil.copytree(local_published.home, tmp_path / "var")
+    settings = Settings(home=tmp_path / "var")
+    quiet = latest_rows(settings, "user_features", "user_id", AS_OF)
+    user = quiet[quiet.interactions_last_24_hours == 0].user_id.iloc[0]
+    happened = AS_OF - timedelta(hours=20, minutes=30)
+    partition = (
+        settings.events_dir / f"event_date={happened:%Y-%m-%d}" / f"event_hour={happened:%H}"
+    )
+    partition.mkdir(parents=True, exist_ok=True)
+    row = {"event_id": str(uuid.uuid4()), "item_id": "i00001", "event_type": "click",
+           "ts": happened.isoformat(), "user_id": user, "context": {},
+           "logged_at": datetime.now(UTC).isoformat()}  # fmt: skip
+    (partition / "part-late-000001.jsonl").write_text(json.dumps(row) + "\n")
+    later = AS_OF + timedelta(hours=1)
+    run_pipeline(settings, AS_OF, later, echo=False)
+    newest = latest_rows(settings, "user_features", "user_id", later).set_index("user_id")
+    assert newest.loc[user, "observed_at"] <= AS_OF  # recomputed, not a row of the interval
+    assert newest.loc[user, "interactions_last_24_hours"] == 1
+    values = online(settings, [{"user_id": user, "item_id": "i00001"}])
+    assert values["user_features__interactions_last_24_hours"] == [1]
+    assert values["user_features__interactions_all_time"] == [
+        int(newest.loc[user, "interactions_all_time"])
+    ]
+
+
 def test_rerunning_an_earlier_interval_rolls_no_entity_back(local_published, tmp_path) -> None:
     """Feast writes each entity's latest row in the interval, and the SQLite online store
     replaces a row whatever its timestamp (Redis keeps the newer): rerunning an earlier hour

@@ -89,3 +89,23 @@ def test_dbt_never_builds_as_of_before_what_is_published(published, monkeypatch)
     pipeline.build_features(settings, at(11))  # a rerun of an old hour
     pipeline.build_features(settings, at(15))  # the next hour
     assert built == [at(11), at(14), at(15)]
+
+
+def test_publishing_reaches_back_over_the_span_dbt_recomputes(published, monkeypatch) -> None:
+    """dbt recomputes the change points of the last late_arrival_hours (24) when late events
+    arrive: a run that loads past what the online store holds loads that whole span, so a
+    recomputed newest row goes online; a rerun of an older interval still loads nothing."""
+    from types import SimpleNamespace
+
+    windows: list[tuple[datetime, datetime]] = []
+    feature_store = SimpleNamespace(
+        materialize=lambda start_date, end_date, feature_views: windows.append(
+            (start_date, end_date)
+        )
+    )
+    monkeypatch.setattr(store, "open_store", lambda settings: feature_store)
+    settings = tasks.load_settings()
+    published(at(14))
+    store.materialize(settings, at(14), at(15))  # the next hour
+    store.materialize(settings, at(10), at(12))  # an older interval again: nothing
+    assert windows == [(datetime(2026, 3, 1, 15, tzinfo=UTC), at(15))]
