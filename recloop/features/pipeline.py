@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from recloop.features import store
-from recloop.features.dbt import run_dbt
+from recloop.features.dbt import project_var, run_dbt
 from recloop.features.gate import GateReport, mark_building, run_gate
 from recloop.settings import Settings
 
@@ -49,7 +49,8 @@ def build_features(
 
 def publish_features(settings: Settings, start: datetime | None, end: datetime) -> None:
     store.apply(settings)
-    store.materialize(settings, start, end)
+    # Also the span whose change points dbt recomputes when late events arrive (store.py).
+    store.materialize(settings, start, end, float(project_var("late_arrival_hours")))
 
 
 def run_pipeline(

@@ -182,7 +182,9 @@ def apply(settings: Settings) -> None:
 BATCH_VIEWS = ("user_features", "item_features")
 
 
-def materialize(settings: Settings, start: datetime | None, end: datetime) -> None:
+def materialize(
+    settings: Settings, start: datetime | None, end: datetime, recomputed_hours: float = 0.0
+) -> None:
     """Load the batch views' latest values with start < observed_at <= end into the online store.
 
     Without a start, from the beginning (a backfill). Not Feast's materialize_incremental: with
@@ -196,16 +198,15 @@ def materialize(settings: Settings, start: datetime | None, end: datetime) -> No
     entity changed since back to its older values. Rows up to that end were loaded by the
     runs that got there; an interval that ends there or before loads nothing.
 
-    An interval that reaches past that end loads from ``late_arrival_hours`` (the dbt var)
-    before its end at the latest: dbt recomputes the change points of that span when late
-    events arrive, and an entity whose newest row was recomputed would otherwise keep the old
-    value online until its next change. This cannot roll anything back: the span reaches the
-    newest rows, and each entity's latest row in it is its latest of all. (Redis skips a row
-    whose timestamp equals the stored one's, so in production a recomputed row keeps its old
-    values online when its ``observed_at`` is the one already there; SQLite replaces it.)
+    An interval that reaches past that end loads from ``recomputed_hours`` before its end at
+    the latest (the pipeline passes dbt's ``late_arrival_hours``): dbt recomputes the change
+    points of that span when late events arrive, and an entity whose newest row was
+    recomputed would otherwise keep the old value online until its next change. This cannot
+    roll anything back: the span reaches the newest rows, and each entity's latest row in it
+    is its latest of all. (Redis skips a row whose timestamp equals the stored one's, so in
+    production a recomputed row keeps its old values online when its ``observed_at`` is the
+    one already there; SQLite replaces it.)
     """
-    from recloop.features.dbt import project_var
-
     feature_store = open_store(settings)
     loaded = published_until(settings, feature_store)
     if loaded is not None:
@@ -214,7 +215,7 @@ def materialize(settings: Settings, start: datetime | None, end: datetime) -> No
                      "(%s, %s] is newer", loaded.isoformat(), start, end.isoformat())  # fmt: skip
             return
         start = max(start, loaded) if start is not None else loaded
-        start = min(start, end - timedelta(hours=float(project_var("late_arrival_hours"))))
+        start = min(start, end - timedelta(hours=recomputed_hours))
     feature_store.materialize(
         start_date=start or EPOCH, end_date=end, feature_views=list(BATCH_VIEWS)
     )

@@ -106,6 +106,6 @@ def test_publishing_reaches_back_over_the_span_dbt_recomputes(published, monkeyp
     monkeypatch.setattr(store, "open_store", lambda settings: feature_store)
     settings = tasks.load_settings()
     published(at(14))
-    store.materialize(settings, at(14), at(15))  # the next hour
-    store.materialize(settings, at(10), at(12))  # an older interval again: nothing
+    store.materialize(settings, at(14), at(15), 24)  # the next hour
+    store.materialize(settings, at(10), at(12), 24)  # an older interval again: nothing
     assert windows == [(datetime(2026, 3, 1, 15, tzinfo=UTC), at(15))]
