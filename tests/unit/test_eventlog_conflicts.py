@@ -3,8 +3,7 @@ whole (InvalidEvents at event_id), never acknowledged as a duplicate with its pa
 an exact repeat stays a duplicate (see recloop/eventlog/base.py CONTENT_FIELDS)."""
 
 import threading
-import uuid
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -12,22 +11,12 @@ import pytest
 from recloop.contracts import Event
 from recloop.eventlog import InvalidEvents
 from recloop.eventlog.local import LocalEventLog, read_events
-from tests.unit.test_eventlog_failures import BlockedFsync, in_thread
-
-NOW = datetime(2026, 1, 5, 10, 30, tzinfo=UTC)
+from tests.unit.test_eventlog_failures import NOW, BlockedFsync, event, in_thread
 
 
 def click(**changes) -> dict:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "ts": NOW,
-        "user_id": "u1",
-        "item_id": "i1",
-        "event_type": "click",
-        "request_id": "r1",
-        "position": 2,
-        **changes,
-    }
+    """test_eventlog_failures' click, with a request and a position (content fields too)."""
+    return {**event(), "request_id": "r1", "position": 2, **changes}
 
 
 def refused(log: LocalEventLog, batch: list[dict]) -> list[tuple[int, str, str]]:
